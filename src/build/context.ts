@@ -1,0 +1,78 @@
+/** Values derived from the recipe that templates and stages share (one place, computed once). */
+import { randomUUID } from 'node:crypto';
+import type { ResolvedRecipe } from '../config/schema.js';
+import { derivedUuid } from '../util/hash.js';
+
+export interface Identity {
+  seed: string;
+  diskUuid: string;
+  espPartUuid: string;
+  rootPartUuid: string;
+  rootFsUuid: string;
+  /** FAT volume id: 8 hex digits. */
+  espVolumeId: string;
+}
+
+/**
+ * Partition and filesystem identities, derived from image.seed (default: the image name), so that
+ * a rebuild gives the same UUIDs (stage caching and reproducible images); "random" gives new ones.
+ */
+export function identity(r: ResolvedRecipe): Identity {
+  const seed = r.image.seed === 'random' ? randomUUID() : (r.image.seed ?? `aios:${r.name}`);
+  return {
+    seed,
+    diskUuid: derivedUuid(seed, 'disk'),
+    espPartUuid: derivedUuid(seed, 'esp-partition'),
+    rootPartUuid: derivedUuid(seed, 'root-partition'),
+    rootFsUuid: derivedUuid(seed, 'root-filesystem'),
+    espVolumeId: derivedUuid(seed, 'esp-volume').replace(/-/g, '').slice(0, 8),
+  };
+}
+
+/** The boot-time tuning arguments the recipe asks for. Warnings go to the caller. */
+export function tuningArgs(r: ResolvedRecipe): { args: string[]; warnings: string[] } {
+  const args: string[] = [];
+  const warnings: string[] = [];
+  const t = r.tuning;
+  if (t.transparent_hugepage !== 'kernel-default') args.push(`transparent_hugepage=${t.transparent_hugepage}`);
+  if (t.preempt !== 'kernel-default') args.push(`preempt=${t.preempt}`);
+  if (!t.watchdog) args.push('nowatchdog', 'nmi_watchdog=0');
+  if (!t.mitigations) {
+    args.push('mitigations=off');
+    warnings.push('tuning.mitigations = false: the image boots with mitigations=off (CPU vulnerability mitigations disabled). Only for machines on trusted networks running trusted code.');
+  }
+  return { args, warnings };
+}
+
+/** The full kernel command line of the image's boot entry. */
+export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUuid'>): string {
+  const parts = [
+    `root=PARTUUID=${id.rootPartUuid}`,
+    `rootfstype=${r.filesystem.root}`,
+    'rw',
+    ...r.boot.console.map((c) => `console=${c}`),
+    // No interactive first-boot prompts on an unattended machine (locale, timezone are preset).
+    'systemd.firstboot=no',
+    ...tuningArgs(r).args,
+    ...r.boot.cmdline,
+  ];
+  return parts.join(' ');
+}
+
+export function initramfsModules(r: ResolvedRecipe): string[] {
+  return [...new Set([...r.boot.initramfs_modules, r.filesystem.root])];
+}
+
+/** Everything the templates can refer to. */
+export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    ...r,
+    distro: r.base.distro,
+    sysctl: r.tuning.sysctl,
+    initramfsModules: initramfsModules(r),
+    rootPartUuid: id.rootPartUuid,
+    espPartUuid: id.espPartUuid,
+    cmdline: kernelCmdline(r, id),
+    ...extra,
+  };
+}

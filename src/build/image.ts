@@ -1,0 +1,150 @@
+/**
+ * GPT disk assembly without mounts or loop devices: sfdisk on the image file, mkfs.vfat + mtools
+ * for the ESP, mkfs.ext4 -d (or mkfs.xfs -p) for the root, dd conv=notrunc,sparse into place.
+ */
+import { copyFile, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BuildContext } from './stages.js';
+import type { KernelFiles } from '../distros/types.js';
+import { writeRendered, type RenderedFile } from './render.js';
+import { run, which } from '../util/exec.js';
+import { alignUp, formatSize, parseSize } from '../util/size.js';
+import { UserError } from '../util/errors.js';
+
+const MiB = 1024 * 1024;
+const SECTOR = 512;
+export const GPT_TYPES = {
+  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
+  /** Discoverable Partitions Specification: root partition for x86-64. */
+  rootX86_64: '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709',
+};
+
+export interface Layout {
+  diskBytes: number;
+  esp: { start: number; size: number };
+  root: { start: number; size: number };
+}
+
+/** Works out partition offsets and sizes (bytes, 1 MiB aligned). */
+export function planLayout(opts: { imageSize: 'auto' | string; espSize: string; rootContentBytes: number; headroom: string }): Layout {
+  const esp = alignUp(parseSize(opts.espSize), MiB);
+  const needRoot = alignUp(Math.ceil(opts.rootContentBytes * 1.1) + 64 * MiB, MiB);
+  let root: number;
+  if (opts.imageSize === 'auto') {
+    root = alignUp(needRoot + parseSize(opts.headroom), MiB);
+  } else {
+    const total = alignUp(parseSize(opts.imageSize), MiB);
+    root = total - 2 * MiB - esp;
+    if (root < needRoot) {
+      throw new UserError(
+        `image.size = ${opts.imageSize} is too small: the root filesystem needs at least ${formatSize(needRoot)} and the ESP ${formatSize(esp)}, ` +
+          `so the disk needs ${formatSize(needRoot + esp + 2 * MiB)}. Raise image.size or set it to "auto".`,
+        2,
+      );
+    }
+  }
+  return { diskBytes: MiB + esp + root + MiB, esp: { start: MiB, size: esp }, root: { start: MiB + esp, size: root } };
+}
+
+/** The sfdisk script for the layout. */
+export function sfdiskScript(l: Layout, ids: { diskUuid: string; espPartUuid: string; rootPartUuid: string }): string {
+  const s = (b: number) => b / SECTOR;
+  return [
+    'label: gpt',
+    `label-id: ${ids.diskUuid}`,
+    'unit: sectors',
+    'first-lba: 2048',
+    `start=${s(l.esp.start)}, size=${s(l.esp.size)}, type=${GPT_TYPES.esp}, uuid=${ids.espPartUuid}, name="esp"`,
+    `start=${s(l.root.start)}, size=${s(l.root.size)}, type=${GPT_TYPES.rootX86_64}, uuid=${ids.rootPartUuid}, name="root-x86-64"`,
+    '',
+  ].join('\n');
+}
+
+export async function rootContentBytes(root: string): Promise<number> {
+  const { stdout } = await run(['du', '-s', '-B1', '-x', root]);
+  return Number(stdout.split(/\s/)[0]);
+}
+
+export async function assembleDisk(
+  ctx: BuildContext,
+  a: { root: string; kernel: KernelFiles; espFiles: RenderedFile[]; out: string; layoutOut: string },
+): Promise<void> {
+  const r = ctx.recipe;
+  const work = join(a.out, '..', 'work');
+  await mkdir(work, { recursive: true });
+  const env = {
+    ...process.env,
+    MTOOLS_SKIP_CHECK: '1',
+    ...(process.env.SOURCE_DATE_EPOCH ? { E2FSPROGS_FAKE_TIME: process.env.SOURCE_DATE_EPOCH } : {}),
+  } as Record<string, string>;
+
+  // 1. ESP contents: systemd-boot (as the removable-media default loader too), kernel, initrd, entries.
+  ctx.progress('staging the ESP');
+  const esp = join(work, 'esp');
+  const sdboot = join(a.root, ctx.distro.systemdBootEfi);
+  for (const d of ['EFI/BOOT', 'EFI/systemd', `aios/${a.kernel.version}`]) await mkdir(join(esp, d), { recursive: true });
+  await copyFile(sdboot, join(esp, 'EFI/BOOT/BOOTX64.EFI'));
+  await copyFile(sdboot, join(esp, 'EFI/systemd/systemd-bootx64.efi'));
+  await copyFile(join(a.root, a.kernel.kernel), join(esp, `aios/${a.kernel.version}/linux`));
+  await copyFile(join(a.root, a.kernel.initrd), join(esp, `aios/${a.kernel.version}/initrd`));
+  await writeRendered(a.espFiles, esp);
+  if (process.env.SOURCE_DATE_EPOCH) await run(['find', esp, '-exec', 'touch', '-h', '-d', `@${process.env.SOURCE_DATE_EPOCH}`, '{}', '+']);
+
+  const layout = planLayout({
+    imageSize: r.image.size,
+    espSize: r.image.esp_size,
+    rootContentBytes: await rootContentBytes(a.root),
+    headroom: r.image.root_headroom,
+  });
+
+  // 2. ESP filesystem.
+  ctx.progress(`formatting the ESP (${formatSize(layout.esp.size)})`);
+  const espImg = join(work, 'esp.img');
+  await run(['truncate', '-s', String(layout.esp.size), espImg]);
+  await run(['mkfs.vfat', '-F', '32', '-n', 'ESP', '-i', ctx.id.espVolumeId, '--invariant', espImg], { log: ctx.log, env });
+  const { stdout: top } = await run(['ls', '-A', esp]);
+  await run(['mcopy', '-s', '-p', '-m', '-Q', '-i', espImg, ...top.split('\n').filter(Boolean).map((n) => join(esp, n)), '::/'], {
+    log: ctx.log,
+    env,
+  });
+
+  // 3. Root filesystem, populated from the tree without mounting.
+  ctx.progress(`making the ${r.filesystem.root} root filesystem (${formatSize(layout.root.size)})`);
+  const rootImg = join(work, 'root.img');
+  await run(['truncate', '-s', String(layout.root.size), rootImg]);
+  if (r.filesystem.root === 'ext4') {
+    await run(
+      ['mkfs.ext4', '-q', '-F', '-L', 'root', '-U', ctx.id.rootFsUuid, '-E', `hash_seed=${ctx.id.rootFsUuid},root_owner=0:0`, '-d', a.root, rootImg],
+      { log: ctx.log, env },
+    );
+  } else {
+    // mkfs.xfs -p with a prototype file from xfs_protofile (xfsprogs >= 6.13, Debian trixie).
+    const proto = join(work, 'root.proto');
+    const { stdout } = await run(['xfs_protofile', a.root], { log: ctx.log });
+    await writeFile(proto, stdout);
+    await run(['mkfs.xfs', '-q', '-f', '-L', 'root', '-m', `uuid=${ctx.id.rootFsUuid}`, '-p', proto, rootImg], { log: ctx.log, env });
+  }
+
+  // 4. The disk: GPT, then both filesystems copied into place (sparse).
+  ctx.progress(`writing the GPT disk (${formatSize(layout.diskBytes)})`);
+  const disk = a.out;
+  await run(['truncate', '-s', String(layout.diskBytes), disk]);
+  await run(['sfdisk', '--quiet', '--no-reread', '--no-tell-kernel', disk], { input: sfdiskScript(layout, ctx.id), log: ctx.log });
+  for (const [img, part] of [
+    [espImg, layout.esp],
+    [rootImg, layout.root],
+  ] as const) {
+    await run(['dd', `if=${img}`, `of=${disk}`, 'bs=1M', `seek=${part.start / MiB}`, 'conv=notrunc,sparse', 'status=none'], { log: ctx.log });
+  }
+  const { stdout: json } = await run(['sfdisk', '-J', disk]);
+  await writeFile(a.layoutOut, JSON.stringify({ layout, sfdisk: JSON.parse(json) }, null, 2));
+  await chmod(disk, 0o644);
+  await rm(work, { recursive: true, force: true });
+}
+
+export async function xfsToolsMissing(): Promise<string[]> {
+  const out: string[] = [];
+  if (!(await which('xfs_protofile'))) out.push('xfs_protofile not found: filesystem.root = "xfs" needs xfsprogs >= 6.13 (Debian trixie) on the build host');
+  if (!(await which('mkfs.xfs'))) out.push('mkfs.xfs not found (install xfsprogs)');
+  return out;
+}

@@ -1,0 +1,177 @@
+/** The CLI: parses arguments and calls the programmatic API. No build logic lives here. */
+import { Command, Option } from 'commander';
+import { readdir, readFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import ora from 'ora';
+import { stringify as tomlStringify } from 'smol-toml';
+import { loadRecipe } from '../config/load.js';
+import { recipeReference } from '../config/docs.js';
+import { build } from '../build/index.js';
+import { kernelCmdline, identity, tuningArgs } from '../build/context.js';
+import { distroFor } from '../distros/index.js';
+import { qemuTest, qemuInteractive } from '../qemu/index.js';
+import { UserError } from '../util/errors.js';
+import { CommandError } from '../util/exec.js';
+import { paths } from '../util/paths.js';
+import { cleanupAll } from '../util/cleanup.js';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+
+function recipeOptions(cmd: Command): Command {
+  return cmd
+    .option('-r, --recipe <name|file>', 'recipe name in images/ or a path to a .toml file', 'default')
+    .option('-s, --set <key=value>', 'override one recipe key (repeatable), e.g. --set image.size=4G', collect, [] as string[]);
+}
+
+export function program(): Command {
+  const p = new Command('aios')
+    .description('Turn one TOML recipe into a bootable, inference-tuned Linux image')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)');
+
+  recipeOptions(
+    p
+      .command('summary')
+      .description('print the fully resolved recipe (defaults, extends and --set applied)')
+      .option('--json', 'print JSON instead of TOML'),
+  ).action(async (o: { recipe: string; set: string[]; json?: boolean }) => {
+    const r = await loadRecipe(o.recipe, { sets: o.set });
+    const distro = distroFor(r.base.distro);
+    const id = identity(r);
+    const derived = {
+      packages: distro.packages(r),
+      kernel_cmdline: kernelCmdline(r, id),
+      warnings: tuningArgs(r).warnings,
+      output: `out/${r.name}.raw`,
+    };
+    if (o.json) out(JSON.stringify({ ...r, derived }, null, 2));
+    else {
+      const { sources, ...rest } = r;
+      out(`# recipe ${r.name}: ${sources.join(' <- ')}\n` + tomlStringify(JSON.parse(JSON.stringify({ ...rest, derived }))));
+    }
+  });
+
+  p.command('recipes')
+    .description('list the recipes in images/')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const names = (await readdir(paths.images)).filter((f) => f.endsWith('.toml')).map((f) => basename(f, '.toml'));
+      const rows = [];
+      for (const n of names) {
+        const r = await loadRecipe(join(paths.images, `${n}.toml`)).catch((e: Error) => ({ description: `INVALID: ${e.message.split('\n')[0]}` }));
+        rows.push({ name: n, description: r.description });
+      }
+      if (o.json) out(JSON.stringify(rows, null, 2));
+      else for (const r of rows) out(`${r.name.padEnd(20)} ${r.description}`);
+    });
+
+  const b = p.command('build').description('build artefacts from a recipe');
+  recipeOptions(
+    b
+      .command('image')
+      .description('bootstrap, tune and assemble a bootable GPT disk image into out/<name>.raw')
+      .option('-o, --out <dir>', 'output directory', 'out')
+      .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+      .option('--no-cache', 'rebuild every stage')
+      .option('--json', 'print the build result as JSON (progress goes to stderr)'),
+  ).action(async (o: { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; json?: boolean }) => {
+    const res = await build({
+      recipe: o.recipe,
+      sets: o.set,
+      outDir: o.out,
+      cacheDir: o.cacheDir,
+      noCache: !o.cache,
+      renderer: o.json ? 'silent' : undefined,
+    });
+    for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
+    if (o.json) out(JSON.stringify(res, null, 2));
+    else {
+      out(`\nimage:    ${res.image}\nmanifest: ${res.manifest}\nlog:      ${res.log}`);
+      out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
+      out(`next:     aios qemu-test ${res.image}`);
+    }
+  });
+
+  p.command('qemu-test')
+    .description('boot an image in QEMU (UEFI) and check it reaches multi-user with no failed units')
+    .argument('<image>', 'disk image (.raw)')
+    .option('--timeout <seconds>', 'give up after this long', (v) => Number(v), 300)
+    .option('--memory <MiB>', 'guest memory', '2048')
+    .option('--cpus <n>', 'guest CPUs', (v) => Number(v), 2)
+    .addOption(new Option('--accel <accel>', 'force an accelerator (default: KVM if a probe guest runs, else TCG)').choices(['kvm', 'tcg']))
+    .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
+    .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
+    .option('--json', 'print the result as JSON')
+    .action(async (image: string, o: { timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; json?: boolean }) => {
+      const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
+      const t0 = Date.now();
+      const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
+      const res = await qemuTest(image, {
+        timeout: o.timeout,
+        memory: o.memory,
+        cpus: o.cpus,
+        accel: o.accel,
+        cpu: o.cpu,
+        serialLog: o.serialLog,
+        onProgress: (l) => {
+          if (spinner) spinner.text = l;
+          else if (!o.json) process.stderr.write(`${l}\n`);
+        },
+      }).finally(() => clearInterval(tick));
+      if (o.json) out(JSON.stringify(res, null, 2));
+      else {
+        if (res.ok) spinner?.succeed(`boot check passed (${res.accel})`);
+        else spinner?.fail(`boot check failed: ${res.reason}`);
+        const g = res.guest;
+        out(`${res.ok ? 'PASS' : 'FAIL'}: ${res.image} (${res.accel})${res.reason ? `: ${res.reason}` : ''}`);
+        if (g.kernel) out(`kernel:      ${g.kernel}`);
+        if (g.timing) out(`guest:       ${g.timing}`);
+        if (g.multiUser !== undefined) out(`multi-user:  ${g.multiUser.toFixed(1)} s after kernel start`);
+        out(`host:        ${res.hostSeconds.toFixed(1)} s from QEMU start to power-off`);
+        if (g.state) out(`state:       ${g.state}; failed units: ${g.failedUnits.length ? g.failedUnits.join(', ') : 'none'}`);
+        if (g.thp) out(`THP:         ${g.thp}`);
+        if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
+        out(`serial log:  ${res.serialLog}`);
+      }
+      if (!res.ok) process.exitCode = 1;
+    });
+
+  p.command('qemu')
+    .description('boot an image in QEMU with its serial console on this terminal (Ctrl-A X quits; changes are discarded)')
+    .argument('<image>', 'disk image (.raw)')
+    .option('--memory <MiB>', 'guest memory', '2048')
+    .option('--cpus <n>', 'guest CPUs', (v) => Number(v), 2)
+    .option('--persist', 'write guest changes to the image instead of discarding them')
+    .action(async (image: string, o: { memory: string; cpus: number; persist?: boolean }) => {
+      process.exitCode = await qemuInteractive(image, { memory: o.memory, cpus: o.cpus, snapshot: !o.persist });
+    });
+
+  const d = p.command('docs').description('generate documentation');
+  d.command('recipe')
+    .description('print the recipe reference (Markdown), generated from the schema')
+    .action(() => {
+      out(recipeReference());
+    });
+
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await program().parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    await cleanupAll();
+    if (e instanceof UserError) {
+      process.stderr.write(`aios: ${e.message}\n${e.hint ? `hint: ${e.hint}\n` : ''}`);
+      return e.exitCode;
+    }
+    if (e instanceof CommandError) {
+      process.stderr.write(`aios: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`aios: ${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}

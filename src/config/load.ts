@@ -1,0 +1,149 @@
+/** Loading recipes: file lookup, `extends`, `--set` overrides, validation with file + key path. */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { z } from 'zod';
+import { RecipeError } from '../util/errors.js';
+import { paths } from '../util/paths.js';
+import { RecipeSchema, type ResolvedRecipe } from './schema.js';
+import { distroFor } from '../distros/index.js';
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
+
+/** Finds a recipe by name (images/<name>.toml) or path. */
+export function findRecipe(ref: string, relativeTo = process.cwd()): string {
+  const candidates = [
+    isAbsolute(ref) ? ref : resolve(relativeTo, ref),
+    join(paths.images, ref),
+    join(paths.images, `${ref}.toml`),
+  ];
+  if (!ref.includes('/') && !ref.endsWith('.toml')) candidates.reverse();
+  for (const c of candidates) if (existsSync(c) && c.endsWith('.toml')) return c;
+  throw new RecipeError(ref, [
+    { path: '', message: `no such recipe: looked for ${candidates.join(', ')}. Recipes are TOML files; list them with \`aios recipes\`` },
+  ]);
+}
+
+/** Deep merge: objects merge key by key, everything else (arrays included) is replaced. */
+export function deepMerge(base: Obj, over: Obj): Obj {
+  const out: Obj = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = isObj(v) && isObj(out[k]) ? deepMerge(out[k] as Obj, v) : v;
+  return out;
+}
+
+async function readToml(file: string): Promise<Obj> {
+  const text = await readFile(file, 'utf8');
+  try {
+    return parseToml(text) as Obj;
+  } catch (e) {
+    const msg = e instanceof TomlError ? `TOML syntax error at line ${e.line}, column ${e.column}: ${e.message.split('\n')[0]}` : String(e);
+    throw new RecipeError(file, [{ path: '', message: msg }]);
+  }
+}
+
+/** Reads a recipe and its `extends` chain into one raw (unvalidated) object. */
+async function readChain(file: string, seen: string[] = []): Promise<{ raw: Obj; sources: string[] }> {
+  if (seen.includes(file)) {
+    throw new RecipeError(file, [{ path: 'extends', message: `extends cycle: ${[...seen, file].map((f) => basename(f)).join(' -> ')}` }]);
+  }
+  const raw = await readToml(file);
+  const parentRef = raw.extends;
+  if (parentRef === undefined) return { raw, sources: [file] };
+  if (typeof parentRef !== 'string') throw new RecipeError(file, [{ path: 'extends', message: 'must be a string (a recipe name or path)' }]);
+  let parentFile: string;
+  try {
+    parentFile = findRecipe(parentRef, dirname(file));
+  } catch {
+    throw new RecipeError(file, [{ path: 'extends', message: `recipe "${parentRef}" not found (in ${paths.images} or relative to ${dirname(file)})` }]);
+  }
+  const parent = await readChain(parentFile, [...seen, file]);
+  const { extends: _drop, ...own } = raw;
+  return { raw: deepMerge(parent.raw, own), sources: [file, ...parent.sources] };
+}
+
+/** Parses one `--set a.b.c=value` override; the value is read as TOML when it can be, else as a string. */
+export function parseSet(expr: string): { path: string[]; value: unknown } {
+  const eq = expr.indexOf('=');
+  if (eq <= 0) throw new RecipeError('--set', [{ path: expr, message: 'expected KEY=VALUE, e.g. --set image.size=4G' }]);
+  const key = expr.slice(0, eq).trim();
+  const text = expr.slice(eq + 1).trim();
+  if (!/^[A-Za-z0-9_]+(\.[A-Za-z0-9_.\-]+)*$/.test(key)) throw new RecipeError('--set', [{ path: key, message: 'not a key path such as image.size' }]);
+  let value: unknown = text;
+  try {
+    value = (parseToml(`v = ${text}`) as Obj).v;
+  } catch {
+    /* a bare word: keep it as a string */
+  }
+  // tuning.sysctl keys contain dots: the first two segments name the table, the rest is the key.
+  const parts = key.split('.');
+  const path = parts[0] === 'tuning' && parts[1] === 'sysctl' && parts.length > 3 ? ['tuning', 'sysctl', parts.slice(2).join('.')] : parts;
+  return { path, value };
+}
+
+function setPath(obj: Obj, path: string[], value: unknown): void {
+  let o = obj;
+  for (const p of path.slice(0, -1)) {
+    if (!isObj(o[p])) o[p] = {};
+    o = o[p] as Obj;
+  }
+  o[path[path.length - 1]!] = value;
+}
+
+function describeAllowed(schema: z.ZodTypeAny, path: PropertyKey[]): string | undefined {
+  let s: any = schema;
+  for (const p of path) {
+    while (s?.def?.innerType) s = s.def.innerType;
+    s = s?.def?.shape?.[p as string] ?? s?.def?.element ?? s?.def?.valueType;
+  }
+  while (s?.def?.innerType) s = s.def.innerType;
+  const shape = s?.def?.shape;
+  return shape ? Object.keys(shape).join(', ') : undefined;
+}
+
+/** Turns zod issues into "key.path: what is allowed" lines. */
+export function zodProblems(err: z.ZodError, schema: z.ZodTypeAny = RecipeSchema): { path: string; message: string }[] {
+  const out: { path: string; message: string }[] = [];
+  for (const issue of err.issues) {
+    const path = issue.path.map(String).join('.');
+    if (issue.code === 'unrecognized_keys') {
+      const allowed = describeAllowed(schema, issue.path);
+      for (const k of issue.keys) {
+        out.push({ path: path ? `${path}.${k}` : k, message: `unknown key${allowed ? ` (allowed here: ${allowed})` : ''}` });
+      }
+    } else {
+      out.push({ path, message: issue.message });
+    }
+  }
+  return out;
+}
+
+export interface LoadOptions {
+  /** `--set key=value` overrides, applied after the recipe chain. */
+  sets?: string[];
+}
+
+/** Loads, merges, overrides and validates a recipe. Throws RecipeError (exit 2) on any problem. */
+export async function loadRecipe(ref = 'default', opts: LoadOptions = {}): Promise<ResolvedRecipe> {
+  const file = findRecipe(ref);
+  const { raw, sources } = await readChain(file);
+  delete raw.extends;
+  for (const s of opts.sets ?? []) {
+    const { path, value } = parseSet(s);
+    setPath(raw, path, value);
+  }
+  const parsed = RecipeSchema.safeParse(raw);
+  if (!parsed.success) throw new RecipeError(opts.sets?.length ? `${file} (with --set ${opts.sets.join(' ')})` : file, zodProblems(parsed.error));
+  const r = parsed.data;
+  const distro = distroFor(r.base.distro);
+  const problems = distro.validate?.(r) ?? [];
+  if (problems.length) throw new RecipeError(file, problems);
+  const name = r.image.name ?? basename(file, '.toml');
+  return {
+    ...r,
+    sources,
+    name,
+    base: { ...r.base, suite: r.base.suite ?? distro.defaultSuite, mirror: r.base.mirror ?? distro.defaultMirror },
+  };
+}

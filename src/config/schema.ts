@@ -1,0 +1,206 @@
+/**
+ * The one recipe schema. Every key, its type, default and description lives here; the resolved
+ * recipe (`aios summary`), CLI `--set` overrides and docs/recipe.md are all derived from it.
+ */
+import { z } from 'zod';
+import { SIZE_RE } from '../util/size.js';
+
+const size = (what: string) =>
+  z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
+
+const unitName = z
+  .string()
+  .regex(/^[A-Za-z0-9@_.:\\-]+\.(service|socket|timer|target|path|mount|automount|device|swap|slice)$/, {
+    message: 'must be a systemd unit name such as cups.service',
+  });
+
+const pkgName = z.string().regex(/^[a-z0-9][a-z0-9+.\-]*$/, { message: 'must be a package name (lowercase, digits, + . -)' });
+
+export const BaseSchema = z
+  .strictObject({
+    distro: z.enum(['debian', 'arch']).default('debian').describe('Base distribution: debian (mmdebstrap) or arch (pacstrap)'),
+    suite: z
+      .string()
+      .optional()
+      .describe('Release to bootstrap (debian: trixie, sid, …; arch: ignored, rolling). Default: trixie for debian'),
+    mirror: z.string().url().optional().describe('Package mirror URL. Default: the distro module\'s (deb.debian.org / geo.mirror.pkgbuild.com)'),
+    packages: z.array(pkgName).default([]).describe('Extra packages to install into the image'),
+  })
+  .describe('Base system');
+
+export const SystemSchema = z
+  .strictObject({
+    hostname: z
+      .string()
+      .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, { message: 'must be a valid hostname (a-z, 0-9, -; at most 63 chars)' })
+      .default('aios')
+      .describe('Hostname written to /etc/hostname'),
+    timezone: z.string().default('UTC').describe('Timezone (/etc/localtime)'),
+    locale: z.string().default('C.UTF-8').describe('LANG in /etc/locale.conf'),
+    root_password_hash: z
+      .string()
+      .optional()
+      .describe('crypt(3) hash for root (e.g. from `openssl passwd -6`). Unset: root password locked'),
+    autologin: z
+      .boolean()
+      .default(true)
+      .describe('Log root in automatically on the serial console (handy for development images; turn off for real machines)'),
+    masked_units: z
+      .array(unitName)
+      .default([
+        'bluetooth.service',
+        'cups.service',
+        'avahi-daemon.service',
+        'ModemManager.service',
+        'apt-daily.timer',
+        'apt-daily-upgrade.timer',
+        'e2scrub_all.timer',
+        'fstrim.timer',
+      ])
+      .describe('Units masked in the image (symlinked to /dev/null), as seed 002 asks'),
+    network: z.enum(['dhcp', 'none']).default('dhcp').describe('systemd-networkd DHCP on every wired interface, or no network config'),
+  })
+  .describe('System identity and services');
+
+export const BootSchema = z
+  .strictObject({
+    timeout: z.number().int().min(0).max(600).default(0).describe('systemd-boot menu timeout in seconds (0: boot at once)'),
+    console: z
+      .array(z.string().regex(/^(tty\d*|ttyS\d+(,\d+)?)$/, { message: 'must be a console such as tty0 or ttyS0,115200' }))
+      .default(['tty0', 'ttyS0,115200'])
+      .describe('Kernel consoles; the last one becomes /dev/console'),
+    cmdline: z.array(z.string()).default([]).describe('Extra kernel command-line arguments'),
+    initramfs_modules: z
+      .array(z.string().regex(/^[a-z0-9_\-]+$/))
+      .default(['virtio_pci', 'virtio_blk', 'virtio_scsi', 'nvme', 'ahci', 'sd_mod', 'xhci_pci', 'usb_storage', 'uas'])
+      .describe('Kernel modules put into the initramfs (MODULES=list keeps it ~10 MB); the root filesystem module is added automatically'),
+  })
+  .describe('Boot loader and kernel command line');
+
+export const TuningSchema = z
+  .strictObject({
+    transparent_hugepage: z
+      .enum(['madvise', 'always', 'never', 'kernel-default'])
+      .default('madvise')
+      .describe('THP mode (transparent_hugepage=): madvise lets llama.cpp ask for huge pages without defrag stalls'),
+    preempt: z
+      .enum(['voluntary', 'none', 'full', 'kernel-default'])
+      .default('voluntary')
+      .describe('Preemption model at boot (preempt=, needs CONFIG_PREEMPT_DYNAMIC: Debian 6.12 has it)'),
+    watchdog: z.boolean().default(false).describe('Keep the soft/NMI watchdogs (false adds nowatchdog nmi_watchdog=0)'),
+    mitigations: z
+      .boolean()
+      .default(true)
+      .describe('Keep CPU vulnerability mitigations. false adds mitigations=off: faster, UNSAFE on untrusted networks or code'),
+    sysctl: z
+      .record(z.string().regex(/^[a-z0-9_.\-/]+$/, { message: 'must be a sysctl name such as vm.swappiness' }), z.union([z.string(), z.number()]))
+      .default({
+        'vm.swappiness': 180,
+        'vm.watermark_boost_factor': 0,
+        'vm.watermark_scale_factor': 125,
+        'vm.page-cluster': 0,
+        'kernel.nmi_watchdog': 0,
+      })
+      .describe('sysctl settings written to /etc/sysctl.d/90-aios.conf (defaults: tuned for zram swap)'),
+  })
+  .describe('Boot-time inference tuning');
+
+export const ZramSchema = z
+  .strictObject({
+    enabled: z.boolean().default(true).describe('Compressed swap in RAM via zram-generator'),
+    algorithm: z.enum(['zstd', 'lz4', 'lzo-rle']).default('zstd').describe('Compression algorithm'),
+    size: z
+      .string()
+      .regex(/^(ram|ram\s*[*/]\s*\d+(\.\d+)?|min\(.*\)|\d+)$/, { message: 'must be a zram-generator size expression such as "ram", "ram / 2" or a number of MiB' })
+      .default('ram')
+      .describe('zram-size expression (zram-generator syntax); "ram" = 100% of RAM, as seed 002 asks'),
+  })
+  .describe('Compressed swap');
+
+export const JournaldSchema = z
+  .strictObject({
+    storage: z.enum(['volatile', 'persistent', 'auto', 'none']).default('volatile').describe('journald Storage='),
+    max_use: size('journald.max_use').default('50M').describe('SystemMaxUse= and RuntimeMaxUse='),
+  })
+  .describe('Logging');
+
+export const FilesystemSchema = z
+  .strictObject({
+    root: z.enum(['ext4', 'xfs']).default('ext4').describe('Root filesystem (xfs is built with the target\'s own xfs_protofile + mkfs.xfs -p)'),
+    mount_options: z.array(z.string().regex(/^[a-z0-9_=,.\-]+$/)).default(['noatime', 'commit=60']).describe('Root mount options in /etc/fstab'),
+  })
+  .describe('Root filesystem');
+
+export const ImageSchema = z
+  .strictObject({
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, { message: 'must be a file name stem (letters, digits, . _ -)' })
+      .optional()
+      .describe('Output name: out/<name>.raw. Default: the recipe file name'),
+    size: z
+      .union([z.literal('auto'), size('image.size')])
+      .default('auto')
+      .describe('Total disk size; "auto" = contents + root_headroom'),
+    esp_size: size('image.esp_size').default('256M').describe('EFI system partition size'),
+    root_headroom: size('image.root_headroom').default('512M').describe('Free space added to the root filesystem when size is auto'),
+    formats: z.array(z.enum(['disk'])).min(1).default(['disk']).describe('Outputs: disk (GPT raw image). iso comes with a later issue'),
+    seed: z
+      .string()
+      .optional()
+      .describe('Seed for disk, partition and filesystem UUIDs. Unset: the image name (same UUIDs every build); "random": new ones every build (disables the overlay cache)'),
+  })
+  .describe('Disk image layout');
+
+export const LlamaSchema = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe('Compile llama.cpp into the image (issue 3; not built yet)'),
+  })
+  .describe('llama.cpp build (filled by a later issue)');
+
+export const ModelsSchema = z
+  .strictObject({
+    install: z.array(z.string()).default([]).describe('Models to install (issue 3; not built yet)'),
+  })
+  .describe('GGUF models (filled by a later issue)');
+
+export const RuntimeSchema = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe('Install and start aios-runtime (issue 4; not built yet)'),
+  })
+  .describe('aios-runtime service (filled by a later issue)');
+
+export const KernelSchema = z
+  .strictObject({
+    fragments: z.array(z.string()).default([]).describe('kernel-configs/*.config fragments (issue 5)'),
+    build: z.boolean().default(false).describe('Build a custom kernel (issue 5; not built yet)'),
+  })
+  .describe('Kernel wishes (filled by a later issue)');
+
+export const RecipeSchema = z.strictObject({
+  extends: z.string().optional().describe('Recipe this one builds on (name in images/ or a path); its keys are the defaults here'),
+  description: z.string().default('').describe('Free text shown by `aios summary`'),
+  base: BaseSchema.prefault({}),
+  system: SystemSchema.prefault({}),
+  boot: BootSchema.prefault({}),
+  tuning: TuningSchema.prefault({}),
+  zram: ZramSchema.prefault({}),
+  journald: JournaldSchema.prefault({}),
+  filesystem: FilesystemSchema.prefault({}),
+  image: ImageSchema.prefault({}),
+  llama: LlamaSchema.prefault({}),
+  models: ModelsSchema.prefault({}),
+  runtime: RuntimeSchema.prefault({}),
+  kernel: KernelSchema.prefault({}),
+});
+
+export type RecipeInput = z.input<typeof RecipeSchema>;
+export type Recipe = z.output<typeof RecipeSchema>;
+
+/** The recipe after loading: validated, with the file it came from and derived values. */
+export interface ResolvedRecipe extends Recipe {
+  /** Where it came from (the chain of files, child first). */
+  sources: string[];
+  name: string;
+  base: Recipe['base'] & { suite: string; mirror: string };
+}

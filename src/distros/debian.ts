@@ -1,0 +1,87 @@
+/** Debian base: mmdebstrap, one initramfs generation, package cache reuse. */
+import type { Distro } from './types.js';
+import { kernelVersion, requireFiles } from './common.js';
+
+const EXCLUDES = [
+  'path-exclude=/usr/share/man/*',
+  'path-exclude=/usr/share/info/*',
+  'path-exclude=/usr/share/locale/*',
+  'path-include=/usr/share/locale/locale.alias',
+  'path-exclude=/usr/share/doc/*',
+  'path-include=/usr/share/doc/*/copyright',
+  'path-exclude=/usr/share/lintian/*',
+];
+
+export const debian: Distro = {
+  name: 'debian',
+  defaultSuite: 'trixie',
+  defaultMirror: 'http://deb.debian.org/debian',
+  hostTools: () => ['mmdebstrap'],
+  hostToolPackages: { mmdebstrap: 'mmdebstrap' },
+  initramfsTool: 'initramfs-tools',
+  systemdBootEfi: 'usr/lib/systemd/boot/efi/systemd-bootx64.efi',
+
+  packages(r) {
+    const p = [
+      'systemd',
+      'systemd-sysv',
+      'udev',
+      'dbus',
+      'kmod',
+      'e2fsprogs',
+      'linux-image-amd64',
+      'systemd-boot-efi',
+      'initramfs-tools',
+      'zstd',
+      'iproute2',
+    ];
+    if (r.zram.enabled) p.push('systemd-zram-generator');
+    if (r.filesystem.root === 'xfs') p.push('xfsprogs');
+    return [...new Set([...p, ...r.base.packages])];
+  },
+
+  bootstrap(r, ctx) {
+    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+    const argv = [
+      'mmdebstrap',
+      `--mode=${ctx.asRoot ? 'root' : 'unshare'}`,
+      '--variant=minbase',
+      '--arch=amd64',
+      '--components=main',
+      `--include=${debian.packages(r).join(',')}`,
+      '--dpkgopt=force-unsafe-io',
+      ...EXCLUDES.map((e) => `--dpkgopt=${e}`),
+      '--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata',
+      // Reuse downloaded .debs across builds.
+      '--skip=download/empty',
+      '--skip=essential/unlink',
+      `--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
+      `--setup-hook=sync-in ${q(ctx.pkgCache)} /var/cache/apt/archives/`,
+      `--customize-hook=sync-out /var/cache/apt/archives ${q(ctx.pkgCache)}`,
+      `--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/archives/partial/*.deb`,
+      // initramfs config first, then the one and only initramfs generation.
+      `--customize-hook=cp -a ${q(ctx.earlyFiles)}/. "$1"/`,
+      `--customize-hook=chroot "$1" update-initramfs -c -k all`,
+      r.base.suite,
+      ctx.root,
+      r.base.mirror,
+    ];
+    // INITRD=No makes the kernel's postinst skip initramfs generation during package install.
+    return { steps: [{ title: 'mmdebstrap', argv, env: { INITRD: 'No', DEBIAN_FRONTEND: 'noninteractive' } }], files: {} };
+  },
+
+  async kernelFiles(root) {
+    const version = await kernelVersion(root);
+    return requireFiles(root, { version, kernel: `boot/vmlinuz-${version}`, initrd: `boot/initrd.img-${version}` });
+  },
+
+  packageListCommand: (root) => ({ title: 'list packages', argv: ['dpkg-query', `--root=${root}`, '-W', '-f=${Package}\\t${Version}\\n'] }),
+  parsePackageList(stdout) {
+    const out: Record<string, string> = {};
+    for (const line of stdout.split('\n')) {
+      const [n, v] = line.split('\t');
+      if (n && v) out[n] = v;
+    }
+    return out;
+  },
+};

@@ -1,0 +1,244 @@
+/**
+ * Booting images in QEMU with OVMF (UEFI): `qemuTest` (automated boot check) and `qemuArgs` for an
+ * interactive console. KVM is used only when a probe guest actually runs; otherwise TCG.
+ */
+import { copyFile, mkdtemp, writeFile, appendFile, stat, readFile } from 'node:fs/promises';
+import { existsSync, openSync, closeSync, constants } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { execa } from 'execa';
+import { safeRemove, registerTemp } from '../util/cleanup.js';
+import { UserError } from '../util/errors.js';
+
+export const OVMF_CANDIDATES = [
+  { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
+  { code: '/usr/share/OVMF/OVMF_CODE.fd', vars: '/usr/share/OVMF/OVMF_VARS.fd' },
+  { code: '/usr/share/edk2/x64/OVMF_CODE.4m.fd', vars: '/usr/share/edk2/x64/OVMF_VARS.4m.fd' },
+];
+
+export function findOvmf(): { code: string; vars: string } {
+  const f = OVMF_CANDIDATES.find((c) => existsSync(c.code) && existsSync(c.vars));
+  if (!f) throw new UserError('no OVMF firmware found (looked in /usr/share/OVMF): install the Debian package ovmf', 3);
+  return f;
+}
+
+let kvmProbe: Promise<boolean> | undefined;
+
+/**
+ * Does KVM really run a UEFI guest here? Opening /dev/kvm is not enough: on some hosts SeaBIOS runs
+ * under KVM but OVMF stops at once with "KVM internal error … emulation failure". So the probe boots
+ * the same OVMF firmware for a few seconds and requires its serial output and no KVM error.
+ */
+export function kvmWorks(): Promise<boolean> {
+  kvmProbe ??= (async () => {
+    try {
+      closeSync(openSync('/dev/kvm', constants.O_RDWR));
+    } catch {
+      return false;
+    }
+    const ovmf = findOvmf();
+    const tmp = await mkdtemp(join(tmpdir(), 'aios-kvm-probe-'));
+    try {
+      const vars = join(tmp, 'vars.fd');
+      await copyFile(ovmf.vars, vars);
+      const serial = join(tmp, 'serial.log');
+      const r = await execa(
+        'qemu-system-x86_64',
+        ['-nodefaults', '-machine', 'q35,accel=kvm', '-cpu', 'host', '-m', '256', '-display', 'none', '-monitor', 'none', '-no-reboot',
+          '-serial', `file:${serial}`,
+          '-drive', `if=pflash,format=raw,unit=0,file=${ovmf.code},readonly=on`,
+          '-drive', `if=pflash,format=raw,unit=1,file=${vars}`],
+        { reject: false, timeout: 5000, all: true },
+      );
+      const errors = /KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM/i.test(String(r.all ?? ''));
+      const { size } = await stat(serial).catch(() => ({ size: 0 }));
+      return r.timedOut === true && !errors && size > 0;
+    } finally {
+      await safeRemove(tmp);
+    }
+  })();
+  return kvmProbe;
+}
+
+export interface QemuOptions {
+  memory?: string;
+  cpus?: number;
+  /** Force an accelerator instead of probing. */
+  accel?: 'kvm' | 'tcg';
+  /** QEMU -cpu model (default: host with KVM, max with TCG). */
+  cpu?: string;
+  /** Extra kernel command line for systemd-boot (SMBIOS type 11). */
+  cmdlineExtra?: string;
+  /** Writes go to a temporary overlay: the image file is never modified. */
+  snapshot?: boolean;
+  /** Serial console: a file path, or "stdio" for interactive use. */
+  serial: string | 'stdio';
+  /** Host TCP port forwarded to a guest port (user networking). */
+  forwards?: { host: number; guest: number }[];
+}
+
+export async function qemuArgs(image: string, o: QemuOptions, varsFile: string): Promise<{ argv: string[]; accel: 'kvm' | 'tcg' }> {
+  const ovmf = findOvmf();
+  const accel = o.accel ?? ((await kvmWorks()) ? 'kvm' : 'tcg');
+  const cpu = o.cpu ?? (accel === 'kvm' ? 'host' : 'max');
+  const fwd = (o.forwards ?? []).map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join('');
+  const argv = [
+    'qemu-system-x86_64',
+    '-nodefaults',
+    '-machine', `q35,accel=${accel}`,
+    '-cpu', cpu,
+    '-m', o.memory ?? '2048',
+    '-smp', String(o.cpus ?? 2),
+    '-display', 'none',
+    '-no-reboot',
+    '-monitor', 'none',
+    '-serial', o.serial === 'stdio' ? 'mon:stdio' : `file:${o.serial}`,
+    '-drive', `if=pflash,format=raw,unit=0,file=${ovmf.code},readonly=on`,
+    '-drive', `if=pflash,format=raw,unit=1,file=${varsFile}`,
+    '-drive', `if=virtio,format=raw,file=${resolve(image)}${o.snapshot === false ? '' : ',snapshot=on'}`,
+    '-netdev', `user,id=n0${fwd}`,
+    '-device', 'virtio-net-pci,netdev=n0',
+    '-device', 'virtio-rng-pci',
+  ];
+  if (o.cmdlineExtra) argv.push('-smbios', `type=11,value=io.systemd.boot.kernel-cmdline-extra=${o.cmdlineExtra}`);
+  return { argv, accel };
+}
+
+export interface BootCheck {
+  ok: boolean;
+  image: string;
+  accel: 'kvm' | 'tcg';
+  /** Why it failed, when it did. */
+  reason?: string;
+  /** Seconds from QEMU start to the check report (multi-user reached and settled). */
+  hostSeconds: number;
+  /** From the guest: `systemd-analyze time` line, parsed where possible. */
+  guest: {
+    kernel?: string;
+    cmdline?: string;
+    state?: string;
+    /** All other boot jobs had finished when the check ran. */
+    settled?: boolean;
+    failedUnits: string[];
+    timing?: string;
+    firmware?: number;
+    loader?: number;
+    kernelSeconds?: number;
+    initrd?: number;
+    userspace?: number;
+    userspaceStart?: number;
+    /** Seconds from kernel start to multi-user.target. */
+    multiUser?: number;
+    thp?: string;
+    swap?: string;
+    root?: string;
+  };
+  serialLog: string;
+}
+
+const round = (n: number) => Math.round(n * 100) / 100;
+
+/** Parses the AIOS-CHECK lines that the image's boot-check script prints on the console. */
+export function parseCheckLog(log: string): { complete: boolean; guest: BootCheck['guest'] } {
+  const clean = log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
+  const begin = clean.lastIndexOf('AIOS-CHECK-BEGIN');
+  const guest: BootCheck['guest'] = { failedUnits: [] };
+  if (begin < 0) return { complete: false, guest };
+  const block = clean.slice(begin);
+  const complete = block.includes('AIOS-CHECK-END');
+  for (const line of block.split('\n')) {
+    const m = /AIOS-CHECK (\w+)=(.*)$/.exec(line);
+    if (!m) continue;
+    const [, k, v] = m as unknown as [string, string, string];
+    const val = v.trim();
+    if (k === 'kernel') guest.kernel = val;
+    else if (k === 'cmdline') guest.cmdline = val;
+    else if (k === 'state') guest.state = val;
+    else if (k === 'failed') guest.failedUnits = val.split(/\s+/).filter(Boolean);
+    else if (k === 'thp') guest.thp = val;
+    else if (k === 'swap') guest.swap = val;
+    else if (k === 'root') guest.root = val;
+    else if (k === 'multi_user_usec' && Number(val) > 0) guest.multiUser = Number(val) / 1e6;
+    else if (k === 'settled') guest.settled = val === 'yes';
+    else if (k === 'timing') {
+      const t: Record<string, number> = {};
+      for (const m of val.matchAll(/(\w+)TimestampMonotonic=(\d+)/g)) t[m[1]!] = Number(m[2]) / 1e6;
+      if (t.Firmware && t.Loader !== undefined) guest.firmware = round(t.Firmware - t.Loader);
+      if (t.Loader !== undefined) guest.loader = round(t.Loader);
+      const userspace = t.Userspace;
+      if (t.InitRD) guest.kernelSeconds = round(t.InitRD);
+      if (t.InitRD && userspace) guest.initrd = round(userspace - t.InitRD);
+      else if (userspace) guest.kernelSeconds = round(userspace);
+      guest.userspaceStart = userspace;
+    }
+  }
+  if (guest.multiUser !== undefined && guest.userspaceStart !== undefined) guest.userspace = round(guest.multiUser - guest.userspaceStart);
+  if (guest.multiUser !== undefined) {
+    const parts = [
+      guest.firmware !== undefined ? `${guest.firmware} s (firmware)` : '',
+      guest.loader !== undefined ? `${guest.loader} s (loader)` : '',
+      guest.kernelSeconds !== undefined ? `${guest.kernelSeconds} s (kernel${guest.initrd === undefined ? ' + initrd' : ''})` : '',
+      guest.initrd !== undefined ? `${guest.initrd} s (initrd)` : '',
+      guest.userspace !== undefined ? `${guest.userspace} s (userspace to multi-user)` : '',
+    ].filter(Boolean);
+    guest.timing = parts.join(' + ');
+  }
+  return { complete, guest };
+}
+
+export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineExtra'> {
+  /** Give up after this many seconds (default 300: TCG boots take 35–65 s here). */
+  timeout?: number;
+  /** Keep the serial log here (default: next to the image, <image>.serial.log). */
+  serialLog?: string;
+  onProgress?: (line: string) => void;
+}
+
+/** Boots the image with the check unit enabled (aios.check=1) and reports what it found. */
+export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<BootCheck> {
+  if (!existsSync(image)) throw new UserError(`no such image: ${image}`, 2);
+  const tmp = await mkdtemp(join(tmpdir(), 'aios-qemu-'));
+  const unregister = registerTemp(tmp);
+  const serialLog = resolve(o.serialLog ?? `${image}.serial.log`);
+  try {
+    const ovmf = findOvmf();
+    const vars = join(tmp, 'OVMF_VARS.fd');
+    await copyFile(ovmf.vars, vars);
+    await writeFile(serialLog, '');
+    const { argv, accel } = await qemuArgs(image, { ...o, serial: serialLog, cmdlineExtra: 'aios.check=1', snapshot: true }, vars);
+    await appendFile(serialLog, '');
+    const timeout = (o.timeout ?? 300) * 1000;
+    const t0 = Date.now();
+    o.onProgress?.(`booting with ${accel.toUpperCase()} (timeout ${timeout / 1000} s), serial log ${serialLog}`);
+    const child = execa(argv[0]!, argv.slice(1), { reject: false, timeout, all: true, stdin: 'ignore' });
+    const res = await child;
+    const hostSeconds = (Date.now() - t0) / 1000;
+    const log = await readFile(serialLog, 'utf8');
+    const { complete, guest } = parseCheckLog(log);
+    let reason: string | undefined;
+    if (res.timedOut) reason = `timed out after ${timeout / 1000} s${complete ? '' : ' before the boot check reported'} (see ${serialLog})`;
+    else if (!complete) reason = `QEMU exited (code ${res.exitCode}) without a boot check report: ${String(res.all ?? '').trim().slice(-500) || `see ${serialLog}`}`;
+    else if (guest.failedUnits.length) reason = `failed units: ${guest.failedUnits.join(', ')}`;
+    else if (!guest.settled) reason = `boot jobs were still running when the check gave up (state ${guest.state ?? 'unknown'})`;
+    else if (guest.state === 'degraded' || guest.state === 'maintenance' || guest.state === 'stopping') reason = `system state ${guest.state}`;
+    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog };
+  } finally {
+    unregister();
+    await safeRemove(tmp);
+  }
+}
+
+/** Interactive: serial console on this terminal (Ctrl-A X quits). */
+export async function qemuInteractive(image: string, o: Omit<QemuOptions, 'serial'> = {}): Promise<number> {
+  if (!existsSync(image)) throw new UserError(`no such image: ${image}`, 2);
+  const tmp = await mkdtemp(join(tmpdir(), 'aios-qemu-'));
+  try {
+    const vars = join(tmp, 'OVMF_VARS.fd');
+    await copyFile(findOvmf().vars, vars);
+    const { argv } = await qemuArgs(image, { ...o, serial: 'stdio' }, vars);
+    const r = await execa(argv[0]!, argv.slice(1), { stdio: 'inherit', reject: false });
+    return r.exitCode ?? 1;
+  } finally {
+    await safeRemove(tmp);
+  }
+}
