@@ -41,6 +41,7 @@ export class StageCache {
     const final = this.path(stage, key);
     const tmp = `${final}.tmp-${process.pid}`;
     await mkdir(join(this.dir, 'stages', stage), { recursive: true });
+    await this.prune(stage); // also removes temp dirs of builds that were killed
     await safeRemove(tmp);
     await mkdir(tmp, { recursive: true });
     const unregister = registerTemp(tmp);

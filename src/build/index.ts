@@ -112,7 +112,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
         task.title = `${stage.title} [${stage.name}] ${cached ? 'cached' : 'done'} in ${seconds.toFixed(1)} s`;
       },
     })),
-    { renderer, fallbackRenderer: 'simple', exitOnError: true, rendererOptions: { collapseSubtasks: false } } as never,
+    { renderer, fallbackRenderer: 'simple', exitOnError: true, registerSignalListeners: false, rendererOptions: { collapseSubtasks: false } } as never,
   );
   await tasks.run(ctx);
 

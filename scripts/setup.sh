@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up on a Debian 12+ host: the Debian packages aios drives, the npm
+# dependencies, and the compiled CLI. Fast when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  mmdebstrap eatmydata      # Debian rootfs bootstrap (base.distro = "debian")
+  fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
+  qemu-system-x86 ovmf      # aios qemu-test / aios qemu
+  ca-certificates
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "setup: compiling (tsc)"
+npm run --silent build
+echo "setup: done. Run: node bin/aios.js build image"

@@ -1,0 +1,111 @@
+/**
+ * End to end: build the default recipe with real mmdebstrap, read the image back, boot it in QEMU
+ * (OVMF, TCG here) and require multi-user with no failed units. Uses the normal cache dir, so a
+ * machine that has built the image before only re-runs what changed.
+ */
+import { describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { build, type BuildResult } from '../../src/build/index.js';
+import { qemuTest } from '../../src/qemu/index.js';
+import { defaultCacheDir } from '../../src/util/paths.js';
+import { cli, tmp } from '../helpers.js';
+
+const MiB = 1024 * 1024;
+const out = tmp('aios-e2e-out-');
+let first: BuildResult;
+
+describe('aios build image + qemu-test (default recipe)', () => {
+  it('builds out/aios-default.raw with a manifest', { timeout: 20 * 60_000 }, async () => {
+    first = await build({ recipe: 'default', outDir: out, renderer: 'silent' });
+    expect(first.image).toBe(join(out, 'aios-default.raw'));
+    expect(existsSync(first.image)).toBe(true);
+    expect(first.stages.map((s) => s.name)).toEqual(['rootfs', 'overlay', 'image']);
+    const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
+    expect(m.image.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(m.kernel.version).toMatch(/^6\.12\./);
+    expect(m.packages['systemd-boot-efi']).toBeTruthy();
+    expect(m.packages['linux-image-amd64']).toBeTruthy();
+    expect(m.packages['systemd-zram-generator']).toBeTruthy();
+    // Nothing temporary left next to the image.
+    expect(readdirSync(out).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
+  });
+
+  it('has a GPT with an ESP holding systemd-boot, kernel, initrd and the entry', async () => {
+    const { stdout } = await execa('sfdisk', ['-J', first.image]);
+    const parts = JSON.parse(stdout).partitiontable.partitions;
+    expect(parts.map((p: { type: string }) => p.type)).toEqual(['C12A7328-F81F-11D2-BA4B-00A0C93EC93B', '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709']);
+    const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+    const esp = `${first.image}@@${parts[0].start * 512}`;
+    const ls = await execa('mdir', ['-/', '-b', '-i', esp, '::/'], { env });
+    expect(ls.stdout).toMatch(/::\/EFI\/BOOT\/BOOTX64\.EFI/);
+    expect(ls.stdout).toMatch(/::\/loader\/entries\/aios\.conf/);
+    expect(ls.stdout).toMatch(/::\/aios\/6\.12\.[^/]+\/linux/);
+    const entry = await execa('mtype', ['-i', esp, '::/loader/entries/aios.conf'], { env });
+    expect(entry.stdout).toMatch(new RegExp(`options root=PARTUUID=${parts[1].uuid.toLowerCase()} `));
+    const initrd = await execa('mdir', ['-i', esp, `::/aios`], { env });
+    expect(initrd.exitCode).toBe(0);
+  });
+
+  it('has an ext4 root with the rendered files and masked units', async () => {
+    const { stdout } = await execa('sfdisk', ['-J', first.image]);
+    const root = JSON.parse(stdout).partitiontable.partitions[1];
+    const img = join(tmp(), 'root.img');
+    await execa('dd', [`if=${first.image}`, `of=${img}`, 'bs=1M', `skip=${(root.start * 512) / MiB}`, `count=${(root.size * 512) / MiB}`, 'conv=sparse', 'status=none']);
+    const cat = async (p: string) => (await execa('debugfs', ['-R', `cat ${p}`, img])).stdout;
+    expect(await cat('/etc/hostname')).toBe('aios');
+    expect(await cat('/etc/fstab')).toMatch(/noatime/);
+    expect(await cat('/etc/systemd/zram-generator.conf')).toMatch(/compression-algorithm = zstd/);
+    const mask = await execa('debugfs', ['-R', 'stat /etc/systemd/system/cups.service', img]);
+    expect(mask.stdout).toMatch(/Fast link dest: "\/dev\/null"/);
+    const fs = await execa('dumpe2fs', ['-h', img]);
+    expect(fs.stdout).toMatch(/Filesystem volume name:\s+root/);
+  });
+
+  it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 10 * 60_000 }, async () => {
+    const res = await qemuTest(first.image, { timeout: 420, serialLog: join(out, 'boot.serial.log') });
+    expect(res.reason).toBeUndefined();
+    expect(res.ok).toBe(true);
+    expect(res.guest.failedUnits).toEqual([]);
+    expect(res.guest.kernel).toMatch(/^6\.12\./);
+    expect(res.guest.cmdline).toContain('transparent_hugepage=madvise');
+    expect(res.guest.thp).toContain('[madvise]');
+    expect(res.guest.swap).toMatch(/\/dev\/zram0/);
+    expect(res.guest.root).toMatch(/^ext4 .*noatime/);
+    console.log(`boot: ${res.accel}, multi-user ${res.guest.multiUser}s after kernel start, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off`);
+  });
+
+  it('reuses every stage when nothing changed, and only re-runs overlay + image after a template change', { timeout: 10 * 60_000 }, async () => {
+    const again = await build({ recipe: 'default', outDir: out, renderer: 'silent' });
+    expect(again.stages.map((s) => s.cached)).toEqual([true, true, true]);
+    const changed = await build({ recipe: 'default', outDir: out, renderer: 'silent', sets: ['system.hostname=changed'] });
+    expect(changed.stages.map((s) => [s.name, s.cached])).toEqual([
+      ['rootfs', true],
+      ['overlay', false],
+      ['image', false],
+    ]);
+  });
+
+  it('an interrupted build leaves no image and no temp dirs, and the rerun resumes from the cache', { timeout: 10 * 60_000 }, async () => {
+    const dir = tmp('aios-e2e-int-');
+    const child = execa('node', ['bin/aios.js', 'build', 'image', '--out', dir, '--set', 'system.hostname=interrupted'], { reject: false, all: true });
+    await new Promise<void>((resolve) => {
+      child.all!.on('data', (d: Buffer) => {
+        if (/Assemble the GPT disk image|making the ext4/.test(d.toString())) resolve();
+      });
+      void child.then(() => resolve());
+    });
+    child.kill('SIGINT');
+    const r = await child;
+    expect(r.exitCode).toBe(130);
+    expect(readdirSync(dir)).toEqual([]);
+    const stageDir = join(defaultCacheDir(), 'stages', 'image');
+    expect(readdirSync(stageDir).filter((d) => d.endsWith(`.tmp-${child.pid}`))).toEqual([]);
+    const rerun = await cli(['build', 'image', '--out', dir, '--set', 'system.hostname=interrupted', '--json']);
+    expect(rerun.exitCode).toBe(0);
+    const res = JSON.parse(rerun.stdout);
+    expect(res.stages.find((s: { name: string }) => s.name === 'rootfs').cached).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
+  });
+});

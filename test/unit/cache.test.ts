@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { StageCache } from '../../src/build/cache.js';
+import { hashOf, derivedUuid } from '../../src/util/hash.js';
+import { loadRecipe } from '../../src/config/load.js';
+import { identity } from '../../src/build/context.js';
+import { rootfsStage, overlayStage, type BuildContext } from '../../src/build/stages.js';
+import { distroFor } from '../../src/distros/index.js';
+import { tmp } from '../helpers.js';
+
+describe('cache keys', () => {
+  it('do not depend on key order, and change with any value', () => {
+    expect(hashOf({ a: 1, b: [1, 2] })).toBe(hashOf({ b: [1, 2], a: 1 }));
+    expect(hashOf({ a: 1, b: [1, 2] })).not.toBe(hashOf({ a: 1, b: [2, 1] }));
+    expect(hashOf('x', { a: 1 })).not.toBe(hashOf('y', { a: 1 }));
+  });
+
+  it('derives stable, valid UUIDs from the image seed', () => {
+    const u = derivedUuid('seed', 'root');
+    expect(u).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(derivedUuid('seed', 'root')).toBe(u);
+    expect(derivedUuid('seed', 'esp')).not.toBe(u);
+  });
+
+  async function stageKeys(sets: string[]) {
+    const recipe = await loadRecipe('default', { sets });
+    const ctx = { recipe, distro: distroFor('debian'), id: identity(recipe), outputs: { rootfs: { key: 'R', dir: '/x', cached: true, seconds: 0 } } } as unknown as BuildContext;
+    return { rootfs: hashOf('rootfs', await rootfsStage.inputs(ctx)), overlay: hashOf('overlay', await overlayStage.inputs(ctx)) };
+  }
+
+  it('a template-only change (hostname) keeps the rootfs key and changes the overlay key', async () => {
+    const a = await stageKeys([]);
+    const b = await stageKeys(['system.hostname=other']);
+    expect(b.rootfs).toBe(a.rootfs);
+    expect(b.overlay).not.toBe(a.overlay);
+  });
+
+  it('a package change or an initramfs change invalidates the rootfs stage', async () => {
+    const a = await stageKeys([]);
+    expect((await stageKeys(['base.packages=["htop"]'])).rootfs).not.toBe(a.rootfs);
+    expect((await stageKeys(['boot.initramfs_modules=["virtio_blk"]'])).rootfs).not.toBe(a.rootfs);
+    expect((await stageKeys([])).rootfs).toBe(a.rootfs);
+  });
+});
+
+describe('StageCache', () => {
+  it('publishes a finished stage and reuses it by key', async () => {
+    const cache = new StageCache(tmp());
+    expect(await cache.get('s', 'k1')).toBeUndefined();
+    let runs = 0;
+    const dir = await cache.put('s', 'k1', { in: 1 }, async (d) => {
+      runs++;
+      writeFileSync(join(d, 'out.txt'), 'hello');
+    });
+    expect(readFileSync(join(dir, 'out.txt'), 'utf8')).toBe('hello');
+    expect(await cache.get('s', 'k1')).toBe(dir);
+    expect(JSON.parse(readFileSync(join(dir, 'stage.json'), 'utf8'))).toMatchObject({ stage: 's', key: 'k1', inputs: { in: 1 } });
+    expect(runs).toBe(1);
+  });
+
+  it('leaves nothing behind when a stage fails half-way', async () => {
+    const root = tmp();
+    const cache = new StageCache(root);
+    await expect(
+      cache.put('s', 'k2', {}, async (d) => {
+        writeFileSync(join(d, 'partial'), 'x');
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom');
+    expect(await cache.get('s', 'k2')).toBeUndefined();
+    expect(readdirSync(join(root, 'stages', 's'))).toEqual([]);
+  });
+
+  it('keeps only the most recent outputs per stage', async () => {
+    const cache = new StageCache(tmp(), 2);
+    const dirs = [];
+    for (const k of ['a', 'b', 'c']) {
+      dirs.push(await cache.put('s', k, {}, async () => {}));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(existsSync(dirs[0]!)).toBe(false);
+    expect(existsSync(dirs[1]!)).toBe(true);
+    expect(existsSync(dirs[2]!)).toBe(true);
+  });
+});

@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { parseCheckLog, qemuArgs } from '../../src/qemu/index.js';
+
+const LOG = `\x1b[0;32m  OK  \x1b[0m] Reached target multi-user.target\r
+AIOS-CHECK-BEGIN\r
+AIOS-CHECK kernel=6.12.107+deb13-amd64\r
+AIOS-CHECK cmdline=root=PARTUUID=x rw aios.check=1\r
+AIOS-CHECK state=starting\r
+AIOS-CHECK settled=yes\r
+AIOS-CHECK multi_user_usec=44400000\r
+AIOS-CHECK uptime=45.1\r
+AIOS-CHECK failed=foo.service \r
+AIOS-CHECK nfailed=1\r
+AIOS-CHECK timing=FirmwareTimestampMonotonic=7000000 LoaderTimestampMonotonic=1000000 InitRDTimestampMonotonic=0 UserspaceTimestampMonotonic=13280000 \r
+AIOS-CHECK thp=always [madvise] never\r
+AIOS-CHECK swap=/dev/zram0:2012156 \r
+AIOS-CHECK-FAILED-UNIT foo.service\r
+AIOS-CHECK-END\r
+`;
+
+describe('boot check log', () => {
+  it('parses the report the image prints', () => {
+    const { complete, guest } = parseCheckLog(LOG);
+    expect(complete).toBe(true);
+    expect(guest).toMatchObject({
+      kernel: '6.12.107+deb13-amd64',
+      state: 'starting',
+      settled: true,
+      failedUnits: ['foo.service'],
+      firmware: 6,
+      loader: 1,
+      kernelSeconds: 13.28,
+      multiUser: 44.4,
+      userspace: 31.12,
+      thp: 'always [madvise] never',
+    });
+    expect(guest.timing).toBe('6 s (firmware) + 1 s (loader) + 13.28 s (kernel + initrd) + 31.12 s (userspace to multi-user)');
+  });
+
+  it('knows an unfinished report', () => {
+    expect(parseCheckLog('AIOS-CHECK-BEGIN\nAIOS-CHECK state=starting\n').complete).toBe(false);
+    expect(parseCheckLog('nothing').complete).toBe(false);
+  });
+
+  it('boots UEFI from a snapshot of the image with the check flag via SMBIOS', async () => {
+    const { argv } = await qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', cmdlineExtra: 'aios.check=1' }, '/vars.fd');
+    const s = argv.join(' ');
+    expect(s).toContain('-machine q35,accel=tcg -cpu max');
+    expect(s).toContain('-drive if=virtio,format=raw,file=/img.raw,snapshot=on');
+    expect(s).toContain('-smbios type=11,value=io.systemd.boot.kernel-cmdline-extra=aios.check=1');
+    expect(s).toMatch(/-drive if=pflash,format=raw,unit=0,file=\S+OVMF_CODE\S*\.fd,readonly=on/);
+    expect(s).toContain('-serial file:/s.log');
+  });
+});

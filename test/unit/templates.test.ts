@@ -1,0 +1,76 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { loadRecipe } from '../../src/config/load.js';
+import { identity, templateContext } from '../../src/build/context.js';
+import { renderTree } from '../../src/build/render.js';
+import { paths } from '../../src/util/paths.js';
+import { REPO } from '../helpers.js';
+import { parse as parseToml } from 'smol-toml';
+import { RuntimeConfigSchema } from '../../src/runtime/config.js';
+
+const GOLDEN = join(REPO, 'test/golden');
+const update = process.env.UPDATE_GOLDEN === '1';
+const kernel = { version: '6.12.0-test-amd64', kernel: 'boot/vmlinuz', initrd: 'boot/initrd.img' };
+
+function listFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => relative(dir, join(e.parentPath, e.name)))
+    .sort();
+}
+
+/** Renders each templates/ tree for a recipe and compares with test/golden/<case>/<tree>/ (UPDATE_GOLDEN=1 rewrites). */
+async function golden(caseName: string, sets: string[], distroRecipe = 'default') {
+  const r = await loadRecipe(distroRecipe, { sets });
+  const ctx = templateContext(r, identity(r), { kernel });
+  for (const tree of ['bootstrap', 'root', 'esp']) {
+    const files = await renderTree(join(paths.templates, tree), ctx);
+    const dir = join(GOLDEN, caseName, tree);
+    if (update) {
+      rmSync(dir, { recursive: true, force: true });
+      for (const f of files) {
+        mkdirSync(dirname(join(dir, f.path)), { recursive: true });
+        writeFileSync(join(dir, f.path), f.content);
+      }
+    }
+    expect(files.map((f) => f.path).sort(), `${caseName}/${tree}: file list`).toEqual(listFiles(dir));
+    for (const f of files) expect(f.content, `${caseName}/${tree}/${f.path}`).toBe(readFileSync(join(dir, f.path), 'utf8'));
+  }
+}
+
+describe('templates (golden files)', () => {
+  it('default recipe', () => golden('default', []));
+  it('xfs root, no zram, no network, no autologin, mitigations off', () =>
+    golden('variant', ['filesystem.root=xfs', 'zram.enabled=false', 'system.network=none', 'system.autologin=false', 'tuning.mitigations=false', 'boot.timeout=3']));
+  it('arch base', () => golden('arch', ['base.distro=arch', 'base.suite="rolling"']));
+
+  it('writes the tuning the seeds ask for', async () => {
+    const r = await loadRecipe('default');
+    const ctx = templateContext(r, identity(r), { kernel });
+    const files = Object.fromEntries((await renderTree(join(paths.templates, 'root'), ctx)).map((f) => [f.path, f.content]));
+    expect(files['etc/systemd/zram-generator.conf']).toMatch(/zram-size = ram\ncompression-algorithm = zstd/);
+    expect(files['etc/systemd/journald.conf.d/90-aios.conf']).toMatch(/Storage=volatile\nSystemMaxUse=50M\nRuntimeMaxUse=50M/);
+    expect(files['etc/fstab']).toMatch(/\text4\tnoatime,commit=60\t/);
+    const esp = Object.fromEntries((await renderTree(join(paths.templates, 'esp'), ctx)).map((f) => [f.path, f.content]));
+    expect(esp['loader/loader.conf']).toMatch(/^timeout 0$/m);
+    expect(esp['loader/entries/aios.conf']).toMatch(/^options root=PARTUUID=\S+ rootfstype=ext4 rw .*transparent_hugepage=madvise preempt=voluntary nowatchdog nmi_watchdog=0$/m);
+  });
+
+  it('renders an /etc/aios/config.toml that the runtime schema accepts', async () => {
+    const r = await loadRecipe('default');
+    const files = await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)));
+    const cfg = files.find((f) => f.path === 'etc/aios/config.toml')!;
+    const parsed = RuntimeConfigSchema.parse(parseToml(cfg.content));
+    expect(parsed.system.hostname).toBe('aios');
+    expect(parsed.models.model_dir).toBe('/var/lib/aios/models');
+  });
+
+  it('fails with the template name when a template refers to a missing value', async () => {
+    const dir = join(GOLDEN, '..', 'fixtures', 'bad-templates');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'x.conf.hbs'), '{{no.such.key}}\n');
+    await expect(renderTree(dir, {})).rejects.toThrow(/template x\.conf\.hbs/);
+  });
+});
