@@ -74,7 +74,7 @@ export function program(): Command {
       .option('-o, --out <dir>', 'output directory', 'out')
       .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
       .option('--no-cache', 'rebuild every stage')
-      .option('--json', 'print the build result as JSON (progress goes to stderr)'),
+      .option('--json', 'print the build result as JSON (no progress output)'),
   ).action(async (o: { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; json?: boolean }) => {
     const res = await build({
       recipe: o.recipe,

@@ -139,3 +139,12 @@ describe('aios summary (CLI)', () => {
     expect(j.derived.warnings.join(' ')).toMatch(/UNSAFE|trusted/);
   });
 });
+
+describe('docs/recipe.md', () => {
+  it('is the current output of `aios docs recipe`', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { REPO } = await import('../helpers.js');
+    expect(readFileSync(join(REPO, 'docs/recipe.md'), 'utf8').trim()).toBe(recipeReference().trim());
+  });
+});
