@@ -1,6 +1,6 @@
 /** Values derived from the recipe that templates and stages share (one place, computed once). */
 import { randomUUID } from 'node:crypto';
-import type { ResolvedRecipe } from '../config/schema.js';
+import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
 
 export interface Identity {
@@ -59,6 +59,10 @@ export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUui
   return parts.join(' ');
 }
 
+export function mountOptions(r: Recipe): string[] {
+  return r.filesystem.mount_options ?? (r.filesystem.root === 'ext4' ? ['noatime', 'commit=60'] : ['noatime']);
+}
+
 export function initramfsModules(r: ResolvedRecipe): string[] {
   return [...new Set([...r.boot.initramfs_modules, r.filesystem.root])];
 }
@@ -73,6 +77,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     rootPartUuid: id.rootPartUuid,
     espPartUuid: id.espPartUuid,
     cmdline: kernelCmdline(r, id),
+    mountOptions: mountOptions(r),
+    operationalModel: r.models.find((m) => m.level === 'operational'),
+    tacticalModel: r.models.find((m) => m.level === 'tactical'),
     ...extra,
   };
 }

@@ -10,6 +10,7 @@ import { writeRendered, type RenderedFile } from './render.js';
 import { run, which } from '../util/exec.js';
 import { alignUp, formatSize, parseSize } from '../util/size.js';
 import { UserError } from '../util/errors.js';
+import { xfsProtofile } from './xfs.js';
 
 const MiB = 1024 * 1024;
 const SECTOR = 512;
@@ -118,10 +119,12 @@ export async function assembleDisk(
       { log: ctx.log, env },
     );
   } else {
-    // mkfs.xfs -p with a prototype file from xfs_protofile (xfsprogs >= 6.13, Debian trixie).
     const proto = join(work, 'root.proto');
-    const { stdout } = await run(['xfs_protofile', a.root], { log: ctx.log });
-    await writeFile(proto, stdout);
+    const { proto: text, stickyDropped } = await xfsProtofile(a.root);
+    await writeFile(proto, text);
+    if (stickyDropped.some((p) => !['/tmp', '/var/tmp', '/run/lock'].includes(p))) {
+      ctx.warnings.push(`xfs root: the sticky bit cannot be stored by mkfs.xfs -p on: ${stickyDropped.join(', ')}`);
+    }
     await run(['mkfs.xfs', '-q', '-f', '-L', 'root', '-m', `uuid=${ctx.id.rootFsUuid}`, '-p', proto, rootImg], { log: ctx.log, env });
   }
 
@@ -143,8 +146,5 @@ export async function assembleDisk(
 }
 
 export async function xfsToolsMissing(): Promise<string[]> {
-  const out: string[] = [];
-  if (!(await which('xfs_protofile'))) out.push('xfs_protofile not found: filesystem.root = "xfs" needs xfsprogs >= 6.13 (Debian trixie) on the build host');
-  if (!(await which('mkfs.xfs'))) out.push('mkfs.xfs not found (install xfsprogs)');
-  return out;
+  return (await which('mkfs.xfs')) ? [] : ['mkfs.xfs not found (install the Debian package xfsprogs)'];
 }

@@ -9,6 +9,7 @@ import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
 import { identity, kernelCmdline, tuningArgs } from './context.js';
 import { STAGES, type BuildContext } from './stages.js';
+import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
 import { registerTemp, safeRemove } from '../util/cleanup.js';
@@ -86,13 +87,18 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
     progress: () => {},
   };
 
+  const renderer = opts.renderer ?? (process.stdout.isTTY ? 'default' : 'simple');
+  if (recipe.llama.enabled) {
+    const isa = await isaFor(recipe.llama.cpu);
+    ctx.progress = () => {};
+    process.stderr.write(renderer === 'silent' ? '' : `llama.cpp binaries will need: ${isa.description}\n`);
+  }
   const problems = await preflight(ctx, outDir);
   if (problems.length) {
     throw new UserError(`cannot build ${recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
   }
 
   const reports: StageReport[] = [];
-  const renderer = opts.renderer ?? (process.stdout.isTTY ? 'default' : 'simple');
   const tasks = new Listr<BuildContext>(
     STAGES.map((stage) => ({
       title: stage.title,
@@ -153,6 +159,8 @@ async function buildManifest(ctx: BuildContext, disk: string, stages: StageRepor
     image: { file: `${r.name}.raw`, bytes: st.size, sha256: await sha256File(disk) },
     partitions: layout.sfdisk?.partitiontable?.partitions ?? [],
     stages,
+    llama: existsSync(join(ctx.outputs.overlay!.dir, 'llama.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'llama.json'), 'utf8')) : null,
+    models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],
     packages,
   };
 }

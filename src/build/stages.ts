@@ -2,8 +2,8 @@
  * The build as a flat list of named stages. Each stage: check (host tools, before anything runs),
  * key (hash of its inputs: an unchanged stage is reused from the cache), run (into a fresh dir).
  */
-import { cp, mkdir, writeFile, symlink, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { chmod, copyFile, cp, mkdir, readFile, writeFile, symlink, rm } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { ResolvedRecipe } from '../config/schema.js';
@@ -12,10 +12,16 @@ import type { StageCache } from './cache.js';
 import { type Identity, templateContext } from './context.js';
 import { renderTree, writeRendered, type RenderedFile } from './render.js';
 import { run, which } from '../util/exec.js';
-import { hashOf, hashTree } from '../util/hash.js';
+import { hashTree, sha256File } from '../util/hash.js';
+import { formatSize } from '../util/size.js';
+import { catalogEntry } from '../models/catalog.js';
+import { fetchModel } from '../models/fetch.js';
+import { inspectModel, type ModelInfo } from '../models/gguf.js';
+import { synthModel } from '../models/synth.js';
 import { paths } from '../util/paths.js';
 import { RuntimeConfigSchema } from '../runtime/config.js';
 import { assembleDisk, xfsToolsMissing } from './image.js';
+import { buildLlama, cmakeArgs, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from './llama.js';
 
 export interface BuildContext {
   recipe: ResolvedRecipe;
@@ -44,7 +50,7 @@ export interface Stage {
 }
 
 /** Bump when a stage's code changes what it produces, to invalidate old cache entries. */
-const STAGE_VERSION = { rootfs: 1, overlay: 1, image: 1 } as const;
+const STAGE_VERSION = { rootfs: 1, llama: 2, models: 1, overlay: 1, image: 1 } as const;
 
 async function missingTools(tools: Record<string, string>): Promise<string[]> {
   const out: string[] = [];
@@ -108,6 +114,122 @@ export const rootfsStage: Stage = {
   },
 };
 
+export const llamaStage: Stage = {
+  name: 'llama',
+  title: 'Build llama.cpp',
+  async check(ctx) {
+    return ctx.recipe.llama.enabled ? llamaHostProblems(ctx.recipe.llama) : [];
+  },
+  async inputs(ctx) {
+    const l = ctx.recipe.llama;
+    if (!l.enabled) return { v: STAGE_VERSION.llama, enabled: false };
+    return {
+      v: STAGE_VERSION.llama,
+      source: await sourceIdentity(l),
+      cmake: cmakeArgs(l, 'SRC', 'BUILD'),
+      targets: l.targets,
+      isa: await isaFor(l.cpu),
+      toolchain: await toolchainId(l),
+    };
+  },
+  async run(ctx, dir) {
+    const l = ctx.recipe.llama;
+    if (!l.enabled) return;
+    const isa = await isaFor(l.cpu);
+    const work = join(dir, 'work');
+    const fetched = join(dir, 'src');
+    const info = await fetchSource(l, fetched, work, ctx.log, ctx.progress);
+    const src = l.source.type === 'dir' ? l.source.path : fetched;
+    await buildLlama(l, { src, build: join(dir, 'build'), binDir: join(dir, 'bin'), ccacheDir: join(ctx.cacheDir, 'ccache'), log: ctx.log, progress: ctx.progress });
+    const version = await run([join(dir, 'bin', 'llama-server'), '--version'], { reject: false });
+    await writeFile(join(dir, 'llama.json'), JSON.stringify({ source: info, isa, cmake: cmakeArgs(l, src, 'build'), version: version.stdout.trim() }, null, 2));
+    // What `aios models synth` needs from the tree: gguf-py and a tokenizer vocabulary.
+    await mkdir(join(dir, 'share'), { recursive: true });
+    await cp(join(src, 'gguf-py'), join(dir, 'share/gguf-py'), { recursive: true });
+    await cp(join(src, 'models/ggml-vocab-llama-spm.gguf'), join(dir, 'share/ggml-vocab-llama-spm.gguf'));
+    for (const d of [work, join(dir, 'build'), fetched]) await rm(d, { recursive: true, force: true });
+  },
+};
+
+export const modelsStage: Stage = {
+  name: 'models',
+  title: 'Fetch, synthesize and check models',
+  async check(ctx) {
+    const synth = ctx.recipe.models.some((m) => m.source === 'synth');
+    const problems: string[] = [];
+    if (synth) {
+      const py = await run(['/usr/bin/python3', '-c', 'import numpy'], { reject: false });
+      if (py.exitCode !== 0) problems.push('synthesized models need /usr/bin/python3 with numpy (install the Debian package python3-numpy)');
+    }
+    for (const m of ctx.recipe.models) if (m.source === 'file' && !existsSync(m.path)) problems.push(`models: ${m.name}: no such file ${m.path}`);
+    return problems;
+  },
+  async inputs(ctx) {
+    const specs = [];
+    for (const m of ctx.recipe.models) {
+      if (m.source === 'file') {
+        const st = statSync(m.path);
+        specs.push({ ...m, size: st.size, mtime: st.mtimeMs });
+      } else if (m.source === 'catalog') specs.push({ ...m, sha256: catalogEntry(m.id)!.sha256 });
+      else specs.push(m);
+    }
+    const synth = ctx.recipe.models.some((m) => m.source === 'synth');
+    return { v: STAGE_VERSION.models, specs, llama: synth ? ctx.outputs.llama?.key : null };
+  },
+  async run(ctx, dir) {
+    await mkdir(join(dir, 'models'), { recursive: true });
+    const downloads = join(ctx.cacheDir, 'downloads');
+    await mkdir(downloads, { recursive: true });
+    const out: InstalledModel[] = [];
+    for (const m of ctx.recipe.models) {
+      const dest = join(dir, 'models', `${m.name}.gguf`);
+      ctx.progress(`${m.name}: ${m.source}`);
+      if (m.source === 'synth') {
+        const llama = ctx.outputs.llama!.dir;
+        await synthModel({
+          shape: m.shape,
+          quant: m.quant,
+          seed: m.seed,
+          out: dest,
+          name: m.name,
+          tools: { ggufPy: join(llama, 'share/gguf-py'), vocab: join(llama, 'share/ggml-vocab-llama-spm.gguf'), quantize: join(llama, 'bin/llama-quantize') },
+          log: ctx.log,
+          progress: (s) => ctx.progress(`${m.name}: ${s}`),
+        });
+      } else if (m.source === 'file') {
+        await copyFile(m.path, dest);
+      } else {
+        const e = m.source === 'catalog' ? catalogEntry(m.id)! : undefined;
+        const url = e ? e.url : (m as { url: string }).url;
+        const sha = e ? e.sha256 : (m as { sha256: string }).sha256;
+        const cachedFile = join(downloads, `${sha}.gguf`);
+        await fetchModel({
+          url,
+          sha256: sha,
+          dest: cachedFile,
+          size: e?.size || (m as { size?: number }).size,
+          onProgress: (p) => ctx.progress(`${m.name}: ${formatSize(p.bytes)}${p.total ? ` of ${formatSize(p.total)}` : ''} at ${formatSize(p.speed)}/s`),
+        });
+        await copyFile(cachedFile, dest);
+      }
+      await chmod(dest, 0o644);
+      const info = await inspectModel(dest); // refuses files that are not GGUF
+      out.push({ name: m.name, level: m.level, source: m.source, file: `${m.name}.gguf`, sha256: await sha256File(dest), bytes: statSync(dest).size, info: { ...info, file: `${m.name}.gguf` } });
+    }
+    await writeFile(join(dir, 'models.json'), JSON.stringify(out, null, 2));
+  },
+};
+
+export interface InstalledModel {
+  name: string;
+  level: 'operational' | 'tactical';
+  source: string;
+  file: string;
+  sha256: string;
+  bytes: number;
+  info: ModelInfo;
+}
+
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
   const u = ['aios-check.service'];
@@ -127,6 +249,8 @@ export const overlayStage: Stage = {
     return {
       v: STAGE_VERSION.overlay,
       rootfs: ctx.outputs.rootfs!.key,
+      llama: ctx.outputs.llama?.key ?? null,
+      models: ctx.outputs.models?.key ?? null,
       files: filesDigest(files),
       overlay: await hashTree(paths.rootfsOverlay),
       masked: r.system.masked_units,
@@ -171,6 +295,8 @@ export const overlayStage: Stage = {
       await symlink('/dev/null', p);
     }
     if (r.system.root_password_hash) await run(['chroot', root, 'usermod', '-p', r.system.root_password_hash, 'root'], { log: ctx.log });
+    if (r.llama.enabled) await installLlama(ctx, root, dir);
+    await installModels(ctx, root, dir);
   },
 };
 
@@ -212,5 +338,29 @@ export const imageStage: Stage = {
   },
 };
 
-export const STAGES: Stage[] = [rootfsStage, overlayStage, imageStage];
+/** Copies the llama.cpp binaries to /usr/bin and proves they run inside the target root. */
+async function installLlama(ctx: BuildContext, root: string, dir: string): Promise<void> {
+  const llamaDir = ctx.outputs.llama!.dir;
+  ctx.progress('installing llama.cpp binaries');
+  for (const t of ctx.recipe.llama.targets) await run(['install', '-m', '0755', join(llamaDir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
+  await cp(join(llamaDir, 'llama.json'), join(dir, 'llama.json'));
+  const check = await run(['chroot', root, '/usr/bin/llama-server', '--version'], { log: ctx.log, reject: false });
+  if (check.exitCode !== 0) {
+    throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.stdout.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
+  }
+}
+
+/** Models go to /var/lib/aios/models (hard links to the models stage's files where possible). */
+async function installModels(ctx: BuildContext, root: string, dir: string): Promise<void> {
+  const src = ctx.outputs.models!.dir;
+  const models = JSON.parse(await readFile(join(src, 'models.json'), 'utf8')) as InstalledModel[];
+  for (const m of models) {
+    ctx.progress(`installing model ${m.name}`);
+    const dest = join(root, 'var/lib/aios/models', m.file);
+    await run(['cp', '--reflink=auto', join(src, 'models', m.file), dest], { log: ctx.log });
+  }
+  await writeFile(join(dir, 'models.json'), JSON.stringify(models, null, 2));
+}
+
+export const STAGES: Stage[] = [rootfsStage, llamaStage, modelsStage, overlayStage, imageStage];
 

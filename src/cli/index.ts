@@ -9,6 +9,7 @@ import { recipeReference } from '../config/docs.js';
 import { build } from '../build/index.js';
 import { kernelCmdline, identity, tuningArgs } from '../build/context.js';
 import { distroFor } from '../distros/index.js';
+import { cmakeArgs, isaFor } from '../build/llama.js';
 import { qemuTest, qemuInteractive } from '../qemu/index.js';
 import { UserError } from '../util/errors.js';
 import { CommandError } from '../util/exec.js';
@@ -44,6 +45,7 @@ export function program(): Command {
       kernel_cmdline: kernelCmdline(r, id),
       warnings: tuningArgs(r).warnings,
       output: `out/${r.name}.raw`,
+      llama: r.llama.enabled ? { isa: await isaFor(r.llama.cpu), cmake: cmakeArgs(r.llama, '<src>', '<build>') } : null,
     };
     if (o.json) out(JSON.stringify({ ...r, derived }, null, 2));
     else {
@@ -131,6 +133,8 @@ export function program(): Command {
         out(`host:        ${res.hostSeconds.toFixed(1)} s from QEMU start to power-off`);
         if (g.state) out(`state:       ${g.state}; failed units: ${g.failedUnits.length ? g.failedUnits.join(', ') : 'none'}`);
         if (g.thp) out(`THP:         ${g.thp}`);
+        if (g.cpuFlags) out(`guest CPU:   ${g.cpuFlags.join(' ')}`);
+        if (g.llamaVersion) out(`llama.cpp:   ${g.llamaVersion}`);
         if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
         out(`serial log:  ${res.serialLog}`);
       }

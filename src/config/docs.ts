@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { RecipeSchema } from './schema.js';
 
-type JS = { type?: string | string[]; description?: string; default?: unknown; enum?: unknown[]; properties?: Record<string, JS>; items?: JS; anyOf?: JS[]; pattern?: string; additionalProperties?: JS | boolean; const?: unknown };
+type JS = { oneOf?: JS[]; type?: string | string[]; description?: string; default?: unknown; enum?: unknown[]; properties?: Record<string, JS>; items?: JS; anyOf?: JS[]; pattern?: string; additionalProperties?: JS | boolean; const?: unknown };
 
 function typeOf(s: JS): string {
   if (s.enum) return s.enum.map((e) => JSON.stringify(e)).join(' \\| ');
@@ -30,6 +30,16 @@ export function recipeReference(): string {
         lines.push(`| \`${k}.${kk}\` | ${typeOf(vv)} | ${vv.default === undefined ? '' : `\`${JSON.stringify(vv.default)}\``} | ${(vv.description ?? '').replace(/\|/g, '\\|')} |`);
       }
       lines.push('');
+    } else if (v.type === 'array' && (v.items?.oneOf || v.items?.anyOf)) {
+      lines.push(`## [[${k}]]`, '', v.description ?? '', '');
+      for (const variant of v.items.oneOf ?? v.items.anyOf ?? []) {
+        const disc = Object.entries(variant.properties ?? {}).find(([, p]) => p.const !== undefined);
+        lines.push(`### ${disc ? `${disc[0]} = ${JSON.stringify(disc[1].const)}` : 'variant'}`, '', '| key | type | default | description |', '| --- | --- | --- | --- |');
+        for (const [kk, vv] of Object.entries(variant.properties ?? {})) {
+          lines.push(`| \`${kk}\` | ${typeOf(vv)} | ${vv.default === undefined ? '' : `\`${JSON.stringify(vv.default)}\``} | ${(vv.description ?? '').replace(/\|/g, '\\|')} |`);
+        }
+        lines.push('');
+      }
     } else top.push([k, v]);
   }
   const head = ['## Top-level keys', '', '| key | type | default | description |', '| --- | --- | --- | --- |'];

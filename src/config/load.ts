@@ -8,6 +8,7 @@ import { RecipeError } from '../util/errors.js';
 import { paths } from '../util/paths.js';
 import { RecipeSchema, type ResolvedRecipe } from './schema.js';
 import { distroFor } from '../distros/index.js';
+import { catalog, catalogEntry } from '../models/catalog.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -119,6 +120,33 @@ export function zodProblems(err: z.ZodError, schema: z.ZodTypeAny = RecipeSchema
   return out;
 }
 
+/** Checks that involve more than one key. */
+function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message: string }[] {
+  const out: { path: string; message: string }[] = [];
+  const ext4Only = ['commit=', 'data=', 'barrier', 'journal_', 'errors='];
+  if (r.filesystem.root === 'xfs') {
+    for (const o of r.filesystem.mount_options ?? []) {
+      if (ext4Only.some((e) => o.startsWith(e))) out.push({ path: 'filesystem.mount_options', message: `"${o}" is an ext4 option; XFS would refuse to mount with it` });
+    }
+  }
+  const seen = new Map<string, number>();
+  r.models.forEach((m, i) => {
+    if (seen.has(m.name)) out.push({ path: `models.${i}.name`, message: `"${m.name}" is already used by models.${seen.get(m.name)}` });
+    seen.set(m.name, i);
+    if (m.source === 'catalog') {
+      const e = catalogEntry(m.id);
+      if (!e) out.push({ path: `models.${i}.id`, message: `"${m.id}" is not in models/catalog.toml (known: ${catalog().map((c) => c.id).join(', ')})` });
+      else if (!e.sha256) out.push({ path: `models.${i}.id`, message: `catalog entry "${m.id}" has no sha256 yet, so it cannot be downloaded safely; use source = "url" with a sha256` });
+    }
+    if (m.source === 'synth' && !r.llama.enabled) out.push({ path: `models.${i}.source`, message: 'synthesized models need llama.cpp (its gguf-py and llama-quantize): set llama.enabled = true' });
+  });
+  for (const level of ['operational', 'tactical'] as const) {
+    const n = r.models.filter((m) => m.level === level);
+    if (n.length > 1) out.push({ path: 'models', message: `${n.length} models have level = "${level}"; at most one per level (${n.map((m) => m.name).join(', ')})` });
+  }
+  return out;
+}
+
 export interface LoadOptions {
   /** `--set key=value` overrides, applied after the recipe chain. */
   sets?: string[];
@@ -137,7 +165,7 @@ export async function loadRecipe(ref = 'default', opts: LoadOptions = {}): Promi
   if (!parsed.success) throw new RecipeError(opts.sets?.length ? `${file} (with --set ${opts.sets.join(' ')})` : file, zodProblems(parsed.error));
   const r = parsed.data;
   const distro = distroFor(r.base.distro);
-  const problems = distro.validate?.(r) ?? [];
+  const problems = [...(distro.validate?.(r) ?? []), ...crossChecks(r)];
   if (problems.length) throw new RecipeError(file, problems);
   const name = r.image.name ?? basename(file, '.toml');
   return {

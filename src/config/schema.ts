@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { SIZE_RE } from '../util/size.js';
+import { QUANTS, SHAPES } from '../models/synth.js';
 
 const size = (what: string) =>
   z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
@@ -127,7 +128,10 @@ export const JournaldSchema = z
 export const FilesystemSchema = z
   .strictObject({
     root: z.enum(['ext4', 'xfs']).default('ext4').describe('Root filesystem (xfs is built with the target\'s own xfs_protofile + mkfs.xfs -p)'),
-    mount_options: z.array(z.string().regex(/^[a-z0-9_=,.\-]+$/)).default(['noatime', 'commit=60']).describe('Root mount options in /etc/fstab'),
+    mount_options: z
+      .array(z.string().regex(/^[a-z0-9_=,.\-]+$/))
+      .optional()
+      .describe('Root mount options in /etc/fstab. Default: noatime,commit=60 for ext4; noatime for xfs'),
   })
   .describe('Root filesystem');
 
@@ -152,17 +156,68 @@ export const ImageSchema = z
   })
   .describe('Disk image layout');
 
+const LlamaSource = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('npm'),
+    package: z.string().default('node-llama-cpp').describe('npm package that ships llama/gitRelease.bundle'),
+    version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'must be an exact version such as 3.22.1' }).default('3.22.1'),
+  }),
+  z.strictObject({ type: z.literal('git'), url: z.string().min(1), ref: z.string().min(1).describe('tag, branch or commit') }),
+  z.strictObject({ type: z.literal('dir'), path: z.string().min(1).describe('a local llama.cpp checkout') }),
+  z.strictObject({
+    type: z.literal('tarball'),
+    url: z.string().url(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex digits' }),
+  }),
+]);
+
+export const LLAMA_CPU_LEVELS = ['native', 'x86-64-v4', 'x86-64-v3', 'x86-64-v2', 'x86-64'] as const;
+
 export const LlamaSchema = z
   .strictObject({
-    enabled: z.boolean().default(false).describe('Compile llama.cpp into the image (issue 3; not built yet)'),
+    enabled: z.boolean().default(true).describe('Compile llama.cpp and install its binaries into /usr/bin of the image'),
+    source: LlamaSource.prefault({ type: 'npm' }).describe(
+      'Pinned source: {type="npm", package, version} (offline default: the tree node-llama-cpp ships), {type="git", url, ref}, {type="dir", path}, {type="tarball", url, sha256}',
+    ),
+    cpu: z
+      .enum(LLAMA_CPU_LEVELS)
+      .default('native')
+      .describe('Instruction set the binaries target: native (-march=native of the build host: they may SIGILL elsewhere) or an x86-64 level (x86-64-v3 = AVX2/FMA/F16C)'),
+    gpu: z.enum(['none', 'cuda']).default('none').describe('GPU backend: cuda adds -DGGML_CUDA=ON (needs nvcc on the build host)'),
+    targets: z
+      .array(z.string().regex(/^llama-[a-z0-9-]+$/))
+      .default(['llama-server', 'llama-bench', 'llama-quantize'])
+      .describe('CMake targets built and installed to /usr/bin'),
+    cmake_args: z.array(z.string().regex(/^-D[A-Za-z0-9_]+=.*$/, { message: 'must look like -DNAME=VALUE' })).default([]).describe('Extra -D options for CMake'),
   })
-  .describe('llama.cpp build (filled by a later issue)');
+  .describe('llama.cpp build');
 
-export const ModelsSchema = z
-  .strictObject({
-    install: z.array(z.string()).default([]).describe('Models to install (issue 3; not built yet)'),
-  })
-  .describe('GGUF models (filled by a later issue)');
+const modelName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'must be lowercase letters, digits, . _ - (it becomes <name>.gguf)' });
+const modelCommon = {
+  name: modelName.describe('Installed as /var/lib/aios/models/<name>.gguf'),
+  level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves (seed 000)'),
+};
+export const ModelSpecSchema = z.discriminatedUnion('source', [
+  z.strictObject({
+    ...modelCommon,
+    source: z.literal('synth'),
+    shape: z.enum(Object.keys(SHAPES) as [string, ...string[]]).default('tiny'),
+    quant: z.enum(QUANTS).default('f32'),
+    seed: z.number().int().min(0).default(0),
+  }),
+  z.strictObject({ ...modelCommon, source: z.literal('catalog'), id: z.string().describe('an id from models/catalog.toml') }),
+  z.strictObject({
+    ...modelCommon,
+    source: z.literal('url'),
+    url: z.string().url(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex digits' }),
+    size: z.number().int().positive().optional(),
+  }),
+  z.strictObject({ ...modelCommon, source: z.literal('file'), path: z.string().min(1) }),
+]);
+export type ModelSpec = z.output<typeof ModelSpecSchema>;
 
 export const RuntimeSchema = z
   .strictObject({
@@ -189,7 +244,10 @@ export const RecipeSchema = z.strictObject({
   filesystem: FilesystemSchema.prefault({}),
   image: ImageSchema.prefault({}),
   llama: LlamaSchema.prefault({}),
-  models: ModelsSchema.prefault({}),
+  models: z
+    .array(ModelSpecSchema)
+    .default([])
+    .describe('[[models]] tables: GGUF models installed into /var/lib/aios/models. source = synth | catalog | url | file'),
   runtime: RuntimeSchema.prefault({}),
   kernel: KernelSchema.prefault({}),
 });

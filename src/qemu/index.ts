@@ -117,6 +117,11 @@ export interface BootCheck {
     kernel?: string;
     cmdline?: string;
     state?: string;
+    cpuFlags?: string[];
+    /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
+    models: { file: string; magic: string; version: number; bytes: number; sha256: string }[];
+    /** `llama-server --version` run inside the guest. */
+    llamaVersion?: string;
     /** All other boot jobs had finished when the check ran. */
     settled?: boolean;
     failedUnits: string[];
@@ -142,7 +147,7 @@ const round = (n: number) => Math.round(n * 100) / 100;
 export function parseCheckLog(log: string): { complete: boolean; guest: BootCheck['guest'] } {
   const clean = log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
   const begin = clean.lastIndexOf('AIOS-CHECK-BEGIN');
-  const guest: BootCheck['guest'] = { failedUnits: [] };
+  const guest: BootCheck['guest'] = { failedUnits: [], models: [] };
   if (begin < 0) return { complete: false, guest };
   const block = clean.slice(begin);
   const complete = block.includes('AIOS-CHECK-END');
@@ -160,6 +165,12 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'root') guest.root = val;
     else if (k === 'multi_user_usec' && Number(val) > 0) guest.multiUser = Number(val) / 1e6;
     else if (k === 'settled') guest.settled = val === 'yes';
+    else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
+    else if (k === 'llama_version') guest.llamaVersion = val;
+    else if (k === 'model') {
+      const mm = /^(\S+) magic=(\S*) version=(\d*) bytes=(\d+) sha256=([0-9a-f]*)/.exec(val);
+      if (mm) guest.models.push({ file: mm[1]!, magic: mm[2]!, version: Number(mm[3]), bytes: Number(mm[4]), sha256: mm[5]! });
+    }
     else if (k === 'timing') {
       const t: Record<string, number> = {};
       for (const m of val.matchAll(/(\w+)TimestampMonotonic=(\d+)/g)) t[m[1]!] = Number(m[2]) / 1e6;
@@ -186,12 +197,63 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
   return { complete, guest };
 }
 
+/** CPU features QEMU's TCG cannot emulate (QEMU 7.2–9.x): an image needing one cannot boot its binaries under TCG. */
+const TCG_MISSING = /^(avx512|amx|avx_vnni)/;
+
+/** The manifest `aios build image` wrote next to an image, if any. */
+export interface ImageManifest {
+  llama?: { isa?: { flags: string[]; description: string } } | null;
+  models?: { file: string; sha256: string }[];
+}
+
+export async function manifestFor(image: string): Promise<ImageManifest | undefined> {
+  const m = resolve(image).replace(/\.raw$/, '') + '.manifest.json';
+  return existsSync(m) ? JSON.parse(await readFile(m, 'utf8')) : undefined;
+}
+
+/**
+ * Picks a QEMU CPU model that has every feature the image's binaries need, or refuses.
+ * TCG: `max` (has AVX2/FMA/F16C since QEMU 7.2, no AVX-512). KVM: `host`, if the host has them.
+ */
+export async function cpuFor(required: string[], accel: 'kvm' | 'tcg', isaText = required.join(', ')): Promise<string> {
+  if (accel === 'tcg') {
+    const missing = required.filter((f) => TCG_MISSING.test(f));
+    if (missing.length) {
+      throw new UserError(
+        `this image's llama.cpp binaries need ${missing.join(', ')} (${isaText}), which QEMU cannot emulate without KVM; ` +
+          'they would crash with SIGILL. Rebuild with --set llama.cpu=x86-64-v3, or run qemu-test on a KVM host whose CPU has these features.',
+        3,
+      );
+    }
+    return 'max';
+  }
+  const cpuinfo = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  const have = new Set((/^flags\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? '').split(/\s+/));
+  const missing = required.filter((f) => !have.has(f));
+  if (missing.length) throw new UserError(`this image's binaries need ${missing.join(', ')}, which this host's CPU lacks (KVM passes the host CPU through)`, 3);
+  return 'host';
+}
+
 export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineExtra'> {
+  /** CPU flags the image needs (default: from the image's manifest, llama.isa.flags). */
+  requiredFlags?: string[];
   /** Give up after this many seconds (default 300: TCG boots take 35–65 s here). */
   timeout?: number;
   /** Keep the serial log here (default: next to the image, <image>.serial.log). */
   serialLog?: string;
   onProgress?: (line: string) => void;
+}
+
+/** Every model the manifest lists must be in the guest, with a GGUF header and the same sha256. */
+export function modelProblems(manifest: ImageManifest | undefined, guest: BootCheck['guest']): string[] {
+  const out: string[] = [];
+  for (const m of manifest?.models ?? []) {
+    const g = guest.models.find((x) => x.file === m.file);
+    if (!g) out.push(`model ${m.file} missing in the guest`);
+    else if (g.magic !== 'GGUF' || g.version < 2) out.push(`model ${m.file}: bad GGUF header in the guest (magic "${g.magic}", version ${g.version})`);
+    else if (g.sha256 !== m.sha256) out.push(`model ${m.file}: sha256 in the guest ${g.sha256} differs from the build's ${m.sha256}`);
+  }
+  return out;
 }
 
 /** Boots the image with the check unit enabled (aios.check=1) and reports what it found. */
@@ -205,7 +267,11 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const vars = join(tmp, 'OVMF_VARS.fd');
     await copyFile(ovmf.vars, vars);
     await writeFile(serialLog, '');
-    const { argv, accel } = await qemuArgs(image, { ...o, serial: serialLog, cmdlineExtra: 'aios.check=1', snapshot: true }, vars);
+    const accel = o.accel ?? ((await kvmWorks()) ? 'kvm' : 'tcg');
+    const manifest = await manifestFor(image);
+    const isa = manifest?.llama?.isa;
+    const cpu = o.cpu ?? (await cpuFor(o.requiredFlags ?? isa?.flags ?? [], accel, isa?.description));
+    const { argv } = await qemuArgs(image, { ...o, accel, cpu, serial: serialLog, cmdlineExtra: 'aios.check=1', snapshot: true }, vars);
     await appendFile(serialLog, '');
     const timeout = (o.timeout ?? 300) * 1000;
     const t0 = Date.now();
@@ -219,6 +285,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     if (res.timedOut) reason = `timed out after ${timeout / 1000} s${complete ? '' : ' before the boot check reported'} (see ${serialLog})`;
     else if (!complete) reason = `QEMU exited (code ${res.exitCode}) without a boot check report: ${String(res.all ?? '').trim().slice(-500) || `see ${serialLog}`}`;
     else if (guest.failedUnits.length) reason = `failed units: ${guest.failedUnits.join(', ')}`;
+    else if (modelProblems(manifest, guest).length) reason = modelProblems(manifest, guest).join('; ');
     else if (!guest.settled) reason = `boot jobs were still running when the check gave up (state ${guest.state ?? 'unknown'})`;
     else if (guest.state === 'degraded' || guest.state === 'maintenance' || guest.state === 'stopping') reason = `system state ${guest.state}`;
     return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog };

@@ -3,6 +3,7 @@ import { loadRecipe, parseSet, deepMerge } from '../../src/config/load.js';
 import { RecipeError } from '../../src/util/errors.js';
 import { recipes, cli } from '../helpers.js';
 import { recipeReference } from '../../src/config/docs.js';
+import { mountOptions } from '../../src/build/context.js';
 
 async function problems(p: Promise<unknown>): Promise<RecipeError> {
   const e = await p.then(
@@ -19,7 +20,8 @@ describe('recipe loading', () => {
     expect(r.name).toBe('aios-default');
     expect(r.base).toMatchObject({ distro: 'debian', suite: 'trixie', mirror: 'http://deb.debian.org/debian' });
     expect(r.filesystem.root).toBe('ext4');
-    expect(r.filesystem.mount_options).toContain('noatime');
+    expect(mountOptions(r)).toEqual(['noatime', 'commit=60']);
+    expect(mountOptions({ ...r, filesystem: { root: 'xfs' } })).toEqual(['noatime']);
     expect(r.zram).toEqual({ enabled: true, algorithm: 'zstd', size: 'ram' });
     expect(r.journald).toEqual({ storage: 'volatile', max_use: '50M' });
     expect(r.tuning.transparent_hugepage).toBe('madvise');
@@ -94,6 +96,18 @@ describe('recipe loading', () => {
     expect(e.problems[0]!.path).toBe('filesystem.root');
     expect(e.file).toMatch(/with --set filesystem.root=btrfs/);
     await problems(loadRecipe('default', { sets: ['noequals'] }));
+  });
+
+  it('refuses ext4 mount options on an xfs root, duplicate model names and two models on one level', async () => {
+    const e = await problems(loadRecipe('default', { sets: ['filesystem.root=xfs', 'filesystem.mount_options=["noatime","commit=60"]'] }));
+    expect(e.problems).toEqual([{ path: 'filesystem.mount_options', message: '"commit=60" is an ext4 option; XFS would refuse to mount with it' }]);
+    const f = recipes({
+      m: 'extends = "default"\n[[models]]\nname = "a"\nlevel = "operational"\nsource = "synth"\n[[models]]\nname = "a"\nsource = "catalog"\nid = "nope"\n',
+    });
+    const m = await problems(loadRecipe(f.m!));
+    const text = m.problems.map((p) => `${p.path}: ${p.message}`).join('\n');
+    expect(text).toMatch(/models.1.name: "a" is already used by models.0/);
+    expect(text).toMatch(/models.1.id: "nope" is not in models\/catalog.toml/);
   });
 
   it('deepMerge does not share nested objects with its inputs', () => {

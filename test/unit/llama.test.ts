@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { loadRecipe } from '../../src/config/load.js';
+import { cmakeArgs, isaFor, llamaHostProblems } from '../../src/build/llama.js';
+import { cpuFor } from '../../src/qemu/index.js';
+import { UserError } from '../../src/util/errors.js';
+import { recipes } from '../helpers.js';
+
+const BASE = [
+  '-S', 'src', '-B', 'build', '-G', 'Ninja',
+  '-DCMAKE_BUILD_TYPE=Release',
+  '-DBUILD_SHARED_LIBS=OFF',
+  '-DLLAMA_BUILD_TESTS=OFF',
+  '-DLLAMA_BUILD_EXAMPLES=OFF',
+  '-DLLAMA_USE_PREBUILT_UI=OFF',
+  '-DLLAMA_OPENSSL=OFF',
+  '-DGGML_CCACHE=ON',
+];
+
+describe('llama.cpp CMake invocation', () => {
+  it('native: -DGGML_NATIVE=ON (schema default)', async () => {
+    const r = await loadRecipe('default', { sets: ['llama.cpu=native'] });
+    expect(cmakeArgs(r.llama, 'src', 'build')).toEqual([...BASE, '-DGGML_NATIVE=ON']);
+  });
+
+  it('x86-64-v3 (the default recipe): AVX2/FMA/F16C/BMI2 on, AVX-512 off, not native', async () => {
+    const r = await loadRecipe('default');
+    expect(r.llama.cpu).toBe('x86-64-v3');
+    expect(cmakeArgs(r.llama, 'src', 'build')).toEqual([
+      ...BASE,
+      '-DGGML_NATIVE=OFF', '-DGGML_SSE42=ON', '-DGGML_AVX=ON', '-DGGML_AVX2=ON', '-DGGML_BMI2=ON', '-DGGML_FMA=ON', '-DGGML_F16C=ON', '-DGGML_AVX512=OFF',
+    ]);
+  });
+
+  it('x86-64 baseline turns every extension off; v4 adds AVX-512', async () => {
+    const base = cmakeArgs((await loadRecipe('default', { sets: ['llama.cpu=x86-64'] })).llama, 's', 'b');
+    expect(base.filter((a) => a.endsWith('=ON') && a.startsWith('-DGGML_') && a !== '-DGGML_CCACHE=ON')).toEqual([]);
+    expect(cmakeArgs((await loadRecipe('default', { sets: ['llama.cpu=x86-64-v4'] })).llama, 's', 'b')).toContain('-DGGML_AVX512=ON');
+  });
+
+  it('cuda adds -DGGML_CUDA=ON, and extra -D options come last', async () => {
+    const r = await loadRecipe('default', { sets: ['llama.gpu=cuda', 'llama.cmake_args=["-DCMAKE_CUDA_ARCHITECTURES=90"]'] });
+    const args = cmakeArgs(r.llama, 'src', 'build');
+    expect(args.slice(-2)).toEqual(['-DGGML_CUDA=ON', '-DCMAKE_CUDA_ARCHITECTURES=90']);
+  });
+
+  it('refuses cuda without nvcc, with the fix', async () => {
+    const r = await loadRecipe('default', { sets: ['llama.gpu=cuda'] });
+    const old = process.env.PATH;
+    process.env.PATH = '/usr/bin:/bin';
+    try {
+      const problems = await llamaHostProblems(r.llama);
+      expect(problems.join('\n')).toMatch(/needs nvcc .* install nvidia-cuda-toolkit or set llama.gpu = "none"/);
+    } finally {
+      process.env.PATH = old;
+    }
+  });
+
+  it('validates the source table', async () => {
+    const f = recipes({ bad: 'extends = "default"\n[llama.source]\ntype = "tarball"\nurl = "https://example.org/x.tar.gz"\nsha256 = "nope"\n' });
+    await expect(loadRecipe(f.bad!)).rejects.toThrow(/llama\.source\.sha256: must be 64 lowercase hex digits/);
+    const g = recipes({ bad: 'extends = "default"\n[llama.source]\ntype = "svn"\n' });
+    await expect(loadRecipe(g.bad!)).rejects.toThrow(/llama\.source\.type/);
+    const d = await loadRecipe('default');
+    expect(d.llama.source).toEqual({ type: 'npm', package: 'node-llama-cpp', version: '3.22.1' });
+  });
+});
+
+describe('instruction set', () => {
+  it('names the flags a level needs', async () => {
+    const v3 = await isaFor('x86-64-v3');
+    expect(v3.flags).toEqual(expect.arrayContaining(['avx2', 'fma', 'f16c']));
+    expect(v3.flags.some((f) => f.startsWith('avx512'))).toBe(false);
+    expect((await isaFor('x86-64-v4')).flags).toContain('avx512f');
+  });
+
+  it('reads native off this host', async () => {
+    const n = await isaFor('native');
+    expect(n.march).not.toBe('');
+    expect(n.description).toMatch(/^native = this build host's /);
+  });
+
+  it('qemu-test refuses AVX-512 binaries under TCG, and uses -cpu max for AVX2 ones', async () => {
+    await expect(cpuFor(['avx2', 'avx512f'], 'tcg')).rejects.toThrow(UserError);
+    await expect(cpuFor(['avx2', 'avx512f'], 'tcg')).rejects.toThrow(/QEMU cannot emulate without KVM.*llama.cpu=x86-64-v3/);
+    expect(await cpuFor((await isaFor('x86-64-v3')).flags, 'tcg')).toBe('max');
+  });
+});
