@@ -8,7 +8,7 @@ import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
 import { identity, kernelCmdline, tuningArgs } from './context.js';
-import { STAGES, type BuildContext } from './stages.js';
+import { STAGES, type BuildContext, type Stage } from './stages.js';
 import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
@@ -47,9 +47,9 @@ export interface BuildResult {
 }
 
 /** Every check that can fail before anything is built. Returns the problems found. */
-export async function preflight(ctx: BuildContext, outDir: string): Promise<string[]> {
+export async function preflight(ctx: BuildContext, outDir: string, stages: Stage[] = STAGES): Promise<string[]> {
   const problems: string[] = [];
-  for (const s of STAGES) problems.push(...(await s.check(ctx)).map((p) => `${s.name}: ${p}`));
+  for (const s of stages) problems.push(...(await s.check(ctx)).map((p) => `${s.name}: ${p}`));
   if (!ctx.asRoot && ctx.recipe.base.distro === 'debian') {
     const unshare = await run(['unshare', '--user', '--map-root-user', 'true'], { reject: false });
     if (unshare.exitCode !== 0) problems.push('not running as root and user namespaces are unavailable: run as root (sudo) so mmdebstrap can use --mode=root');
@@ -66,8 +66,8 @@ export async function preflight(ctx: BuildContext, outDir: string): Promise<stri
   return problems;
 }
 
-export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
-  const t0 = Date.now();
+/** Loads the recipe and sets up the context every stage gets. */
+async function prepare(opts: BuildOptions): Promise<{ ctx: BuildContext; outDir: string; renderer: NonNullable<BuildOptions['renderer']> }> {
   const recipe = typeof opts.recipe === 'object' ? opts.recipe : await loadRecipe(opts.recipe ?? 'default', { sets: opts.sets });
   const cacheDir = resolve(opts.cacheDir ?? defaultCacheDir());
   const outDir = resolve(opts.outDir ?? 'out');
@@ -86,21 +86,22 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
     warnings: [...tuningArgs(recipe).warnings],
     progress: () => {},
   };
-
   const renderer = opts.renderer ?? (process.stdout.isTTY ? 'default' : 'simple');
-  if (recipe.llama.enabled) {
-    const isa = await isaFor(recipe.llama.cpu);
-    ctx.progress = () => {};
-    process.stderr.write(renderer === 'silent' ? '' : `llama.cpp binaries will need: ${isa.description}\n`);
-  }
-  const problems = await preflight(ctx, outDir);
-  if (problems.length) {
-    throw new UserError(`cannot build ${recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
-  }
+  return { ctx, outDir, renderer };
+}
 
+/** Validates the host for the given stages, then runs them in order (each reused from the cache when its key matches). */
+async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions, renderer: NonNullable<BuildOptions['renderer']>, outDir: string): Promise<StageReport[]> {
+  if (ctx.recipe.llama.enabled && stages.some((s) => s.name === 'llama') && renderer !== 'silent') {
+    process.stderr.write(`llama.cpp binaries will need: ${(await isaFor(ctx.recipe.llama.cpu)).description}\n`);
+  }
+  const problems = await preflight(ctx, outDir, stages);
+  if (problems.length) {
+    throw new UserError(`cannot build ${ctx.recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
+  }
   const reports: StageReport[] = [];
   const tasks = new Listr<BuildContext>(
-    STAGES.map((stage) => ({
+    stages.map((stage) => ({
       title: stage.title,
       task: async (c, task) => {
         const s0 = Date.now();
@@ -121,6 +122,33 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
     { renderer, fallbackRenderer: 'simple', exitOnError: true, registerSignalListeners: false, rendererOptions: { collapseSubtasks: false } } as never,
   );
   await tasks.run(ctx);
+  return reports;
+}
+
+export interface LlamaBuildResult {
+  recipe: ResolvedRecipe;
+  binDir: string;
+  /** gguf-py and the tokenizer vocabulary from the same tree. */
+  shareDir: string;
+  info: { source: unknown; isa: unknown; version: string; cmake: string[] };
+  stage: StageReport;
+}
+
+/** `aios build llama`: only the llama.cpp stage (cached like in an image build). */
+export async function buildLlamaStage(opts: BuildOptions = {}): Promise<LlamaBuildResult> {
+  const { ctx, outDir, renderer } = await prepare(opts);
+  if (!ctx.recipe.llama.enabled) throw new UserError(`recipe ${ctx.recipe.name} has llama.enabled = false`, 2);
+  const [stage] = await runStages(ctx, STAGES.filter((s) => s.name === 'llama'), opts, renderer, outDir);
+  const dir = ctx.outputs.llama!.dir;
+  return { recipe: ctx.recipe, binDir: join(dir, 'bin'), shareDir: join(dir, 'share'), info: JSON.parse(await readFile(join(dir, 'llama.json'), 'utf8')), stage: stage! };
+}
+
+export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
+  const t0 = Date.now();
+  const { ctx, outDir, renderer } = await prepare(opts);
+  const recipe = ctx.recipe;
+  const log = ctx.log;
+  const reports = await runStages(ctx, STAGES, opts, renderer, outDir);
 
   // Publish: copy under a temporary name in out/, then rename — never a partial image at the path.
   const image = join(outDir, `${recipe.name}.raw`);

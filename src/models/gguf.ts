@@ -14,6 +14,21 @@ export const FILE_TYPES: Record<number, string> = {
   36: 'TQ1_0', 37: 'TQ2_0', 38: 'MXFP4',
 };
 
+/** ggml_type → [block size in elements, bytes per block], for the types GGUF files commonly hold. */
+const TYPE_SIZES: Record<number, [number, number]> = {
+  0: [1, 4], 1: [1, 2], 2: [32, 18], 3: [32, 20], 6: [32, 22], 7: [32, 24], 8: [32, 34], 9: [32, 36],
+  10: [256, 84], 11: [256, 110], 12: [256, 144], 13: [256, 176], 14: [256, 210], 15: [256, 292],
+  24: [1, 1], 25: [1, 2], 26: [1, 4], 27: [1, 8], 28: [1, 8], 30: [1, 2],
+};
+
+/** Bytes of a tensor's data, when its type is one we know. */
+export function tensorBytes(t: { dims: number[]; type: number }): number | undefined {
+  const ts = TYPE_SIZES[t.type];
+  if (!ts) return undefined;
+  const n = t.dims.reduce((a, b) => a * b, 1);
+  return Math.ceil(n / ts[0]) * ts[1];
+}
+
 export class GgufError extends Error {
   constructor(file: string, why: string) {
     super(`${file} is not a valid GGUF model: ${why}`);
@@ -142,7 +157,9 @@ export async function readGguf(file: string): Promise<GgufFile> {
     const align = Number(metadata['general.alignment'] ?? 32);
     const dataOffset = Math.ceil(r.pos / align) * align;
     for (const t of tensors) {
-      if (BigInt(dataOffset) + t.offset > BigInt(size)) throw new GgufError(file, `tensor ${t.name} lies beyond the end of the file (truncated download?)`);
+      const bytes = tensorBytes(t);
+      const end = BigInt(dataOffset) + t.offset + BigInt(bytes ?? 0);
+      if (end > BigInt(size)) throw new GgufError(file, `tensor ${t.name} lies beyond the end of the file (truncated download?)`);
     }
     return { version, metadata, tensors, dataOffset, fileSize: size };
   } finally {
