@@ -50,7 +50,7 @@ export interface Stage {
 }
 
 /** Bump when a stage's code changes what it produces, to invalidate old cache entries. */
-const STAGE_VERSION = { rootfs: 1, llama: 2, models: 1, overlay: 1, image: 1 } as const;
+const STAGE_VERSION = { rootfs: 1, llama: 3, models: 1, overlay: 1, image: 1 } as const;
 
 async function missingTools(tools: Record<string, string>): Promise<string[]> {
   const out: string[] = [];
@@ -142,7 +142,7 @@ export const llamaStage: Stage = {
     const src = l.source.type === 'dir' ? l.source.path : fetched;
     await buildLlama(l, { src, build: join(dir, 'build'), binDir: join(dir, 'bin'), ccacheDir: join(ctx.cacheDir, 'ccache'), log: ctx.log, progress: ctx.progress });
     const version = await run([join(dir, 'bin', 'llama-server'), '--version'], { reject: false });
-    await writeFile(join(dir, 'llama.json'), JSON.stringify({ source: info, isa, cmake: cmakeArgs(l, src, 'build'), version: version.stdout.trim() }, null, 2));
+    await writeFile(join(dir, 'llama.json'), JSON.stringify({ source: info, isa, cmake: cmakeArgs(l, src, 'build'), version: versionLine(version.all) }, null, 2));
     // What `aios models synth` needs from the tree: gguf-py and a tokenizer vocabulary.
     await mkdir(join(dir, 'share'), { recursive: true });
     await cp(join(src, 'gguf-py'), join(dir, 'share/gguf-py'), { recursive: true });
@@ -228,6 +228,11 @@ export interface InstalledModel {
   sha256: string;
   bytes: number;
   info: ModelInfo;
+}
+
+/** "version: 0.5.0-dev (build 1, commit de3ff81) built with …" out of llama-server's log noise. */
+export function versionLine(out: string): string {
+  return /version: .*/.exec(out)?.[0]?.trim() ?? out.trim().split('\n').pop() ?? '';
 }
 
 /** Units enabled in every image (systemctl enable inside the root). */
@@ -343,11 +348,12 @@ async function installLlama(ctx: BuildContext, root: string, dir: string): Promi
   const llamaDir = ctx.outputs.llama!.dir;
   ctx.progress('installing llama.cpp binaries');
   for (const t of ctx.recipe.llama.targets) await run(['install', '-m', '0755', join(llamaDir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
-  await cp(join(llamaDir, 'llama.json'), join(dir, 'llama.json'));
   const check = await run(['chroot', root, '/usr/bin/llama-server', '--version'], { log: ctx.log, reject: false });
   if (check.exitCode !== 0) {
-    throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.stdout.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
+    throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.all.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
   }
+  const info = JSON.parse(await readFile(join(llamaDir, 'llama.json'), 'utf8'));
+  await writeFile(join(dir, 'llama.json'), JSON.stringify({ ...info, versionInTarget: versionLine(check.all) }, null, 2));
 }
 
 /** Models go to /var/lib/aios/models (hard links to the models stage's files where possible). */

@@ -247,6 +247,7 @@ export function program(): Command {
         if (g.thp) out(`THP:         ${g.thp}`);
         if (g.cpuFlags) out(`guest CPU:   ${g.cpuFlags.join(' ')}`);
         if (g.llamaVersion) out(`llama.cpp:   ${g.llamaVersion}`);
+        for (const mm of g.models) out(`model:       ${mm.file} (${mm.magic} v${mm.version}, ${formatSize(mm.bytes)}, sha256 ${mm.sha256.slice(0, 16)}…)`);
         if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
         out(`serial log:  ${res.serialLog}`);
       }

@@ -166,7 +166,7 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'multi_user_usec' && Number(val) > 0) guest.multiUser = Number(val) / 1e6;
     else if (k === 'settled') guest.settled = val === 'yes';
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
-    else if (k === 'llama_version') guest.llamaVersion = val;
+    else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
     else if (k === 'model') {
       const mm = /^(\S+) magic=(\S*) version=(\d*) bytes=(\d+) sha256=([0-9a-f]*)/.exec(val);
       if (mm) guest.models.push({ file: mm[1]!, magic: mm[2]!, version: Number(mm[3]), bytes: Number(mm[4]), sha256: mm[5]! });

@@ -27,7 +27,7 @@ export class CommandError extends Error {
   }
 }
 
-export async function run(argv: string[], opts: RunOptions = {}): Promise<{ stdout: string; exitCode: number }> {
+export async function run(argv: string[], opts: RunOptions = {}): Promise<{ stdout: string; all: string; exitCode: number }> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error('run: empty argv');
   if (opts.log) await appendFile(opts.log, `\n$ ${argv.join(' ')}\n`);
@@ -63,7 +63,7 @@ export async function run(argv: string[], opts: RunOptions = {}): Promise<{ stdo
     }
     throw new CommandError(argv, res.exitCode, String(res.all ?? ''));
   }
-  return { stdout: String(res.stdout ?? ''), exitCode };
+  return { stdout: String(res.stdout ?? ''), all: String(res.all ?? ''), exitCode };
 }
 
 /** Is a command on PATH? */

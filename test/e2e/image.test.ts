@@ -15,19 +15,26 @@ import { cli, tmp } from '../helpers.js';
 const MiB = 1024 * 1024;
 const out = tmp('aios-e2e-out-');
 let first: BuildResult;
+let rootImg = '';
 
 describe('aios build image + qemu-test (default recipe)', () => {
   it('builds out/aios-default.raw with a manifest', { timeout: 20 * 60_000 }, async () => {
     first = await build({ recipe: 'default', outDir: out, renderer: 'silent' });
     expect(first.image).toBe(join(out, 'aios-default.raw'));
     expect(existsSync(first.image)).toBe(true);
-    expect(first.stages.map((s) => s.name)).toEqual(['rootfs', 'overlay', 'image']);
+    expect(first.stages.map((s) => s.name)).toEqual(['rootfs', 'llama', 'models', 'overlay', 'image']);
     const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
     expect(m.image.sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(m.kernel.version).toMatch(/^6\.12\./);
     expect(m.packages['systemd-boot-efi']).toBeTruthy();
     expect(m.packages['linux-image-amd64']).toBeTruthy();
     expect(m.packages['systemd-zram-generator']).toBeTruthy();
+    expect(m.llama.isa.cpu).toBe('x86-64-v3');
+    expect(m.llama.isa.flags).toEqual(expect.arrayContaining(['avx2', 'fma', 'f16c']));
+    expect(m.llama.version).toMatch(/version: \d+/);
+    expect(m.llama.source.origin).toBe('npm:node-llama-cpp@3.22.1');
+    expect(m.models).toHaveLength(1);
+    expect(m.models[0]).toMatchObject({ name: 'aios-tiny', level: 'operational', file: 'aios-tiny.gguf', info: { architecture: 'llama', vocabSize: 32000, fileType: 'F32' } });
     // Nothing temporary left next to the image.
     expect(readdirSync(out).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
   });
@@ -51,7 +58,8 @@ describe('aios build image + qemu-test (default recipe)', () => {
   it('has an ext4 root with the rendered files and masked units', async () => {
     const { stdout } = await execa('sfdisk', ['-J', first.image]);
     const root = JSON.parse(stdout).partitiontable.partitions[1];
-    const img = join(tmp(), 'root.img');
+    rootImg = join(tmp(), 'root.img');
+    const img = rootImg;
     await execa('dd', [`if=${first.image}`, `of=${img}`, 'bs=1M', `skip=${(root.start * 512) / MiB}`, `count=${(root.size * 512) / MiB}`, 'conv=sparse', 'status=none']);
     const cat = async (p: string) => (await execa('debugfs', ['-R', `cat ${p}`, img])).stdout;
     expect(await cat('/etc/hostname')).toBe('aios');
@@ -61,6 +69,10 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(mask.stdout).toMatch(/Fast link dest: "\/dev\/null"/);
     const fs = await execa('dumpe2fs', ['-h', img]);
     expect(fs.stdout).toMatch(/Filesystem volume name:\s+root/);
+    const cfg = await cat('/etc/aios/config.toml');
+    expect(cfg).toMatch(/\[models.operational\]\nname = "aios-tiny.gguf"/);
+    const bin = await execa('debugfs', ['-R', 'stat /usr/bin/llama-server', img]);
+    expect(bin.stdout).toMatch(/Mode:\s+0755/);
   });
 
   it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 10 * 60_000 }, async () => {
@@ -73,15 +85,23 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(res.guest.thp).toContain('[madvise]');
     expect(res.guest.swap).toMatch(/\/dev\/zram0/);
     expect(res.guest.root).toMatch(/^ext4 .*noatime/);
+    // llama.cpp runs inside the guest (built for x86-64-v3, which QEMU's -cpu max provides)...
+    expect(res.guest.llamaVersion).toMatch(/version: \d+/);
+    expect(res.guest.cpuFlags).toEqual(expect.arrayContaining(['avx2', 'fma', 'f16c']));
+    // ...and the model arrived intact: GGUF header and the build's sha256.
+    const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
+    expect(res.guest.models).toEqual([{ file: 'aios-tiny.gguf', magic: 'GGUF', version: 3, bytes: m.models[0].bytes, sha256: m.models[0].sha256 }]);
     console.log(`boot: ${res.accel}, multi-user ${res.guest.multiUser}s after kernel start, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off`);
   });
 
   it('reuses every stage when nothing changed, and only re-runs overlay + image after a template change', { timeout: 10 * 60_000 }, async () => {
     const again = await build({ recipe: 'default', outDir: out, renderer: 'silent' });
-    expect(again.stages.map((s) => s.cached)).toEqual([true, true, true]);
+    expect(again.stages.map((s) => s.cached)).toEqual([true, true, true, true, true]);
     const changed = await build({ recipe: 'default', outDir: out, renderer: 'silent', sets: ['system.hostname=changed'] });
     expect(changed.stages.map((s) => [s.name, s.cached])).toEqual([
       ['rootfs', true],
+      ['llama', true],
+      ['models', true],
       ['overlay', false],
       ['image', false],
     ]);
