@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { parseFragment, parseConfig, loadFragments } from '../../src/kernel/config.js';
+import { classifyAgainstConfig } from '../../src/kernel/check.js';
+import { evalExpr } from '../../src/kernel/kconfig.js';
+import { UserError } from '../../src/util/errors.js';
+
+describe('kernel fragments', () => {
+  it('parse values, "is not set" and the reason comment above each wish', () => {
+    const w = parseFragment('# Why A.\n# More.\nCONFIG_A=y\n\n# Why B.\n# CONFIG_B is not set\nCONFIG_C="str"\nCONFIG_D=300\n', 'f.config');
+    expect(w.map((x) => [x.symbol, x.value, x.reason, x.line])).toEqual([
+      ['A', 'y', 'Why A. More.', 3],
+      ['B', 'n', 'Why B.', 6],
+      ['C', 'str', 'Why B.', 7],
+      ['D', '300', 'Why B.', 8],
+    ]);
+  });
+
+  it('refuse lines that are not Kconfig, with file and line', () => {
+    expect(() => parseFragment('CONFIG_A=y\nPREEMPT=y\n', 'x.config')).toThrow(UserError);
+    expect(() => parseFragment('CONFIG_A=y\nPREEMPT=y\n', 'x.config')).toThrow(/x\.config:2: not a Kconfig line/);
+  });
+
+  it('every shipped fragment parses and every wish has a reason', async () => {
+    const wishes = await loadFragments(['seed-002-ai-core', 'inference', 'single-socket', 'unsafe-mitigations-off']);
+    expect(wishes.length).toBeGreaterThan(12);
+    for (const w of wishes) expect(w.reason, `${w.fragment}:${w.line}`).not.toBe('');
+  });
+});
+
+describe('Kconfig expressions', () => {
+  const cfg = parseConfig('CONFIG_SMP=y\nCONFIG_MOD=m\n# CONFIG_OFF is not set\nCONFIG_HZ=250\n');
+  it('evaluate tristate logic, comparisons and unknown symbols', () => {
+    expect(evalExpr('SMP', cfg)).toBe(2);
+    expect(evalExpr('SMP && MOD', cfg)).toBe(1);
+    expect(evalExpr('OFF || MOD', cfg)).toBe(1);
+    expect(evalExpr('!OFF && (SMP || OFF)', cfg)).toBe(2);
+    expect(evalExpr('NOT_DEFINED', cfg)).toBe(0);
+    expect(evalExpr('HZ = 250', cfg)).toBe(2);
+    expect(evalExpr('HZ != 250', cfg)).toBe(0);
+    expect(evalExpr('HZ >= 300', cfg)).toBe(0);
+  });
+});
+
+describe('wishes against a plain .config', () => {
+  const wishes = parseFragment(
+    '# r\nCONFIG_SCHED_EEVDF=y\nCONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_HZ_300=y\nCONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y\n# CONFIG_SPECULATION_MITIGATIONS is not set\n# CONFIG_NUMA is not set\nCONFIG_CPU_FREQ_DEFAULT_GOV_PERFORMANCE=y\n',
+    'w.config',
+  );
+  it('classifies already / at-boot / needs-rebuild / nonexistent', () => {
+    const stock = parseConfig(
+      'CONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_PREEMPT_DYNAMIC=y\nCONFIG_HZ_250=y\n# CONFIG_HZ_300 is not set\nCONFIG_TRANSPARENT_HUGEPAGE=y\nCONFIG_TRANSPARENT_HUGEPAGE_ALWAYS=y\n# CONFIG_TRANSPARENT_HUGEPAGE_MADVISE is not set\nCONFIG_CPU_MITIGATIONS=y\nCONFIG_NUMA=y\nCONFIG_CPU_FREQ_GOV_PERFORMANCE=y\n',
+    );
+    const r = Object.fromEntries(classifyAgainstConfig(wishes, stock).map((x) => [x.symbol, x]));
+    expect(r.SCHED_EEVDF!.status).toBe('nonexistent');
+    expect(r.SCHED_EEVDF!.detail).toMatch(/EEVDF replaced CFS in Linux 6.6/);
+    expect(r.PREEMPT_VOLUNTARY!.status).toBe('already');
+    expect(r.HZ_300!.status).toBe('needs-rebuild');
+    expect(r.TRANSPARENT_HUGEPAGE_MADVISE).toMatchObject({ status: 'at-boot', bootArgs: ['transparent_hugepage=madvise'] });
+    expect(r.SPECULATION_MITIGATIONS).toMatchObject({ status: 'at-boot', bootArgs: ['mitigations=off'], hint: 'use CONFIG_CPU_MITIGATIONS' });
+    expect(r.NUMA).toMatchObject({ status: 'at-boot', bootArgs: ['numa=off'] });
+    expect(r.CPU_FREQ_DEFAULT_GOV_PERFORMANCE).toMatchObject({ status: 'at-boot', bootArgs: ['cpufreq.default_governor=performance'] });
+  });
+
+  it('needs a rebuild when the boot switch itself is compiled out (preempt= without PREEMPT_DYNAMIC)', () => {
+    const noDyn = parseConfig('CONFIG_PREEMPT_NONE=y\n# CONFIG_PREEMPT_VOLUNTARY is not set\n');
+    const r = classifyAgainstConfig(wishes, noDyn).find((x) => x.symbol === 'PREEMPT_VOLUNTARY')!;
+    expect(r.status).toBe('needs-rebuild');
+    expect(r.detail).toMatch(/preempt=voluntary would need CONFIG_PREEMPT_DYNAMIC=y/);
+  });
+});
