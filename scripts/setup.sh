@@ -8,6 +8,7 @@ APT_PACKAGES=(
   mmdebstrap eatmydata      # Debian rootfs bootstrap (base.distro = "debian")
   cmake ninja-build g++ git ccache   # llama.cpp build (ccache: seconds for a rebuild)
   python3-numpy             # synthesized GGUF test models (llama.cpp gguf-py)
+  make flex bison bc xz-utils   # aios kernel check: the kernel's own merge_config.sh + olddefconfig
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
   ca-certificates

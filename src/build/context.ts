@@ -44,8 +44,27 @@ export function tuningArgs(r: ResolvedRecipe): { args: string[]; warnings: strin
   return { args, warnings };
 }
 
-/** The full kernel command line of the image's boot entry. */
-export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUuid'>): string {
+/**
+ * Adds kernel-wish boot arguments to the recipe's own; an argument the recipe already sets (same
+ * name before "=") keeps the recipe's value.
+ */
+export function mergeArgs(own: string[], extra: string[]): { args: string[]; conflicts: string[] } {
+  const key = (a: string) => a.split('=')[0]!;
+  const have = new Map(own.map((a) => [key(a), a]));
+  const conflicts: string[] = [];
+  const add: string[] = [];
+  for (const e of extra) {
+    const cur = have.get(key(e));
+    if (cur === undefined) {
+      have.set(key(e), e);
+      add.push(e);
+    } else if (cur !== e) conflicts.push(`kernel wish ${e} conflicts with the recipe's ${cur}; keeping ${cur}`);
+  }
+  return { args: [...own, ...add], conflicts };
+}
+
+/** The full kernel command line of the image's boot entry (wishArgs: boot-time kernel wishes). */
+export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUuid'>, wishArgs: string[] = []): string {
   const parts = [
     `root=PARTUUID=${id.rootPartUuid}`,
     `rootfstype=${r.filesystem.root}`,
@@ -53,7 +72,7 @@ export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUui
     ...r.boot.console.map((c) => `console=${c}`),
     // No interactive first-boot prompts on an unattended machine (locale, timezone are preset).
     'systemd.firstboot=no',
-    ...tuningArgs(r).args,
+    ...mergeArgs(tuningArgs(r).args, wishArgs).args,
     ...r.boot.cmdline,
   ];
   return parts.join(' ');
@@ -76,7 +95,7 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     initramfsModules: initramfsModules(r),
     rootPartUuid: id.rootPartUuid,
     espPartUuid: id.espPartUuid,
-    cmdline: kernelCmdline(r, id),
+    cmdline: kernelCmdline(r, id, (extra.wishArgs as string[] | undefined) ?? []),
     mountOptions: mountOptions(r),
     operationalModel: r.models.find((m) => m.level === 'operational'),
     tacticalModel: r.models.find((m) => m.level === 'tactical'),

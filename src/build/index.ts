@@ -8,7 +8,7 @@ import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
 import { identity, kernelCmdline, tuningArgs } from './context.js';
-import { STAGES, type BuildContext, type Stage } from './stages.js';
+import { STAGES, kernelWishes, type BuildContext, type Stage } from './stages.js';
 import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
@@ -182,7 +182,7 @@ async function buildManifest(ctx: BuildContext, disk: string, stages: StageRepor
     recipeHash: hashOf(r),
     created: process.env.SOURCE_DATE_EPOCH ? new Date(Number(process.env.SOURCE_DATE_EPOCH) * 1000).toISOString() : new Date().toISOString(),
     distro: { name: r.base.distro, suite: r.base.suite, mirror: r.base.mirror },
-    kernel: { version: kernel.version, cmdline: kernelCmdline(r, ctx.id) },
+    kernel: { version: kernel.version, cmdline: kernelCmdline(r, ctx.id, (await kernelWishes(ctx)).bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results },
     identity: ctx.id,
     image: { file: `${r.name}.raw`, bytes: st.size, sha256: await sha256File(disk) },
     partitions: layout.sfdisk?.partitiontable?.partitions ?? [],

@@ -9,7 +9,9 @@ import { parse as parseToml } from 'smol-toml';
 import type { ResolvedRecipe } from '../config/schema.js';
 import type { Distro } from '../distros/types.js';
 import type { StageCache } from './cache.js';
-import { type Identity, templateContext } from './context.js';
+import { type Identity, mergeArgs, templateContext, tuningArgs } from './context.js';
+import { kernelCheck, MET, type CheckResult } from '../kernel/check.js';
+import { loadFragments } from '../kernel/config.js';
 import { renderTree, writeRendered, type RenderedFile } from './render.js';
 import { run, which } from '../util/exec.js';
 import { hashTree, sha256File } from '../util/hash.js';
@@ -35,6 +37,8 @@ export interface BuildContext {
   /** Outputs of stages that ran or were reused, by stage name. */
   outputs: Record<string, { dir: string; key: string; cached: boolean; seconds: number }>;
   warnings: string[];
+  /** Kernel wishes checked against the image's own kernel config (after the rootfs stage). */
+  kernelWishes?: CheckResult;
   /** Progress line for the current stage. */
   progress: (line: string) => void;
 }
@@ -235,6 +239,35 @@ export function versionLine(out: string): string {
   return /version: .*/.exec(out)?.[0]?.trim() ?? out.trim().split('\n').pop() ?? '';
 }
 
+/**
+ * The recipe's kernel wishes against the kernel in the rootfs (its /boot/config-*): which are
+ * already on, which the boot entry realises (their arguments join the cmdline), which need a rebuild.
+ */
+export async function kernelWishes(ctx: BuildContext): Promise<CheckResult> {
+  if (ctx.kernelWishes) return ctx.kernelWishes;
+  const r = ctx.recipe;
+  if (!r.kernel.fragments.length) return (ctx.kernelWishes = { mode: 'config', results: [], bootArgs: [], unmet: 0 });
+  const root = join(ctx.outputs.rootfs!.dir, 'root');
+  const k = await ctx.distro.kernelFiles(root);
+  const config = join(root, 'boot', `config-${k.version}`);
+  if (!existsSync(config)) throw new Error(`kernel.fragments are set but the image's kernel has no /boot/config-${k.version} to check them against`);
+  const res = await kernelCheck(await loadFragments(r.kernel.fragments), { config });
+  const rebuild = res.results.filter((w) => !MET.includes(w.status));
+  if (rebuild.length) {
+    ctx.warnings.push(
+      `kernel wishes the stock kernel ${k.version} cannot honour (they need a custom kernel, kernel.build): ` +
+        rebuild.map((w) => `CONFIG_${w.symbol}=${w.value} (${w.status})`).join(', '),
+    );
+  }
+  ctx.warnings.push(...mergeArgs(tuningArgs(r).args, res.bootArgs).conflicts);
+  return (ctx.kernelWishes = res);
+}
+
+/** Template context with the boot-time kernel wishes folded into the command line. */
+async function contextWithWishes(ctx: BuildContext, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  return templateContext(ctx.recipe, ctx.id, { ...extra, wishArgs: (await kernelWishes(ctx)).bootArgs });
+}
+
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
   const u = ['aios-check.service'];
@@ -250,7 +283,7 @@ export const overlayStage: Stage = {
   },
   async inputs(ctx) {
     const r = ctx.recipe;
-    const files = await renderTree(join(paths.templates, 'root'), templateContext(r, ctx.id));
+    const files = await renderTree(join(paths.templates, 'root'), await contextWithWishes(ctx));
     return {
       v: STAGE_VERSION.overlay,
       rootfs: ctx.outputs.rootfs!.key,
@@ -272,7 +305,7 @@ export const overlayStage: Stage = {
     await run(['cp', '-a', '--reflink=auto', join(ctx.outputs.rootfs!.dir, 'root'), root], { log: ctx.log });
     await cp(join(ctx.outputs.rootfs!.dir, 'packages.json'), join(dir, 'packages.json'));
     ctx.progress('rendering templates');
-    const files = await renderTree(join(paths.templates, 'root'), templateContext(r, ctx.id));
+    const files = await renderTree(join(paths.templates, 'root'), await contextWithWishes(ctx));
     await writeRendered(files, root);
     const cfg = files.find((f) => f.path === 'etc/aios/config.toml');
     if (cfg) {
@@ -323,7 +356,7 @@ export const imageStage: Stage = {
   async inputs(ctx) {
     const r = ctx.recipe;
     const kernel = await ctx.distro.kernelFiles(join(ctx.outputs.overlay!.dir, 'root'));
-    const esp = await renderTree(join(paths.templates, 'esp'), templateContext(r, ctx.id, { kernel }));
+    const esp = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel }));
     return {
       v: STAGE_VERSION.image,
       overlay: ctx.outputs.overlay!.key,
@@ -338,7 +371,7 @@ export const imageStage: Stage = {
     const r = ctx.recipe;
     const root = join(ctx.outputs.overlay!.dir, 'root');
     const kernel = await ctx.distro.kernelFiles(root);
-    const espFiles = await renderTree(join(paths.templates, 'esp'), templateContext(r, ctx.id, { kernel }));
+    const espFiles = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel }));
     await assembleDisk(ctx, { root, kernel, espFiles, out: join(dir, 'disk.raw'), layoutOut: join(dir, 'layout.json') });
   },
 };

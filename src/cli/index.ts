@@ -291,6 +291,10 @@ export function program(): Command {
         if (g.llamaVersion) out(`llama.cpp:   ${g.llamaVersion}`);
         for (const mm of g.models) out(`model:       ${mm.file} (${mm.magic} v${mm.version}, ${formatSize(mm.bytes)}, sha256 ${mm.sha256.slice(0, 16)}…)`);
         if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
+        if (res.kernelWishes.length) {
+          out('kernel wishes, live in the guest:');
+          for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);
+        }
         out(`serial log:  ${res.serialLog}`);
       }
       if (!res.ok) process.exitCode = 1;

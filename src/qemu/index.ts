@@ -9,6 +9,8 @@ import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
+import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
+import type { Wish } from '../kernel/config.js';
 
 export const OVMF_CANDIDATES = [
   { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
@@ -107,6 +109,8 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
 export interface BootCheck {
   ok: boolean;
   image: string;
+  /** The recipe's kernel wishes (from the manifest) and whether each is live in the guest. */
+  kernelWishes: LiveWish[];
   accel: 'kvm' | 'tcg';
   /** Why it failed, when it did. */
   reason?: string;
@@ -118,6 +122,8 @@ export interface BootCheck {
     cmdline?: string;
     state?: string;
     cpuFlags?: string[];
+    /** What the running kernel does, for the kernel-wish report. */
+    kernelFacts: KernelFacts;
     /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
     models: { file: string; magic: string; version: number; bytes: number; sha256: string }[];
     /** `llama-server --version` run inside the guest. */
@@ -147,7 +153,7 @@ const round = (n: number) => Math.round(n * 100) / 100;
 export function parseCheckLog(log: string): { complete: boolean; guest: BootCheck['guest'] } {
   const clean = log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
   const begin = clean.lastIndexOf('AIOS-CHECK-BEGIN');
-  const guest: BootCheck['guest'] = { failedUnits: [], models: [] };
+  const guest: BootCheck['guest'] = { failedUnits: [], models: [], kernelFacts: { config: {} } };
   if (begin < 0) return { complete: false, guest };
   const block = clean.slice(begin);
   const complete = block.includes('AIOS-CHECK-END');
@@ -167,7 +173,15 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'settled') guest.settled = val === 'yes';
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
-    else if (k === 'model') {
+    else if (k.startsWith('k_')) {
+      const kf = guest.kernelFacts;
+      if (k === 'k_preempt') kf.preempt = val || undefined;
+      else if (k === 'k_governor') kf.governor = val;
+      else if (k === 'k_numa_nodes') kf.numaNodes = Number(val);
+      else if (k === 'k_spectre_v2') kf.spectreV2 = val || undefined;
+      else if (k === 'k_nohz_full') kf.nohzFull = val;
+      else if (k === 'k_config') for (const mm of val.matchAll(/CONFIG_([A-Z0-9_]+)=(\S+)/g)) kf.config[mm[1]!] = mm[2]!.replace(/^"|"$/g, '');
+    } else if (k === 'model') {
       const mm = /^(\S+) magic=(\S*) version=(\d*) bytes=(\d+) sha256=([0-9a-f]*)/.exec(val);
       if (mm) guest.models.push({ file: mm[1]!, magic: mm[2]!, version: Number(mm[3]), bytes: Number(mm[4]), sha256: mm[5]! });
     }
@@ -183,6 +197,9 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
       guest.userspaceStart = userspace;
     }
   }
+  guest.kernelFacts.thp = guest.thp;
+  guest.kernelFacts.cmdline = guest.cmdline;
+  guest.kernelFacts.kernel = guest.kernel;
   if (guest.multiUser !== undefined && guest.userspaceStart !== undefined) guest.userspace = round(guest.multiUser - guest.userspaceStart);
   if (guest.multiUser !== undefined) {
     const parts = [
@@ -204,6 +221,7 @@ const TCG_MISSING = /^(avx512|amx|avx_vnni)/;
 export interface ImageManifest {
   llama?: { isa?: { flags: string[]; description: string } } | null;
   models?: { file: string; sha256: string }[];
+  kernel?: { wishes?: Wish[] };
 }
 
 export async function manifestFor(image: string): Promise<ImageManifest | undefined> {
@@ -288,7 +306,8 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (modelProblems(manifest, guest).length) reason = modelProblems(manifest, guest).join('; ');
     else if (!guest.settled) reason = `boot jobs were still running when the check gave up (state ${guest.state ?? 'unknown'})`;
     else if (guest.state === 'degraded' || guest.state === 'maintenance' || guest.state === 'stopping') reason = `system state ${guest.state}`;
-    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog };
+    const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
+    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog, kernelWishes };
   } finally {
     unregister();
     await safeRemove(tmp);

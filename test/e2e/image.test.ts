@@ -30,6 +30,8 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(m.packages['linux-image-amd64']).toBeTruthy();
     expect(m.packages['systemd-zram-generator']).toBeTruthy();
     expect(m.llama.isa.cpu).toBe('x86-64-v3');
+    const wish = (s: string) => m.kernel.wishes.find((w: { symbol: string }) => w.symbol === s).status;
+    expect([wish('PREEMPT_VOLUNTARY'), wish('TRANSPARENT_HUGEPAGE_MADVISE'), wish('NUMA'), wish('HZ_300')]).toEqual(['already', 'at-boot', 'at-boot', 'needs-rebuild']);
     expect(m.llama.isa.flags).toEqual(expect.arrayContaining(['avx2', 'fma', 'f16c']));
     expect(m.llama.version).toMatch(/version: \d+/);
     expect(m.llama.source.origin).toBe('npm:node-llama-cpp@3.22.1');
@@ -82,6 +84,11 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(res.guest.failedUnits).toEqual([]);
     expect(res.guest.kernel).toMatch(/^6\.12\./);
     expect(res.guest.cmdline).toContain('transparent_hugepage=madvise');
+    // Kernel wishes the stock kernel honours at boot are on the command line and live in the guest.
+    expect(res.guest.cmdline).toContain('cpufreq.default_governor=performance');
+    expect(res.guest.cmdline).toContain('numa=off');
+    const live = Object.fromEntries(res.kernelWishes.map((w) => [`${w.symbol}=${w.value}`, w.live]));
+    expect(live).toMatchObject({ 'PREEMPT_VOLUNTARY=y': 'yes', 'TRANSPARENT_HUGEPAGE_MADVISE=y': 'yes', 'NUMA=n': 'yes', 'HZ_300=y': 'no' });
     expect(res.guest.thp).toContain('[madvise]');
     expect(res.guest.swap).toMatch(/\/dev\/zram0/);
     expect(res.guest.root).toMatch(/^ext4 .*noatime/);

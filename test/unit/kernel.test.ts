@@ -68,3 +68,34 @@ describe('wishes against a plain .config', () => {
     expect(r.detail).toMatch(/preempt=voluntary would need CONFIG_PREEMPT_DYNAMIC=y/);
   });
 });
+
+describe('boot-time wishes in the image', () => {
+  it('join the recipe\'s own arguments; the recipe wins a conflict', async () => {
+    const { mergeArgs } = await import('../../src/build/context.js');
+    expect(mergeArgs(['preempt=voluntary', 'nowatchdog'], ['preempt=voluntary', 'numa=off'])).toEqual({ args: ['preempt=voluntary', 'nowatchdog', 'numa=off'], conflicts: [] });
+    const c = mergeArgs(['preempt=full'], ['preempt=voluntary']);
+    expect(c.args).toEqual(['preempt=full']);
+    expect(c.conflicts[0]).toMatch(/preempt=voluntary conflicts with the recipe's preempt=full/);
+  });
+
+  it('are reported live or not from what the guest prints', async () => {
+    const { liveWishes } = await import('../../src/kernel/live.js');
+    const wishes = parseFragment(
+      '# r\nCONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y\n# CONFIG_NUMA is not set\nCONFIG_HZ_300=y\nCONFIG_CPU_FREQ_DEFAULT_GOV_PERFORMANCE=y\nCONFIG_NO_HZ_FULL=y\nCONFIG_SCHED_EEVDF=y\n',
+      'w.config',
+    );
+    const live = Object.fromEntries(
+      liveWishes(wishes, {
+        preempt: 'none (voluntary) full lazy',
+        thp: 'always [madvise] never',
+        governor: 'none',
+        numaNodes: 1,
+        cmdline: 'root=x numa=off',
+        kernel: '6.12.107+deb13-amd64',
+        nohzFull: '(null)',
+        config: { HZ_300: 'n', HZ_250: 'y', NUMA: 'y', NO_HZ_FULL: 'y' },
+      }).map((l) => [l.symbol, l.live]),
+    );
+    expect(live).toEqual({ PREEMPT_VOLUNTARY: 'yes', TRANSPARENT_HUGEPAGE_MADVISE: 'yes', NUMA: 'yes', HZ_300: 'no', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'unknown', NO_HZ_FULL: 'no', SCHED_EEVDF: 'yes' });
+  });
+});

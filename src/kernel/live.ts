@@ -1,0 +1,73 @@
+/** Which kernel wishes are live in a running system, from facts the image's boot check prints. */
+import type { Wish } from './config.js';
+
+export interface KernelFacts {
+  /** /sys/kernel/debug/sched/preempt, e.g. "none (voluntary) full". */
+  preempt?: string;
+  governor?: string;
+  numaNodes?: number;
+  spectreV2?: string;
+  /** /sys/kernel/mm/transparent_hugepage/enabled, e.g. "always [madvise] never". */
+  thp?: string;
+  nohzFull?: string;
+  cmdline?: string;
+  kernel?: string;
+  /** Relevant lines of the running kernel's config: symbol → value. */
+  config: Record<string, string>;
+}
+
+export interface LiveWish {
+  symbol: string;
+  value: string;
+  fragment: string;
+  live: 'yes' | 'no' | 'unknown';
+  evidence: string;
+}
+
+export function liveWishes(wishes: Wish[], f: KernelFacts): LiveWish[] {
+  const activePreempt = /\((\w+)\)/.exec(f.preempt ?? '')?.[1];
+  const cfg = (s: string): string | undefined => f.config[s];
+  const kver = /^(\d+)\.(\d+)/.exec(f.kernel ?? '');
+  return wishes.map((w) => {
+    const on = w.value !== 'n';
+    const res = (live: LiveWish['live'], evidence: string): LiveWish => ({ symbol: w.symbol, value: w.value, fragment: w.fragment, live, evidence });
+    switch (w.symbol) {
+      case 'PREEMPT_VOLUNTARY':
+      case 'PREEMPT':
+      case 'PREEMPT_NONE': {
+        const want = { PREEMPT_VOLUNTARY: 'voluntary', PREEMPT: 'full', PREEMPT_NONE: 'none' }[w.symbol];
+        if (!activePreempt) return res('unknown', 'no /sys/kernel/debug/sched/preempt (debugfs not mounted or no PREEMPT_DYNAMIC)');
+        return res((activePreempt === want) === on ? 'yes' : 'no', `sched/preempt: ${f.preempt}`);
+      }
+      case 'TRANSPARENT_HUGEPAGE_MADVISE':
+      case 'TRANSPARENT_HUGEPAGE_ALWAYS':
+      case 'TRANSPARENT_HUGEPAGE': {
+        const mode = /\[(\w+)\]/.exec(f.thp ?? '')?.[1];
+        if (!mode) return res(on && w.symbol === 'TRANSPARENT_HUGEPAGE' ? 'no' : 'unknown', 'no /sys/kernel/mm/transparent_hugepage/enabled');
+        const want = w.symbol === 'TRANSPARENT_HUGEPAGE_MADVISE' ? 'madvise' : w.symbol === 'TRANSPARENT_HUGEPAGE_ALWAYS' ? 'always' : undefined;
+        const live = want ? (mode === want) === on : on ? true : mode === 'never';
+        return res(live ? 'yes' : 'no', `THP: ${f.thp}`);
+      }
+      case 'CPU_FREQ_DEFAULT_GOV_PERFORMANCE':
+        if (!f.governor || f.governor === 'none') return res('unknown', 'no cpufreq driver (usual in a VM)');
+        return res(f.governor === 'performance' ? 'yes' : 'no', `scaling_governor: ${f.governor}`);
+      case 'NUMA':
+        if (on) return res(cfg('NUMA') === 'y' ? 'yes' : 'no', `CONFIG_NUMA=${cfg('NUMA') ?? '?'}`);
+        return res(cfg('NUMA') !== 'y' || /(^|\s)numa=off(\s|$)/.test(f.cmdline ?? '') ? 'yes' : 'no', `CONFIG_NUMA=${cfg('NUMA') ?? '?'}, cmdline ${/numa=off/.test(f.cmdline ?? '') ? 'has' : 'lacks'} numa=off, ${f.numaNodes ?? '?'} node(s)`);
+      case 'CPU_MITIGATIONS':
+      case 'SPECULATION_MITIGATIONS':
+        if (!f.spectreV2) return res('unknown', 'no vulnerabilities/spectre_v2');
+        return res(/^Vulnerable/.test(f.spectreV2) === !on ? 'yes' : 'no', `spectre_v2: ${f.spectreV2}`);
+      case 'NO_HZ_FULL':
+        if (cfg('NO_HZ_FULL') !== 'y') return res(on ? 'no' : 'yes', `CONFIG_NO_HZ_FULL=${cfg('NO_HZ_FULL') ?? 'n'}`);
+        return res(on && f.nohzFull && f.nohzFull !== '(null)' ? 'yes' : on ? 'no' : 'no', f.nohzFull && f.nohzFull !== '(null)' ? `nohz_full CPUs: ${f.nohzFull}` : 'compiled in, but no CPU is nohz_full (needs nohz_full=<cpus>)');
+      case 'SCHED_EEVDF':
+        return res(kver && (Number(kver[1]) > 6 || (Number(kver[1]) === 6 && Number(kver[2]) >= 6)) ? 'yes' : 'no', `kernel ${f.kernel ?? '?'}: EEVDF is the scheduler from 6.6 on (no config symbol)`);
+      default: {
+        const v = cfg(w.symbol);
+        if (v === undefined) return res('unknown', `CONFIG_${w.symbol} not reported by the guest`);
+        return res(v === w.value ? 'yes' : 'no', `CONFIG_${w.symbol}=${v}`);
+      }
+    }
+  });
+}
