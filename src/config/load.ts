@@ -9,6 +9,7 @@ import { paths } from '../util/paths.js';
 import { RecipeSchema, type ResolvedRecipe } from './schema.js';
 import { distroFor } from '../distros/index.js';
 import { catalog, catalogEntry } from '../models/catalog.js';
+import { fragmentPath } from '../kernel/config.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -139,6 +140,13 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       else if (!e.sha256) out.push({ path: `models.${i}.id`, message: `catalog entry "${m.id}" has no sha256 yet, so it cannot be downloaded safely; use source = "url" with a sha256` });
     }
     if (m.source === 'synth' && !r.llama.enabled) out.push({ path: `models.${i}.source`, message: 'synthesized models need llama.cpp (its gguf-py and llama-quantize): set llama.enabled = true' });
+  });
+  r.kernel.fragments.forEach((f, i) => {
+    try {
+      fragmentPath(f);
+    } catch (e) {
+      out.push({ path: `kernel.fragments.${i}`, message: (e as Error).message });
+    }
   });
   for (const level of ['operational', 'tactical'] as const) {
     const n = r.models.filter((m) => m.level === level);

@@ -227,8 +227,11 @@ export const RuntimeSchema = z
 
 export const KernelSchema = z
   .strictObject({
-    fragments: z.array(z.string()).default([]).describe('kernel-configs/*.config fragments (issue 5)'),
-    build: z.boolean().default(false).describe('Build a custom kernel (issue 5; not built yet)'),
+    fragments: z
+      .array(z.string().regex(/^[A-Za-z0-9._/-]+$/))
+      .default([])
+      .describe('Kernel wishes: kernel-configs/<name>.config fragments (or paths). Checked against the image kernel; the at-boot ones join the cmdline'),
+    build: z.literal(false).default(false).describe('Build a custom kernel: not implemented yet, so only false is accepted'),
   })
   .describe('Kernel wishes (filled by a later issue)');
 
