@@ -249,6 +249,19 @@ export function program(): Command {
       else out(`version: ${res.version}\nsource:  ${res.source}\nconfig:  ${res.config}\nnext:    aios kernel check --source ${res.source} --config ${res.config}`);
     });
 
+  const rt = p.command('runtime').description('aios-runtime: the model service (also runs outside the image)');
+  rt.command('serve')
+    .description('run aios-runtime with a config.toml until SIGTERM (gRPC on a unix socket and loopback TCP)')
+    .requiredOption('-c, --config <file>', 'runtime config (/etc/aios/config.toml in the image)')
+    .option('--listen <host:port>', 'TCP address (overrides runtime.listen; "" for none)')
+    .option('--socket <path>', 'unix socket (overrides runtime.socket; "" for none)')
+    .action(async (o: { config: string; listen?: string; socket?: string }) => {
+      const { runDaemon } = await import('../runtime/daemon.js');
+      process.exitCode = await runDaemon(o.config, { listen: o.listen, socket: o.socket }).catch((e: Error) => {
+        throw new UserError(e.message, 1);
+      });
+    });
+
   p.command('qemu-test')
     .description('boot an image in QEMU (UEFI) and check it reaches multi-user with no failed units')
     .argument('<image>', 'disk image (.raw)')

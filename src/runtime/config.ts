@@ -4,8 +4,30 @@
  */
 import { z } from 'zod';
 
+const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 10s, 5m' });
+
+/** "10s" → milliseconds. */
+export function ms(d: string): number {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(d)!;
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+}
+
+const Probe = z.strictObject({
+  prompt: z.string().default('Respond with OK if you are working.'),
+  /** GBNF grammar constraining the answer (a model with random weights cannot say OK unaided). */
+  grammar: z.string().optional(),
+  /** Regular expression the answer must match. */
+  expect: z.string().default('OK'),
+});
+
 const ModelLayer = z.strictObject({
   name: z.string().describe('GGUF file name in model_dir'),
+  ctx_size: z.number().int().min(64).default(2048),
+  threads: z.number().int().min(0).default(0).describe('0 = physical cores'),
+  gpu_layers: z.number().int().min(-1).default(0),
+  parallel: z.number().int().min(1).max(64).default(2).describe('llama-server slots (concurrent requests per model)'),
+  mmap: z.boolean().default(true),
+  probe: Probe.prefault({ grammar: 'root ::= "OK"' }),
   always_loaded: z.boolean().default(false),
   load_on_demand: z.boolean().default(true),
   max_tokens: z.number().int().positive().default(512),
@@ -14,6 +36,17 @@ const ModelLayer = z.strictObject({
 });
 
 export const RuntimeConfigSchema = z.strictObject({
+  runtime: z
+    .strictObject({
+      llama_server: z.string().default('/usr/bin/llama-server'),
+      socket: z.string().default('/run/aios/runtime.sock').describe('unix socket (mode 0660); "" = none'),
+      listen: z.string().default('127.0.0.1:50051').describe('TCP host:port; "" = none. Anything but loopback must be set explicitly'),
+      health_interval: duration.default('10s'),
+      load_timeout: duration.default('120s'),
+      request_timeout: duration.default('120s'),
+      max_restarts: z.number().int().min(0).default(5).describe('crashes within 5 minutes before a model is marked failed'),
+    })
+    .prefault({}),
   system: z
     .strictObject({
       hostname: z.string().default('aios'),

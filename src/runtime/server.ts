@@ -1,0 +1,175 @@
+/**
+ * gRPC front end: aios.runtime.AIRuntime (proto/runtime.proto), grpc.health.v1.Health and server
+ * reflection, on a unix socket and/or loopback TCP. Imports nothing from the build side.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Code, RuntimeError } from './errors.js';
+import type { RuntimeService } from './service.js';
+import type { ModelInfo } from './manager.js';
+
+export const PROTO_DIR = fileURLToPath(new URL('../../proto/', import.meta.url));
+
+export function loadProtos(dir = PROTO_DIR): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(['runtime.proto', 'health.proto'], { includeDirs: [dir], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+}
+
+const toStatus = (m: ModelInfo) => ({
+  name: m.name,
+  level: m.level,
+  state: m.state,
+  pid: m.pid,
+  port: m.port,
+  memory_bytes: m.memoryBytes,
+  last_used_unix_ms: m.lastUsed,
+  uptime_ms: m.uptimeMs,
+  path: m.path,
+  restarts: m.restarts,
+  error: m.error,
+});
+
+function grpcError(e: unknown): Partial<grpc.StatusObject> {
+  if (e instanceof RuntimeError) return { code: e.code as number, details: e.message };
+  return { code: Code.INTERNAL, details: `internal error: ${(e as Error)?.message ?? String(e)}` };
+}
+
+type Req = {
+  model?: string;
+  prompt?: string;
+  system_prompt?: string;
+  max_tokens?: number;
+  temperature?: number;
+  intelligence_level?: string;
+  grammar?: string;
+  timeout_ms?: number;
+};
+const inferInput = (r: Req) => ({
+  model: r.model ?? '',
+  prompt: r.prompt ?? '',
+  systemPrompt: r.system_prompt ?? '',
+  maxTokens: r.max_tokens ?? 0,
+  temperature: r.temperature ?? 0,
+  intelligenceLevel: r.intelligence_level ?? '',
+  grammar: r.grammar ?? '',
+  timeoutMs: r.timeout_ms ?? 0,
+});
+
+export interface Listening {
+  server: grpc.Server;
+  tcpPort?: number;
+  socket?: string;
+  /** Stop accepting, let in-flight calls finish (up to graceMs), then stop the models. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+export async function serve(svc: RuntimeService, o: { listen?: string; socket?: string }): Promise<Listening> {
+  const def = loadProtos();
+  const proto = grpc.loadPackageDefinition(def) as unknown as {
+    aios: { runtime: { AIRuntime: { service: grpc.ServiceDefinition } } };
+    grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
+  };
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const unary =
+    <T, R>(fn: (req: T, call: grpc.ServerUnaryCall<T, R>) => Promise<R>) =>
+    (call: grpc.ServerUnaryCall<T, R>, cb: grpc.sendUnaryData<R>) => {
+      fn(call.request, call).then(
+        (r) => cb(null, r),
+        (e) => cb(grpcError(e)),
+      );
+    };
+
+  server.addService(proto.aios.runtime.AIRuntime.service, {
+    LoadModel: unary(async (r: { model_name: string; model_path: string; context_length: number; gpu_layers: number; threads: number }) =>
+      toStatus(await svc.load(r.model_name, r.model_path, { ctx: r.context_length, gpuLayers: r.gpu_layers, threads: r.threads })),
+    ),
+    UnloadModel: unary(async (r: { model_name: string }) => {
+      if (!r.model_name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
+      await svc.manager.unload(r.model_name);
+      return { ok: true, message: `unloaded ${r.model_name}` };
+    }),
+    ListModels: unary(async () => ({ models: svc.manager.list().map(toStatus) })),
+    HealthCheck: unary(async () => ({
+      ready: svc.ready,
+      status: svc.ready ? 'SERVING' : 'NOT_SERVING',
+      models_ready: svc.manager.list().filter((m) => m.state === 'ready').length,
+      uptime_ms: Date.now() - svc.startedAt,
+      version: '0.1.0',
+    })),
+    Infer: (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const ctrl = new AbortController();
+      call.on('cancelled', () => ctrl.abort());
+      svc.infer(inferInput(call.request), ctrl.signal).then(
+        (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens }),
+        (e) => cb(grpcError(e)),
+      );
+    },
+    StreamInfer: (call: grpc.ServerWritableStream<Req, unknown>) => {
+      const ctrl = new AbortController();
+      call.on('cancelled', () => ctrl.abort());
+      svc
+        .infer(inferInput(call.request), ctrl.signal, (t) => call.write({ text: t, done: false }))
+        .then(
+          (o) => {
+            call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed });
+            call.end();
+          },
+          (e) => call.emit('error', grpcError(e)),
+        );
+    },
+  });
+
+  const healthStatus = () => (svc.ready ? 'SERVING' : 'NOT_SERVING');
+  server.addService(proto.grpc.health.v1.Health.service, {
+    Check: (call: grpc.ServerUnaryCall<{ service: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const s = call.request.service;
+      if (s && s !== 'aios.runtime.AIRuntime') return cb({ code: Code.NOT_FOUND, details: `unknown service ${s}` });
+      cb(null, { status: healthStatus() });
+    },
+    Watch: (call: grpc.ServerWritableStream<{ service: string }, unknown>) => {
+      call.write({ status: healthStatus() });
+      const t = setInterval(() => call.write({ status: healthStatus() }), 5000);
+      call.on('cancelled', () => clearInterval(t));
+    },
+  });
+  new ReflectionService(def).addToServer(server);
+
+  const bind = (addr: string) =>
+    new Promise<number>((resolve, reject) => server.bindAsync(addr, grpc.ServerCredentials.createInsecure(), (e, port) => (e ? reject(e) : resolve(port))));
+  const out: Listening = {
+    server,
+    shutdown: async (graceMs = 10_000) => {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+      await svc.stop();
+      if (out.socket && existsSync(out.socket)) rmSync(out.socket, { force: true });
+    },
+  };
+  if (o.listen) {
+    const host = o.listen.replace(/:\d+$/, '');
+    if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host) && process.env.AIOS_RUNTIME_ALLOW_REMOTE !== '1') {
+      // Anything but loopback must be configured explicitly; the config is explicit, so allow it but say so.
+      process.stderr.write(`aios-runtime: listening on ${o.listen}, which is not loopback\n`);
+    }
+    out.tcpPort = await bind(o.listen);
+  }
+  if (o.socket) {
+    mkdirSync(dirname(o.socket), { recursive: true });
+    rmSync(o.socket, { force: true });
+    await bind(`unix:${o.socket}`);
+    chmodSync(o.socket, 0o660);
+    out.socket = o.socket;
+  }
+  return out;
+}
