@@ -188,6 +188,7 @@ async function buildManifest(ctx: BuildContext, disk: string, stages: StageRepor
     partitions: layout.sfdisk?.partitiontable?.partitions ?? [],
     stages,
     llama: existsSync(join(ctx.outputs.overlay!.dir, 'llama.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'llama.json'), 'utf8')) : null,
+    runtime: r.runtime.enabled ? { enabled: true, listen: r.runtime.listen, probe: { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' } } : null,
     models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],
     packages,
   };

@@ -20,7 +20,8 @@ import { catalogEntry } from '../models/catalog.js';
 import { fetchModel } from '../models/fetch.js';
 import { inspectModel, type ModelInfo } from '../models/gguf.js';
 import { synthModel } from '../models/synth.js';
-import { paths } from '../util/paths.js';
+import { paths, PKG_ROOT } from '../util/paths.js';
+import { bundleRuntime } from './runtime-bundle.js';
 import { RuntimeConfigSchema } from '../runtime/config.js';
 import { assembleDisk, xfsToolsMissing } from './image.js';
 import { buildLlama, cmakeArgs, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from './llama.js';
@@ -271,6 +272,7 @@ async function contextWithWishes(ctx: BuildContext, extra: Record<string, unknow
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
   const u = ['aios-check.service'];
+  if (r.runtime.enabled) u.push('aios-runtime.service');
   if (r.system.network === 'dhcp') u.push('systemd-networkd.service');
   return u;
 }
@@ -289,6 +291,7 @@ export const overlayStage: Stage = {
       rootfs: ctx.outputs.rootfs!.key,
       llama: ctx.outputs.llama?.key ?? null,
       models: ctx.outputs.models?.key ?? null,
+      runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) : null,
       files: filesDigest(files),
       overlay: await hashTree(paths.rootfsOverlay),
       masked: r.system.masked_units,
@@ -322,6 +325,10 @@ export const overlayStage: Stage = {
       await symlink(`/${zone}`, join(root, 'etc/localtime'));
     } else if (r.system.timezone !== 'UTC') {
       ctx.warnings.push(`timezone ${r.system.timezone}: no /${zone} in the image (add tzdata to base.packages); using UTC`);
+    }
+    if (r.runtime.enabled) {
+      ctx.progress('bundling aios-runtime');
+      await bundleRuntime(join(root, 'usr/lib/aios-runtime'));
     }
     ctx.progress('enabling and masking units');
     for (const u of unitsToEnable(r)) await run(['chroot', root, 'systemctl', 'enable', u], { log: ctx.log });

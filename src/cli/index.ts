@@ -262,6 +262,62 @@ export function program(): Command {
       });
     });
 
+  const addrOpt = (c: Command) => c.option('-a, --address <addr>', 'runtime address: host:port or unix:/path', 'unix:/run/aios/runtime.sock');
+  addrOpt(rt.command('status').description('health and loaded models of a running aios-runtime').option('--json', 'print JSON')).action(async (o: { address: string; json?: boolean }) => {
+    const { connect, unary } = await import('../runtime/client.js');
+    const c = connect(o.address);
+    try {
+      const [h, l] = await Promise.all([unary<Record<string, unknown>>(c, 'HealthCheck', {}, 5000), unary<{ models: Record<string, unknown>[] }>(c, 'ListModels', {}, 5000)]);
+      if (o.json) return void out(JSON.stringify({ health: h, models: l.models }, null, 2));
+      out(`${h.status} (${h.models_ready} model(s) ready, up ${Math.round(Number(h.uptime_ms) / 1000)} s)`);
+      for (const m of l.models) out(`  ${String(m.name).padEnd(24)} ${String(m.level || '-').padEnd(12)} ${String(m.state).padEnd(10)} pid ${m.pid} port ${m.port} ${formatSize(Number(m.memory_bytes))} restarts ${m.restarts}${m.error ? ` error: ${m.error}` : ''}`);
+    } catch (e) {
+      throw new UserError(`cannot reach aios-runtime at ${o.address}: ${(e as Error).message}`, 1);
+    } finally {
+      c.close();
+    }
+  });
+  for (const verb of ['load', 'unload'] as const) {
+    addrOpt(rt.command(verb).description(`${verb} a model in a running aios-runtime`).argument('<name>', 'model name (a configured layer\'s model, or a new name with --path)').option('--path <file>', 'GGUF file inside the model dir (load only)')).action(
+      async (name: string, o: { address: string; path?: string }) => {
+        const { connect, unary } = await import('../runtime/client.js');
+        const c = connect(o.address);
+        try {
+          const r = await unary<Record<string, unknown>>(c, verb === 'load' ? 'LoadModel' : 'UnloadModel', verb === 'load' ? { model_name: name, model_path: o.path ?? '' } : { model_name: name }, 180_000);
+          out(verb === 'load' ? `${r.name}: ${r.state} (pid ${r.pid}, port ${r.port})` : String(r.message));
+        } catch (e) {
+          throw new UserError(`${verb} ${name}: ${(e as Error).message}`, 1);
+        } finally {
+          c.close();
+        }
+      },
+    );
+  }
+  addrOpt(
+    rt
+      .command('infer')
+      .description('send a prompt and stream the answer to the terminal')
+      .argument('<prompt>')
+      .option('-m, --model <name>', 'model name, or "auto"', '')
+      .option('-l, --level <level>', 'operational | tactical | strategic', '')
+      .option('-n, --max-tokens <n>', 'most tokens to generate', (v) => Number(v), 256)
+      .option('-t, --temperature <t>', 'sampling temperature', (v) => Number(v), 0.7)
+      .option('--system <text>', 'system prompt', '')
+      .option('--grammar <gbnf>', 'GBNF grammar for the answer', ''),
+  ).action(async (prompt: string, o: { address: string; model: string; level: string; maxTokens: number; temperature: number; system: string; grammar: string }) => {
+    const { connect, streamInfer } = await import('../runtime/client.js');
+    const c = connect(o.address);
+    try {
+      const last = await streamInfer(c, { prompt, model: o.model, intelligence_level: o.level, max_tokens: o.maxTokens, temperature: o.temperature, system_prompt: o.system, grammar: o.grammar }, (t) => process.stdout.write(t));
+      process.stdout.write('\n');
+      process.stderr.write(`[${last.model_used}, ${last.tokens_used} tokens]\n`);
+    } catch (e) {
+      throw new UserError(`infer: ${(e as Error).message}`, 1);
+    } finally {
+      c.close();
+    }
+  });
+
   p.command('qemu-test')
     .description('boot an image in QEMU (UEFI) and check it reaches multi-user with no failed units')
     .argument('<image>', 'disk image (.raw)')
@@ -304,6 +360,10 @@ export function program(): Command {
         if (g.llamaVersion) out(`llama.cpp:   ${g.llamaVersion}`);
         for (const mm of g.models) out(`model:       ${mm.file} (${mm.magic} v${mm.version}, ${formatSize(mm.bytes)}, sha256 ${mm.sha256.slice(0, 16)}…)`);
         if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
+        if (res.runtime) {
+          const r = res.runtime;
+          out(`aios-runtime: ${r.ok ? 'answered' : 'FAILED'} "${r.prompt}" -> "${r.text ?? ''}"${r.latencyMs !== undefined ? ` in ${r.latencyMs} ms` : ''} via ${r.address}${r.readySeconds !== undefined ? `; ready ${r.readySeconds} s after kernel start` : ''}${r.error ? ` (${r.error})` : ''}`);
+        }
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');
           for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);

@@ -141,6 +141,10 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
     }
     if (m.source === 'synth' && !r.llama.enabled) out.push({ path: `models.${i}.source`, message: 'synthesized models need llama.cpp (its gguf-py and llama-quantize): set llama.enabled = true' });
   });
+  if (r.runtime.enabled) {
+    if (!r.llama.enabled) out.push({ path: 'runtime.enabled', message: 'aios-runtime runs llama-server: it needs llama.enabled = true (or set runtime.enabled = false)' });
+    if (!r.models.some((m) => m.level === 'operational')) out.push({ path: 'runtime.enabled', message: 'aios-runtime needs an operational model: add a [[models]] entry with level = "operational" (or set runtime.enabled = false)' });
+  }
   r.kernel.fragments.forEach((f, i) => {
     try {
       fragmentPath(f);

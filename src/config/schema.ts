@@ -221,9 +221,19 @@ export type ModelSpec = z.output<typeof ModelSpecSchema>;
 
 export const RuntimeSchema = z
   .strictObject({
-    enabled: z.boolean().default(false).describe('Install and start aios-runtime (issue 4; not built yet)'),
+    enabled: z.boolean().default(true).describe('Install aios-runtime (bundled, on the distro\'s Node.js) as aios-runtime.service; needs llama.enabled and an operational model'),
+    listen: z
+      .string()
+      .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:50051' })
+      .default('127.0.0.1:50051')
+      .describe('gRPC TCP address in the image. Loopback by default; anything else is an explicit choice'),
+    memory_high: z
+      .string()
+      .regex(/^(\d+[KMGT]?|\d+%|infinity)$/, { message: 'must be a systemd MemoryHigh= value such as 28G or 90%' })
+      .default('90%')
+      .describe('MemoryHigh= of aios-runtime.service (seed 002 leaves 4 GB to the OS: 28G on 32 GB)'),
   })
-  .describe('aios-runtime service (filled by a later issue)');
+  .describe('aios-runtime service');
 
 export const KernelSchema = z
   .strictObject({

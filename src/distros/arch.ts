@@ -44,6 +44,7 @@ export const arch: Distro = {
     const p = ['base', 'linux', 'mkinitcpio', 'systemd', 'iproute2', 'zstd', 'e2fsprogs'];
     if (r.zram.enabled) p.push('zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
+    if (r.runtime.enabled) p.push('nodejs');
     return [...new Set([...p, ...r.base.packages])];
   },
 

@@ -2,7 +2,7 @@
  * Booting images in QEMU with OVMF (UEFI): `qemuTest` (automated boot check) and `qemuArgs` for an
  * interactive console. KVM is used only when a probe guest actually runs; otherwise TCG.
  */
-import { copyFile, mkdtemp, writeFile, appendFile, stat, readFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, writeFile, stat, readFile } from 'node:fs/promises';
 import { existsSync, openSync, closeSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
+import { freePort } from '../runtime/manager.js';
 import type { Wish } from '../kernel/config.js';
 
 export const OVMF_CANDIDATES = [
@@ -109,6 +110,8 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
 export interface BootCheck {
   ok: boolean;
   image: string;
+  /** The gRPC probe of aios-runtime in the guest (images with the runtime). */
+  runtime?: { ok: boolean; address: string; prompt: string; expect: string; text?: string; latencyMs?: number; modelUsed?: string; error?: string; readySeconds?: number };
   /** The recipe's kernel wishes (from the manifest) and whether each is live in the guest. */
   kernelWishes: LiveWish[];
   accel: 'kvm' | 'tcg';
@@ -122,6 +125,9 @@ export interface BootCheck {
     cmdline?: string;
     state?: string;
     cpuFlags?: string[];
+    runtimeState?: string;
+    /** Monotonic time (µs since kernel start) when aios-runtime.service became ready. */
+    runtimeReadyUsec?: number;
     /** What the running kernel does, for the kernel-wish report. */
     kernelFacts: KernelFacts;
     /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
@@ -171,6 +177,8 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'root') guest.root = val;
     else if (k === 'multi_user_usec' && Number(val) > 0) guest.multiUser = Number(val) / 1e6;
     else if (k === 'settled') guest.settled = val === 'yes';
+    else if (k === 'runtime_state') guest.runtimeState = val;
+    else if (k === 'runtime_ready_usec' && Number(val) > 0) guest.runtimeReadyUsec = Number(val);
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
     else if (k.startsWith('k_')) {
@@ -222,6 +230,7 @@ export interface ImageManifest {
   llama?: { isa?: { flags: string[]; description: string } } | null;
   models?: { file: string; sha256: string }[];
   kernel?: { wishes?: Wish[] };
+  runtime?: { enabled: boolean; listen: string; probe?: { prompt: string; grammar?: string; expect: string } } | null;
 }
 
 export async function manifestFor(image: string): Promise<ImageManifest | undefined> {
@@ -274,6 +283,23 @@ export function modelProblems(manifest: ImageManifest | undefined, guest: BootCh
   return out;
 }
 
+/** One Infer over gRPC, as seed 000 step 4.7 does, with the model's probe (grammar-constrained). */
+export async function runtimeProbe(address: string, p: { prompt: string; grammar?: string; expect: string } = { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' }): Promise<NonNullable<BootCheck['runtime']>> {
+  const { connect, unary, waitReady } = await import('../runtime/client.js');
+  const c = connect(address);
+  const base = { address, prompt: p.prompt, expect: p.expect };
+  try {
+    if (!(await waitReady(c, 60_000))) return { ...base, ok: false, error: `no ready HealthCheck from ${address} within 60 s` };
+    const t0 = Date.now();
+    const r = await unary<{ text: string; model_used: string }>(c, 'Infer', { prompt: p.prompt, intelligence_level: 'operational', max_tokens: 8, temperature: 0, grammar: p.grammar ?? '' }, 120_000);
+    return { ...base, ok: new RegExp(p.expect).test(r.text), text: r.text, latencyMs: Date.now() - t0, modelUsed: r.model_used };
+  } catch (e) {
+    return { ...base, ok: false, error: (e as Error).message };
+  } finally {
+    c.close();
+  }
+}
+
 /** Boots the image with the check unit enabled (aios.check=1) and reports what it found. */
 export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<BootCheck> {
   if (!existsSync(image)) throw new UserError(`no such image: ${image}`, 2);
@@ -289,16 +315,38 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const manifest = await manifestFor(image);
     const isa = manifest?.llama?.isa;
     const cpu = o.cpu ?? (await cpuFor(o.requiredFlags ?? isa?.flags ?? [], accel, isa?.description));
-    const { argv } = await qemuArgs(image, { ...o, accel, cpu, serial: serialLog, cmdlineExtra: 'aios.check=1', snapshot: true }, vars);
-    await appendFile(serialLog, '');
     const timeout = (o.timeout ?? 300) * 1000;
+    const rt = manifest?.runtime?.enabled ? manifest.runtime : undefined;
+    const hostPort = rt ? await freePort() : 0;
+    const guestPort = rt ? Number(rt.listen.split(':').pop()) : 0;
+    const { argv } = await qemuArgs(
+      image,
+      { ...o, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: true, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
+      vars,
+    );
     const t0 = Date.now();
     o.onProgress?.(`booting with ${accel.toUpperCase()} (timeout ${timeout / 1000} s), serial log ${serialLog}`);
     const child = execa(argv[0]!, argv.slice(1), { reject: false, timeout, all: true, stdin: 'ignore' });
+    // Wait for the boot check's report (or QEMU's exit), reading the serial log as it grows.
+    let exited = false;
+    void child.then(() => (exited = true));
+    let log = '';
+    while (!exited) {
+      log = await readFile(serialLog, 'utf8');
+      if (log.includes('AIOS-CHECK-END')) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    let probe: BootCheck['runtime'] = undefined;
+    if (rt && !exited) {
+      // Seed 000's phase-2 check: a prompt over gRPC, through QEMU's user-net port forwarding.
+      probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe);
+      child.kill('SIGTERM');
+    }
     const res = await child;
     const hostSeconds = (Date.now() - t0) / 1000;
-    const log = await readFile(serialLog, 'utf8');
+    log = await readFile(serialLog, 'utf8');
     const { complete, guest } = parseCheckLog(log);
+    if (probe && guest.runtimeReadyUsec) probe.readySeconds = Math.round(guest.runtimeReadyUsec / 1e4) / 100;
     let reason: string | undefined;
     if (res.timedOut) reason = `timed out after ${timeout / 1000} s${complete ? '' : ' before the boot check reported'} (see ${serialLog})`;
     else if (!complete) reason = `QEMU exited (code ${res.exitCode}) without a boot check report: ${String(res.all ?? '').trim().slice(-500) || `see ${serialLog}`}`;
@@ -306,8 +354,10 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (modelProblems(manifest, guest).length) reason = modelProblems(manifest, guest).join('; ');
     else if (!guest.settled) reason = `boot jobs were still running when the check gave up (state ${guest.state ?? 'unknown'})`;
     else if (guest.state === 'degraded' || guest.state === 'maintenance' || guest.state === 'stopping') reason = `system state ${guest.state}`;
+    else if (rt && guest.runtimeState !== 'active') reason = `aios-runtime.service is ${guest.runtimeState ?? 'missing'}`;
+    else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
-    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog, kernelWishes };
+    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe };
   } finally {
     unregister();
     await safeRemove(tmp);

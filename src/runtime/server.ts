@@ -12,7 +12,10 @@ import { Code, RuntimeError } from './errors.js';
 import type { RuntimeService } from './service.js';
 import type { ModelInfo } from './manager.js';
 
-export const PROTO_DIR = fileURLToPath(new URL('../../proto/', import.meta.url));
+/** proto/ beside the bundle (in the image: /usr/lib/aios-runtime/proto), else the repository's. */
+export const PROTO_DIR = existsSync(fileURLToPath(new URL('./proto/runtime.proto', import.meta.url)))
+  ? fileURLToPath(new URL('./proto/', import.meta.url))
+  : fileURLToPath(new URL('../../proto/', import.meta.url));
 
 export function loadProtos(dir = PROTO_DIR): protoLoader.PackageDefinition {
   return protoLoader.loadSync(['runtime.proto', 'health.proto'], { includeDirs: [dir], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });

@@ -98,6 +98,11 @@ describe('aios build image + qemu-test (default recipe)', () => {
     // ...and the model arrived intact: GGUF header and the build's sha256.
     const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
     expect(res.guest.models).toEqual([{ file: 'aios-tiny.gguf', magic: 'GGUF', version: 3, bytes: m.models[0].bytes, sha256: m.models[0].sha256 }]);
+    // aios-runtime came up in the guest and answered the probe over gRPC through port forwarding.
+    expect(res.guest.runtimeState).toBe('active');
+    expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
+    expect(res.runtime!.readySeconds).toBeGreaterThan(0);
+    console.log(`runtime ready ${res.runtime!.readySeconds} s after kernel start; probe answered in ${res.runtime!.latencyMs} ms`);
     console.log(`boot: ${res.accel}, multi-user ${res.guest.multiUser}s after kernel start, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off`);
   });
 

@@ -171,6 +171,34 @@ describe('aios-runtime', () => {
     expect(statSync(sock).mode & 0o777).toBe(0o660);
   });
 
+  it('the one-file bundle the image ships runs the same daemon (SIGTERM: exit 0, no orphans)', { timeout: 120_000 }, async () => {
+    const { bundleRuntime } = await import('../../src/build/runtime-bundle.js');
+    const { connect, unary, waitReady } = await import('../../src/runtime/client.js');
+    const { freePort } = await import('../../src/runtime/manager.js');
+    const bdir = join(dir, 'bundle');
+    const bundle = await bundleRuntime(bdir);
+    const { writeFileSync } = await import('node:fs');
+    const { stringify } = await import('smol-toml');
+    const port = await freePort();
+    const cfg = join(dir, 'bundle.toml');
+    writeFileSync(cfg, stringify({ runtime: { ...daemon.service.config.runtime, socket: '', listen: `127.0.0.1:${port}` }, models: { model_dir: dir, operational: { name: 'tiny.gguf', ctx_size: 512 } } }));
+    // Run from a copy outside the repository, as in the image: nothing may be read from node_modules.
+    const proc = execa('node', [bundle, '--config', cfg], { cwd: '/', reject: false, env: { ...process.env, NODE_PATH: '' } });
+    const c = connect(`127.0.0.1:${port}`);
+    try {
+      expect(await waitReady(c, 60_000)).toBe(true);
+      const r = await unary<{ text: string }>(c, 'Infer', { prompt: 'Respond with OK if you are working.', max_tokens: 8, grammar: 'root ::= "OK"' });
+      expect(r.text).toBe('OK');
+      const pids = (await unary<{ models: { pid: number }[] }>(c, 'ListModels', {})).models.map((m) => m.pid);
+      proc.kill('SIGTERM');
+      expect((await proc).exitCode).toBe(0);
+      expect(pids.filter(pidAlive)).toEqual([]);
+    } finally {
+      c.close();
+      proc.kill('SIGKILL');
+    }
+  });
+
   it('shuts down cleanly: no orphaned llama-server children', { timeout: 30_000 }, async () => {
     const pids = (await call<{ models: { pid: number }[] }>('ListModels', {})).models.map((m) => m.pid);
     expect(pids.every(pidAlive)).toBe(true);
