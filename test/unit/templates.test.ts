@@ -74,3 +74,21 @@ describe('templates (golden files)', () => {
     await expect(renderTree(dir, {})).rejects.toThrow(/template x\.conf\.hbs/);
   });
 });
+
+describe('aios-runtime.service sandboxing', () => {
+  it('scores an exposure of 2.0 or less with systemd-analyze security (the seed\'s ollama.service scores 9.2)', async () => {
+    const { execa } = await import('execa');
+    const { tmp } = await import('../helpers.js');
+    const r = await loadRecipe('default');
+    const files = await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)));
+    const unit = files.find((f) => f.path === 'usr/lib/systemd/system/aios-runtime.service')!;
+    const d = tmp();
+    writeFileSync(join(d, 'aios-runtime.service'), unit.content);
+    const out = await execa('systemd-analyze', ['security', '--offline=true', join(d, 'aios-runtime.service')], { reject: false });
+    const m = /Overall exposure level for aios-runtime\.service: (\d+\.\d+)/.exec(out.stdout);
+    expect(m, out.stdout + out.stderr).not.toBeNull();
+    expect(Number(m![1])).toBeLessThanOrEqual(2.0);
+    expect(unit.content).toMatch(/^Type=notify$/m);
+    expect(unit.content).toMatch(/^ReadOnlyPaths=\/var\/lib\/aios\/models$/m);
+  });
+});
