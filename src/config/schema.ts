@@ -221,7 +221,7 @@ export type ModelSpec = z.output<typeof ModelSpecSchema>;
 
 export const RuntimeSchema = z
   .strictObject({
-    enabled: z.boolean().default(true).describe('Install aios-runtime (bundled, on the distro\'s Node.js) as aios-runtime.service; needs llama.enabled and an operational model'),
+    enabled: z.boolean().default(false).describe('Install aios-runtime (bundled, on the distro\'s Node.js) as aios-runtime.service; needs llama.enabled and an operational model (the default recipe turns it on)'),
     listen: z
       .string()
       .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:50051' })

@@ -110,6 +110,14 @@ describe('recipe loading', () => {
     expect(text).toMatch(/models.1.id: "nope" is not in models\/catalog.toml/);
   });
 
+  it('aios-runtime needs llama.cpp and an operational model', async () => {
+    const e = await problems(loadRecipe('default', { sets: ['models=[]'] }));
+    expect(e.problems).toEqual([{ path: 'runtime.enabled', message: expect.stringMatching(/needs an operational model/) }]);
+    const f = await problems(loadRecipe('default', { sets: ['llama.enabled=false', 'runtime.enabled=true', 'models=[]'] }));
+    expect(f.problems.map((p) => p.path)).toEqual(['runtime.enabled', 'runtime.enabled']);
+    expect((await loadRecipe('default', { sets: ['runtime.enabled=false', 'models=[]'] })).runtime.enabled).toBe(false);
+  });
+
   it('deepMerge does not share nested objects with its inputs', () => {
     const a = { x: { y: 1 } };
     const m = deepMerge(a, { x: { z: 2 } });
