@@ -119,6 +119,15 @@ describe('aios build image + qemu-test (default recipe)', () => {
     ]);
   });
 
+  it('builds and boots an XFS root (filesystem.root = "xfs", populated from a prototype file)', { timeout: 15 * 60_000 }, async () => {
+    const dir = tmp('aios-e2e-xfs-');
+    const res = await build({ recipe: 'default', outDir: dir, renderer: 'silent', sets: ['filesystem.root=xfs', 'image.name=aios-xfs'] });
+    const boot = await qemuTest(res.image, { timeout: 420, serialLog: join(dir, 'boot.serial.log') });
+    expect(boot.reason).toBeUndefined();
+    expect(boot.guest.root).toMatch(/^xfs rw,noatime/);
+    expect(boot.runtime).toMatchObject({ ok: true, text: 'OK' });
+  });
+
   it('an interrupted build leaves no image and no temp dirs, and the rerun resumes from the cache', { timeout: 10 * 60_000 }, async () => {
     const dir = tmp('aios-e2e-int-');
     const child = execa('node', ['bin/aios.js', 'build', 'image', '--out', dir, '--set', 'system.hostname=interrupted'], { reject: false, all: true });
