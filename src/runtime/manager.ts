@@ -51,6 +51,10 @@ interface Child {
   ready: Promise<void>;
   /** Requests in flight on this child, to fail them if it dies. */
   inflight: Set<AbortController>;
+  /** Requests waiting for one of the child's `parallel` slots (FIFO). */
+  waiters: (() => void)[];
+  /** Consecutive failed /health polls. */
+  healthFailures: number;
   stopping: boolean;
 }
 
@@ -155,7 +159,7 @@ export class ModelManager {
   private async doLoad(p: LaunchProfile): Promise<ModelInfo> {
     if (!existsSync(p.path)) throw new RuntimeError(Code.NOT_FOUND, `model file ${p.path} does not exist`);
     if (!(await isGguf(p.path))) throw new RuntimeError(Code.FAILED_PRECONDITION, `${p.path} is not a GGUF file`);
-    const c: Child = { profile: p, port: 0, state: 'loading', startedAt: Date.now(), lastUsed: Date.now(), restarts: 0, crashTimes: [], error: '', ready: Promise.resolve(), inflight: new Set(), stopping: false };
+    const c: Child = { profile: p, port: 0, state: 'loading', startedAt: Date.now(), lastUsed: Date.now(), restarts: 0, crashTimes: [], error: '', ready: Promise.resolve(), inflight: new Set(), waiters: [], healthFailures: 0, stopping: false };
     this.children.set(p.name, c);
     c.ready = this.start(c);
     try {
@@ -219,6 +223,8 @@ export class ModelManager {
     // A crash: fail what was in flight on it, restart with backoff, give up after max_restarts.
     for (const a of c.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, `llama-server for ${c.profile.name} died (${sig ?? `exit ${code}`}) during the request; it is being restarted`));
     c.inflight.clear();
+    // Queued requests are served after the restart (they wait on c.ready in acquire()).
+    for (const w of c.waiters.splice(0)) w();
     const now = Date.now();
     c.crashTimes = [...c.crashTimes.filter((t) => now - t < 300_000), now];
     this.log(`${c.profile.name}: llama-server died (${sig ?? `exit ${code}`}): ${tail.trim().split('\n').slice(-1)[0] ?? ''}`);
@@ -245,13 +251,33 @@ export class ModelManager {
     c.ready.catch(() => {});
   }
 
-  /** A ready child for a request (waits through a restart). */
-  async acquire(name: string): Promise<{ port: number; release: () => void; signal: AbortSignal; profile: LaunchProfile }> {
+  /**
+   * A slot on a ready child for one request (waits through a restart). At most `parallel` requests
+   * go to a child at once, the rest wait here in order: llama-server's HTTP threads stay free for
+   * /health, and a dropped client that is still waiting never reaches llama-server.
+   */
+  async acquire(name: string, cancel?: AbortSignal): Promise<{ port: number; release: () => void; signal: AbortSignal; profile: LaunchProfile }> {
     const c = this.children.get(name);
     if (!c) throw new RuntimeError(Code.NOT_FOUND, `model ${name} is not loaded`);
     if (c.state === 'failed') throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${name} failed: ${c.error}`);
     if (c.state === 'unloading') throw new RuntimeError(Code.UNAVAILABLE, `model ${name} is being unloaded`);
     await c.ready;
+    while (c.inflight.size >= c.profile.parallel) {
+      await new Promise<void>((resolve, reject) => {
+        const wake = () => {
+          cancel?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = () => {
+          c.waiters = c.waiters.filter((w) => w !== wake);
+          reject(new RuntimeError(Code.CANCELLED, 'the client went away while the request was queued'));
+        };
+        if (cancel?.aborted) return onAbort();
+        cancel?.addEventListener('abort', onAbort, { once: true });
+        c.waiters.push(wake);
+      });
+      await c.ready; // the child may have restarted while we waited
+    }
     const ctrl = new AbortController();
     c.inflight.add(ctrl);
     c.lastUsed = Date.now();
@@ -260,8 +286,9 @@ export class ModelManager {
       signal: ctrl.signal,
       profile: c.profile,
       release: () => {
-        c.inflight.delete(ctrl);
+        if (!c.inflight.delete(ctrl)) return;
         c.lastUsed = Date.now();
+        c.waiters.shift()?.();
       },
     };
   }
@@ -316,8 +343,14 @@ export class ModelManager {
     this.timer = setInterval(async () => {
       for (const c of this.children.values()) {
         if (c.state !== 'ready' || !c.proc) continue;
-        if (!(await this.healthy(c.port)) && c.state === 'ready' && c.proc) {
-          this.log(`${c.profile.name}: /health failed; restarting`);
+        if (await this.healthy(c.port)) {
+          c.healthFailures = 0;
+          continue;
+        }
+        // Three misses in a row (30 s at the default interval) before a child counts as hung.
+        if (++c.healthFailures >= 3 && c.state === 'ready' && c.proc) {
+          this.log(`${c.profile.name}: /health failed ${c.healthFailures} times; restarting`);
+          c.healthFailures = 0;
           c.proc.kill('SIGKILL'); // onExit restarts it
         }
       }

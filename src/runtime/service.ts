@@ -29,6 +29,23 @@ export interface InferOutput {
 
 const LEVELS = ['operational', 'tactical', 'strategic'];
 
+/**
+ * POST to a child. A pooled keep-alive connection that the server closes at the moment it is
+ * reused fails before the request reaches llama-server; such a failure (no response, not aborted)
+ * is retried on a fresh connection, twice at most.
+ */
+async function postWithRetry(url: string, body: string, signal: AbortSignal): Promise<Response> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
+    } catch (e) {
+      if (signal.aborted || attempt >= 2) throw e;
+      const code = (e as { cause?: { code?: string } }).cause?.code;
+      if (code && !['ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'].includes(code)) throw e;
+    }
+  }
+}
+
 export class RuntimeService {
   readonly manager: ModelManager;
   readonly startedAt = Date.now();
@@ -128,11 +145,11 @@ export class RuntimeService {
     this.validate(i);
     const t0 = Date.now();
     const name = await this.route(i.model, i.intelligenceLevel);
-    const lease = await this.manager.acquire(name);
+    const lease = await this.manager.acquire(name, cancel);
     const timeout = i.timeoutMs || ms(this.config.runtime.request_timeout);
     const signal = AbortSignal.any([lease.signal, AbortSignal.timeout(timeout), ...(cancel ? [cancel] : [])]);
     try {
-      const res = await fetch(`http://127.0.0.1:${lease.port}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: this.body(i, !!onText), signal });
+      const res = await postWithRetry(`http://127.0.0.1:${lease.port}/v1/chat/completions`, this.body(i, !!onText), signal);
       if (!res.ok) {
         const text = await res.text();
         throw new RuntimeError(res.status === 400 ? Code.INVALID_ARGUMENT : Code.INTERNAL, `llama-server answered ${res.status}: ${text.slice(0, 300)}`);
@@ -181,7 +198,8 @@ export class RuntimeService {
       // The connection broke: if the child died, its exit is reported in a moment, with the better message.
       await new Promise((r) => setTimeout(r, 250));
       if (lease.signal.reason instanceof RuntimeError) throw lease.signal.reason;
-      throw new RuntimeError(Code.UNAVAILABLE, `llama-server for ${name} failed during the request: ${(e as Error).message}`);
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      throw new RuntimeError(Code.UNAVAILABLE, `llama-server for ${name} failed during the request: ${(e as Error).message}${cause ? ` (${cause.code ?? cause.message})` : ''}`);
     } finally {
       lease.release();
     }
