@@ -59,6 +59,20 @@ describe('catalog', () => {
     for (const c of catalog()) expect(c.url).toMatch(/^https:\/\/huggingface\.co\/.*\.gguf$/);
   });
 
+  it('every catalog entry has a size and sha256, and images/tinyllama.toml uses them', async () => {
+    for (const c of catalog()) {
+      expect(c.sha256, c.id).toMatch(/^[0-9a-f]{64}$/);
+      expect(c.size, c.id).toBeGreaterThan(600_000_000);
+    }
+    const { loadRecipe } = await import('../../src/config/load.js');
+    const r = await loadRecipe('tinyllama');
+    expect(r.models.map((m) => [m.level, m.source === 'catalog' ? m.id : m.source])).toEqual([
+      ['operational', 'tinyllama-1.1b-chat-q4_k_m'],
+      ['tactical', 'mistral-7b-instruct-v0.2-q4_k_m'],
+    ]);
+    expect(resolvePull('tinyllama-1.1b-chat-q4_k_m')).toMatchObject({ file: 'tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf', size: 668788096 });
+  });
+
   it('never pulls a URL without a checksum', () => {
     expect(() => resolvePull('https://example.org/m.gguf')).toThrow(/needs --sha256/);
     expect(() => resolvePull('no-such-model')).toThrow(UserError);
