@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile, copyFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile, copyFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import * as tar from 'tar';
@@ -206,9 +206,5 @@ export async function buildLlama(
     await copyFile(bin, join(o.binDir, t));
     await run(['strip', '--strip-unneeded', join(o.binDir, t)], { log: o.log });
   }
-}
-
-export async function listBinaries(binDir: string): Promise<string[]> {
-  return (await readdir(binDir)).sort();
 }
 

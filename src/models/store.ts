@@ -1,6 +1,6 @@
 /** A directory of GGUF models on the build host: `aios models list|pull|verify|rm`. */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { catalog, catalogEntry, type CatalogEntry } from './catalog.js';
 import { fetchModel, type FetchResult, type Progress } from './fetch.js';
@@ -97,8 +97,4 @@ export async function removeModel(dir: string, ref: string): Promise<string> {
   await rm(p, { force: true });
   await rm(`${p}.partial`, { force: true });
   return p;
-}
-
-export async function fileSize(p: string): Promise<number> {
-  return (await stat(p)).size;
 }
