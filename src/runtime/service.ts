@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
 import { ModelManager, type LaunchProfile, type ModelInfo } from './manager.js';
 import { ms, type RuntimeConfig } from './config.js';
+import { RuntimeEvents, type PriorityName, type RequestStatus } from './events.js';
 
 export interface InferInput {
   model: string;
@@ -16,6 +17,28 @@ export interface InferInput {
   intelligenceLevel: string;
   grammar: string;
   timeoutMs: number;
+  priority?: PriorityName;
+}
+
+/** What a front end asks for: a model (name, level or "auto"), a priority, and a deadline. */
+export interface SlotRequest {
+  model: string;
+  level: string;
+  priority: PriorityName;
+  /** Absolute deadline (Date.now() based); 0 = the server's request_timeout from now. */
+  deadline: number;
+}
+
+/** One of a child's parallel slots, held for the duration of withSlot()'s callback. */
+export interface Slot {
+  /** Resolved model name. */
+  model: string;
+  /** llama-server's loopback port. */
+  port: number;
+  /** Aborts when the client goes away, the deadline passes, or the child dies. */
+  signal: AbortSignal;
+  /** Milliseconds spent waiting for the slot (queue + load). */
+  queuedMs: number;
 }
 
 export interface InferOutput {
@@ -48,6 +71,7 @@ async function postWithRetry(url: string, body: string, signal: AbortSignal): Pr
 
 export class RuntimeService {
   readonly manager: ModelManager;
+  readonly events = new RuntimeEvents();
   readonly startedAt = Date.now();
   ready = false;
 
@@ -140,16 +164,61 @@ export class RuntimeService {
     });
   }
 
+  /**
+   * The one way a request reaches a child, for every front end (gRPC Infer/StreamInfer, HTTP):
+   * route the model, wait for a slot, run `fn` with it, release it, and report the request once.
+   * `cancel` is the client going away.
+   */
+  async withSlot<T>(req: SlotRequest, cancel: AbortSignal | undefined, fn: (slot: Slot) => Promise<T>): Promise<T> {
+    const t0 = Date.now();
+    const deadline = req.deadline || t0 + ms(this.config.runtime.request_timeout);
+    let model = req.model || req.level || 'operational';
+    let status: RequestStatus = 'error';
+    let code = 0;
+    let queuedMs = 0;
+    try {
+      model = await this.route(req.model, req.level);
+      const lease = await this.manager.acquire(model, cancel);
+      queuedMs = Date.now() - t0;
+      const left = deadline - Date.now();
+      const signal = AbortSignal.any([lease.signal, AbortSignal.timeout(Math.max(1, left)), ...(cancel ? [cancel] : [])]);
+      try {
+        const r = await fn({ model, port: lease.port, signal, queuedMs });
+        status = 'ok';
+        return r;
+      } catch (e) {
+        if (e instanceof RuntimeError) throw e;
+        const reason = signal.reason;
+        if (reason instanceof RuntimeError) throw reason;
+        if (cancel?.aborted) throw new RuntimeError(Code.CANCELLED, 'the client cancelled the request');
+        if (reason && (reason as Error).name === 'TimeoutError') throw new RuntimeError(Code.DEADLINE_EXCEEDED, `no answer within ${deadline - t0} ms`);
+        // The connection broke: if the child died, its exit is reported in a moment, with the better message.
+        await new Promise((r) => setTimeout(r, 250));
+        if (lease.signal.reason instanceof RuntimeError) throw lease.signal.reason;
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        throw new RuntimeError(Code.UNAVAILABLE, `llama-server for ${model} failed during the request: ${(e as Error).message}${cause ? ` (${cause.code ?? cause.message})` : ''}`);
+      } finally {
+        lease.release();
+      }
+    } catch (e) {
+      code = e instanceof RuntimeError ? e.code : Code.INTERNAL;
+      status = code === Code.CANCELLED ? 'cancelled' : code === Code.RESOURCE_EXHAUSTED ? 'rejected' : code === Code.DEADLINE_EXCEEDED ? 'expired' : 'error';
+      throw e;
+    } finally {
+      this.events.emit('request', { model, priority: req.priority, status, code, queuedMs });
+    }
+  }
+
   /** Runs one request on a child; `onText` receives streamed pieces. Cancelled by `cancel`. */
   async infer(i: InferInput, cancel?: AbortSignal, onText?: (t: string) => void): Promise<InferOutput> {
     this.validate(i);
     const t0 = Date.now();
-    const name = await this.route(i.model, i.intelligenceLevel);
-    const lease = await this.manager.acquire(name, cancel);
-    const timeout = i.timeoutMs || ms(this.config.runtime.request_timeout);
-    const signal = AbortSignal.any([lease.signal, AbortSignal.timeout(timeout), ...(cancel ? [cancel] : [])]);
-    try {
-      const res = await postWithRetry(`http://127.0.0.1:${lease.port}/v1/chat/completions`, this.body(i, !!onText), signal);
+    const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
+    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline }, cancel, async (slot) => {
+      const name = slot.model;
+      const g0 = Date.now();
+      let ttft = 0;
+      const res = await postWithRetry(`http://127.0.0.1:${slot.port}/v1/chat/completions`, this.body(i, !!onText), slot.signal);
       if (!res.ok) {
         const text = await res.text();
         throw new RuntimeError(res.status === 400 ? Code.INVALID_ARGUMENT : Code.INTERNAL, `llama-server answered ${res.status}: ${text.slice(0, 300)}`);
@@ -160,6 +229,7 @@ export class RuntimeService {
         const j = (await res.json()) as { choices: { message: { content: string } }[]; usage?: typeof usage };
         text = j.choices[0]?.message.content ?? '';
         usage = j.usage ?? usage;
+        ttft = Date.now() - g0;
       } else {
         let buf = '';
         for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
@@ -174,6 +244,7 @@ export class RuntimeService {
             const j = JSON.parse(data) as { choices?: { delta?: { content?: string } }[]; usage?: typeof usage };
             const piece = j.choices?.[0]?.delta?.content;
             if (piece) {
+              if (!ttft) ttft = Date.now() - g0;
               text += piece;
               onText(piece);
             }
@@ -181,6 +252,7 @@ export class RuntimeService {
           }
         }
       }
+      if (usage.completion_tokens > 0) this.events.emit('generation', { model: name, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0 });
       return {
         text,
         promptTokens: usage.prompt_tokens,
@@ -189,20 +261,7 @@ export class RuntimeService {
         latencyMs: Date.now() - t0,
         modelUsed: name,
       };
-    } catch (e) {
-      if (e instanceof RuntimeError) throw e;
-      const reason = signal.reason;
-      if (reason instanceof RuntimeError) throw reason;
-      if (cancel?.aborted) throw new RuntimeError(Code.CANCELLED, 'the client cancelled the request');
-      if (reason && (reason as Error).name === 'TimeoutError') throw new RuntimeError(Code.DEADLINE_EXCEEDED, `no answer within ${timeout} ms`);
-      // The connection broke: if the child died, its exit is reported in a moment, with the better message.
-      await new Promise((r) => setTimeout(r, 250));
-      if (lease.signal.reason instanceof RuntimeError) throw lease.signal.reason;
-      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-      throw new RuntimeError(Code.UNAVAILABLE, `llama-server for ${name} failed during the request: ${(e as Error).message}${cause ? ` (${cause.code ?? cause.message})` : ''}`);
-    } finally {
-      lease.release();
-    }
+    });
   }
 
   async load(name: string, path: string, o: { ctx?: number; gpuLayers?: number; threads?: number }): Promise<ModelInfo> {

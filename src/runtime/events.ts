@@ -1,0 +1,36 @@
+/**
+ * The runtime's shared vocabulary: request priorities (seed 004) and the events the service emits.
+ * Front ends (gRPC in server.ts, HTTP in http.ts) and observers (metrics) use only these; nothing
+ * here imports from the build side.
+ */
+import { EventEmitter } from 'node:events';
+
+/** Seed 004's priority levels: higher is served first. */
+export const PRIORITIES = { system: 100, realtime: 90, default: 70, batch: 50 } as const;
+export type PriorityName = keyof typeof PRIORITIES;
+
+export function parsePriority(p: string | undefined): PriorityName {
+  if (!p) return 'default';
+  if (p in PRIORITIES) return p as PriorityName;
+  throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')} (got "${p}")`);
+}
+
+/** Why a model left memory. */
+export type UnloadReason = 'idle' | 'evict' | 'request' | 'shutdown';
+
+/** How a request ended, from the queue's point of view. */
+export type RequestStatus = 'ok' | 'rejected' | 'cancelled' | 'expired' | 'error';
+
+export interface RuntimeEventMap {
+  /** A model load finished (ok or not); bytes are the estimate before and the measurement after. */
+  load: [{ model: string; ms: number; ok: boolean; estimateBytes: number; actualBytes: number }];
+  unload: [{ model: string; reason: UnloadReason }];
+  /** Every request that entered withSlot(), once, when it ends. */
+  request: [{ model: string; priority: PriorityName; status: RequestStatus; code: number; queuedMs: number }];
+  /** A generation that produced output: time to first token and decode rate, from the front end that streamed it. */
+  generation: [{ model: string; ttftMs: number; completionTokens: number; genMs: number }];
+  /** Auto-install progress of a catalog model. */
+  download: [{ model: string; bytes: number; total: number; done: boolean }];
+}
+
+export class RuntimeEvents extends EventEmitter<RuntimeEventMap> {}
