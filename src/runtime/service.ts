@@ -27,6 +27,8 @@ export interface SlotRequest {
   priority: PriorityName;
   /** Absolute deadline (Date.now() based); 0 = the server's request_timeout from now. */
   deadline: number;
+  /** Progress while the model is being downloaded (auto-install) or loaded, for front ends that can show it. */
+  onProgress?: (p: { model: string; phase: 'download' | 'load'; bytes: number; total: number }) => void;
 }
 
 /** One of a child's parallel slots, held for the duration of withSlot()'s callback. */
