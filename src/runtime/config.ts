@@ -41,6 +41,7 @@ export const RuntimeConfigSchema = z.strictObject({
       llama_server: z.string().default('/usr/bin/llama-server'),
       socket: z.string().default('/run/aios/runtime.sock').describe('unix socket (mode 0660); "" = none'),
       listen: z.string().default('127.0.0.1:50051').describe('TCP host:port; "" = none. Anything but loopback must be set explicitly'),
+      http_listen: z.string().default('').describe('OpenAI-compatible HTTP API and /metrics, host:port (the image: 127.0.0.1:8080); "" = none'),
       health_interval: duration.default('10s'),
       load_timeout: duration.default('120s'),
       request_timeout: duration.default('120s'),
