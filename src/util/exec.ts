@@ -71,3 +71,36 @@ export async function which(cmd: string): Promise<string | undefined> {
   const r = await execa('sh', ['-c', `command -v "$1"`, 'sh', cmd], { reject: false });
   return r.exitCode === 0 ? String(r.stdout).trim() : undefined;
 }
+
+/**
+ * Starts a command whose stdout is consumed as a stream (e.g. a decompressor). `done` resolves
+ * when it exits 0 and rejects with a CommandError (stderr tail) otherwise; `kill` stops it early.
+ */
+export function spawnStream(argv: string[]): { stdout: NodeJS.ReadableStream; done: Promise<void>; kill: () => void } {
+  const [cmd, ...args] = argv;
+  if (!cmd) throw new Error('spawnStream: empty argv');
+  const child = execa(cmd, args, { buffer: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', reject: false });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => {
+    if (stderr.length < 64 * 1024) stderr += c.toString();
+  });
+  let killed = false;
+  const done = (async () => {
+    const res = await child;
+    if (killed) return;
+    const code = typeof res.exitCode === 'number' ? res.exitCode : undefined;
+    if (code !== 0) {
+      if ((res as { code?: string }).code === 'ENOENT') throw new CommandError(argv, undefined, `${cmd}: command not found`);
+      throw new CommandError(argv, code, stderr);
+    }
+  })();
+  done.catch(() => {});
+  return {
+    stdout: child.stdout!,
+    done,
+    kill: () => {
+      killed = true;
+      child.kill();
+    },
+  };
+}
