@@ -10,6 +10,7 @@ APT_PACKAGES=(
   python3-numpy             # synthesized GGUF test models (llama.cpp gguf-py)
   make flex bison bc xz-utils   # aios kernel check: the kernel's own merge_config.sh + olddefconfig
   python3-grpcio python3-grpc-tools   # the independent (non-TypeScript) gRPC client in the runtime tests
+  python3-prometheus-client   # the reference Prometheus text-format parser that reads /metrics in the runtime tests
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
   ca-certificates

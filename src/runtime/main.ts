@@ -10,10 +10,10 @@ const opt = (name: string) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 if (args.includes('--help')) {
-  process.stdout.write('usage: aios-runtime --config /etc/aios/config.toml [--listen host:port] [--socket path]\n');
+  process.stdout.write('usage: aios-runtime --config /etc/aios/config.toml [--listen host:port] [--socket path] [--http host:port]\n');
   process.exit(0);
 }
-runDaemon(opt('--config') ?? '/etc/aios/config.toml', { listen: opt('--listen'), socket: opt('--socket') }).then(
+runDaemon(opt('--config') ?? '/etc/aios/config.toml', { listen: opt('--listen'), socket: opt('--socket'), http: opt('--http') }).then(
   (code) => process.exit(code),
   (e: Error) => {
     process.stderr.write(`aios-runtime: ${e.message}\n`);
