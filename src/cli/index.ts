@@ -256,9 +256,10 @@ export function program(): Command {
     .requiredOption('-c, --config <file>', 'runtime config (/etc/aios/config.toml in the image)')
     .option('--listen <host:port>', 'TCP address (overrides runtime.listen; "" for none)')
     .option('--socket <path>', 'unix socket (overrides runtime.socket; "" for none)')
-    .action(async (o: { config: string; listen?: string; socket?: string }) => {
+    .option('--http <host:port>', 'OpenAI-compatible HTTP API and /metrics (overrides runtime.http_listen; "" for none)')
+    .action(async (o: { config: string; listen?: string; socket?: string; http?: string }) => {
       const { runDaemon } = await import('../runtime/daemon.js');
-      process.exitCode = await runDaemon(o.config, { listen: o.listen, socket: o.socket }).catch((e: Error) => {
+      process.exitCode = await runDaemon(o.config, { listen: o.listen, socket: o.socket, http: o.http }).catch((e: Error) => {
         throw new UserError(e.message, 1);
       });
     });
