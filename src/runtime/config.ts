@@ -5,6 +5,7 @@
 import { z } from 'zod';
 
 const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 10s, 5m' });
+const size = z.string().regex(/^\d+(\.\d+)?[KMGT]?$/, { message: 'must be a size such as 512M, 6G or a number of bytes' });
 
 /** "10s" → milliseconds. */
 export function ms(d: string): number {
@@ -46,6 +47,16 @@ export const RuntimeConfigSchema = z.strictObject({
       load_timeout: duration.default('120s'),
       request_timeout: duration.default('120s'),
       max_restarts: z.number().int().min(0).default(5).describe('crashes within 5 minutes before a model is marked failed'),
+      // Scheduler (issue 6): priority queues, memory budget, auto-install.
+      max_queue_per_model: z.number().int().min(1).default(64).describe('requests waiting per model beyond its slots; more are refused at once (RESOURCE_EXHAUSTED / 429)'),
+      max_queue_total: z.number().int().min(1).default(256).describe('requests waiting over all models'),
+      queue_aging: duration.default('10s').describe('every this long in the queue raises a request\'s priority by 10 points (batch 50 reaches realtime 90 after 4 periods)'),
+      memory_budget: size.or(z.literal('auto')).default('auto').describe('RAM for models; "auto" = total memory (or the service cgroup\'s MemoryHigh/MemoryMax, if lower) minus memory_reserve'),
+      memory_reserve: size.default('512M').describe('left to the OS and the daemon when memory_budget = "auto"'),
+      vram_budget: size.or(z.literal('auto')).default('auto').describe('GPU memory for models with gpu_layers ≠ 0; "auto" = the first NVIDIA GPU\'s memory (nvidia-smi) minus 5 %, none found = not budgeted'),
+      auto_install: z.boolean().default(false).describe('download a catalog model (checked sha256) on its first request'),
+      catalog: z.string().default('').describe('model catalog TOML; "" = the catalog shipped beside the runtime'),
+      unload_after_idle: duration.default('5m').describe('idle timeout of models loaded by name (catalog or LoadModel); configured layers use their own'),
     })
     .prefault({}),
   system: z

@@ -9,6 +9,8 @@ import { open } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { Code, RuntimeError } from './errors.js';
+import type { RuntimeEvents, UnloadReason } from './events.js';
+import { addBufferLine, emptyBuffers, estimateFootprint, mib, rssOf, type Budget, type Footprint, type ReportedBuffers } from './memory.js';
 
 export interface LaunchProfile {
   name: string;
@@ -19,6 +21,10 @@ export interface LaunchProfile {
   gpuLayers: number;
   parallel: number;
   mmap: boolean;
+  /** Never evicted and never unloaded for idleness (the operational model). */
+  pinned?: boolean;
+  /** Unload after this long without requests (0 = never). */
+  idleUnloadMs?: number;
 }
 
 export type ModelState = 'loading' | 'ready' | 'unloading' | 'failed' | 'restarting';
@@ -35,6 +41,26 @@ export interface ModelInfo {
   path: string;
   restarts: number;
   error: string;
+  /** Footprint estimated from the GGUF metadata before the load (RAM, bytes). */
+  estimateBytes: number;
+  /** Resident set measured once the child was ready (bytes; 0 before). The budget counts this, else the estimate. */
+  actualBytes: number;
+  /** (estimate − actual) / actual × 100, once measured. */
+  estimateErrorPct: number;
+  /** GPU memory: estimated, and reported by llama-server (0 without offload). */
+  vramEstimateBytes: number;
+  vramActualBytes: number;
+  /** Sum of the buffers llama-server reported (model, KV, compute, output), host side. */
+  reportedBytes: number;
+  pinned: boolean;
+  /** When it will be unloaded for idleness (ms epoch), 0 = not idling or never. */
+  idleUntil: number;
+  /** Requests holding one of its slots. */
+  inflight: number;
+  /** Requests waiting in its priority queue. */
+  queued: number;
+  /** llama-server slots. */
+  parallel: number;
 }
 
 interface Child {
@@ -56,6 +82,9 @@ interface Child {
   /** Consecutive failed /health polls. */
   healthFailures: number;
   stopping: boolean;
+  estimate?: Footprint;
+  actualBytes: number;
+  buffers: ReportedBuffers;
 }
 
 export interface ManagerOptions {
@@ -64,6 +93,16 @@ export interface ManagerOptions {
   healthIntervalMs: number;
   maxRestarts: number;
   log?: (line: string) => void;
+  /** Memory budget; loads that do not fit evict idle models or are refused. Unlimited when absent. */
+  budget?: Budget;
+  /** load/unload events go here. */
+  events?: RuntimeEvents;
+  /** Requests waiting for a model (its priority queue), so a model with waiters is never evicted or idled. */
+  queued?: (name: string) => number;
+  /** Called when a model becomes ready (after a load or a restart): its slots can be handed out. */
+  onReady?: (name: string) => void;
+  /** Called when a loaded model ends in "failed" (crashed too often): its waiters cannot be served. */
+  onFailed?: (name: string, error: string) => void;
 }
 
 /** Physical cores (seed 002: threads = physical cores, not hyperthreads). */
@@ -106,19 +145,14 @@ export async function isGguf(path: string): Promise<boolean> {
   }
 }
 
-function rss(pid: number): number {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
+const rss = rssOf;
 
 export class ModelManager {
   private children = new Map<string, Child>();
   private timer?: NodeJS.Timeout;
   private loads = new Map<string, Promise<ModelInfo>>();
+  /** Admission (estimate, evict, reserve) runs one load at a time, so two loads never count the same free memory. */
+  private admission: Promise<unknown> = Promise.resolve();
 
   constructor(private o: ManagerOptions) {}
 
@@ -137,6 +171,10 @@ export class ModelManager {
       '--parallel', String(p.parallel),
       '--metrics',
       '--no-webui',
+      // The runtime budgets memory: no host-side prompt cache outside the budget (llama-server's default is 8 GiB).
+      '--cache-ram', '0',
+      // Verbosity 4 makes llama.cpp report its buffer sizes (model, KV, compute, output) while loading.
+      '-lv', '4',
     ];
     if (!p.mmap) args.push('--no-mmap');
     return args;
@@ -159,17 +197,103 @@ export class ModelManager {
   private async doLoad(p: LaunchProfile): Promise<ModelInfo> {
     if (!existsSync(p.path)) throw new RuntimeError(Code.NOT_FOUND, `model file ${p.path} does not exist`);
     if (!(await isGguf(p.path))) throw new RuntimeError(Code.FAILED_PRECONDITION, `${p.path} is not a GGUF file`);
-    const c: Child = { profile: p, port: 0, state: 'loading', startedAt: Date.now(), lastUsed: Date.now(), restarts: 0, crashTimes: [], error: '', ready: Promise.resolve(), inflight: new Set(), waiters: [], healthFailures: 0, stopping: false };
-    this.children.set(p.name, c);
+    let estimate: Footprint | undefined;
+    try {
+      estimate = await estimateFootprint(p.path, p);
+    } catch (e) {
+      // An unreadable header: llama-server will say why when it refuses the file; budget it at its size.
+      this.log(`${p.name}: no footprint estimate (${(e as Error).message}); llama-server decides`);
+    }
+    const t0 = Date.now();
+    const c: Child = { profile: p, port: 0, state: 'loading', startedAt: Date.now(), lastUsed: Date.now(), restarts: 0, crashTimes: [], error: '', ready: Promise.resolve(), inflight: new Set(), waiters: [], healthFailures: 0, stopping: false, estimate, actualBytes: 0, buffers: emptyBuffers() };
+    // Admission: one at a time, so the memory a load reserves is seen by the next one.
+    const admitted = this.admission.then(() => this.admit(c));
+    this.admission = admitted.catch(() => {});
+    try {
+      await admitted;
+    } catch (e) {
+      this.o.events?.emit('load', { model: p.name, ms: Date.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });
+      throw e;
+    }
     c.ready = this.start(c);
     try {
       await c.ready;
     } catch (e) {
       c.state = 'failed';
       c.error = (e as Error).message;
+      this.o.events?.emit('load', { model: p.name, ms: Date.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });
       throw e instanceof RuntimeError ? e : new RuntimeError(Code.FAILED_PRECONDITION, `model ${p.name} could not be loaded: ${(e as Error).message}`);
     }
-    return this.info(c);
+    const info = this.info(c);
+    this.log(`${p.name}: estimated ${mib(info.estimateBytes)}, uses ${mib(info.actualBytes)} (${info.estimateErrorPct >= 0 ? '+' : ''}${info.estimateErrorPct.toFixed(1)} %); llama-server reported ${mib(info.reportedBytes)} of buffers`);
+    this.o.events?.emit('load', { model: p.name, ms: Date.now() - t0, ok: true, estimateBytes: info.estimateBytes, actualBytes: info.actualBytes });
+    return info;
+  }
+
+  /** Memory a child counts against the budget: what it uses (measured, or now if more), else its estimate. */
+  private charge(c: Child): { ram: number; vram: number } {
+    if (c.state === 'failed') return { ram: 0, vram: 0 };
+    const now = c.proc?.pid && c.state === 'ready' ? rss(c.proc.pid) : 0;
+    const ram = c.actualBytes ? Math.max(c.actualBytes, now) : (c.estimate?.ramBytes ?? 0);
+    const vram = c.buffers.deviceBytes || (c.estimate?.vramBytes ?? 0);
+    return { ram, vram };
+  }
+
+  /** Memory in use and free under the budget. */
+  memory(): { budgetBytes: number; usedBytes: number; freeBytes: number; vramBudgetBytes: number; vramUsedBytes: number; source: string } {
+    let used = 0;
+    let vused = 0;
+    for (const c of this.children.values()) {
+      const ch = this.charge(c);
+      used += ch.ram;
+      vused += ch.vram;
+    }
+    const b = this.o.budget;
+    return { budgetBytes: b?.ramBytes ?? 0, usedBytes: used, freeBytes: b ? b.ramBytes - used : Infinity, vramBudgetBytes: b?.vramBytes ?? 0, vramUsedBytes: vused, source: b?.source ?? 'unlimited' };
+  }
+
+  /**
+   * Makes room for `c` under the budget: evicts idle models (ready, not pinned, nothing in flight or
+   * queued) least recently used first, only when that makes it fit; else refuses with the numbers.
+   * On success `c` is registered (state loading), so its estimate counts from now on.
+   */
+  private async admit(c: Child): Promise<void> {
+    const b = this.o.budget;
+    const need = c.estimate?.ramBytes ?? 0;
+    const vneed = c.estimate?.vramBytes ?? 0;
+    if (b) {
+      const fits = () => {
+        const m = this.memory();
+        return m.freeBytes >= need && (!b.vramBytes || !vneed || b.vramBytes - m.vramUsedBytes >= vneed);
+      };
+      if (!fits()) {
+        const idle = [...this.children.values()]
+          .filter((x) => x.state === 'ready' && !x.profile.pinned && x.inflight.size === 0 && !(this.o.queued?.(x.profile.name) ?? 0) && x.profile.name !== c.profile.name)
+          .sort((a, z) => a.lastUsed - z.lastUsed);
+        // Evict only if evicting every idle model would make room: never unload something for nothing.
+        const m = this.memory();
+        const reclaimable = idle.reduce((s, x) => s + this.charge(x).ram, 0);
+        const vreclaimable = idle.reduce((s, x) => s + this.charge(x).vram, 0);
+        const vok = !b.vramBytes || !vneed || b.vramBytes - m.vramUsedBytes + vreclaimable >= vneed;
+        if (m.freeBytes + reclaimable >= need && vok) {
+          for (const x of idle) {
+            if (fits()) break;
+            this.log(`evicting ${x.profile.name} (idle since ${new Date(x.lastUsed).toISOString()}, ${mib(this.charge(x).ram)}) to load ${c.profile.name} (${mib(need)})`);
+            await this.unload(x.profile.name, 'evict').catch(() => {});
+          }
+        }
+        if (!fits()) {
+          const m2 = this.memory();
+          const busy = [...this.children.values()].filter((x) => x.state !== 'failed').map((x) => `${x.profile.name} ${mib(this.charge(x).ram)}${x.profile.pinned ? ' pinned' : x.state !== 'ready' ? ` ${x.state}` : x.inflight.size || this.o.queued?.(x.profile.name) ? ' busy' : ''}`);
+          const vram = b.vramBytes && vneed ? `; GPU: needs ${mib(vneed)}, ${mib(Math.max(0, b.vramBytes - m2.vramUsedBytes))} free of ${mib(b.vramBytes)}` : '';
+          throw new RuntimeError(
+            Code.RESOURCE_EXHAUSTED,
+            `not enough memory to load ${c.profile.name}: needs ${mib(need)} (estimated), ${mib(Math.max(0, m2.freeBytes))} free of the ${mib(b.ramBytes)} budget${vram}; in use: ${busy.join(', ') || 'nothing'}${need > b.ramBytes ? ' (it does not fit even with nothing else loaded)' : '; nothing idle left to evict'}`,
+          );
+        }
+      }
+    }
+    this.children.set(c.profile.name, c);
   }
 
   private async start(c: Child): Promise<void> {
@@ -180,8 +304,21 @@ export class ModelManager {
     c.proc = proc;
     c.startedAt = Date.now();
     let tail = '';
+    let partial = '';
+    let parsing = true;
+    c.buffers = emptyBuffers();
     proc.stderr?.on('data', (d: Buffer) => {
-      tail = (tail + d.toString()).slice(-2000);
+      const s = d.toString();
+      tail = (tail + s).slice(-2000);
+      if (!parsing) return;
+      partial += s;
+      let nl: number;
+      while ((nl = partial.indexOf('\n')) >= 0) {
+        const line = partial.slice(0, nl);
+        partial = partial.slice(nl + 1);
+        if (line.includes('buffer size')) addBufferLine(c.buffers, line);
+        if (line.includes('listening on')) parsing = false;
+      }
     });
     const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
     proc.once('exit', (code, sig) => this.onExit(c, proc, code, sig, tail));
@@ -203,7 +340,9 @@ export class ModelManager {
     }
     c.state = 'ready';
     c.error = '';
+    c.actualBytes = rss(proc.pid ?? 0);
     this.log(`${c.profile.name} ready on port ${c.port} (pid ${proc.pid})`);
+    this.o.onReady?.(c.profile.name);
   }
 
   private async healthy(port: number): Promise<boolean> {
@@ -233,6 +372,7 @@ export class ModelManager {
       c.error = `crashed ${c.crashTimes.length} times in 5 minutes; last: ${sig ?? `exit ${code}`}`;
       c.ready = Promise.reject(new RuntimeError(Code.FAILED_PRECONDITION, `${c.profile.name} failed: ${c.error}`));
       c.ready.catch(() => {});
+      this.o.onFailed?.(c.profile.name, c.error);
       return;
     }
     c.state = 'restarting';
@@ -244,6 +384,7 @@ export class ModelManager {
         this.start(c).then(resolve, (e: Error) => {
           c.state = 'failed';
           c.error = e.message;
+          this.o.onFailed?.(c.profile.name, c.error);
           reject(e);
         });
       }, delay);
@@ -298,13 +439,26 @@ export class ModelManager {
     return !!c && c.state !== 'failed';
   }
 
-  async unload(name: string): Promise<void> {
+  async unload(name: string, reason: UnloadReason = 'request'): Promise<void> {
     const c = this.children.get(name);
     if (!c) throw new RuntimeError(Code.NOT_FOUND, `model ${name} is not loaded`);
     c.stopping = true;
     c.state = 'unloading';
+    for (const a of c.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, `model ${name} was unloaded (${reason}) during the request`));
     await this.stopProc(c);
-    this.children.delete(name);
+    if (this.children.get(name) === c) this.children.delete(name);
+    this.o.events?.emit('unload', { model: name, reason });
+  }
+
+  /** Slots a model can serve at once now: its `parallel` while ready (or restarting: requests wait for it), else 0. */
+  capacity(name: string): number {
+    const c = this.children.get(name);
+    return c && (c.state === 'ready' || c.state === 'restarting') ? c.profile.parallel : 0;
+  }
+
+  /** The launch profile of a loaded (or loading) model. */
+  profileOf(name: string): LaunchProfile | undefined {
+    return this.children.get(name)?.profile;
   }
 
   private async stopProc(c: Child): Promise<void> {
@@ -319,7 +473,21 @@ export class ModelManager {
 
   info(c: Child): ModelInfo {
     const pid = c.proc?.pid ?? 0;
+    const estimateBytes = c.estimate?.ramBytes ?? 0;
+    const queued = this.o.queued?.(c.profile.name) ?? 0;
+    const idleMs = c.profile.idleUnloadMs ?? 0;
     return {
+      estimateBytes,
+      actualBytes: c.actualBytes,
+      estimateErrorPct: c.actualBytes && estimateBytes ? ((estimateBytes - c.actualBytes) / c.actualBytes) * 100 : 0,
+      vramEstimateBytes: c.estimate?.vramBytes ?? 0,
+      vramActualBytes: c.buffers.deviceBytes,
+      reportedBytes: c.buffers.hostBytes,
+      pinned: !!c.profile.pinned,
+      idleUntil: !c.profile.pinned && idleMs > 0 && c.state === 'ready' && c.inflight.size === 0 && queued === 0 ? c.lastUsed + idleMs : 0,
+      inflight: c.inflight.size,
+      queued,
+      parallel: c.profile.parallel,
       name: c.profile.name,
       level: c.profile.level,
       state: c.state,
@@ -338,8 +506,12 @@ export class ModelManager {
     return [...this.children.values()].map((c) => this.info(c));
   }
 
-  /** Health loop: /health only (other endpoints keep llama-server busy); a hung child is killed and restarted. */
-  startHealthLoop(idle?: { names: () => string[]; idleMs: number }): void {
+  /**
+   * Health loop: /health only (other endpoints keep llama-server busy); a hung child is killed and
+   * restarted. Models with an idle timeout (profile.idleUnloadMs, never pinned ones) that have had
+   * nothing in flight or queued for that long are unloaded.
+   */
+  startHealthLoop(): void {
     this.timer = setInterval(async () => {
       for (const c of this.children.values()) {
         if (c.state !== 'ready' || !c.proc) continue;
@@ -354,13 +526,12 @@ export class ModelManager {
           c.proc.kill('SIGKILL'); // onExit restarts it
         }
       }
-      if (idle) {
-        for (const name of idle.names()) {
-          const c = this.children.get(name);
-          if (c && c.state === 'ready' && c.inflight.size === 0 && Date.now() - c.lastUsed > idle.idleMs) {
-            this.log(`${name}: idle for ${Math.round((Date.now() - c.lastUsed) / 1000)} s; unloading`);
-            await this.unload(name).catch(() => {});
-          }
+      for (const c of [...this.children.values()]) {
+        const idleMs = c.profile.idleUnloadMs ?? 0;
+        const name = c.profile.name;
+        if (!c.profile.pinned && idleMs > 0 && c.state === 'ready' && c.inflight.size === 0 && !(this.o.queued?.(name) ?? 0) && Date.now() - c.lastUsed > idleMs) {
+          this.log(`${name}: idle for ${Math.round((Date.now() - c.lastUsed) / 1000)} s; unloading`);
+          await this.unload(name, 'idle').catch(() => {});
         }
       }
     }, this.o.healthIntervalMs);
@@ -371,10 +542,12 @@ export class ModelManager {
     if (this.timer) clearInterval(this.timer);
     await Promise.all(
       [...this.children.values()].map(async (c) => {
+        const was = c.state;
         c.stopping = true;
         c.state = 'unloading';
         for (const a of c.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, 'aios-runtime is shutting down'));
         await this.stopProc(c);
+        if (was !== 'failed') this.o.events?.emit('unload', { model: c.profile.name, reason: 'shutdown' });
       }),
     );
     this.children.clear();

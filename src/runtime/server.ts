@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Code, RuntimeError } from './errors.js';
 import type { RuntimeService } from './service.js';
 import type { ModelInfo } from './manager.js';
+import { PRIORITIES, parsePriority, type PriorityName } from './events.js';
 
 /** proto/ beside the bundle (in the image: /usr/lib/aios-runtime/proto), else the repository's. */
 export const PROTO_DIR = existsSync(fileURLToPath(new URL('./proto/runtime.proto', import.meta.url)))
@@ -21,7 +22,7 @@ export function loadProtos(dir = PROTO_DIR): protoLoader.PackageDefinition {
   return protoLoader.loadSync(['runtime.proto', 'health.proto'], { includeDirs: [dir], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
 }
 
-const toStatus = (m: ModelInfo) => ({
+const toStatus = (m: ModelInfo, byPriority: Record<string, number> = {}) => ({
   name: m.name,
   level: m.level,
   state: m.state,
@@ -33,7 +34,23 @@ const toStatus = (m: ModelInfo) => ({
   path: m.path,
   restarts: m.restarts,
   error: m.error,
+  estimate_bytes: m.estimateBytes,
+  actual_bytes: m.actualBytes,
+  estimate_error_pct: m.estimateErrorPct,
+  pinned: m.pinned,
+  idle_until_unix_ms: m.idleUntil,
+  inflight: m.inflight,
+  queued: m.queued,
+  queued_by_priority: byPriority,
+  reported_bytes: m.reportedBytes,
+  parallel: m.parallel,
 });
+
+/** ListModels: every loaded model with its queue depth per priority. */
+function modelList(svc: RuntimeService) {
+  const q = svc.queueSnapshot();
+  return svc.manager.list().map((m) => toStatus(m, Object.fromEntries(q.filter((x) => x.model === m.name && x.depth > 0).map((x) => [x.priority, x.depth]))));
+}
 
 function grpcError(e: unknown): Partial<grpc.StatusObject> {
   if (e instanceof RuntimeError) return { code: e.code as number, details: e.message };
@@ -49,7 +66,15 @@ type Req = {
   intelligence_level?: string;
   grammar?: string;
   timeout_ms?: number;
+  priority?: string;
 };
+function priorityOf(p: string | undefined): PriorityName {
+  try {
+    return parsePriority(p);
+  } catch {
+    throw new RuntimeError(Code.INVALID_ARGUMENT, `priority: must be one of ${Object.keys(PRIORITIES).join(', ')} (got "${p}")`);
+  }
+}
 const inferInput = (r: Req) => ({
   model: r.model ?? '',
   prompt: r.prompt ?? '',
@@ -59,6 +84,7 @@ const inferInput = (r: Req) => ({
   intelligenceLevel: r.intelligence_level ?? '',
   grammar: r.grammar ?? '',
   timeoutMs: r.timeout_ms ?? 0,
+  priority: priorityOf(r.priority),
 });
 
 export interface Listening {
@@ -94,18 +120,38 @@ export async function serve(svc: RuntimeService, o: { listen?: string; socket?: 
       await svc.manager.unload(r.model_name);
       return { ok: true, message: `unloaded ${r.model_name}` };
     }),
-    ListModels: unary(async () => ({ models: svc.manager.list().map(toStatus) })),
+    ListModels: unary(async () => ({ models: modelList(svc) })),
     HealthCheck: unary(async () => ({
       ready: svc.ready,
       status: svc.ready ? 'SERVING' : 'NOT_SERVING',
       models_ready: svc.manager.list().filter((m) => m.state === 'ready').length,
       uptime_ms: Date.now() - svc.startedAt,
       version: '0.1.0',
+      memory_budget_bytes: svc.manager.memory().budgetBytes,
+      memory_used_bytes: svc.manager.memory().usedBytes,
+      queued: svc.scheduler.totalQueued,
     })),
+    PullModel: (call: grpc.ServerWritableStream<{ model: string }, unknown>) => {
+      (async () => {
+        const id = call.request.model;
+        if (!id) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model: must not be empty');
+        const e = svc.catalog().find((x) => x.id === id || x.file === id);
+        if (!e) throw new RuntimeError(Code.NOT_FOUND, `"${id}" is not in the catalog (${svc.catalog().map((x) => x.id).join(', ')})`);
+        await svc.install(e, (p) => call.write({ model: e.id, bytes: p.bytes, total: p.total, done: false }));
+        const { join } = await import('node:path');
+        const { statSync } = await import('node:fs');
+        const path = join(svc.config.models.model_dir, e.file);
+        const size = statSync(path).size;
+        call.write({ model: e.id, bytes: size, total: size, done: true, path });
+        call.end();
+      })().catch((err) => call.emit('error', grpcError(err)));
+    },
     Infer: (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const ctrl = new AbortController();
       call.on('cancelled', () => ctrl.abort());
-      svc.infer(inferInput(call.request), ctrl.signal).then(
+      Promise.resolve()
+        .then(() => svc.infer(inferInput(call.request), ctrl.signal))
+        .then(
         (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens }),
         (e) => cb(grpcError(e)),
       );
@@ -113,8 +159,9 @@ export async function serve(svc: RuntimeService, o: { listen?: string; socket?: 
     StreamInfer: (call: grpc.ServerWritableStream<Req, unknown>) => {
       const ctrl = new AbortController();
       call.on('cancelled', () => ctrl.abort());
-      svc
-        .infer(inferInput(call.request), ctrl.signal, (t) => call.write({ text: t, done: false }))
+      const progress = (p: { phase: string; bytes: number; total: number }) => call.write({ text: '', done: false, progress_phase: p.phase, progress_bytes: p.bytes, progress_total: p.total });
+      Promise.resolve()
+        .then(() => svc.infer(inferInput(call.request), ctrl.signal, (t) => call.write({ text: t, done: false }), progress))
         .then(
           (o) => {
             call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed });

@@ -2,11 +2,32 @@
  * The runtime service: config → model manager + router + inference. Transport-free (the gRPC
  * server in server.ts maps it onto the proto), so tests and other front ends share it.
  */
+import { existsSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Code, RuntimeError } from './errors.js';
 import { ModelManager, type LaunchProfile, type ModelInfo } from './manager.js';
 import { ms, type RuntimeConfig } from './config.js';
 import { RuntimeEvents, type PriorityName, type RequestStatus } from './events.js';
+import { Scheduler, type Ticket } from './scheduler.js';
+import { estimateFootprint, gpuMemory, mib, ramBudget, type Budget } from './memory.js';
+import { catalog, type CatalogEntry } from '../models/catalog.js';
+import { fetchModel } from '../models/fetch.js';
+import { parseSize } from '../util/size.js';
+
+/** The catalog beside the bundle (in the image: /usr/lib/aios-runtime/catalog.toml), else the repository's. */
+export const DEFAULT_CATALOG = existsSync(fileURLToPath(new URL('./catalog.toml', import.meta.url)))
+  ? fileURLToPath(new URL('./catalog.toml', import.meta.url))
+  : fileURLToPath(new URL('../../models/catalog.toml', import.meta.url));
+
+export type ProgressPhase = 'download' | 'load';
+export interface LoadProgress {
+  model: string;
+  phase: ProgressPhase;
+  bytes: number;
+  total: number;
+}
 
 export interface InferInput {
   model: string;
@@ -28,7 +49,7 @@ export interface SlotRequest {
   /** Absolute deadline (Date.now() based); 0 = the server's request_timeout from now. */
   deadline: number;
   /** Progress while the model is being downloaded (auto-install) or loaded, for front ends that can show it. */
-  onProgress?: (p: { model: string; phase: 'download' | 'load'; bytes: number; total: number }) => void;
+  onProgress?: (p: LoadProgress) => void;
 }
 
 /** One of a child's parallel slots, held for the duration of withSlot()'s callback. */
@@ -71,23 +92,65 @@ async function postWithRetry(url: string, body: string, signal: AbortSignal): Pr
   }
 }
 
+/** What a request resolved to before anything is loaded: a model name and how to get it into memory. */
+interface Target {
+  name: string;
+  /** Launch profile when the model may still need a load (a configured layer or a catalog model). */
+  profile?: LaunchProfile;
+  /** The catalog entry that can install the file when it is missing. */
+  entry?: CatalogEntry;
+}
+
 export class RuntimeService {
   readonly manager: ModelManager;
   readonly events = new RuntimeEvents();
   readonly startedAt = Date.now();
+  readonly scheduler: Scheduler;
+  readonly budget: Budget;
   ready = false;
+  /** Downloads in progress (auto-install or PullModel), shared by every request for the model. */
+  private downloads = new Map<string, { done: Promise<void>; listeners: Set<(p: LoadProgress) => void>; bytes: number; total: number }>();
 
   constructor(
     readonly config: RuntimeConfig,
     private log: (s: string) => void = () => {},
   ) {
-    this.manager = new ModelManager({
-      llamaServer: config.runtime.llama_server,
-      loadTimeoutMs: ms(config.runtime.load_timeout),
-      healthIntervalMs: ms(config.runtime.health_interval),
-      maxRestarts: config.runtime.max_restarts,
-      log,
+    const r = config.runtime;
+    this.budget = ramBudget(r.memory_budget, parseSize(r.memory_reserve), parseSize);
+    const gpuConfigured = [config.models.operational, config.models.tactical].some((l) => l && l.gpu_layers !== 0);
+    if (r.vram_budget !== 'auto') this.budget.vramBytes = parseSize(r.vram_budget);
+    else if (gpuConfigured) {
+      const total = gpuMemory(() => {
+        try {
+          return execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 5000 });
+        } catch {
+          return undefined;
+        }
+      });
+      if (total) this.budget.vramBytes = Math.floor(total * 0.95);
+    }
+    this.scheduler = new Scheduler({
+      maxQueuePerModel: r.max_queue_per_model,
+      maxQueueTotal: r.max_queue_total,
+      agingMs: ms(r.queue_aging),
+      capacity: (m) => this.manager.capacity(m),
     });
+    this.manager = new ModelManager({
+      llamaServer: r.llama_server,
+      loadTimeoutMs: ms(r.load_timeout),
+      healthIntervalMs: ms(r.health_interval),
+      maxRestarts: r.max_restarts,
+      log,
+      budget: this.budget,
+      events: this.events,
+      queued: (m) => this.scheduler.queued(m),
+      onReady: (m) => this.scheduler.pump(m),
+      onFailed: (m, err) => this.scheduler.failAll(m, new RuntimeError(Code.FAILED_PRECONDITION, `model ${m} failed: ${err}`)),
+    });
+    this.events.on('unload', ({ model, reason }) => {
+      if (reason === 'request' || reason === 'shutdown') this.scheduler.failAll(model, new RuntimeError(Code.UNAVAILABLE, `model ${model} was unloaded while the request was queued`));
+    });
+    log(`memory budget ${mib(this.budget.ramBytes)} (${this.budget.source})${this.budget.vramBytes ? `, GPU ${mib(this.budget.vramBytes)}` : ''}`);
   }
 
   /** Launch profile of a configured layer. */
@@ -103,6 +166,36 @@ export class RuntimeService {
       gpuLayers: l.gpu_layers,
       parallel: l.parallel,
       mmap: l.mmap,
+      // The operational model is what the system runs on: never evicted, never unloaded for idleness.
+      pinned: level === 'operational',
+      idleUnloadMs: level === 'operational' ? 0 : ms(l.unload_after_idle),
+    };
+  }
+
+  /** The model catalog (runtime.catalog, else the one shipped beside the runtime). */
+  catalog(): CatalogEntry[] {
+    const file = this.config.runtime.catalog || DEFAULT_CATALOG;
+    try {
+      return catalog(file);
+    } catch (e) {
+      this.log(`catalog ${file}: ${(e as Error).message.split('\n')[0]}`);
+      return [];
+    }
+  }
+
+  /** Launch profile of a catalog model (served by name, like one loaded with LoadModel). */
+  private catalogProfile(e: CatalogEntry): LaunchProfile {
+    const layer = this.config.models[e.level];
+    return {
+      name: e.id,
+      path: join(this.config.models.model_dir, e.file),
+      level: '',
+      ctxSize: Math.min(e.context_length, layer?.ctx_size ?? 2048),
+      threads: layer?.threads ?? 0,
+      gpuLayers: layer?.gpu_layers ?? 0,
+      parallel: layer?.parallel ?? 2,
+      mmap: layer?.mmap ?? true,
+      idleUnloadMs: ms(this.config.runtime.unload_after_idle),
     };
   }
 
@@ -110,32 +203,33 @@ export class RuntimeService {
   async start(): Promise<void> {
     const op = this.profile('operational');
     if (!op) throw new RuntimeError(Code.FAILED_PRECONDITION, 'no [models.operational] in the config: the runtime needs an operational model');
-    await this.manager.load(op);
+    await this.ensureLoaded({ name: op.name, profile: op, entry: this.catalog().find((e) => e.file === this.config.models.operational!.name) });
     const probe = this.config.models.operational!.probe;
     const t0 = Date.now();
-    const out = await this.infer({ model: '', prompt: probe.prompt, systemPrompt: '', maxTokens: 8, temperature: 0, intelligenceLevel: 'operational', grammar: probe.grammar ?? '', timeoutMs: 60_000 });
+    const out = await this.infer({ model: '', prompt: probe.prompt, systemPrompt: '', maxTokens: 8, temperature: 0, intelligenceLevel: 'operational', grammar: probe.grammar ?? '', timeoutMs: 60_000, priority: 'system' });
     if (!new RegExp(probe.expect).test(out.text)) {
       throw new RuntimeError(Code.FAILED_PRECONDITION, `the operational model's probe answer "${out.text}" does not match /${probe.expect}/`);
     }
     this.log(`probe answered "${out.text.trim()}" in ${Date.now() - t0} ms; ready`);
-    const tactical = this.profile('tactical');
-    this.manager.startHealthLoop(tactical ? { names: () => [tactical.name], idleMs: ms(this.config.models.tactical!.unload_after_idle) } : undefined);
+    this.manager.startHealthLoop();
     this.ready = true;
   }
 
-  /** Router: a model name, a level, or "auto"/"" (operational). Strategic is not local. */
-  async route(model: string, level: string): Promise<string> {
+  /**
+   * Router, without loading anything: a model name (loaded, configured, or in the catalog), a level,
+   * or "auto"/"" (operational). Strategic is not local.
+   */
+  resolve(model: string, level: string): Target {
     if (level && !LEVELS.includes(level)) throw new RuntimeError(Code.INVALID_ARGUMENT, `intelligence_level must be one of ${LEVELS.join(', ')} (got "${level}")`);
     if (model && model !== 'auto') {
-      if (this.manager.has(model)) return model;
       for (const lvl of ['operational', 'tactical'] as const) {
         const p = this.profile(lvl);
-        if (p && (p.name === model || `${p.name}.gguf` === model || lvl === model)) {
-          await this.manager.load(p);
-          return p.name;
-        }
+        if (p && (p.name === model || `${p.name}.gguf` === model || lvl === model)) return { name: p.name, profile: p, entry: this.catalog().find((e) => e.file === this.config.models[lvl]!.name) };
       }
-      throw new RuntimeError(Code.NOT_FOUND, `unknown model "${model}" (configured: ${(['operational', 'tactical'] as const).map((l) => this.profile(l)?.name).filter(Boolean).join(', ')})`);
+      if (this.manager.has(model)) return { name: model };
+      const e = this.catalog().find((x) => x.id === model || x.file === model);
+      if (e) return { name: e.id, profile: this.catalogProfile(e), entry: e };
+      throw new RuntimeError(Code.NOT_FOUND, `unknown model "${model}" (configured: ${(['operational', 'tactical'] as const).map((l) => this.profile(l)?.name).filter(Boolean).join(', ')}; or a catalog id)`);
     }
     const lvl = level || 'operational';
     if (lvl === 'strategic') {
@@ -143,8 +237,96 @@ export class RuntimeService {
     }
     const p = this.profile(lvl as 'operational' | 'tactical');
     if (!p) throw new RuntimeError(Code.FAILED_PRECONDITION, `no ${lvl} model is configured ([models.${lvl}] in config.toml)`);
-    await this.manager.load(p);
-    return p.name;
+    return { name: p.name, profile: p, entry: this.catalog().find((e) => e.file === this.config.models[lvl as 'operational' | 'tactical']!.name) };
+  }
+
+  /** Router as before: resolves and makes sure the model is loaded; returns its name. */
+  async route(model: string, level: string): Promise<string> {
+    const t = this.resolve(model, level);
+    await this.ensureLoaded(t);
+    return t.name;
+  }
+
+  /**
+   * Gets a model into memory: downloads it first when its file is missing and it is in the catalog
+   * (runtime.auto_install), then loads it under the memory budget (the manager shares concurrent loads).
+   */
+  async ensureLoaded(t: Target, onProgress?: (p: LoadProgress) => void): Promise<void> {
+    if (!t.profile) {
+      if (this.manager.capacity(t.name) > 0) return;
+      const p = this.manager.profileOf(t.name);
+      if (!p) throw new RuntimeError(Code.NOT_FOUND, `model ${t.name} is not loaded`);
+      await this.manager.load(p);
+      return;
+    }
+    const p = t.profile;
+    if (this.manager.capacity(t.name) > 0) return;
+    if (!existsSync(p.path)) {
+      if (!t.entry) throw new RuntimeError(Code.NOT_FOUND, `model file ${p.path} does not exist (and no catalog entry has that file)`);
+      if (!this.config.runtime.auto_install) {
+        throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${t.name} is not installed (${p.path}); install it with \`aios runtime pull ${t.entry.id}\`, or set runtime.auto_install = true`);
+      }
+      await this.install(t.entry, onProgress);
+    }
+    if (onProgress) {
+      const est = await estimateFootprint(p.path, p).catch(() => undefined);
+      onProgress({ model: t.name, phase: 'load', bytes: 0, total: est?.ramBytes ?? 0 });
+    }
+    const loaded = await this.manager.load(p);
+    onProgress?.({ model: t.name, phase: 'load', bytes: loaded.actualBytes, total: loaded.estimateBytes });
+  }
+
+  /**
+   * Downloads a catalog model into model_dir (resumable, sha256- and GGUF-checked by fetchModel);
+   * concurrent calls for the same model share one download and all see its progress.
+   */
+  async install(e: CatalogEntry, onProgress?: (p: LoadProgress) => void): Promise<void> {
+    if (!e.sha256) throw new RuntimeError(Code.FAILED_PRECONDITION, `catalog entry ${e.id} has no sha256; it cannot be installed unchecked`);
+    let d = this.downloads.get(e.id);
+    if (!d) {
+      const entry = { done: Promise.resolve(), listeners: new Set<(p: LoadProgress) => void>(), bytes: 0, total: e.size };
+      d = entry;
+      this.downloads.set(e.id, entry);
+      const emit = (bytes: number, total: number, done: boolean) => {
+        entry.bytes = bytes;
+        entry.total = total;
+        this.events.emit('download', { model: e.id, bytes, total, done });
+        for (const l of entry.listeners) l({ model: e.id, phase: 'download', bytes, total });
+      };
+      entry.done = (async () => {
+        const dir = this.config.models.model_dir;
+        mkdirSync(dir, { recursive: true });
+        this.log(`installing ${e.id} from ${e.url}`);
+        emit(0, e.size, false);
+        try {
+          const r = await fetchModel({ url: e.url, dest: join(dir, e.file), sha256: e.sha256, size: e.size || undefined, retries: 2, backoffMs: 500, onProgress: (pr) => emit(pr.bytes, pr.total ?? e.size, false) });
+          emit(r.bytes, r.bytes, true);
+          this.log(`installed ${e.id} (${mib(r.bytes)}${r.resumedFrom ? `, resumed from ${mib(r.resumedFrom)}` : ''})`);
+        } catch (err) {
+          this.events.emit('download', { model: e.id, bytes: entry.bytes, total: entry.total, done: true });
+          throw new RuntimeError(Code.UNAVAILABLE, `auto-install of ${e.id} failed: ${(err as Error).message}`);
+        }
+      })().finally(() => this.downloads.delete(e.id));
+    }
+    if (onProgress) {
+      d.listeners.add(onProgress);
+      if (d.bytes) onProgress({ model: e.id, phase: 'download', bytes: d.bytes, total: d.total });
+    }
+    try {
+      await d.done;
+    } finally {
+      if (onProgress) d.listeners.delete(onProgress);
+    }
+  }
+
+  /** Downloads in progress: model, bytes so far, total. */
+  installing(): { model: string; bytes: number; total: number }[] {
+    return [...this.downloads.entries()].map(([model, d]) => ({ model, bytes: d.bytes, total: d.total }));
+  }
+
+  /** Waiting requests per model per priority, every priority of every loaded or queued model (0 included). */
+  queueSnapshot(): { model: string; priority: PriorityName; depth: number }[] {
+    return this.scheduler.snapshot(this.manager.list().map((m) => m.name));
   }
 
   private validate(i: InferInput): void {
@@ -178,8 +360,19 @@ export class RuntimeService {
     let status: RequestStatus = 'error';
     let code = 0;
     let queuedMs = 0;
+    let ticket: Ticket | undefined;
     try {
-      model = await this.route(req.model, req.level);
+      const target = this.resolve(req.model, req.level);
+      model = target.name;
+      // Join the model's priority queue first (full → RESOURCE_EXHAUSTED now), then get the model
+      // into memory (download, budget, load) while waiting; a dropped waiter is never dispatched.
+      const waiting = this.scheduler.enter(model, req.priority, { deadline, cancel });
+      try {
+        ticket = await Promise.race([this.ensureLoaded(target, req.onProgress).then(() => waiting.granted), waiting.granted]);
+      } catch (e) {
+        waiting.abort(e as Error);
+        throw e;
+      }
       const lease = await this.manager.acquire(model, cancel);
       queuedMs = Date.now() - t0;
       const left = deadline - Date.now();
@@ -203,20 +396,22 @@ export class RuntimeService {
         lease.release();
       }
     } catch (e) {
+      if (e instanceof RuntimeError && e.code === Code.CANCELLED) queuedMs = Date.now() - t0;
       code = e instanceof RuntimeError ? e.code : Code.INTERNAL;
       status = code === Code.CANCELLED ? 'cancelled' : code === Code.RESOURCE_EXHAUSTED ? 'rejected' : code === Code.DEADLINE_EXCEEDED ? 'expired' : 'error';
       throw e;
     } finally {
+      ticket?.release();
       this.events.emit('request', { model, priority: req.priority, status, code, queuedMs });
     }
   }
 
   /** Runs one request on a child; `onText` receives streamed pieces. Cancelled by `cancel`. */
-  async infer(i: InferInput, cancel?: AbortSignal, onText?: (t: string) => void): Promise<InferOutput> {
+  async infer(i: InferInput, cancel?: AbortSignal, onText?: (t: string) => void, onProgress?: SlotRequest['onProgress']): Promise<InferOutput> {
     this.validate(i);
     const t0 = Date.now();
     const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
-    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline }, cancel, async (slot) => {
+    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, onProgress }, cancel, async (slot) => {
       const name = slot.model;
       const g0 = Date.now();
       let ttft = 0;
