@@ -12,6 +12,7 @@ APT_PACKAGES=(
   python3-grpcio python3-grpc-tools   # the independent (non-TypeScript) gRPC client in the runtime tests
   python3-prometheus-client   # the reference Prometheus text-format parser that reads /metrics in the runtime tests
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
+  squashfs-tools xorriso    # the live ISO: squashfs root, hybrid ISO 9660 with an El Torito EFI image
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
   ca-certificates
 )
