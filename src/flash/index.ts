@@ -183,6 +183,29 @@ async function openTarget(t: TargetInfo, image: ImageInfo): Promise<{ fh: FileHa
   }
 }
 
+/**
+ * After the backup GPT moved to the end of the disk, the image's old backup (header in the image's
+ * last sector, entries before it) is still there, mid-disk. Zero it when no partition covers it,
+ * so that no tool ever mistakes it for the disk's backup table.
+ */
+async function wipeOldBackup(path: string, imageSize: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    const hdr = Buffer.alloc(512);
+    await fh.read(hdr, 0, 512, imageSize - 512);
+    if (hdr.toString('latin1', 0, 8) !== 'EFI PART') return;
+    const entriesLba = Number(hdr.readBigUInt64LE(72));
+    const from = Math.min(entriesLba * 512, imageSize - 512);
+    if (from < imageSize - 1024 * 1024) return; // not where a standard backup table lives
+    const { parts } = await partitions(path);
+    if (parts.some((p) => p.start < imageSize && p.start + p.size > from)) return;
+    await fh.write(Buffer.alloc(imageSize - from), 0, imageSize - from, from);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Partition number from sfdisk's node name (/dev/sdb2 → 2, disk.raw2 → 2). */
 function partNumber(p: PartitionInfo): number {
   return Number(/(\d+)$/.exec(p.node)?.[1] ?? NaN);
@@ -311,6 +334,7 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
   if (gpt && targetSize > image.size) {
     await run(['sfdisk', '--relocate', 'gpt-bak-std', target.path]);
     relocated = true;
+    await wipeOldBackup(target.path, image.size);
     note(`moved the backup GPT header to the end of ${target.path} (${formatSize(targetSize)})`);
   }
   if (gpt && opts.growRoot) {

@@ -300,11 +300,35 @@ export async function inspectTarget(path: string, opts: InspectOptions = {}): Pr
   return info;
 }
 
+/** Names for the partition types one meets on install media and Linux disks (sfdisk --json gives GUIDs). */
+const TYPE_NAMES: Record<string, string> = {
+  'C12A7328-F81F-11D2-BA4B-00A0C93EC93B': 'EFI System',
+  '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709': 'Linux root (x86-64)',
+  'B921B045-1DF0-41C3-AF44-4C6F280D3FAE': 'Linux root (ARM-64)',
+  '0FC63DAF-8483-4772-8E79-3D69D8477DE4': 'Linux filesystem',
+  '0657FD6D-A4AB-43C4-84E5-0933C84B4F4F': 'Linux swap',
+  'E6D6D379-F507-44C2-A23C-238F2A3DF928': 'Linux LVM',
+  'BC13C2FF-59E6-4262-A352-B275FD6F7172': 'Linux extended boot',
+  '933AC7E1-2EB4-4F13-B844-0E14E2AEF915': 'Linux home',
+  'EBD0A0A2-B9E5-4433-87C0-68B6B72699C7': 'Microsoft basic data',
+  'E3C9E316-0B5C-4DB8-817D-F92DF00215AE': 'Microsoft reserved',
+  '21686148-6449-6E6F-744E-656564454649': 'BIOS boot',
+  '48465300-0000-11AA-AA11-00306543ECAC': 'Apple HFS/HFS+',
+  '7C3457EF-0000-11AA-AA11-00306543ECAC': 'Apple APFS',
+  c: 'W95 FAT32 (LBA)',
+  b: 'W95 FAT32',
+  ef: 'EFI (FAT)',
+  '83': 'Linux',
+  '82': 'Linux swap',
+  '7': 'HPFS/NTFS/exFAT',
+};
+export const typeName = (t: string) => TYPE_NAMES[t.toUpperCase()] ?? TYPE_NAMES[t.toLowerCase()] ?? t;
+
 /** One line per fact, for the confirmation prompt and `--json`. */
 export function describeTarget(t: TargetInfo): string {
   const lines = [`${t.path}${t.resolved !== t.path ? ` (${t.resolved})` : ''}: ${t.model}, ${formatSize(t.size)} (${t.size} bytes)`];
   if (!t.partitions.length) lines.push('  no partition table found');
-  for (const p of t.partitions) lines.push(`  ${p.node}  ${formatSize(p.size).padStart(10)}  ${p.type}${p.name ? `  "${p.name}"` : ''}`);
+  for (const p of t.partitions) lines.push(`  ${p.node}  ${formatSize(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}`);
   return lines.join('\n');
 }
 
