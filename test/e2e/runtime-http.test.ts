@@ -19,6 +19,7 @@ import { REPO, tmp } from '../helpers.js';
 let daemon: Daemon;
 let base = '';
 let openai: OpenAI;
+let llamaServer = '';
 const dir = tmp('aios-runtime-http-');
 
 type Sample = { name: string; labels: Record<string, string>; value: number };
@@ -59,6 +60,7 @@ describe('aios-runtime HTTP API', () => {
         tactical: { name: 'tactical.gguf', parallel: 1, ctx_size: 512, unload_after_idle: '3s' },
       },
     });
+    llamaServer = join(llama.binDir, 'llama-server');
     daemon = await startDaemon(config, { log: () => {} });
     base = `http://127.0.0.1:${daemon.http!.port}`;
     openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'not-needed', maxRetries: 0 });
@@ -249,22 +251,45 @@ describe('aios-runtime HTTP API', () => {
     expect(r.model).toBe('tactical');
     const { samples } = await scrape();
     expect(samples('llamacpp:prompt_tokens_total').map((m) => m.labels.model).sort()).toEqual(['tactical', 'tiny']);
-    // Scrape every 200 ms while the tactical model's 3 s idle timer runs: it still unloads.
-    const t0 = Date.now();
+    // Scrape every 100 ms while the tactical model's 3 s idle timer runs: the timer is not pushed
+    // back, and the model unloads on time.
+    const tactical = () => daemon.service.manager.list().find((m) => m.name === 'tactical');
+    const idleUntil = tactical()!.idleUntil;
+    expect(idleUntil).toBeGreaterThan(Date.now());
     let scrapes = 0;
-    while (daemon.service.manager.list().some((m) => m.name === 'tactical') && Date.now() - t0 < 20_000) {
+    while (tactical() && Date.now() - idleUntil < 10_000) {
       await scrape();
       scrapes++;
-      await new Promise((res) => setTimeout(res, 200));
+      const t = tactical();
+      if (t?.state === 'ready') expect(t.idleUntil).toBe(idleUntil);
+      await new Promise((res) => setTimeout(res, 100));
     }
-    expect(scrapes).toBeGreaterThan(10);
-    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    expect(scrapes).toBeGreaterThan(5);
+    expect(tactical()).toBeUndefined();
+    expect(Date.now() - idleUntil).toBeLessThan(3_000); // the health loop (500 ms) unloaded it when due
     // and scraping after the unload does not bring it back
     for (let i = 0; i < 5; i++) await scrape();
     expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
     const after = await scrape();
     expect(after.samples('llamacpp:prompt_tokens_total').map((m) => m.labels.model)).toEqual(['tiny']);
     expect(after.samples('aios_requests_total', { model: 'tactical', status: 'ok' }).map((m) => m.value)).toEqual([1]);
+  });
+
+  it('a streamed request that has to load its model first gets SSE progress comments, which the openai client skips', { timeout: 60_000 }, async () => {
+    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tactical', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, stream: true }) });
+    expect(r.status).toBe(200);
+    const raw = await r.text();
+    const progress = [...raw.matchAll(/^: aios-progress (.*)$/gm)].map((m) => JSON.parse(m[1]!) as { model: string; phase: string; bytes: number; total: number });
+    expect(progress.length).toBeGreaterThanOrEqual(1);
+    expect(progress[0]).toMatchObject({ model: 'tactical', phase: 'load' });
+    expect(raw.indexOf(': aios-progress')).toBeLessThan(raw.indexOf('data: {'));
+    expect(raw.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    // the same through the SDK (model loaded again after an unload would do the same; here it is warm)
+    const s = await openai.chat.completions.create({ model: 'tactical', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, stream: true });
+    let n = 0;
+    for await (const c of s) if (c.choices[0]?.delta?.content) n++;
+    expect(n).toBe(3);
   });
 
   it('stops cleanly: in-flight streams finish, then the port is closed', { timeout: 60_000 }, async () => {
@@ -278,5 +303,41 @@ describe('aios-runtime HTTP API', () => {
     expect(await done).toBe('length');
     const refused = await fetch(`${base}/health`).then(() => 'answered', (e: Error & { cause?: { code?: string } }) => e.cause?.code);
     expect(refused).toBe('ECONNREFUSED');
+  });
+});
+
+describe('aios-runtime HTTP API under a full queue', () => {
+  let d2: Daemon;
+  afterAll(async () => {
+    await d2?.stop();
+  });
+
+  it('answers 429 with Retry-After when the model\'s queue is full (the openai client gets RateLimitError)', { timeout: 60_000 }, async () => {
+    const config = RuntimeConfigSchema.parse({
+      runtime: { llama_server: llamaServer, socket: '', listen: '', http_listen: '127.0.0.1:0', health_interval: '1s', max_queue_per_model: 1, max_queue_total: 8 },
+      models: { model_dir: dir, operational: { name: 'tiny.gguf', parallel: 1, ctx_size: 512 } },
+    });
+    d2 = await startDaemon(config, { log: () => {} });
+    const url = `http://127.0.0.1:${d2.http!.port}`;
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
+    const long = { model: 'tiny', messages: [{ role: 'user' as const, content: 'Write a long story.' }], max_tokens: 200, temperature: 1, stream: true as const, ...({ ignore_eos: true } as object) };
+    const reqs: RuntimeEventMap['request'][0][] = [];
+    d2.service.events.on('request', (r) => reqs.push(r));
+    const a = await client.chat.completions.create(long); // holds the one slot
+    const ai = a[Symbol.asyncIterator]();
+    await ai.next();
+    const b = client.chat.completions.create(long); // waits in the queue (its one place)
+    while (!d2.service.queueSnapshot().some((q) => q.depth > 0)) await new Promise((r) => setTimeout(r, 10));
+    const c = await client.chat.completions.create(long).then(() => undefined, (e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
+    expect(c).toBeInstanceOf(OpenAI.RateLimitError);
+    expect(c!.status).toBe(429);
+    expect(c!.code).toBe('resource_exhausted');
+    expect(c!.headers?.get('retry-after')).toBe('1');
+    // the other two are served
+    while (!(await ai.next()).done);
+    let n = 0;
+    for await (const x of await b) if (x.choices[0]?.delta?.content) n++;
+    expect(n).toBe(200);
+    expect(reqs.map((r) => r.status).sort()).toEqual(['ok', 'ok', 'rejected']);
   });
 });

@@ -1,0 +1,233 @@
+/**
+ * `npm run bench`: tokens/s and first-token latency through aios-runtime (OpenAI HTTP API and gRPC
+ * StreamInfer) against the same llama-server child called directly, same model, same run. The
+ * paths are interleaved (the order rotates every repetition) so drift and load changes hit them
+ * alike; each request streams a fixed number of tokens (ignore_eos). Writes docs/benchmarks.md.
+ *
+ *   npm run bench -- [--reps 10] [--tokens 96] [--model file.gguf] [--note "…"] [--out docs/benchmarks.md]
+ *
+ * The default model is a TinyLlama-1.1B-shaped Q4_K_M with random weights, synthesized once into
+ * ~/.cache/aios/bench/ (speed does not depend on the weights' values).
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import * as grpc from '@grpc/grpc-js';
+import { buildLlamaStage } from '../build/index.js';
+import { synthModel } from '../models/synth.js';
+import { RuntimeConfigSchema } from '../runtime/config.js';
+import { startDaemon } from '../runtime/daemon.js';
+import { connect, type RuntimeClient } from '../runtime/client.js';
+import { physicalCores } from '../runtime/manager.js';
+import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
+
+const arg = (name: string, def: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : def;
+};
+const REPS = Number(arg('reps', '10'));
+const TOKENS = Number(arg('tokens', '96'));
+const OUT = arg('out', join(PKG_ROOT, 'docs/benchmarks.md'));
+const NOTE = arg('note', '');
+const PROMPT = 'Write a long story about a robot who learns to paint.';
+
+interface Run {
+  ttftMs: number;
+  tokens: number;
+  /** Decode rate seen by the client: tokens after the first / time after the first. */
+  tps: number;
+  /** llama-server's own decode rate for the request (timings.predicted_per_second), when it reports it. */
+  serverTps?: number;
+}
+
+/** One streamed chat completion over the OpenAI API (the runtime's or llama-server's own). */
+async function openaiStream(base: string): Promise<Run> {
+  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: PROMPT }], max_tokens: TOKENS, temperature: 0, ignore_eos: true, stream: true });
+  const t0 = performance.now();
+  const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+  if (!res.ok) throw new Error(`${base}: ${res.status} ${await res.text()}`);
+  let first = 0;
+  let last = 0;
+  let n = 0;
+  let serverTps: number | undefined;
+  let buf = '';
+  const dec = new TextDecoder();
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += dec.decode(chunk, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 1);
+      if (!line.startsWith('data:') || line === 'data: [DONE]') continue;
+      const j = JSON.parse(line.slice(5)) as { choices?: { delta?: { content?: string } }[]; timings?: { predicted_per_second?: number } };
+      if (j.choices?.[0]?.delta?.content) {
+        const now = performance.now();
+        if (!first) first = now;
+        last = now;
+        n++;
+      }
+      if (j.timings?.predicted_per_second) serverTps = j.timings.predicted_per_second;
+    }
+  }
+  return { ttftMs: first - t0, tokens: n, tps: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, serverTps };
+}
+
+/** The same over gRPC StreamInfer (no ignore_eos there: the random model may stop early; the rate is per token). */
+function grpcStream(c: RuntimeClient): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let first = 0;
+    let last = 0;
+    let n = 0;
+    const s = (c.StreamInfer as (r: object) => grpc.ClientReadableStream<{ text: string; done: boolean }>).call(c, { prompt: PROMPT, max_tokens: TOKENS, temperature: 0 });
+    s.on('data', (d) => {
+      if (!d.text) return;
+      const now = performance.now();
+      if (!first) first = now;
+      last = now;
+      n++;
+    });
+    s.on('error', reject);
+    s.on('end', () => resolve({ ttftMs: first - t0, tokens: n, tps: n > 1 ? ((n - 1) * 1000) / (last - first) : 0 }));
+  });
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const quantile = (xs: number[], q: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  return s[lo]! + (s[Math.min(lo + 1, s.length - 1)]! - s[lo]!) * (pos - lo);
+};
+const f = (x: number, d = 1) => x.toFixed(d);
+const spread = (xs: number[], d = 1) => `${f(median(xs), d)} (IQR ${f(quantile(xs, 0.25), d)}–${f(quantile(xs, 0.75), d)}, range ${f(Math.min(...xs), d)}–${f(Math.max(...xs), d)})`;
+
+async function main(): Promise<void> {
+  const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+  const llama = await buildLlamaStage({ recipe: 'default', renderer: 'silent' });
+  const model = arg('model', join(defaultCacheDir(), 'bench', 'tinyllama-1.1b-Q4_K_M.gguf'));
+  if (!existsSync(model)) {
+    log(`synthesizing ${model} (TinyLlama-1.1B shape, Q4_K_M; about a minute)`);
+    mkdirSync(dirname(model), { recursive: true });
+    await synthModel({
+      shape: 'tinyllama-1.1b',
+      quant: 'Q4_K_M',
+      out: model,
+      tools: { ggufPy: join(llama.shareDir, 'gguf-py'), vocab: join(llama.shareDir, 'ggml-vocab-llama-spm.gguf'), quantize: join(llama.binDir, 'llama-quantize') },
+    });
+  }
+  const config = RuntimeConfigSchema.parse({
+    runtime: { llama_server: join(llama.binDir, 'llama-server'), socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '10s', load_timeout: '300s', request_timeout: '600s' },
+    models: { model_dir: dirname(model), operational: { name: model.split('/').pop()!, parallel: 1, ctx_size: 2048 } },
+  });
+  const load0 = loadavg();
+  const daemon = await startDaemon(config, { log: () => {} });
+  const child = daemon.service.manager.list()[0]!;
+  const paths: { name: string; run: () => Promise<Run> }[] = [
+    { name: 'direct', run: () => openaiStream(`http://127.0.0.1:${child.port}`) },
+    { name: 'http', run: () => openaiStream(`http://127.0.0.1:${daemon.http!.port}`) },
+  ];
+  const client = connect(`127.0.0.1:${daemon.listening.tcpPort}`);
+  paths.push({ name: 'grpc', run: () => grpcStream(client) });
+  const results: Record<string, Run[]> = Object.fromEntries(paths.map((p) => [p.name, []]));
+  const t0 = Date.now();
+  try {
+    log(`model ${model}; llama-server pid ${child.pid} on port ${child.port}; ${REPS} repetitions of ${TOKENS} tokens per path`);
+    for (const p of paths) await p.run(); // warm-up (prompt cache, connections), not counted
+    for (let r = 0; r < REPS; r++) {
+      for (let k = 0; k < paths.length; k++) {
+        const p = paths[(r + k) % paths.length]!;
+        const x = await p.run();
+        results[p.name]!.push(x);
+      }
+      log(`rep ${r + 1}/${REPS}: ` + paths.map((p) => `${p.name} ${f(results[p.name]!.at(-1)!.tps)} tok/s, ttft ${f(results[p.name]!.at(-1)!.ttftMs)} ms`).join('; '));
+    }
+  } finally {
+    client.close();
+    await daemon.stop();
+  }
+  const load1 = loadavg();
+  const secs = (Date.now() - t0) / 1000;
+
+  // Paired comparisons: each repetition's runtime request against the direct one of the same repetition.
+  const paired = (name: string) => {
+    const a = results[name]!;
+    const d = results.direct!;
+    return { ratio: a.map((x, i) => x.tps / d[i]!.tps), addedTtft: a.map((x, i) => x.ttftMs - d[i]!.ttftMs) };
+  };
+  const http = paired('http');
+  const grpcP = paired('grpc');
+  const tpsRatio = median(results.http!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
+  const addedTtft = median(results.http!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs));
+  const pass = tpsRatio >= 0.98 && addedTtft <= 5;
+
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  const info = llama.info as { source?: { describe?: string }; isa?: { description?: string } };
+  let version = '';
+  try {
+    version = execFileSync(join(llama.binDir, 'llama-server'), ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (e) {
+    version = String((e as { stderr?: string }).stderr ?? '');
+  }
+  version = version.split('\n').find((l) => /version/.test(l))?.trim() ?? info.source?.describe ?? '';
+  const row = (name: string, label: string) => {
+    const xs = results[name]!;
+    const server = xs.map((x) => x.serverTps).filter((x): x is number => x !== undefined);
+    return `| ${label} | ${spread(xs.map((x) => x.tps))} | ${spread(xs.map((x) => x.ttftMs))} | ${f(median(xs.map((x) => x.tokens)), 0)} | ${server.length ? f(median(server)) : '–'} |`;
+  };
+  const md = `# Benchmarks
+
+Produced by \`npm run bench\` (\`src/bench/runtime.ts\`); rerun it to replace this file.
+
+## aios-runtime overhead: OpenAI HTTP API and gRPC vs llama-server called directly
+
+The same llama-server child (the one aios-runtime started for the model) is called three ways in
+one run: **direct** (its own OpenAI endpoint), **http** (aios-runtime's \`/v1/chat/completions\`:
+router, queue, slot, relay of the stream) and **grpc** (\`StreamInfer\`). Each repetition runs one
+request per path, in an order that rotates every repetition, so drift and the other load on the
+machine hit the paths alike. Every request streams ${TOKENS} tokens (\`ignore_eos\`, temperature 0;
+gRPC has no \`ignore_eos\`, see its token count) after the same prompt (${PROMPT.length} characters,
+kept in llama-server's prompt cache after the warm-up, so the first-token latency is mostly one
+decode step plus the transport). Rates and latencies are measured by the client: tokens/s =
+(tokens − 1) / (time of the last token − time of the first), first-token latency = request sent →
+first token received.
+
+- when: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}, ${REPS} repetitions per path after one warm-up each, ${f(secs, 0)} s in all
+- machine: ${cpu}, ${cpus().length} logical CPUs, ${physicalCores()} physical cores (llama-server threads); load average ${load0.map((x) => f(x, 2)).join(' ')} before, ${load1.map((x) => f(x, 2)).join(' ')} after
+- llama.cpp: ${version || 'unknown'} (CPU build, ${info.isa?.description ?? ''})
+- model: \`${model.split('/').pop()}\`, TinyLlama-1.1B shape, Q4_K_M, random weights (\`aios models synth --shape tinyllama-1.1b --quant Q4_K_M\`); ctx 2048, 1 slot
+${NOTE ? `- note: ${NOTE}\n` : ''}
+| path | tokens/s: median (IQR, range) | first token, ms: median (IQR, range) | tokens per request | llama-server's own tokens/s (median) |
+| --- | --- | --- | --- | --- |
+${row('direct', 'direct (llama-server)')}
+${row('http', 'aios-runtime HTTP')}
+${row('grpc', 'aios-runtime gRPC')}
+
+Runtime against direct:
+
+| path | tokens/s ratio (of medians) | paired ratio per repetition: median (range) | added first-token latency (of medians) | paired difference per repetition, ms: median (range) |
+| --- | --- | --- | --- | --- |
+| HTTP | ${f(tpsRatio, 3)} | ${f(median(http.ratio), 3)} (${f(Math.min(...http.ratio), 3)}–${f(Math.max(...http.ratio), 3)}) | ${f(addedTtft, 1)} ms | ${f(median(http.addedTtft))} (${f(Math.min(...http.addedTtft))} – ${f(Math.max(...http.addedTtft))}) |
+| gRPC | ${f(median(results.grpc!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps)), 3)} | ${f(median(grpcP.ratio), 3)} (${f(Math.min(...grpcP.ratio), 3)}–${f(Math.max(...grpcP.ratio), 3)}) | ${f(median(results.grpc!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs)), 1)} ms | ${f(median(grpcP.addedTtft))} (${f(Math.min(...grpcP.addedTtft))} – ${f(Math.max(...grpcP.addedTtft))}) |
+
+Goal (issue 6): HTTP ≥ 0.98 of direct tokens/s and ≤ 5 ms added first-token latency: **${pass ? 'met' : 'not met'}** in this run
+(ratio ${f(tpsRatio, 3)}, ${f(addedTtft, 1)} ms).
+`;
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(OUT, md);
+  process.stdout.write(md);
+  log(`wrote ${OUT}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (e: Error) => {
+    process.stderr.write(`bench: ${e.stack ?? e.message}\n`);
+    process.exit(1);
+  },
+);
