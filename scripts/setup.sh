@@ -14,6 +14,8 @@ APT_PACKAGES=(
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
   squashfs-tools xorriso    # the live ISO: squashfs root, hybrid ISO 9660 with an El Torito EFI image
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
+  zstd xz-utils util-linux  # aios flash: .raw.zst/.raw.xz images, losetup/blkid/blockdev
+  shellcheck gnupg          # release: lint scripts/release.sh, sign SHA256SUMS
   ca-certificates
 )
 
