@@ -1,4 +1,4 @@
-/** aios-runtime as one JS file for the image's Node.js (esbuild), with its proto files beside it. */
+/** aios-runtime as one JS file for the image's Node.js (esbuild), with its proto files and the model catalog beside it. */
 import { build } from 'esbuild';
 import { cp, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -32,5 +32,7 @@ export async function bundleRuntime(outDir: string): Promise<string> {
   });
   await cp(join(PKG_ROOT, 'proto'), join(outDir, 'proto'), { recursive: true });
   await cp(join(PKG_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc'), join(outDir, 'proto/grpc'), { recursive: true });
+  // The model catalog for auto-install and `aios runtime pull` (runtime.catalog = "" reads this one).
+  await cp(join(PKG_ROOT, 'models/catalog.toml'), join(outDir, 'catalog.toml'));
   return outfile;
 }

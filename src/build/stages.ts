@@ -291,7 +291,7 @@ export const overlayStage: Stage = {
       rootfs: ctx.outputs.rootfs!.key,
       llama: ctx.outputs.llama?.key ?? null,
       models: ctx.outputs.models?.key ?? null,
-      runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) : null,
+      runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
       files: filesDigest(files),
       overlay: await hashTree(paths.rootfsOverlay),
       masked: r.system.masked_units,

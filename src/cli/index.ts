@@ -20,6 +20,7 @@ import { distroFor } from '../distros/index.js';
 import { cmakeArgs, isaFor } from '../build/llama.js';
 import { qemuTest, qemuInteractive } from '../qemu/index.js';
 import { UserError } from '../util/errors.js';
+import { addRuntimeSchedulerCommands } from './runtime-ps.js';
 import { CommandError } from '../util/exec.js';
 import { paths } from '../util/paths.js';
 import { cleanupAll } from '../util/cleanup.js';
@@ -265,6 +266,7 @@ export function program(): Command {
     });
 
   const addrOpt = (c: Command) => c.option('-a, --address <addr>', 'runtime address: host:port or unix:/path', 'unix:/run/aios/runtime.sock');
+  addRuntimeSchedulerCommands(p, rt, addrOpt);
   addrOpt(rt.command('status').description('health and loaded models of a running aios-runtime').option('--json', 'print JSON')).action(async (o: { address: string; json?: boolean }) => {
     const { connect, unary } = await import('../runtime/client.js');
     const c = connect(o.address);

@@ -45,3 +45,25 @@ export async function waitReady(c: RuntimeClient, timeoutMs: number): Promise<bo
   }
   return false;
 }
+
+export interface PullProgress {
+  model: string;
+  bytes: number;
+  total: number;
+  done: boolean;
+  path: string;
+}
+
+/** PullModel: installs a catalog model into the runtime's model dir; resolves with the last (done) message. */
+export function pullModel(c: RuntimeClient, model: string, onProgress: (p: PullProgress) => void): Promise<PullProgress> {
+  return new Promise((resolve, reject) => {
+    const s = (c.PullModel as (r: object) => grpc.ClientReadableStream<PullProgress>).call(c, { model });
+    let last: PullProgress | undefined;
+    s.on('data', (d: PullProgress) => {
+      last = d;
+      onProgress(d);
+    });
+    s.on('error', reject);
+    s.on('end', () => (last?.done ? resolve(last) : reject(new Error(`PullModel ${model} ended without completing`))));
+  });
+}

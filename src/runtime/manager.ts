@@ -10,7 +10,7 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { Code, RuntimeError } from './errors.js';
 import type { RuntimeEvents, UnloadReason } from './events.js';
-import { addBufferLine, emptyBuffers, estimateFootprint, mib, rssOf, type Budget, type Footprint, type ReportedBuffers } from './memory.js';
+import { addBufferLine, emptyBuffers, estimateFootprint, mib, PROCESS_OVERHEAD, rssOf, type Budget, type Footprint, type ReportedBuffers } from './memory.js';
 
 export interface LaunchProfile {
   name: string;
@@ -43,7 +43,7 @@ export interface ModelInfo {
   error: string;
   /** Footprint estimated from the GGUF metadata before the load (RAM, bytes). */
   estimateBytes: number;
-  /** Resident set measured once the child was ready (bytes; 0 before). The budget counts this, else the estimate. */
+  /** Measured once the child was ready: max(resident set, llama-server's reported host buffers + process overhead); 0 before. The budget counts this (or the live RSS if higher), else the estimate. */
   actualBytes: number;
   /** (estimate − actual) / actual × 100, once measured. */
   estimateErrorPct: number;
@@ -340,7 +340,10 @@ export class ModelManager {
     }
     c.state = 'ready';
     c.error = '';
-    c.actualBytes = rss(proc.pid ?? 0);
+    // What the child uses: its resident set now, or, when more, the buffers llama-server allocated
+    // (warm-up touches only part of the compute buffer; a full micro-batch touches all of it) plus
+    // the process's own code and heap.
+    c.actualBytes = Math.max(rss(proc.pid ?? 0), c.buffers.hostBytes ? c.buffers.hostBytes + PROCESS_OVERHEAD : 0);
     this.log(`${c.profile.name} ready on port ${c.port} (pid ${proc.pid})`);
     this.o.onReady?.(c.profile.name);
   }

@@ -304,7 +304,9 @@ export class RuntimeService {
           this.log(`installed ${e.id} (${mib(r.bytes)}${r.resumedFrom ? `, resumed from ${mib(r.resumedFrom)}` : ''})`);
         } catch (err) {
           this.events.emit('download', { model: e.id, bytes: entry.bytes, total: entry.total, done: true });
-          throw new RuntimeError(Code.UNAVAILABLE, `auto-install of ${e.id} failed: ${(err as Error).message}`);
+          const msg = (err as Error).message;
+          // A file that arrived but is wrong (checksum, not GGUF) will not get better by retrying; a network failure may.
+          throw new RuntimeError(/checksum mismatch|not a valid GGUF|is required/.test(msg) ? Code.FAILED_PRECONDITION : Code.UNAVAILABLE, `auto-install of ${e.id} failed: ${msg}`);
         }
       })().finally(() => this.downloads.delete(e.id));
     }

@@ -206,6 +206,7 @@ describe('aios-runtime', () => {
     const { freePort } = await import('../../src/runtime/manager.js');
     const bdir = join(dir, 'bundle');
     const bundle = await bundleRuntime(bdir);
+    expect(existsSync(join(bdir, 'catalog.toml'))).toBe(true); // the model catalog ships beside the bundle
     const { writeFileSync } = await import('node:fs');
     const { stringify } = await import('smol-toml');
     const port = await freePort();
