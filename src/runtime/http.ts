@@ -6,6 +6,8 @@
  */
 import { createServer, request as httpRequest, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
 import { parsePriority, type PriorityName } from './events.js';
 import type { RuntimeService, Slot } from './service.js';
@@ -188,7 +190,10 @@ export class HttpFront {
     throw new RuntimeError(Code.NOT_FOUND, `no such endpoint: ${method} ${path} (try /v1/models, /v1/chat/completions, /v1/completions, /metrics)`);
   }
 
-  /** Configured models (loaded or not) and models loaded by request; nothing is loaded to list them. */
+  /**
+   * Configured models (loaded or not), models loaded by request, and catalog models that are
+   * installed or would be installed on first use (runtime.auto_install); nothing is loaded to list them.
+   */
   models(): { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }[] {
     const out = new Map<string, { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }>();
     const created = Math.floor(this.svc.startedAt / 1000);
@@ -197,6 +202,11 @@ export class HttpFront {
       if (p) out.set(p.name, { id: p.name, object: 'model', created, owned_by: 'aios', level: lvl, state: 'unloaded' });
     }
     for (const m of this.svc.manager.list()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
+    for (const e of this.svc.catalog()) {
+      if (out.has(e.id) || [...out.values()].some((m) => m.id === e.file.replace(/\.gguf$/, ''))) continue;
+      const installed = existsSync(join(this.svc.config.models.model_dir, e.file));
+      if (installed || this.svc.config.runtime.auto_install) out.set(e.id, { id: e.id, object: 'model', created, owned_by: 'aios', level: '', state: installed ? 'unloaded' : 'not installed' });
+    }
     return [...out.values()];
   }
 

@@ -117,6 +117,8 @@ interface ModelExtras {
   inflight?: number;
   queued?: number;
   pinned?: boolean;
+  vramEstimateBytes?: number;
+  vramActualBytes?: number;
 }
 
 export class Metrics {
@@ -199,6 +201,8 @@ export class Metrics {
     const estimate = new Series('aios_model_estimated_bytes', 'gauge', 'Memory the model was expected to take when it was loaded');
     const actual = new Series('aios_model_actual_bytes', 'gauge', 'Memory the model takes (measured: resident set of its llama-server)');
     const restarts = new Series('aios_model_restarts', 'gauge', 'Times the model\'s llama-server was restarted after a crash or hang');
+    const vramEstimate = new Series('aios_model_vram_estimated_bytes', 'gauge', 'GPU memory the model was expected to take (0 without offload)');
+    const vramActual = new Series('aios_model_vram_actual_bytes', 'gauge', 'GPU memory llama-server reported for the model (0 without offload)');
     for (const m of models) {
       const l = { model: m.name };
       state.set({ ...l, state: m.state }, 1);
@@ -208,8 +212,10 @@ export class Metrics {
       if (est) estimate.set(l, est);
       const act = m.actualBytes || m.memoryBytes || this.lastLoad.get(m.name)?.actualBytes;
       if (act) actual.set(l, act);
+      if (typeof m.vramEstimateBytes === 'number') vramEstimate.set(l, m.vramEstimateBytes);
+      if (typeof m.vramActualBytes === 'number') vramActual.set(l, m.vramActualBytes);
     }
-    for (const s of [state, inflight, estimate, actual, restarts]) add(s, 'gauge');
+    for (const s of [state, inflight, estimate, actual, vramEstimate, vramActual, restarts]) add(s, 'gauge');
     add(this.loads, 'counter');
     add(this.loadSeconds, 'histogram');
     add(this.unloads, 'counter');
