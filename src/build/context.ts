@@ -65,25 +65,41 @@ export function mergeArgs(own: string[], extra: string[]): { args: string[]; con
 
 /** The full kernel command line of the image's boot entry (wishArgs: boot-time kernel wishes). */
 export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUuid'>, wishArgs: string[] = []): string {
-  const parts = [
-    `root=PARTUUID=${id.rootPartUuid}`,
-    `rootfstype=${r.filesystem.root}`,
-    'rw',
+  return [`root=PARTUUID=${id.rootPartUuid}`, `rootfstype=${r.filesystem.root}`, 'rw', ...cmdlineTail(r, wishArgs)].join(' ');
+}
+
+/** The ISO's kernel command line: the distro's live arguments instead of the root partition, the rest as on disk. */
+export function liveKernelCmdline(r: ResolvedRecipe, liveArgs: string[], wishArgs: string[] = []): string {
+  return [...liveArgs, ...cmdlineTail(r, wishArgs)].join(' ');
+}
+
+/** ISO 9660 volume id for the recipe (also what archiso finds the medium by): A-Z 0-9 _, at most 32. */
+export function isoLabel(r: Pick<ResolvedRecipe, 'name'>): string {
+  return r.name.toUpperCase().replace(/[^A-Z0-9_]/g, '_').slice(0, 32);
+}
+
+function cmdlineTail(r: ResolvedRecipe, wishArgs: string[]): string[] {
+  return [
     ...r.boot.console.map((c) => `console=${c}`),
     // No interactive first-boot prompts on an unattended machine (locale, timezone are preset).
     'systemd.firstboot=no',
     ...mergeArgs(tuningArgs(r).args, wishArgs).args,
     ...r.boot.cmdline,
   ];
-  return parts.join(' ');
 }
 
 export function mountOptions(r: Recipe): string[] {
   return r.filesystem.mount_options ?? (r.filesystem.root === 'ext4' ? ['noatime', 'commit=60'] : ['noatime']);
 }
 
+/**
+ * Modules for the ISO's live boot, in every initramfs (one rootfs serves the disk and the ISO):
+ * the CD (sr_mod, isofs), the squashfs and the overlay over it, loop for live-boot's losetup.
+ */
+export const LIVE_MODULES = ['sr_mod', 'isofs', 'squashfs', 'overlay', 'loop'];
+
 export function initramfsModules(r: ResolvedRecipe): string[] {
-  return [...new Set([...r.boot.initramfs_modules, r.filesystem.root])];
+  return [...new Set([...r.boot.initramfs_modules, r.filesystem.root, ...LIVE_MODULES])];
 }
 
 /** Everything the templates can refer to. */

@@ -4,6 +4,7 @@
  */
 import { copyFile, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import type { BuildContext } from './stages.js';
 import type { KernelFiles } from '../distros/types.js';
 import { writeRendered, type RenderedFile } from './render.js';
@@ -82,14 +83,7 @@ export async function assembleDisk(
   // 1. ESP contents: systemd-boot (as the removable-media default loader too), kernel, initrd, entries.
   ctx.progress('staging the ESP');
   const esp = join(work, 'esp');
-  const sdboot = join(a.root, ctx.distro.systemdBootEfi);
-  for (const d of ['EFI/BOOT', 'EFI/systemd', `aios/${a.kernel.version}`]) await mkdir(join(esp, d), { recursive: true });
-  await copyFile(sdboot, join(esp, 'EFI/BOOT/BOOTX64.EFI'));
-  await copyFile(sdboot, join(esp, 'EFI/systemd/systemd-bootx64.efi'));
-  await copyFile(join(a.root, a.kernel.kernel), join(esp, `aios/${a.kernel.version}/linux`));
-  await copyFile(join(a.root, a.kernel.initrd), join(esp, `aios/${a.kernel.version}/initrd`));
-  await writeRendered(a.espFiles, esp);
-  if (process.env.SOURCE_DATE_EPOCH) await run(['find', esp, '-exec', 'touch', '-h', '-d', `@${process.env.SOURCE_DATE_EPOCH}`, '{}', '+']);
+  await stageEsp(ctx, { root: a.root, kernel: a.kernel, initrd: a.kernel.initrd, espFiles: a.espFiles, dir: esp });
 
   const layout = planLayout({
     imageSize: r.image.size,
@@ -101,13 +95,7 @@ export async function assembleDisk(
   // 2. ESP filesystem.
   ctx.progress(`formatting the ESP (${formatSize(layout.esp.size)})`);
   const espImg = join(work, 'esp.img');
-  await run(['truncate', '-s', String(layout.esp.size), espImg]);
-  await run(['mkfs.vfat', '-F', '32', '-n', 'ESP', '-i', ctx.id.espVolumeId, '--invariant', espImg], { log: ctx.log, env });
-  const { stdout: top } = await run(['ls', '-A', esp]);
-  await run(['mcopy', '-s', '-p', '-m', '-Q', '-i', espImg, ...top.split('\n').filter(Boolean).map((n) => join(esp, n)), '::/'], {
-    log: ctx.log,
-    env,
-  });
+  await fatImage(ctx, { dir: esp, img: espImg, bytes: layout.esp.size, label: 'ESP', volumeId: ctx.id.espVolumeId, fat32: true });
 
   // 3. Root filesystem, populated from the tree without mounting.
   ctx.progress(`making the ${r.filesystem.root} root filesystem (${formatSize(layout.root.size)})`);
@@ -118,6 +106,7 @@ export async function assembleDisk(
       ['mkfs.ext4', '-q', '-F', '-L', 'root', '-U', ctx.id.rootFsUuid, '-E', `hash_seed=${ctx.id.rootFsUuid},root_owner=0:0`, '-d', a.root, rootImg],
       { log: ctx.log, env },
     );
+    if (process.env.SOURCE_DATE_EPOCH) await fixExt4Times(ctx, a.root, rootImg, process.env.SOURCE_DATE_EPOCH, env);
   } else {
     const proto = join(work, 'root.proto');
     const { proto: text, stickyDropped } = await xfsProtofile(a.root);
@@ -143,6 +132,58 @@ export async function assembleDisk(
   await writeFile(a.layoutOut, JSON.stringify({ layout, sfdisk: JSON.parse(json) }, null, 2));
   await chmod(disk, 0o644);
   await rm(work, { recursive: true, force: true });
+}
+
+/** The files of an ESP in a staging dir: systemd-boot (also as the removable-media loader), kernel, initrd, rendered entries. */
+export async function stageEsp(
+  ctx: BuildContext,
+  a: { root: string; kernel: KernelFiles; initrd: string; espFiles: RenderedFile[]; dir: string },
+): Promise<void> {
+  const sdboot = join(a.root, ctx.distro.systemdBootEfi);
+  for (const d of ['EFI/BOOT', 'EFI/systemd', `aios/${a.kernel.version}`]) await mkdir(join(a.dir, d), { recursive: true });
+  await copyFile(sdboot, join(a.dir, 'EFI/BOOT/BOOTX64.EFI'));
+  await copyFile(sdboot, join(a.dir, 'EFI/systemd/systemd-bootx64.efi'));
+  await copyFile(join(a.root, a.kernel.kernel), join(a.dir, `aios/${a.kernel.version}/linux`));
+  await copyFile(join(a.root, a.initrd), join(a.dir, `aios/${a.kernel.version}/initrd`));
+  await writeRendered(a.espFiles, a.dir);
+  if (process.env.SOURCE_DATE_EPOCH) await run(['find', a.dir, '-exec', 'touch', '-h', '-d', `@${process.env.SOURCE_DATE_EPOCH}`, '{}', '+']);
+}
+
+/**
+ * A FAT image holding a staging dir, without mounting: mkfs.vfat + mcopy. --invariant (fixed
+ * creation data) must come before -i, or it replaces the volume id with 1234-ABCD.
+ */
+export async function fatImage(
+  ctx: BuildContext,
+  a: { dir: string; img: string; bytes: number; label: string; volumeId: string; fat32?: boolean },
+): Promise<void> {
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>;
+  await run(['truncate', '-s', String(a.bytes), a.img]);
+  await run(['mkfs.vfat', ...(a.fat32 ? ['-F', '32'] : []), '-n', a.label, '--invariant', '-i', a.volumeId, a.img], { log: ctx.log, env });
+  const { stdout: top } = await run(['ls', '-A', a.dir]);
+  await run(['mcopy', '-s', '-p', '-m', '-Q', '-i', a.img, ...top.split('\n').filter(Boolean).map((n) => join(a.dir, n)), '::/'], { log: ctx.log, env });
+}
+
+/**
+ * mkfs.ext4 -d copies each file's ctime and atime from the source tree (1.47.0; only crtime and the
+ * superblock follow E2FSPROGS_FAKE_TIME), and the kernel sets a source file's ctime when aios writes
+ * it. For a reproducible image every inode's ctime and atime are set to SOURCE_DATE_EPOCH with
+ * debugfs afterwards (mtimes were clamped by the overlay stage).
+ */
+export async function fixExt4Times(ctx: BuildContext, root: string, img: string, epoch: string, env: Record<string, string>): Promise<void> {
+  ctx.progress('setting inode ctime/atime to SOURCE_DATE_EPOCH');
+  const { stdout } = await run(['find', root, '-printf', '%P\\0']);
+  const paths = ['', ...stdout.split('\0').filter(Boolean)];
+  const bad = paths.filter((p) => /["\n\\]/.test(p));
+  if (bad.length) throw new Error(`cannot set timestamps of ${bad.length} file(s) with a quote, backslash or newline in the name: ${bad.slice(0, 3).join(', ')}`);
+  const script = paths.map((p) => `sif "/${p}" ctime @${epoch}\nsif "/${p}" atime @${epoch}\n`).join('');
+  const file = `${img}.debugfs`;
+  await writeFile(file, script);
+  const r = await execa('debugfs', ['-w', '-f', file, img], { env, reject: false, stdout: 'ignore' });
+  await rm(file, { force: true });
+  // debugfs reports per-command errors on stderr but exits 0; its version banner goes there too.
+  const errors = String(r.stderr ?? '').split('\n').filter((l) => l.trim() && !/^debugfs \d/.test(l));
+  if (r.exitCode !== 0 || errors.length) throw new Error(`debugfs could not set timestamps: ${errors.slice(0, 5).join('; ') || String(r.stderr).slice(-300)}`);
 }
 
 export async function xfsToolsMissing(): Promise<string[]> {

@@ -2,13 +2,13 @@
 import { Listr } from 'listr2';
 import { mkdir, rename, writeFile, readFile, statfs, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { loadRecipe } from '../config/load.js';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
 import { identity, kernelCmdline, tuningArgs } from './context.js';
-import { STAGES, kernelWishes, type BuildContext, type Stage } from './stages.js';
+import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages.js';
 import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
@@ -27,6 +27,10 @@ export interface BuildOptions {
   noCache?: boolean;
   /** listr2 renderer: "default" (interactive), "simple" (log lines), "silent". Default: by TTY. */
   renderer?: 'default' | 'simple' | 'silent';
+  /** Outputs to build (default: the recipe's image.formats). `aios build iso` passes ["iso"]. */
+  formats?: ('disk' | 'iso')[];
+  /** Re-run these stages even when their output is cached (the new output replaces the cached one). */
+  rebuild?: string[];
 }
 
 export interface StageReport {
@@ -38,8 +42,12 @@ export interface StageReport {
 
 export interface BuildResult {
   recipe: ResolvedRecipe;
+  /** The first output built: the disk image, or the ISO when only the ISO was built. */
   image: string;
+  /** Its manifest (every output has one: out/<name>.manifest.json, out/<name>.iso.manifest.json). */
   manifest: string;
+  /** Each output built, with its manifest. */
+  outputs: { format: 'disk' | 'iso'; file: string; manifest: string }[];
   log: string;
   stages: StageReport[];
   warnings: string[];
@@ -95,6 +103,8 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
   if (ctx.recipe.llama.enabled && stages.some((s) => s.name === 'llama') && renderer !== 'silent') {
     process.stderr.write(`llama.cpp binaries will need: ${(await isaFor(ctx.recipe.llama.cpu)).description}\n`);
   }
+  const unknown = (opts.rebuild ?? []).filter((n) => !STAGES.some((s) => s.name === n));
+  if (unknown.length) throw new UserError(`--rebuild: no stage named ${unknown.join(', ')} (stages: ${STAGES.map((s) => s.name).join(', ')})`, 2);
   const problems = await preflight(ctx, outDir, stages);
   if (problems.length) {
     throw new UserError(`cannot build ${ctx.recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
@@ -110,7 +120,7 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
         };
         const inputs = await stage.inputs(c);
         const key = hashOf(stage.name, inputs);
-        let dir = opts.noCache ? undefined : await c.cache.get(stage.name, key);
+        let dir = opts.noCache || opts.rebuild?.includes(stage.name) ? undefined : await c.cache.get(stage.name, key);
         const cached = !!dir;
         if (!dir) dir = await c.cache.put(stage.name, key, inputs, (d) => stage.run(c, d));
         const seconds = (Date.now() - s0) / 1000;
@@ -148,45 +158,67 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   const { ctx, outDir, renderer } = await prepare(opts);
   const recipe = ctx.recipe;
   const log = ctx.log;
-  const reports = await runStages(ctx, STAGES, opts, renderer, outDir);
+  const formats = opts.formats ?? recipe.image.formats;
+  const reports = await runStages(ctx, stagesFor(formats), opts, renderer, outDir);
 
-  // Publish: copy under a temporary name in out/, then rename — never a partial image at the path.
-  const image = join(outDir, `${recipe.name}.raw`);
-  const manifestPath = join(outDir, `${recipe.name}.manifest.json`);
-  const tmp = join(outDir, `.${recipe.name}.raw.tmp-${process.pid}`);
+  const outputs: BuildResult['outputs'] = [];
+  for (const format of (['disk', 'iso'] as const).filter((f) => formats.includes(f))) {
+    const [stage, file, ext] = format === 'disk' ? ['image', 'disk.raw', 'raw'] : ['iso', 'live.iso', 'iso'];
+    outputs.push(await publish(ctx, reports, { format, src: join(ctx.outputs[stage]!.dir, file), dest: join(outDir, `${recipe.name}.${ext}`) }));
+  }
+  return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000 };
+}
+
+/** The manifest next to an output: out/<name>.manifest.json for the disk, out/<name>.iso.manifest.json for the ISO. */
+export function manifestPath(output: string): string {
+  return output.replace(/\.raw$/, '') + '.manifest.json';
+}
+
+/** Copies an output under a temporary name in out/, writes its manifest, then renames both: never a partial file at the path. */
+async function publish(ctx: BuildContext, reports: StageReport[], a: { format: 'disk' | 'iso'; src: string; dest: string }) {
+  const dir = dirname(a.dest);
+  const tmp = join(dir, `.${basename(a.dest)}.tmp-${process.pid}`);
+  const manifestFile = manifestPath(a.dest);
   const unregister = registerTemp(tmp);
   try {
-    await run(['cp', '--sparse=always', '--reflink=auto', join(ctx.outputs.image!.dir, 'disk.raw'), tmp], { log });
-    const manifest = await buildManifest(ctx, tmp, reports);
+    await run(['cp', '--sparse=always', '--reflink=auto', a.src, tmp], { log: ctx.log });
+    const manifest = await buildManifest(ctx, tmp, reports, a.format, basename(a.dest));
     await writeFile(`${tmp}.manifest`, JSON.stringify(manifest, null, 2) + '\n');
-    await rename(`${tmp}.manifest`, manifestPath);
-    await rename(tmp, image);
+    await rename(`${tmp}.manifest`, manifestFile);
+    await rename(tmp, a.dest);
   } finally {
     unregister();
     await safeRemove(tmp);
     await safeRemove(`${tmp}.manifest`);
   }
-  return { recipe, image, manifest: manifestPath, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000 };
+  return { format: a.format, file: a.dest, manifest: manifestFile };
 }
 
-async function buildManifest(ctx: BuildContext, disk: string, stages: StageReport[]) {
+async function buildManifest(ctx: BuildContext, file: string, stages: StageReport[], format: 'disk' | 'iso', name: string) {
   const r = ctx.recipe;
   const root = join(ctx.outputs.overlay!.dir, 'root');
   const kernel = await ctx.distro.kernelFiles(root);
   const packages = JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'packages.json'), 'utf8')) as Record<string, string>;
-  const layout = JSON.parse(await readFile(join(ctx.outputs.image!.dir, 'layout.json'), 'utf8'));
-  const st = await stat(disk);
+  const layout = format === 'disk' ? JSON.parse(await readFile(join(ctx.outputs.image!.dir, 'layout.json'), 'utf8')) : undefined;
+  const iso = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.iso!.dir, 'iso.json'), 'utf8')) : undefined;
+  const squashfs = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.squashfs!.dir, 'squashfs.json'), 'utf8')) : undefined;
+  const st = await stat(file);
+  const bootArgs = (await kernelWishes(ctx)).bootArgs;
   return {
     name: r.name,
     recipe: r.sources,
     recipeHash: hashOf(r),
     created: process.env.SOURCE_DATE_EPOCH ? new Date(Number(process.env.SOURCE_DATE_EPOCH) * 1000).toISOString() : new Date().toISOString(),
     distro: { name: r.base.distro, suite: r.base.suite, mirror: r.base.mirror },
-    kernel: { version: kernel.version, cmdline: kernelCmdline(r, ctx.id, (await kernelWishes(ctx)).bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results },
+    format,
+    kernel: { version: kernel.version, cmdline: iso ? iso.cmdline : kernelCmdline(r, ctx.id, bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results },
     identity: ctx.id,
-    image: { file: `${r.name}.raw`, bytes: st.size, sha256: await sha256File(disk) },
-    partitions: layout.sfdisk?.partitiontable?.partitions ?? [],
-    stages,
+    image: { file: name, bytes: st.size, sha256: await sha256File(file) },
+    partitions: layout?.sfdisk?.partitiontable?.partitions ?? [],
+    ...(iso ? { iso: { label: iso.label, squashfs: { path: iso.squashfs, bytes: squashfs.bytes, sha256: squashfs.sha256 }, efiImage: iso.efiImage, initrd: iso.initrd } } : {}),
+    // Stage keys only: timings and cache hits are in the build result, so that two builds of the
+    // same inputs give the same manifest.
+    stages: stages.filter((s) => [undefined, format].includes(STAGES.find((x) => x.name === s.name)?.output)).map((s) => ({ name: s.name, key: s.key })),
     llama: existsSync(join(ctx.outputs.overlay!.dir, 'llama.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'llama.json'), 'utf8')) : null,
     runtime: r.runtime.enabled ? { enabled: true, listen: r.runtime.listen, probe: { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' } } : null,
     models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],

@@ -9,7 +9,7 @@ import { parse as parseToml } from 'smol-toml';
 import type { ResolvedRecipe } from '../config/schema.js';
 import type { Distro } from '../distros/types.js';
 import type { StageCache } from './cache.js';
-import { type Identity, mergeArgs, templateContext, tuningArgs } from './context.js';
+import { type Identity, isoLabel, liveKernelCmdline, mergeArgs, templateContext, tuningArgs } from './context.js';
 import { kernelCheck, MET, type CheckResult } from '../kernel/check.js';
 import { loadFragments } from '../kernel/config.js';
 import { renderTree, writeRendered, type RenderedFile } from './render.js';
@@ -23,7 +23,8 @@ import { synthModel } from '../models/synth.js';
 import { paths, PKG_ROOT } from '../util/paths.js';
 import { bundleRuntime } from './runtime-bundle.js';
 import { RuntimeConfigSchema } from '../runtime/config.js';
-import { assembleDisk, xfsToolsMissing } from './image.js';
+import { assembleDisk, fatImage, rootContentBytes, stageEsp, xfsToolsMissing } from './image.js';
+import { EFI_IMAGE, fatSize, fileBytes, linkOrCopy, squashfsArgv, writeLiveFiles, xorrisoArgv } from './live.js';
 import { buildLlama, cmakeArgs, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from './llama.js';
 
 export interface BuildContext {
@@ -52,10 +53,20 @@ export interface Stage {
   /** The stage's inputs; their hash is the cache key. */
   inputs(ctx: BuildContext): Promise<unknown>;
   run(ctx: BuildContext, dir: string): Promise<void>;
+  /** Set for the stages of one output only (`image.formats`); unset: every build needs it. */
+  output?: 'disk' | 'iso';
 }
 
 /** Bump when a stage's code changes what it produces, to invalidate old cache entries. */
-const STAGE_VERSION = { rootfs: 1, llama: 3, models: 1, overlay: 1, image: 1 } as const;
+const STAGE_VERSION = { rootfs: 1, llama: 3, models: 1, overlay: 2, image: 2, squashfs: 1, iso: 1 } as const;
+
+/** SOURCE_DATE_EPOCH (seconds) when set: timestamps aios writes are clamped to it. */
+export function sourceDateEpoch(): number | undefined {
+  const v = process.env.SOURCE_DATE_EPOCH;
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d+$/.test(v)) throw new Error(`SOURCE_DATE_EPOCH must be a number of seconds since 1970, not "${v}"`);
+  return Number(v);
+}
 
 async function missingTools(tools: Record<string, string>): Promise<string[]> {
   const out: string[] = [];
@@ -298,6 +309,7 @@ export const overlayStage: Stage = {
       enable: unitsToEnable(r),
       password: r.system.root_password_hash ?? null,
       timezone: r.system.timezone,
+      sde: sourceDateEpoch() ?? null,
     };
   },
   async run(ctx, dir) {
@@ -342,12 +354,20 @@ export const overlayStage: Stage = {
     if (r.system.root_password_hash) await run(['chroot', root, 'usermod', '-p', r.system.root_password_hash, 'root'], { log: ctx.log });
     if (r.llama.enabled) await installLlama(ctx, root, dir);
     await installModels(ctx, root, dir);
+    const sde = sourceDateEpoch();
+    if (sde !== undefined) {
+      // Reproducible builds: nothing in the root is newer than SOURCE_DATE_EPOCH (files the rootfs
+      // packages brought keep their older mtimes).
+      ctx.progress('clamping mtimes to SOURCE_DATE_EPOCH');
+      await run(['find', root, '-newermt', `@${sde}`, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+'], { log: ctx.log });
+    }
   },
 };
 
 export const imageStage: Stage = {
   name: 'image',
   title: 'Assemble the GPT disk image',
+  output: 'disk',
   async check(ctx) {
     const xfs = ctx.recipe.filesystem.root === 'xfs' ? await xfsToolsMissing() : [];
     return xfs.concat(await missingTools({
@@ -408,5 +428,87 @@ async function installModels(ctx: BuildContext, root: string, dir: string): Prom
   await writeFile(join(dir, 'models.json'), JSON.stringify(models, null, 2));
 }
 
-export const STAGES: Stage[] = [rootfsStage, llamaStage, modelsStage, overlayStage, imageStage];
+/** The ISO's kernel, its live initramfs and the boot entry (templates/esp with the live command line). */
+async function liveEsp(ctx: BuildContext) {
+  const root = join(ctx.outputs.overlay!.dir, 'root');
+  const kernel = await ctx.distro.kernelFiles(root);
+  const initrd = ctx.distro.live.initrd(kernel);
+  if (!existsSync(join(root, initrd))) throw new Error(`the live initramfs /${initrd} is missing in the root (the ${ctx.recipe.base.distro} rootfs should have made it)`);
+  const label = isoLabel(ctx.recipe);
+  const wishes = (await kernelWishes(ctx)).bootArgs;
+  const cmdline = liveKernelCmdline(ctx.recipe, ctx.distro.live.cmdline(label), wishes);
+  const files = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel, cmdline }));
+  return { root, kernel, initrd, label, cmdline, files };
+}
+
+export const squashfsStage: Stage = {
+  name: 'squashfs',
+  title: 'Compress the live root (squashfs)',
+  output: 'iso',
+  async check() {
+    return missingTools({ mksquashfs: 'squashfs-tools', unsquashfs: 'squashfs-tools' });
+  },
+  async inputs(ctx) {
+    const live = await renderTree(join(paths.templates, 'live'), templateContext(ctx.recipe, ctx.id));
+    return { v: STAGE_VERSION.squashfs, overlay: ctx.outputs.overlay!.key, live: filesDigest(live), sde: sourceDateEpoch() ?? null };
+  },
+  async run(ctx, dir) {
+    const root = join(ctx.outputs.overlay!.dir, 'root');
+    const live = await renderTree(join(paths.templates, 'live'), templateContext(ctx.recipe, ctx.id));
+    const sde = sourceDateEpoch();
+    const time = sde ?? Math.floor(Date.now() / 1000);
+    const pseudo = await writeLiveFiles(live, join(dir, 'live-files'), time);
+    const out = join(dir, 'root.squashfs');
+    ctx.progress(`mksquashfs (zstd) of ${formatSize(await rootContentBytes(root))}`);
+    // Without SOURCE_DATE_EPOCH in its environment: mksquashfs would set every file's time to it;
+    // the overlay stage clamped them instead, which keeps the packages' own mtimes.
+    const env = { ...process.env } as Record<string, string>;
+    delete env.SOURCE_DATE_EPOCH;
+    await run(squashfsArgv({ root, out, pseudoFile: pseudo, replaced: live.map((f) => f.path), mkfsTime: sde }), { log: ctx.log, env });
+    await writeFile(join(dir, 'squashfs.json'), JSON.stringify({ bytes: await fileBytes(out), sha256: await sha256File(out), live: live.map((f) => f.path) }, null, 2));
+  },
+};
+
+export const isoStage: Stage = {
+  name: 'iso',
+  title: 'Assemble the live ISO (xorriso)',
+  output: 'iso',
+  async check() {
+    return missingTools({ xorriso: 'xorriso', 'mkfs.vfat': 'dosfstools', mcopy: 'mtools' });
+  },
+  async inputs(ctx) {
+    const e = await liveEsp(ctx);
+    return { v: STAGE_VERSION.iso, squashfs: ctx.outputs.squashfs!.key, label: e.label, initrd: e.initrd, esp: filesDigest(e.files), sde: sourceDateEpoch() ?? null };
+  },
+  async run(ctx, dir) {
+    const e = await liveEsp(ctx);
+    const work = join(dir, 'work');
+    const isoRoot = join(work, 'iso-root');
+    ctx.progress('staging the EFI boot image');
+    const esp = join(work, 'esp');
+    await stageEsp(ctx, { root: e.root, kernel: e.kernel, initrd: e.initrd, espFiles: e.files, dir: esp });
+    await mkdir(join(isoRoot, 'boot'), { recursive: true });
+    const img = join(isoRoot, EFI_IMAGE);
+    await fatImage(ctx, { dir: esp, img, bytes: fatSize(await rootContentBytes(esp)), label: 'AIOS_EFI', volumeId: ctx.id.espVolumeId });
+    const sfs = join(isoRoot, ctx.distro.live.squashfs);
+    await mkdir(dirname(sfs), { recursive: true });
+    await linkOrCopy(join(ctx.outputs.squashfs!.dir, 'root.squashfs'), sfs);
+    const sde = sourceDateEpoch();
+    if (sde !== undefined) await run(['find', isoRoot, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+']);
+    ctx.progress('xorriso');
+    const out = join(dir, 'live.iso');
+    await run(xorrisoArgv({ out, label: e.label, isoRoot }), { log: ctx.log });
+    await chmod(out, 0o644);
+    await writeFile(join(dir, 'iso.json'), JSON.stringify({ label: e.label, cmdline: e.cmdline, squashfs: ctx.distro.live.squashfs, efiImage: EFI_IMAGE, initrd: e.initrd }, null, 2));
+    await rm(work, { recursive: true, force: true });
+  },
+};
+
+/** Every stage, in order. A build runs the ones its outputs need (`stagesFor`). */
+export const STAGES: Stage[] = [rootfsStage, llamaStage, modelsStage, overlayStage, imageStage, squashfsStage, isoStage];
+
+/** The stages that build these outputs: the shared ones, then each output's own. */
+export function stagesFor(formats: readonly ('disk' | 'iso')[]): Stage[] {
+  return STAGES.filter((s) => !s.output || formats.includes(s.output));
+}
 

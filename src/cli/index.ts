@@ -18,7 +18,7 @@ import { defaultCacheDir } from '../util/paths.js';
 import { kernelCmdline, identity, tuningArgs } from '../build/context.js';
 import { distroFor } from '../distros/index.js';
 import { cmakeArgs, isaFor } from '../build/llama.js';
-import { qemuTest, qemuInteractive } from '../qemu/index.js';
+import { qemuTest, qemuInteractive, type Media } from '../qemu/index.js';
 import { UserError } from '../util/errors.js';
 import { addRuntimeSchedulerCommands } from './runtime-ps.js';
 import { CommandError } from '../util/exec.js';
@@ -79,31 +79,39 @@ export function program(): Command {
     });
 
   const b = p.command('build').description('build artefacts from a recipe');
-  recipeOptions(
-    b
-      .command('image')
-      .description('bootstrap, tune and assemble a bootable GPT disk image into out/<name>.raw')
-      .option('-o, --out <dir>', 'output directory', 'out')
-      .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
-      .option('--no-cache', 'rebuild every stage')
-      .option('--json', 'print the build result as JSON (no progress output)'),
-  ).action(async (o: { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; json?: boolean }) => {
-    const res = await build({
-      recipe: o.recipe,
-      sets: o.set,
-      outDir: o.out,
-      cacheDir: o.cacheDir,
-      noCache: !o.cache,
-      renderer: o.json ? 'silent' : undefined,
+  type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; json?: boolean };
+  const buildCommand = (name: string, description: string, formats?: ('disk' | 'iso')[]) =>
+    recipeOptions(
+      b
+        .command(name)
+        .description(description)
+        .option('-o, --out <dir>', 'output directory', 'out')
+        .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+        .option('--no-cache', 'rebuild every stage')
+        .option('--rebuild <stage>', 're-run this stage even if cached, e.g. overlay (repeatable; for reproducibility checks)', collect, [] as string[])
+        .option('--json', 'print the build result as JSON (no progress output)'),
+    ).action(async (o: BuildCliOptions) => {
+      const res = await build({
+        recipe: o.recipe,
+        sets: o.set,
+        outDir: o.out,
+        cacheDir: o.cacheDir,
+        noCache: !o.cache,
+        rebuild: o.rebuild,
+        formats,
+        renderer: o.json ? 'silent' : undefined,
+      });
+      for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
+      if (o.json) out(JSON.stringify(res, null, 2));
+      else {
+        for (const x of res.outputs) out(`\n${x.format === 'iso' ? 'iso:     ' : 'image:   '} ${x.file}\nmanifest: ${x.manifest}`);
+        out(`log:      ${res.log}`);
+        out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
+        out(`next:     aios qemu-test ${res.image}`);
+      }
     });
-    for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
-    if (o.json) out(JSON.stringify(res, null, 2));
-    else {
-      out(`\nimage:    ${res.image}\nmanifest: ${res.manifest}\nlog:      ${res.log}`);
-      out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
-      out(`next:     aios qemu-test ${res.image}`);
-    }
-  });
+  buildCommand('image', "bootstrap, tune and assemble the recipe's outputs (image.formats; default: a bootable GPT disk image out/<name>.raw)");
+  buildCommand('iso', 'build only the UEFI live ISO out/<name>.iso (squashfs root under a tmpfs overlay; reuses the stages `build image` cached)', ['iso']);
 
   recipeOptions(
     b
@@ -324,7 +332,8 @@ export function program(): Command {
 
   p.command('qemu-test')
     .description('boot an image in QEMU (UEFI) and check it reaches multi-user with no failed units')
-    .argument('<image>', 'disk image (.raw)')
+    .argument('<image>', 'disk image (.raw) or live ISO (.iso)')
+    .addOption(new Option('--as <media>', 'attach it as a virtio disk, a CD-ROM or a USB stick (default: cdrom for an ISO, else disk)').choices(['disk', 'cdrom', 'usb']))
     .option('--timeout <seconds>', 'give up after this long', (v) => Number(v), 300)
     .option('--memory <MiB>', 'guest memory', '2048')
     .option('--cpus <n>', 'guest CPUs', (v) => Number(v), 2)
@@ -332,11 +341,12 @@ export function program(): Command {
     .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
     .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
     .option('--json', 'print the result as JSON')
-    .action(async (image: string, o: { timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; json?: boolean }) => {
+    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; json?: boolean }) => {
       const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
       const t0 = Date.now();
       const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
       const res = await qemuTest(image, {
+        media: o.as,
         timeout: o.timeout,
         memory: o.memory,
         cpus: o.cpus,
@@ -353,7 +363,7 @@ export function program(): Command {
         if (res.ok) spinner?.succeed(`boot check passed (${res.accel})`);
         else spinner?.fail(`boot check failed: ${res.reason}`);
         const g = res.guest;
-        out(`${res.ok ? 'PASS' : 'FAIL'}: ${res.image} (${res.accel})${res.reason ? `: ${res.reason}` : ''}`);
+        out(`${res.ok ? 'PASS' : 'FAIL'}: ${res.image} (${res.media}, ${res.accel})${res.reason ? `: ${res.reason}` : ''}`);
         if (g.kernel) out(`kernel:      ${g.kernel}`);
         if (g.timing) out(`guest:       ${g.timing}`);
         if (g.multiUser !== undefined) out(`multi-user:  ${g.multiUser.toFixed(1)} s after kernel start`);

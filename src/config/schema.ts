@@ -148,7 +148,11 @@ export const ImageSchema = z
       .describe('Total disk size; "auto" = contents + root_headroom'),
     esp_size: size('image.esp_size').default('256M').describe('EFI system partition size'),
     root_headroom: size('image.root_headroom').default('512M').describe('Free space added to the root filesystem when size is auto'),
-    formats: z.array(z.enum(['disk'])).min(1).default(['disk']).describe('Outputs: disk (GPT raw image). iso comes with a later issue'),
+    formats: z
+      .array(z.enum(['disk', 'iso']))
+      .min(1)
+      .default(['disk'])
+      .describe('Outputs of `aios build image`: disk (GPT raw image, out/<name>.raw), iso (UEFI live ISO, out/<name>.iso: squashfs root under a tmpfs overlay). `aios build iso` builds the ISO alone'),
     seed: z
       .string()
       .optional()

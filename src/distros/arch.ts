@@ -41,7 +41,8 @@ export const arch: Distro = {
   systemdBootEfi: 'usr/lib/systemd/boot/efi/systemd-bootx64.efi',
 
   packages(r) {
-    const p = ['base', 'linux', 'mkinitcpio', 'systemd', 'iproute2', 'zstd', 'e2fsprogs'];
+    // mkinitcpio-archiso: the archiso hooks for the ISO's second initramfs (see linux.preset).
+    const p = ['base', 'linux', 'mkinitcpio', 'mkinitcpio-archiso', 'systemd', 'iproute2', 'zstd', 'e2fsprogs'];
     if (r.zram.enabled) p.push('zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
     if (r.runtime.enabled) p.push('nodejs');
@@ -69,6 +70,13 @@ export const arch: Distro = {
   async kernelFiles(root) {
     const version = await kernelVersion(root);
     return requireFiles(root, { version, kernel: 'boot/vmlinuz-linux', initrd: 'boot/initramfs-linux.img' });
+  },
+
+  live: {
+    // archiso's layout: <archisobasedir>/<arch>/airootfs.sfs, found by the ISO's volume label.
+    squashfs: 'arch/x86_64/airootfs.sfs',
+    initrd: () => 'boot/initramfs-linux-archiso.img',
+    cmdline: (label) => ['archisobasedir=arch', `archisolabel=${label}`],
   },
 
   packageListCommand: (root) => ({ title: 'list packages', argv: ['pacman', '--root', root, '-Q'] }),

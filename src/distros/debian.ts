@@ -34,6 +34,9 @@ export const debian: Distro = {
       'initramfs-tools',
       'zstd',
       'iproute2',
+      // The ISO's live boot (boot=live): initramfs scripts that mount /live/filesystem.squashfs
+      // read-only under a tmpfs overlay. Inert without boot=live, so one rootfs serves both outputs.
+      'live-boot',
     ];
     if (r.zram.enabled) p.push('systemd-zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
@@ -75,6 +78,13 @@ export const debian: Distro = {
   async kernelFiles(root) {
     const version = await kernelVersion(root);
     return requireFiles(root, { version, kernel: `boot/vmlinuz-${version}`, initrd: `boot/initrd.img-${version}` });
+  },
+
+  live: {
+    squashfs: 'live/filesystem.squashfs',
+    initrd: (k) => k.initrd,
+    // live-boot scans block devices (CD, USB, virtio) for /live/filesystem.squashfs.
+    cmdline: () => ['boot=live'],
   },
 
   packageListCommand: (root) => ({ title: 'list packages', argv: ['dpkg-query', `--root=${root}`, '-W', '-f=${Package}\\t${Version}\\n'] }),

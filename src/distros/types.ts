@@ -54,6 +54,15 @@ export interface Distro {
   kernelFiles(root: string): Promise<KernelFiles>;
   /** Extra recipe checks only this distro knows about. */
   validate?(r: Recipe): { path: string; message: string }[];
+  /**
+   * Live (ISO) boot: the squashfs's path on the ISO, the initramfs that finds it (inside the root),
+   * and the kernel arguments that make it do so (label: the ISO volume id).
+   */
+  live: {
+    squashfs: string;
+    initrd(k: KernelFiles): string;
+    cmdline(label: string): string[];
+  };
   /** The command that lists installed packages with versions (run against the root). */
   packageListCommand(root: string): Command;
   /** Parse that command's output into name → version. */

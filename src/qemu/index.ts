@@ -2,7 +2,7 @@
  * Booting images in QEMU with OVMF (UEFI): `qemuTest` (automated boot check) and `qemuArgs` for an
  * interactive console. KVM is used only when a probe guest actually runs; otherwise TCG.
  */
-import { copyFile, mkdtemp, writeFile, stat, readFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, writeFile, stat, readFile, open } from 'node:fs/promises';
 import { existsSync, openSync, closeSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -78,6 +78,37 @@ export interface QemuOptions {
   serial: string | 'stdio';
   /** Host TCP port forwarded to a guest port (user networking). */
   forwards?: { host: number; guest: number }[];
+  /**
+   * How the image is attached: disk (virtio-blk), cdrom (SATA CD-ROM on q35's AHCI), usb (USB
+   * mass storage on an xHCI controller). Default: cdrom for an ISO 9660 file, else disk.
+   */
+  media?: Media;
+}
+
+export type Media = 'disk' | 'cdrom' | 'usb';
+
+/** ISO 9660: "CD001" at byte 32769 (the primary volume descriptor in sector 16). */
+export async function isIso(image: string): Promise<boolean> {
+  const fh = await open(image, 'r').catch(() => undefined);
+  if (!fh) return false;
+  try {
+    const buf = Buffer.alloc(5);
+    await fh.read(buf, 0, 5, 32769);
+    return buf.toString('latin1') === 'CD001';
+  } finally {
+    await fh.close();
+  }
+}
+
+/** QEMU arguments that attach the image as a disk, a CD-ROM or a USB stick. */
+export function mediaArgs(image: string, media: Media, snapshot: boolean): string[] {
+  const file = resolve(image);
+  if (media === 'cdrom') return ['-drive', `if=none,id=cd0,media=cdrom,format=raw,readonly=on,file=${file}`, '-device', 'ide-cd,drive=cd0,bus=ide.0'];
+  const snap = snapshot ? ',snapshot=on' : '';
+  if (media === 'usb') {
+    return ['-device', 'qemu-xhci,id=xhci', '-drive', `if=none,id=usb0,format=raw,file=${file}${snap}`, '-device', 'usb-storage,bus=xhci.0,drive=usb0,removable=on'];
+  }
+  return ['-drive', `if=virtio,format=raw,file=${file}${snap}`];
 }
 
 export async function qemuArgs(image: string, o: QemuOptions, varsFile: string): Promise<{ argv: string[]; accel: 'kvm' | 'tcg' }> {
@@ -98,7 +129,7 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
     '-serial', o.serial === 'stdio' ? 'mon:stdio' : `file:${o.serial}`,
     '-drive', `if=pflash,format=raw,unit=0,file=${ovmf.code},readonly=on`,
     '-drive', `if=pflash,format=raw,unit=1,file=${varsFile}`,
-    '-drive', `if=virtio,format=raw,file=${resolve(image)}${o.snapshot === false ? '' : ',snapshot=on'}`,
+    ...mediaArgs(image, o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk'), o.snapshot !== false),
     '-netdev', `user,id=n0${fwd}`,
     '-device', 'virtio-net-pci,netdev=n0',
     '-device', 'virtio-rng-pci',
@@ -110,6 +141,8 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
 export interface BootCheck {
   ok: boolean;
   image: string;
+  /** How the image was attached (disk, cdrom, usb). */
+  media: Media;
   /** The gRPC probe of aios-runtime in the guest (images with the runtime). */
   runtime?: { ok: boolean; address: string; prompt: string; expect: string; text?: string; latencyMs?: number; modelUsed?: string; error?: string; readySeconds?: number };
   /** The recipe's kernel wishes (from the manifest) and whether each is live in the guest. */
@@ -319,13 +352,14 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const rt = manifest?.runtime?.enabled ? manifest.runtime : undefined;
     const hostPort = rt ? await freePort() : 0;
     const guestPort = rt ? Number(rt.listen.split(':').pop()) : 0;
+    const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
     const { argv } = await qemuArgs(
       image,
-      { ...o, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: true, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
+      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: true, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
       vars,
     );
     const t0 = Date.now();
-    o.onProgress?.(`booting with ${accel.toUpperCase()} (timeout ${timeout / 1000} s), serial log ${serialLog}`);
+    o.onProgress?.(`booting as ${media} with ${accel.toUpperCase()} (timeout ${timeout / 1000} s), serial log ${serialLog}`);
     const child = execa(argv[0]!, argv.slice(1), { reject: false, timeout, all: true, stdin: 'ignore' });
     // Wait for the boot check's report (or QEMU's exit), reading the serial log as it grows.
     let exited = false;
@@ -357,7 +391,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (rt && guest.runtimeState !== 'active') reason = `aios-runtime.service is ${guest.runtimeState ?? 'missing'}`;
     else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
-    return { ok: !reason, image, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe };
+    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe };
   } finally {
     unregister();
     await safeRemove(tmp);

@@ -424,7 +424,8 @@ export class ModelManager {
     }
     const ctrl = new AbortController();
     c.inflight.add(ctrl);
-    c.lastUsed = Date.now();
+    // lastUsed moves when a request ends (and at load): "least recently used" is "idle the longest";
+    // a model serving a long request is never idle (inflight), whatever its lastUsed.
     return {
       port: c.port,
       signal: ctrl.signal,

@@ -398,7 +398,7 @@ export class RuntimeService {
         lease.release();
       }
     } catch (e) {
-      if (e instanceof RuntimeError && e.code === Code.CANCELLED) queuedMs = Date.now() - t0;
+      if (!ticket) queuedMs = Date.now() - t0; // dropped, refused or failed before it got a slot: the time it waited
       code = e instanceof RuntimeError ? e.code : Code.INTERNAL;
       status = code === Code.CANCELLED ? 'cancelled' : code === Code.RESOURCE_EXHAUSTED ? 'rejected' : code === Code.DEADLINE_EXCEEDED ? 'expired' : 'error';
       throw e;

@@ -204,6 +204,18 @@ describe('memory budget', () => {
     expect(d.service.manager.memory().usedBytes).toBeLessThanOrEqual(budget);
   });
 
+  it('a model serving a request is never evicted, even when it has been idle the longest', { timeout: 60_000 }, async () => {
+    // b went idle before c was loaded: b is the least recently used. A long request keeps it busy.
+    const busy = stream(c, { prompt: 'Write a very long story.', model: 'b', max_tokens: 1500, temperature: 1 });
+    await busy.firstText;
+    await call(c, 'LoadModel', { model_name: 'a', model_path: join(dir, 'a.gguf') });
+    expect((await models()).map((m) => m.name).sort()).toEqual(['a', 'b', 'tiny']);
+    expect(events.filter((e) => e.includes('evict'))).toEqual(['unload a evict', 'unload c evict']);
+    expect(busy.chunks.at(-1)?.done).not.toBe(true); // still generating, untouched
+    busy.s.cancel();
+    await busy.done;
+  });
+
   it('a load that cannot fit is refused with how much is needed, free and budgeted, and evicts nothing', { timeout: 60_000 }, async () => {
     const before = (await models()).map((m) => m.name).sort();
     const e = await failure(call(c, 'LoadModel', { model_name: 'small', model_path: join(dir, 'small.gguf') }));
@@ -214,13 +226,12 @@ describe('memory budget', () => {
     expect(total).toBe(Math.round(budget / MiB));
     expect(free).toBeLessThan(need!);
     expect((await models()).map((m) => m.name).sort()).toEqual(before); // nothing unloaded for nothing
-    expect(events.filter((x) => x.includes('evict'))).toEqual(['unload a evict']);
+    expect(events.filter((x) => x.includes('evict'))).toEqual(['unload a evict', 'unload c evict']);
   });
 
   it('reports each model\'s estimate, what it really uses, and the error (within 10 %)', async () => {
     // one more shape: Q8_0 weights, after making room
-    await call(c, 'UnloadModel', { model_name: 'b' });
-    await call(c, 'UnloadModel', { model_name: 'c' });
+    for (const m of await models()) if (m.name !== 'tiny') await call(c, 'UnloadModel', { model_name: m.name });
     await call(c, 'LoadModel', { model_name: 'small-q8', model_path: join(dir, 'small-q8.gguf') });
     const list = await models();
     const table = list.map((m) => ({ name: m.name, estimate: +(m.estimate_bytes / MiB).toFixed(1), actual: +(m.actual_bytes / MiB).toFixed(1), rss: +(m.memory_bytes / MiB).toFixed(1), reported: +(m.reported_bytes / MiB).toFixed(1), errorPct: +m.estimate_error_pct.toFixed(1), errorVsLiveRssPct: +(((m.estimate_bytes - m.memory_bytes) / m.memory_bytes) * 100).toFixed(1) }));
@@ -255,13 +266,17 @@ describe('auto-install', () => {
   let c: RuntimeClient;
   let server: Server;
   const gets: Record<string, number> = {};
+  const ranges: string[] = [];
   beforeAll(async () => {
     const good = join(dir, 'tiny.gguf');
-    const files: Record<string, string> = { '/synth-tiny.gguf': good, '/synth-bad.gguf': good, '/synth-pull.gguf': good };
+    const files: Record<string, string> = { '/synth-tiny.gguf': good, '/synth-bad.gguf': good, '/synth-pull.gguf': good, '/synth-resume.gguf': good };
+    const dropOnce = new Set(['/synth-resume.gguf']); // the first GET breaks off after 8 MiB
     // A real HTTP server with Range support, slow enough (1 MiB per 30 ms) that progress shows and requests overlap.
     server = createServer((req, res) => {
       const f = files[req.url ?? ''];
       gets[req.url ?? ''] = (gets[req.url ?? ''] ?? 0) + 1;
+      if (req.url === '/synth-resume.gguf') ranges.push(req.headers.range ?? '');
+      const drop = dropOnce.delete(req.url ?? '');
       if (!f) return void res.writeHead(404).end();
       const data = readFileSync(f);
       const m = /bytes=(\d+)-/.exec(req.headers.range ?? '');
@@ -269,6 +284,7 @@ describe('auto-install', () => {
       res.writeHead(m ? 206 : 200, { 'content-length': data.length - start, ...(m ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}) });
       let off = start;
       const pump = () => {
+        if (drop && off - start >= 8 * MiB) return void res.destroy();
         if (off >= data.length) return void res.end();
         res.write(data.subarray(off, off + MiB));
         off += MiB;
@@ -283,7 +299,7 @@ describe('auto-install', () => {
     const entry = (id: string, sha256: string) =>
       `[[model]]\nid = "${id}"\nlevel = "tactical"\nfile = "${id}.gguf"\nurl = "http://127.0.0.1:${port}/${id}.gguf"\nsize = ${size}\nsha256 = "${sha256}"\nlicense = "mit"\nquantization = "F32"\ncontext_length = 2048\nverified = true\n`;
     const cat = join(dir, 'catalog.toml');
-    writeFileSync(cat, [entry('synth-tiny', sha), entry('synth-bad', 'f'.repeat(64)), entry('synth-pull', sha)].join('\n'));
+    writeFileSync(cat, [entry('synth-tiny', sha), entry('synth-bad', 'f'.repeat(64)), entry('synth-pull', sha), entry('synth-resume', sha)].join('\n'));
     d = await startDaemon(config({ runtime: { auto_install: true, catalog: cat } }), { log: () => {} });
     c = connect(`127.0.0.1:${d.listening.tcpPort}`);
   }, 120_000);
@@ -319,6 +335,16 @@ describe('auto-install', () => {
     // installed: the next request neither downloads nor loads again
     await call(c, 'Infer', { prompt: 'again', model: 'synth-tiny', max_tokens: 2 });
     expect(gets['/synth-tiny.gguf']).toBe(1);
+  });
+
+  it('a download that breaks off resumes where it stopped (HTTP Range) and the request still answers', { timeout: 60_000 }, async () => {
+    const r = await call<{ text: string; model_used: string }>(c, 'Infer', { prompt: 'Respond with OK if you are working.', model: 'synth-resume', max_tokens: 8, grammar: 'root ::= "OK"' });
+    expect(r).toMatchObject({ text: 'OK', model_used: 'synth-resume' });
+    expect(gets['/synth-resume.gguf']).toBe(2);
+    expect(ranges[0]).toBe('');
+    const from = Number(/^bytes=(\d+)-$/.exec(ranges[1]!)?.[1]);
+    expect(from).toBeGreaterThanOrEqual(8 * MiB); // not from the start
+    expect(await sha256File(join(dir, 'synth-resume.gguf'))).toBe(await sha256File(join(dir, 'tiny.gguf')));
   });
 
   it('a bad checksum installs nothing and the request fails saying so', { timeout: 60_000 }, async () => {
