@@ -2,7 +2,7 @@
  * End to end: `aios build iso` reuses the stages a disk build cached (rootfs, llama.cpp, models,
  * overlay) and adds squashfs + iso; the ISO is read back (GPT with the El Torito image as ESP,
  * systemd-boot with the live entry, zstd squashfs with the live fstab) and booted in QEMU as a
- * CD-ROM with the same boot check as the disk image: multi-user, no failed units, llama.cpp and
+ * CD-ROM and as a USB stick with the same boot check as the disk image: multi-user, no failed units, llama.cpp and
  * the model intact, aios-runtime answering over gRPC, root on the squashfs + tmpfs overlay.
  */
 import { describe, expect, it } from 'vitest';
@@ -96,5 +96,19 @@ describe('aios build iso + qemu-test (default recipe)', () => {
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
     console.log(`ISO as CD: multi-user ${res.guest.multiUser}s after kernel start (${res.guest.timing}); runtime ready ${res.runtime!.readySeconds} s; ${res.hostSeconds.toFixed(1)} s QEMU start to done`);
     expect(existsSync(iso.image)).toBe(true);
+  });
+
+  it('boots written to a USB stick (the GPT side of the hybrid ISO), with the same check', { timeout: 20 * 60_000 }, async () => {
+    const before = await sha256File(iso.image);
+    const res = await qemuTest(iso.image, { media: 'usb', timeout: 900, serialLog: join(out, 'iso-usb.serial.log') });
+    expect(res.media).toBe('usb');
+    expect(res.reason).toBeUndefined();
+    expect(res.ok).toBe(true);
+    expect(res.guest.failedUnits).toEqual([]);
+    expect(res.guest.root).toMatch(/^overlay /);
+    expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
+    // The stick is a snapshot: the ISO file is unchanged after a live boot that wrote to its overlay.
+    expect(await sha256File(iso.image)).toBe(before);
+    console.log(`ISO as USB stick: multi-user ${res.guest.multiUser}s after kernel start; ${res.hostSeconds.toFixed(1)} s QEMU start to done`);
   });
 });
