@@ -464,7 +464,7 @@ export const squashfsStage: Stage = {
     // the overlay stage clamped them instead, which keeps the packages' own mtimes.
     const env = { ...process.env } as Record<string, string>;
     delete env.SOURCE_DATE_EPOCH;
-    await run(squashfsArgv({ root, out, pseudoFile: pseudo, replaced: live.map((f) => f.path), mkfsTime: sde }), { log: ctx.log, env });
+    await run(squashfsArgv({ root, out, pseudoFile: pseudo, replaced: live.map((f) => f.path), mkfsTime: sde }), { log: ctx.log, env, extendEnv: false });
     await writeFile(join(dir, 'squashfs.json'), JSON.stringify({ bytes: await fileBytes(out), sha256: await sha256File(out), live: live.map((f) => f.path) }, null, 2));
   },
 };

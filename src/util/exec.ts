@@ -4,6 +4,8 @@ import { appendFile } from 'node:fs/promises';
 
 export interface RunOptions {
   env?: Record<string, string>;
+  /** false: `env` is the whole environment (default: it extends process.env). */
+  extendEnv?: boolean;
   cwd?: string;
   /** Append the command and its output to this log file. */
   log?: string;
@@ -33,6 +35,7 @@ export async function run(argv: string[], opts: RunOptions = {}): Promise<{ stdo
   if (opts.log) await appendFile(opts.log, `\n$ ${argv.join(' ')}\n`);
   const options: Options = {
     env: opts.env,
+    extendEnv: opts.extendEnv ?? true,
     cwd: opts.cwd,
     all: true,
     reject: false,

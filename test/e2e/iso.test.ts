@@ -83,7 +83,9 @@ describe('aios build iso + qemu-test (default recipe)', () => {
     expect(res.reason).toBeUndefined();
     expect(res.ok).toBe(true);
     expect(res.guest.failedUnits).toEqual([]);
-    expect(res.guest.cmdline).toMatch(/^boot=live .*aios\.check=1/);
+    // systemd-boot puts initrd=\aios\<version>\initrd first; the entry's options follow.
+    expect(res.guest.cmdline).toMatch(/^initrd=\\aios\\6\.12\.[^ ]+\\initrd boot=live .*aios\.check=1/);
+    expect(res.guest.cmdline).not.toMatch(/root=/);
     // Root: live-boot's overlay of the read-only squashfs and a tmpfs.
     expect(res.guest.root).toMatch(/^overlay /);
     expect(res.guest.kernel).toMatch(/^6\.12\./);
