@@ -43,9 +43,11 @@ interface Run {
 
 /** One streamed chat completion over the OpenAI API (the runtime's or llama-server's own). */
 async function openaiStream(base: string): Promise<Run> {
-  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: PROMPT }], max_tokens: TOKENS, temperature: 0, ignore_eos: true, stream: true });
+  const body = JSON.stringify({ model: 'operational', messages: [{ role: 'user', content: PROMPT }], max_tokens: TOKENS, temperature: 0, ignore_eos: true, stream: true });
   const t0 = performance.now();
-  const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+  const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).catch((e: Error & { cause?: Error }) => {
+    throw new Error(`${base}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}`);
+  });
   if (!res.ok) throw new Error(`${base}: ${res.status} ${await res.text()}`);
   let first = 0;
   let last = 0;
@@ -136,13 +138,20 @@ async function main(): Promise<void> {
   paths.push({ name: 'grpc', run: () => grpcStream(client) });
   const results: Record<string, Run[]> = Object.fromEntries(paths.map((p) => [p.name, []]));
   const t0 = Date.now();
+  const retries: string[] = [];
   try {
     log(`model ${model}; llama-server pid ${child.pid} on port ${child.port}; ${REPS} repetitions of ${TOKENS} tokens per path`);
     for (const p of paths) await p.run(); // warm-up (prompt cache, connections), not counted
     for (let r = 0; r < REPS; r++) {
       for (let k = 0; k < paths.length; k++) {
         const p = paths[(r + k) % paths.length]!;
-        const x = await p.run();
+        // A connection error before any answer (a keep-alive socket the server closed while idle)
+        // is retried once and counted in the report, never hidden.
+        const x = await p.run().catch((e: Error) => {
+          log(`rep ${r + 1}: ${p.name}: ${e.message}; retrying once`);
+          retries.push(`${p.name}: ${e.message}`);
+          return p.run();
+        });
         results[p.name]!.push(x);
       }
       log(`rep ${r + 1}/${REPS}: ` + paths.map((p) => `${p.name} ${f(results[p.name]!.at(-1)!.tps)} tok/s, ttft ${f(results[p.name]!.at(-1)!.ttftMs)} ms`).join('; '));
@@ -201,6 +210,7 @@ first token received.
 - machine: ${cpu}, ${cpus().length} logical CPUs, ${physicalCores()} physical cores (llama-server threads); load average ${load0.map((x) => f(x, 2)).join(' ')} before, ${load1.map((x) => f(x, 2)).join(' ')} after
 - llama.cpp: ${version || 'unknown'} (CPU build, ${info.isa?.description ?? ''})
 - model: \`${model.split('/').pop()}\`, TinyLlama-1.1B shape, Q4_K_M, random weights (\`aios models synth --shape tinyllama-1.1b --quant Q4_K_M\`); ctx 2048, 1 slot
+- connection errors retried: ${retries.length ? retries.join('; ') : 'none'}
 ${NOTE ? `- note: ${NOTE}\n` : ''}
 | path | tokens/s: median (IQR, range) | first token, ms: median (IQR, range) | tokens per request | llama-server's own tokens/s (median) |
 | --- | --- | --- | --- | --- |
