@@ -100,11 +100,11 @@ async function prepare(opts: BuildOptions): Promise<{ ctx: BuildContext; outDir:
 
 /** Validates the host for the given stages, then runs them in order (each reused from the cache when its key matches). */
 async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions, renderer: NonNullable<BuildOptions['renderer']>, outDir: string): Promise<StageReport[]> {
+  const unknown = (opts.rebuild ?? []).filter((n) => !STAGES.some((s) => s.name === n));
+  if (unknown.length) throw new UserError(`--rebuild: no stage named ${unknown.join(', ')} (stages: ${STAGES.map((s) => s.name).join(', ')})`, 2);
   if (ctx.recipe.llama.enabled && stages.some((s) => s.name === 'llama') && renderer !== 'silent') {
     process.stderr.write(`llama.cpp binaries will need: ${(await isaFor(ctx.recipe.llama.cpu)).description}\n`);
   }
-  const unknown = (opts.rebuild ?? []).filter((n) => !STAGES.some((s) => s.name === n));
-  if (unknown.length) throw new UserError(`--rebuild: no stage named ${unknown.join(', ')} (stages: ${STAGES.map((s) => s.name).join(', ')})`, 2);
   const problems = await preflight(ctx, outDir, stages);
   if (problems.length) {
     throw new UserError(`cannot build ${ctx.recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
