@@ -399,7 +399,7 @@ export function program(): Command {
 
   p.command('flash')
     .description('write a disk image (.raw, .raw.zst, .raw.xz) to a whole disk: safety checks, typed confirmation, progress, read-back verification')
-    .argument('<image>', 'disk image, e.g. out/aios-default.raw (or .raw.zst / .raw.xz, decompressed on the fly)')
+    .argument('<image>', 'disk image, e.g. out/aios-default.raw (or .raw.zst / .raw.xz, decompressed on the fly), or a live ISO (out/<name>.iso is hybrid: it boots from a USB stick)')
     .argument('<device>', 'whole disk, e.g. /dev/sdb (not a partition, not mounted, not the running system\'s disk)')
     .option('-y, --yes', 'do not ask to type the device name back (every safety check still applies)')
     .option('--to-file', 'the target is a regular file, created at the image size if missing (for testing)')

@@ -339,7 +339,10 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
   if (gpt && opts.growRoot) {
     root = await growRoot(target.path, note);
   } else if (gpt && targetSize > image.size) {
-    root.note = `root partition left at its size: ${formatSize(targetSize - image.size)} unallocated at the end (pass --grow-root to use it; the image does not grow itself at boot)`;
+    const hasRoot = (await partitions(target.path)).parts.some((p) => p.type.toUpperCase() === ROOT_X86_64);
+    root.note = hasRoot
+      ? `root partition left at its size: ${formatSize(targetSize - image.size)} unallocated at the end (pass --grow-root to use it; the image does not grow itself at boot)`
+      : `no x86-64 root partition in the image (a live ISO keeps its root in the squashfs): ${formatSize(targetSize - image.size)} left unallocated at the end`;
     note(root.note);
   } else if (!gpt) {
     root.note = 'no GPT in the image: partitions left as written';

@@ -149,6 +149,32 @@ describe('aios flash: writing and verifying', () => {
     expect(readAt(dev, ESP.start, ESP.size + ROOT.size).equals(readAt(img, ESP.start, ESP.size + ROOT.size))).toBe(true);
   });
 
+  it('flashes a hybrid ISO (as `aios build iso` makes it) to a USB-stick-sized loop device', async () => {
+    // A small ISO with the same xorriso options as the iso stage: El Torito EFI image = GPT ESP.
+    const d = join(dir, 'iso');
+    mkdirSync(join(d, 'root/boot'), { recursive: true });
+    writeFileSync(join(d, 'root/hello'), 'live\n');
+    const efi = join(d, 'root/boot/efiboot.img');
+    writeFileSync(efi, '');
+    truncateSync(efi, 4 * MiB);
+    await execa('mkfs.vfat', ['-n', 'AIOS_EFI', efi]);
+    const iso = join(d, 'live.iso');
+    await execa('xorriso', ['-as', 'mkisofs', '-o', iso, '-V', 'AIOS_T', '-r', '-J', '-e', 'boot/efiboot.img', '-no-emul-boot', '-efi-boot-part', '--efi-boot-image', join(d, 'root')]);
+    const dev = await attach(blank('t-usb.img', 96 * MiB));
+    const r = await aios(['flash', iso, dev, '--yes', '--json']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const res = JSON.parse(r.stdout);
+    expect(res.verify.ok).toBe(true);
+    expect(res.gpt).toEqual({ found: true, backupRelocated: true });
+    expect(res.root.note).toMatch(/no x86-64 root partition in the image \(a live ISO/);
+    // Still an ISO 9660 file system with its label, and a valid GPT (backup at the end) with the ESP.
+    const b = await execa('blkid', ['-p', '-o', 'export', dev]);
+    expect(b.stdout).toMatch(/^TYPE=iso9660$/m);
+    expect(b.stdout).toMatch(/^LABEL=AIOS_T$/m);
+    expect((await execa('sfdisk', ['--verify', dev])).stdout).toMatch(/No errors detected/);
+    expect((await sfdiskJson(dev)).partitions.some((p) => p.type === 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B')).toBe(true);
+  });
+
   it('--grow-root grows the root partition and its ext4 filesystem to the end of the disk', async () => {
     const dev = await attach(blank('t256.img', 256 * MiB));
     const res = await flash({ image: img, target: dev, yes: true, growRoot: true });
