@@ -63,6 +63,14 @@ export function mergeArgs(own: string[], extra: string[]): { args: string[]; con
   return { args: [...own, ...add], conflicts };
 }
 
+/** SOURCE_DATE_EPOCH (seconds) when set: timestamps aios writes are clamped to it. */
+export function sourceDateEpoch(): number | undefined {
+  const v = process.env.SOURCE_DATE_EPOCH;
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d+$/.test(v)) throw new Error(`SOURCE_DATE_EPOCH must be a number of seconds since 1970, not "${v}"`);
+  return Number(v);
+}
+
 /** The full kernel command line of the image's boot entry (wishArgs: boot-time kernel wishes). */
 export function kernelCmdline(r: ResolvedRecipe, id: Pick<Identity, 'rootPartUuid'>, wishArgs: string[] = []): string {
   return [`root=PARTUUID=${id.rootPartUuid}`, `rootfstype=${r.filesystem.root}`, 'rw', ...cmdlineTail(r, wishArgs)].join(' ');

@@ -6,6 +6,7 @@ import { copyFile, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { BuildContext } from './stages.js';
+import { sourceDateEpoch } from './context.js';
 import type { KernelFiles } from '../distros/types.js';
 import { writeRendered, type RenderedFile } from './render.js';
 import { run, which } from '../util/exec.js';
@@ -77,7 +78,7 @@ export async function assembleDisk(
   const env = {
     ...process.env,
     MTOOLS_SKIP_CHECK: '1',
-    ...(process.env.SOURCE_DATE_EPOCH ? { E2FSPROGS_FAKE_TIME: process.env.SOURCE_DATE_EPOCH } : {}),
+    ...(sourceDateEpoch() !== undefined ? { E2FSPROGS_FAKE_TIME: String(sourceDateEpoch()) } : {}),
   } as Record<string, string>;
 
   // 1. ESP contents: systemd-boot (as the removable-media default loader too), kernel, initrd, entries.
@@ -106,7 +107,8 @@ export async function assembleDisk(
       ['mkfs.ext4', '-q', '-F', '-L', 'root', '-U', ctx.id.rootFsUuid, '-E', `hash_seed=${ctx.id.rootFsUuid},root_owner=0:0`, '-d', a.root, rootImg],
       { log: ctx.log, env },
     );
-    if (process.env.SOURCE_DATE_EPOCH) await fixExt4Times(ctx, a.root, rootImg, process.env.SOURCE_DATE_EPOCH, env);
+    const sde = sourceDateEpoch();
+    if (sde !== undefined) await fixExt4Times(ctx, a.root, rootImg, sde, env);
   } else {
     const proto = join(work, 'root.proto');
     const { proto: text, stickyDropped } = await xfsProtofile(a.root);
@@ -146,7 +148,13 @@ export async function stageEsp(
   await copyFile(join(a.root, a.kernel.kernel), join(a.dir, `aios/${a.kernel.version}/linux`));
   await copyFile(join(a.root, a.initrd), join(a.dir, `aios/${a.kernel.version}/initrd`));
   await writeRendered(a.espFiles, a.dir);
-  if (process.env.SOURCE_DATE_EPOCH) await run(['find', a.dir, '-exec', 'touch', '-h', '-d', `@${process.env.SOURCE_DATE_EPOCH}`, '{}', '+']);
+  const sde = sourceDateEpoch();
+  if (sde !== undefined) await touchAll(a.dir, sde);
+}
+
+/** Sets the mtime of everything under dir (links themselves, not their targets) to epoch. */
+export async function touchAll(dir: string, epoch: number): Promise<void> {
+  await run(['find', dir, '-exec', 'touch', '-h', '-d', `@${epoch}`, '{}', '+']);
 }
 
 /**
@@ -170,7 +178,7 @@ export async function fatImage(
  * it. For a reproducible image every inode's ctime and atime are set to SOURCE_DATE_EPOCH with
  * debugfs afterwards (mtimes were clamped by the overlay stage).
  */
-export async function fixExt4Times(ctx: BuildContext, root: string, img: string, epoch: string, env: Record<string, string>): Promise<void> {
+export async function fixExt4Times(ctx: BuildContext, root: string, img: string, epoch: number, env: Record<string, string>): Promise<void> {
   ctx.progress('setting inode ctime/atime to SOURCE_DATE_EPOCH');
   const { stdout } = await run(['find', root, '-printf', '%P\\0']);
   const paths = ['', ...stdout.split('\0').filter(Boolean)];

@@ -7,7 +7,7 @@ import { loadRecipe } from '../config/load.js';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
-import { identity, kernelCmdline, tuningArgs } from './context.js';
+import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.js';
 import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages.js';
 import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
@@ -208,7 +208,7 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
     name: r.name,
     recipe: r.sources,
     recipeHash: hashOf(r),
-    created: process.env.SOURCE_DATE_EPOCH ? new Date(Number(process.env.SOURCE_DATE_EPOCH) * 1000).toISOString() : new Date().toISOString(),
+    created: new Date((sourceDateEpoch() ?? Date.now() / 1000) * 1000).toISOString(),
     distro: { name: r.base.distro, suite: r.base.suite, mirror: r.base.mirror },
     format,
     kernel: { version: kernel.version, cmdline: iso ? iso.cmdline : kernelCmdline(r, ctx.id, bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results },

@@ -5,10 +5,9 @@
  * hybrid ISO whose GPT marks that EFI image as the ESP, so the same file boots as a CD and as a
  * USB stick / disk.
  */
-import { link, copyFile, mkdir, writeFile, stat } from 'node:fs/promises';
+import { link, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RenderedFile } from './render.js';
-import { run } from '../util/exec.js';
 
 /** The El Torito EFI image's path inside the ISO tree. */
 export const EFI_IMAGE = 'boot/efiboot.img';
@@ -93,13 +92,4 @@ export async function writeLiveFiles(files: RenderedFile[], dir: string, time: n
   const pf = join(dir, '..', 'pseudo-files');
   await writeFile(pf, pseudoDefinitions(files, dir, time));
   return pf;
-}
-
-export async function fileBytes(p: string): Promise<number> {
-  return (await stat(p)).size;
-}
-
-/** Runs xorriso (progress lines go to the log). */
-export async function runXorriso(argv: string[], log: string, env: Record<string, string>): Promise<void> {
-  await run(argv, { log, env });
 }

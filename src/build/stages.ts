@@ -2,14 +2,14 @@
  * The build as a flat list of named stages. Each stage: check (host tools, before anything runs),
  * key (hash of its inputs: an unchanged stage is reused from the cache), run (into a fresh dir).
  */
-import { chmod, copyFile, cp, mkdir, readFile, writeFile, symlink, rm } from 'node:fs/promises';
+import { chmod, copyFile, cp, mkdir, readFile, writeFile, symlink, rm, stat } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { ResolvedRecipe } from '../config/schema.js';
 import type { Distro } from '../distros/types.js';
 import type { StageCache } from './cache.js';
-import { type Identity, isoLabel, liveKernelCmdline, mergeArgs, templateContext, tuningArgs } from './context.js';
+import { type Identity, isoLabel, liveKernelCmdline, mergeArgs, sourceDateEpoch, templateContext, tuningArgs } from './context.js';
 import { kernelCheck, MET, type CheckResult } from '../kernel/check.js';
 import { loadFragments } from '../kernel/config.js';
 import { renderTree, writeRendered, type RenderedFile } from './render.js';
@@ -23,8 +23,8 @@ import { synthModel } from '../models/synth.js';
 import { paths, PKG_ROOT } from '../util/paths.js';
 import { bundleRuntime } from './runtime-bundle.js';
 import { RuntimeConfigSchema } from '../runtime/config.js';
-import { assembleDisk, fatImage, rootContentBytes, stageEsp, xfsToolsMissing } from './image.js';
-import { EFI_IMAGE, fatSize, fileBytes, linkOrCopy, squashfsArgv, writeLiveFiles, xorrisoArgv } from './live.js';
+import { assembleDisk, fatImage, rootContentBytes, stageEsp, touchAll, xfsToolsMissing } from './image.js';
+import { EFI_IMAGE, fatSize, linkOrCopy, squashfsArgv, writeLiveFiles, xorrisoArgv } from './live.js';
 import { buildLlama, cmakeArgs, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from './llama.js';
 
 export interface BuildContext {
@@ -59,14 +59,6 @@ export interface Stage {
 
 /** Bump when a stage's code changes what it produces, to invalidate old cache entries. */
 const STAGE_VERSION = { rootfs: 1, llama: 3, models: 1, overlay: 2, image: 2, squashfs: 1, iso: 1 } as const;
-
-/** SOURCE_DATE_EPOCH (seconds) when set: timestamps aios writes are clamped to it. */
-export function sourceDateEpoch(): number | undefined {
-  const v = process.env.SOURCE_DATE_EPOCH;
-  if (v === undefined || v === '') return undefined;
-  if (!/^\d+$/.test(v)) throw new Error(`SOURCE_DATE_EPOCH must be a number of seconds since 1970, not "${v}"`);
-  return Number(v);
-}
 
 async function missingTools(tools: Record<string, string>): Promise<string[]> {
   const out: string[] = [];
@@ -391,7 +383,7 @@ export const imageStage: Stage = {
       image: r.image,
       fs: r.filesystem.root,
       esp: filesDigest(esp),
-      sde: process.env.SOURCE_DATE_EPOCH ?? null,
+      sde: sourceDateEpoch() ?? null,
     };
   },
   async run(ctx, dir) {
@@ -465,7 +457,7 @@ export const squashfsStage: Stage = {
     const env = { ...process.env } as Record<string, string>;
     delete env.SOURCE_DATE_EPOCH;
     await run(squashfsArgv({ root, out, pseudoFile: pseudo, replaced: live.map((f) => f.path), mkfsTime: sde }), { log: ctx.log, env, extendEnv: false });
-    await writeFile(join(dir, 'squashfs.json'), JSON.stringify({ bytes: await fileBytes(out), sha256: await sha256File(out), live: live.map((f) => f.path) }, null, 2));
+    await writeFile(join(dir, 'squashfs.json'), JSON.stringify({ bytes: (await stat(out)).size, sha256: await sha256File(out), live: live.map((f) => f.path) }, null, 2));
   },
 };
 
@@ -494,7 +486,7 @@ export const isoStage: Stage = {
     await mkdir(dirname(sfs), { recursive: true });
     await linkOrCopy(join(ctx.outputs.squashfs!.dir, 'root.squashfs'), sfs);
     const sde = sourceDateEpoch();
-    if (sde !== undefined) await run(['find', isoRoot, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+']);
+    if (sde !== undefined) await touchAll(isoRoot, sde);
     ctx.progress('xorriso');
     const out = join(dir, 'live.iso');
     await run(xorrisoArgv({ out, label: e.label, isoRoot }), { log: ctx.log });
