@@ -5,7 +5,7 @@
 import { copyFile, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { BuildContext } from './stages.js';
+import type { BuildContext } from './stages/index.js';
 import { sourceDateEpoch } from './context.js';
 import type { KernelFiles } from '../distros/types.js';
 import { writeRendered, type RenderedFile } from './render.js';

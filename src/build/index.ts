@@ -8,7 +8,7 @@ import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
 import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.js';
-import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages.js';
+import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages/index.js';
 import { isaFor } from './llama.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';

@@ -5,7 +5,7 @@ import { StageCache } from '../../src/build/cache.js';
 import { hashOf, derivedUuid } from '../../src/util/hash.js';
 import { loadRecipe } from '../../src/config/load.js';
 import { identity } from '../../src/build/context.js';
-import { rootfsStage, overlayStage, type BuildContext } from '../../src/build/stages.js';
+import { rootfsStage, overlayStage, type BuildContext } from '../../src/build/stages/index.js';
 import { distroFor } from '../../src/distros/index.js';
 import { tmp } from '../helpers.js';
 
@@ -26,7 +26,7 @@ describe('cache keys', () => {
   async function stageKeys(sets: string[]) {
     // No kernel fragments: those are checked against the real rootfs, which this unit test does not build.
     const recipe = await loadRecipe('default', { sets: ['kernel.fragments=[]', ...sets] });
-    const ctx = { recipe, distro: distroFor('debian'), id: identity(recipe), outputs: { rootfs: { key: 'R', dir: '/x', cached: true, seconds: 0 } } } as unknown as BuildContext;
+    const ctx = { recipe, distro: distroFor('debian'), id: identity(recipe), outputs: { rootfs: { key: 'R', dir: '/x', cached: true, seconds: 0 }, llama: { key: 'L', dir: '/l', cached: true, seconds: 0 }, models: { key: 'M', dir: '/m', cached: true, seconds: 0 } } } as unknown as BuildContext;
     return { rootfs: hashOf('rootfs', await rootfsStage.inputs(ctx)), overlay: hashOf('overlay', await overlayStage.inputs(ctx)) };
   }
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { loadRecipe } from '../../src/config/load.js';
 import { identity, initramfsModules, isoLabel, liveKernelCmdline, templateContext } from '../../src/build/context.js';
 import { EFI_IMAGE, fatSize, pseudoDefinitions, squashfsArgv, xorrisoArgv } from '../../src/build/live.js';
-import { stagesFor } from '../../src/build/stages.js';
+import { stagesFor } from '../../src/build/stages/index.js';
 import { renderTree } from '../../src/build/render.js';
 import { debian } from '../../src/distros/debian.js';
 import { arch } from '../../src/distros/arch.js';

@@ -1,0 +1,136 @@
+/**
+ * overlay: the image's root tree. A copy of the rootfs stage's root (the cached rootfs is never
+ * changed), then templates/root rendered with the recipe (boot-time kernel wishes folded into the
+ * command line), the rootfs/ overlay, the time zone, the aios-runtime bundle, units enabled and
+ * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models.
+ * Needs: rootfs, llama, models. Output: root/, packages.json, llama.json, models.json. Key: the
+ * three stages' keys, rendered templates, the overlay tree, the runtime sources, units, password,
+ * time zone and SOURCE_DATE_EPOCH.
+ */
+import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+import type { ResolvedRecipe } from '../../config/schema.js';
+import { sourceDateEpoch } from '../context.js';
+import { renderTree, writeRendered } from '../render.js';
+import { bundleRuntime } from '../runtime-bundle.js';
+import { RuntimeConfigSchema } from '../../runtime/config.js';
+import { run } from '../../util/exec.js';
+import { hashTree } from '../../util/hash.js';
+import { paths, PKG_ROOT } from '../../util/paths.js';
+import { contextWithWishes, defineStage, filesDigest, missingTools } from './common.js';
+import { versionLine, type InstalledModel } from './models.js';
+import type { BuildContext, StageOutput } from './index.js';
+
+/** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
+const VERSION = 2;
+
+/** Units enabled in every image (systemctl enable inside the root). */
+function unitsToEnable(r: ResolvedRecipe): string[] {
+  const u = ['aios-check.service'];
+  if (r.runtime.enabled) u.push('aios-runtime.service');
+  if (r.system.network === 'dhcp') u.push('systemd-networkd.service');
+  return u;
+}
+
+export const overlayStage = defineStage({
+  name: 'overlay',
+  title: 'Apply templates and rootfs/ overlay',
+  needs: ['rootfs', 'llama', 'models'],
+  async check() {
+    return missingTools({ cp: 'coreutils', chroot: 'coreutils' });
+  },
+  async inputs(ctx, io) {
+    const r = ctx.recipe;
+    const files = await renderTree(join(paths.templates, 'root'), await contextWithWishes(ctx));
+    return {
+      v: VERSION,
+      rootfs: io.need('rootfs').key,
+      llama: io.need('llama').key,
+      models: io.need('models').key,
+      runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
+      files: filesDigest(files),
+      overlay: await hashTree(paths.rootfsOverlay),
+      masked: r.system.masked_units,
+      enable: unitsToEnable(r),
+      password: r.system.root_password_hash ?? null,
+      timezone: r.system.timezone,
+      sde: sourceDateEpoch() ?? null,
+    };
+  },
+  async run(ctx, dir, io) {
+    const r = ctx.recipe;
+    const root = join(dir, 'root');
+    const rootfs = io.need('rootfs');
+    ctx.progress('copying the root filesystem');
+    // A copy: the cached rootfs stage output is never changed by later stages.
+    await run(['cp', '-a', '--reflink=auto', join(rootfs.dir, 'root'), root], { log: ctx.log });
+    await cp(join(rootfs.dir, 'packages.json'), join(dir, 'packages.json'));
+    ctx.progress('rendering templates');
+    const files = await renderTree(join(paths.templates, 'root'), await contextWithWishes(ctx));
+    await writeRendered(files, root);
+    const cfg = files.find((f) => f.path === 'etc/aios/config.toml');
+    if (cfg) {
+      const parsed = RuntimeConfigSchema.safeParse(parseToml(cfg.content));
+      if (!parsed.success) throw new Error(`templates/root/etc/aios/config.toml.hbs renders a file aios-runtime would reject: ${parsed.error.message}`);
+    }
+    ctx.progress('copying rootfs/');
+    await run(['cp', '-a', '--no-preserve=ownership', `${paths.rootfsOverlay}/.`, `${root}/`], { log: ctx.log });
+    for (const d of ['boot/efi', 'var/lib/aios/models', 'etc/aios']) await mkdir(join(root, d), { recursive: true });
+    // Time zone.
+    const zone = join('usr/share/zoneinfo', r.system.timezone);
+    if (existsSync(join(root, zone))) {
+      await rm(join(root, 'etc/localtime'), { force: true });
+      await symlink(`/${zone}`, join(root, 'etc/localtime'));
+    } else if (r.system.timezone !== 'UTC') {
+      ctx.warnings.push(`timezone ${r.system.timezone}: no /${zone} in the image (add tzdata to base.packages); using UTC`);
+    }
+    if (r.runtime.enabled) {
+      ctx.progress('bundling aios-runtime');
+      await bundleRuntime(join(root, 'usr/lib/aios-runtime'));
+    }
+    ctx.progress('enabling and masking units');
+    for (const u of unitsToEnable(r)) await run(['chroot', root, 'systemctl', 'enable', u], { log: ctx.log });
+    // networkd's Also= pulls in wait-online, which would hold boot for 2 minutes without a link.
+    if (r.system.network === 'dhcp') await run(['chroot', root, 'systemctl', 'disable', 'systemd-networkd-wait-online.service'], { log: ctx.log, reject: false });
+    for (const u of r.system.masked_units) {
+      const p = join(root, 'etc/systemd/system', u);
+      await rm(p, { force: true });
+      await symlink('/dev/null', p);
+    }
+    if (r.system.root_password_hash) await run(['chroot', root, 'usermod', '-p', r.system.root_password_hash, 'root'], { log: ctx.log });
+    if (r.llama.enabled) await installLlama(ctx, io.need('llama'), root, dir);
+    await installModels(ctx, io.need('models'), root, dir);
+    const sde = sourceDateEpoch();
+    if (sde !== undefined) {
+      // Reproducible builds: nothing in the root is newer than SOURCE_DATE_EPOCH (files the rootfs
+      // packages brought keep their older mtimes).
+      ctx.progress('clamping mtimes to SOURCE_DATE_EPOCH');
+      await run(['find', root, '-newermt', `@${sde}`, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+'], { log: ctx.log });
+    }
+  },
+});
+
+/** Copies the llama.cpp binaries to /usr/bin and proves they run inside the target root. */
+async function installLlama(ctx: BuildContext, llama: StageOutput, root: string, dir: string): Promise<void> {
+  ctx.progress('installing llama.cpp binaries');
+  for (const t of ctx.recipe.llama.targets) await run(['install', '-m', '0755', join(llama.dir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
+  const check = await run(['chroot', root, '/usr/bin/llama-server', '--version'], { log: ctx.log, reject: false });
+  if (check.exitCode !== 0) {
+    throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.all.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
+  }
+  const info = JSON.parse(await readFile(join(llama.dir, 'llama.json'), 'utf8'));
+  await writeFile(join(dir, 'llama.json'), JSON.stringify({ ...info, versionInTarget: versionLine(check.all) }, null, 2));
+}
+
+/** Models go to /var/lib/aios/models (hard links to the models stage's files where possible). */
+async function installModels(ctx: BuildContext, models: StageOutput, root: string, dir: string): Promise<void> {
+  const list = JSON.parse(await readFile(join(models.dir, 'models.json'), 'utf8')) as InstalledModel[];
+  for (const m of list) {
+    ctx.progress(`installing model ${m.name}`);
+    const dest = join(root, 'var/lib/aios/models', m.file);
+    await run(['cp', '--reflink=auto', join(models.dir, 'models', m.file), dest], { log: ctx.log });
+  }
+  await writeFile(join(dir, 'models.json'), JSON.stringify(list, null, 2));
+}
