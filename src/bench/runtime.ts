@@ -19,7 +19,7 @@ import { synthModel } from '../models/synth.js';
 import { RuntimeConfigSchema } from '../runtime/config.js';
 import { startDaemon } from '../runtime/daemon.js';
 import { connect, type RuntimeClient } from '../runtime/client.js';
-import { physicalCores } from '../runtime/manager.js';
+import { physicalCores } from '../util/cpu.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 
 const arg = (name: string, def: string) => {
@@ -129,7 +129,7 @@ async function main(): Promise<void> {
   });
   const load0 = loadavg();
   const daemon = await startDaemon(config, { log: () => {} });
-  const child = daemon.service.manager.list()[0]!;
+  const child = daemon.service.models()[0]!;
   const paths: { name: string; run: () => Promise<Run> }[] = [
     { name: 'direct', run: () => openaiStream(`http://127.0.0.1:${child.port}`) },
     { name: 'http', run: () => openaiStream(`http://127.0.0.1:${daemon.http!.port}`) },

@@ -6,6 +6,18 @@ import { open } from 'node:fs/promises';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
 
+/** Whether a file starts with the GGUF magic (reads 4 bytes; false for a shorter file). */
+export async function isGgufFile(path: string): Promise<boolean> {
+  const fh = await open(path, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(b, 0, 4, 0);
+    return bytesRead === 4 && b.readUInt32LE(0) === GGUF_MAGIC;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** llama_ftype values (general.file_type) → names, as llama.cpp prints them. */
 export const FILE_TYPES: Record<number, string> = {
   0: 'F32', 1: 'F16', 2: 'Q4_0', 3: 'Q4_1', 7: 'Q8_0', 8: 'Q5_0', 9: 'Q5_1', 10: 'Q2_K', 11: 'Q3_K_S', 12: 'Q3_K_M', 13: 'Q3_K_L',

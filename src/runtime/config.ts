@@ -1,5 +1,5 @@
 /**
- * Schema of /etc/aios/config.toml (seed 001). aios-runtime reads the file with this schema, and the
+ * Schema of /etc/aios/config.toml. aios-runtime reads the file with this schema, and the
  * image build validates the file it writes with the same one. Imports nothing from the build side.
  */
 import { z } from 'zod';
@@ -29,10 +29,11 @@ const ModelLayer = z.strictObject({
   parallel: z.number().int().min(1).max(64).default(2).describe('llama-server slots (concurrent requests per model)'),
   mmap: z.boolean().default(true),
   probe: Probe.prefault({ grammar: 'root ::= "OK"' }),
-  always_loaded: z.boolean().default(false),
-  load_on_demand: z.boolean().default(true),
-  max_tokens: z.number().int().positive().default(512),
-  temperature: z.number().min(0).max(2).default(0.2),
+  always_loaded: z.boolean().default(false).describe('loaded when the runtime starts and pinned (never evicted or unloaded for idleness); the operational model always is'),
+  load_on_demand: z.boolean().default(true).describe('false: a request for this model while it is not loaded fails (FAILED_PRECONDITION) instead of loading it; load it with `aios runtime load`'),
+  max_tokens: z.number().int().positive().default(512).describe('tokens generated when a request sets none'),
+  max_tokens_limit: z.number().int().positive().optional().describe('most tokens a request may ask for (more is refused: INVALID_ARGUMENT / HTTP 400); default: ctx_size'),
+  temperature: z.number().min(0).max(2).default(0.2).describe('temperature when a request sets none'),
   unload_after_idle: z.string().regex(/^\d+(ms|s|m|h)$/).default('5m'),
 });
 
@@ -47,7 +48,7 @@ export const RuntimeConfigSchema = z.strictObject({
       load_timeout: duration.default('120s'),
       request_timeout: duration.default('120s'),
       max_restarts: z.number().int().min(0).default(5).describe('crashes within 5 minutes before a model is marked failed'),
-      // Scheduler (issue 6): priority queues, memory budget, auto-install.
+      // Scheduling: priority queues, memory budget, auto-install.
       max_queue_per_model: z.number().int().min(1).default(64).describe('requests waiting per model beyond its slots; more are refused at once (RESOURCE_EXHAUSTED / 429)'),
       max_queue_total: z.number().int().min(1).default(256).describe('requests waiting over all models'),
       queue_aging: duration.default('10s').describe('every this long in the queue raises a request\'s priority by 10 points (batch 50 reaches realtime 90 after 4 periods)'),
@@ -62,7 +63,7 @@ export const RuntimeConfigSchema = z.strictObject({
   system: z
     .strictObject({
       hostname: z.string().default('aios'),
-      log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+      log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info').describe('lowest level aios-runtime logs (to the journal under systemd, with syslog priorities)'),
     })
     .prefault({}),
   models: z
@@ -71,6 +72,18 @@ export const RuntimeConfigSchema = z.strictObject({
       model_dir: z.string().default('/var/lib/aios/models'),
       operational: ModelLayer.optional(),
       tactical: ModelLayer.optional(),
+    })
+    // A model is named by its file (clients ask for "tiny" or "tiny.gguf"): two layers of one file
+    // would be one name for two launch profiles, so one would silently replace the other.
+    .superRefine((m, ctx) => {
+      const stem = (n: string) => n.replace(/\.gguf$/, '');
+      if (m.operational && m.tactical && stem(m.operational.name) === stem(m.tactical.name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['tactical', 'name'],
+          message: `"${m.tactical.name}" is also [models.operational]'s file: a model is named by its file, so each layer needs its own (copy or link the file under another name to serve it with two settings)`,
+        });
+      }
     })
     .prefault({}),
 });

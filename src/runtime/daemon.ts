@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { parse } from 'smol-toml';
 import { RuntimeConfigSchema, type RuntimeConfig } from './config.js';
-import { RuntimeService } from './service.js';
+import { RuntimeService, type ServiceOptions } from './service.js';
+import { leveledLog } from './log.js';
 import { serve, type Listening } from './server.js';
 import { serveHttp, type HttpListening } from './http.js';
 
@@ -33,35 +34,45 @@ export interface Daemon {
   stop(): Promise<void>;
 }
 
-export async function startDaemon(config: RuntimeConfig, o: { log?: (s: string) => void; overrides?: { listen?: string; socket?: string; http?: string } } = {}): Promise<Daemon> {
-  const log = o.log ?? ((s: string) => process.stderr.write(`aios-runtime: ${s}\n`));
-  const service = new RuntimeService(config, log);
-  const listening = await serve(service, {
-    listen: o.overrides?.listen ?? config.runtime.listen,
-    socket: o.overrides?.socket ?? config.runtime.socket,
-  });
-  log(`listening${listening.tcpPort ? ` on 127.0.0.1:${listening.tcpPort}` : ''}${listening.socket ? ` and unix:${listening.socket}` : ''}`);
+export async function startDaemon(config: RuntimeConfig, o: { log?: (s: string) => void; overrides?: { listen?: string; socket?: string; http?: string }; service?: ServiceOptions } = {}): Promise<Daemon> {
+  const journal = !!process.env.JOURNAL_STREAM && !o.log;
+  const sink = o.log ?? ((s: string) => process.stderr.write(journal ? `${s}\n` : `aios-runtime: ${s}\n`));
+  const log = leveledLog(config.system.log_level, sink, { journal });
+  const t0 = performance.now();
+  const service = new RuntimeService(config, log, o.service);
+  // The operational model starts loading first: llama-server reads its weights while the front
+  // ends are set up (the daemon is ready only when both are done).
+  const starting = service.start();
+  starting.catch(() => {});
+  let listening: Listening | undefined;
   let http: HttpListening | undefined;
   try {
+    listening = await serve(service, { listen: o.overrides?.listen ?? config.runtime.listen, socket: o.overrides?.socket ?? config.runtime.socket, log });
+    const where = [listening.tcpPort ? `${(o.overrides?.listen ?? config.runtime.listen).replace(/:\d+$/, '')}:${listening.tcpPort}` : '', listening.socket ? `unix:${listening.socket}` : ''].filter(Boolean);
+    log(where.length ? `gRPC on ${where.join(' and ')}` : 'no gRPC listener (runtime.listen and runtime.socket are both "")');
     const httpListen = o.overrides?.http ?? config.runtime.http_listen;
     if (httpListen) {
-      http = await serveHttp(service, httpListen);
+      http = await serveHttp(service, httpListen, log);
       log(`HTTP API (OpenAI-compatible, /metrics) on ${httpListen.replace(/:\d+$/, '')}:${http.port}`);
     }
-    await service.start();
+    log(`front ends up after ${Math.round(performance.now() - t0)} ms`, 'debug');
+    await starting;
   } catch (e) {
     await http?.close(1000);
-    await listening.shutdown(1000);
+    if (listening) await listening.shutdown(1000);
+    else await service.stop();
     throw e;
   }
+  log(`ready ${Math.round(performance.now() - t0)} ms after the daemon started (${Math.round(performance.now())} ms after the process started)`);
   await notifyReady();
+  const l = listening;
   return {
     service,
-    listening,
+    listening: l,
     http,
     stop: async () => {
       await http?.close(); // stop accepting; HTTP answers in flight finish first
-      await listening.shutdown();
+      await l.shutdown();
     },
   };
 }

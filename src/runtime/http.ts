@@ -4,7 +4,7 @@
  * RuntimeService.withSlot() (the same router and queue as gRPC); the client's body is passed to the
  * child's same endpoint and its answer relayed as it arrives. Imports nothing from the build side.
  */
-import { createServer, request as httpRequest, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,8 +12,9 @@ import { Code, RuntimeError } from './errors.js';
 import { parsePriority, type PriorityName } from './events.js';
 import type { RuntimeService, Slot } from './service.js';
 import { Metrics } from './metrics.js';
-
-const LEVELS = ['operational', 'tactical', 'strategic'];
+import { LEVELS } from './router.js';
+import { postChild, readAll } from './upstream.js';
+import { PARAM_RULES } from './params.js';
 const MAX_BODY = 32 * 1024 * 1024;
 const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -79,59 +80,42 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 /** Marks an error whose answer (llama-server's own status and body) was already sent. */
 class Relayed extends RuntimeError {}
 
-/** Keep-alive connections to the children (loopback). */
-const agent = new Agent({ keepAlive: true, maxSockets: 1024 });
-
-/**
- * POST to a child. A pooled keep-alive connection that llama-server closes just as it is reused
- * fails before the request reaches it: that (a reused socket, no response, not aborted) is retried
- * on a fresh connection, twice at most.
- */
-async function postChild(port: number, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
-  for (let attempt = 0; ; attempt++) {
-    let reused = false;
-    try {
-      return await new Promise<IncomingMessage>((resolve, reject) => {
-        const r = httpRequest(
-          { host: '127.0.0.1', port, path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
-          resolve,
-        );
-        r.on('socket', (s) => {
-          reused = r.reusedSocket;
-          s.setNoDelay(true);
-        });
-        r.on('error', reject);
-        r.end(payload);
-      });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? '';
-      if (signal.aborted || attempt >= 2 || !reused || !['ECONNRESET', 'EPIPE'].includes(code)) throw e;
-    }
-  }
-}
-
+/** What the relay learns from a stream without parsing it: first content, content events, the final usage. */
 interface Tap {
   firstAt: number;
-  tokens: number;
-  usageTokens: number;
+  events: number;
+  /** The last bytes of the answer: its final events carry usage / timings. */
+  tail: Buffer;
 }
 
-/** Reads one SSE data payload for the metrics: first content, token count, llama-server's usage/timings. */
-function tapEvent(data: string, t: Tap): void {
-  if (data === '[DONE]') return;
-  let j: { choices?: { delta?: { content?: string | null }; text?: string }[]; usage?: { completion_tokens?: number }; timings?: { predicted_n?: number } };
-  try {
-    j = JSON.parse(data);
-  } catch {
-    return;
+const CONTENT_MARKS = [Buffer.from('"content":"'), Buffer.from('"text":"')];
+const QUOTE = 0x22;
+
+/** Counts content-bearing events in a chunk (a non-empty "content" or "text" string) without decoding it. */
+function contentEvents(chunk: Buffer): number {
+  let n = 0;
+  for (const mark of CONTENT_MARKS) {
+    for (let i = chunk.indexOf(mark); i >= 0; i = chunk.indexOf(mark, i + mark.length)) {
+      if (chunk[i + mark.length] !== QUOTE) n++;
+    }
   }
-  const c = j.choices?.[0];
-  if (c && (c.delta?.content || c.text)) {
-    t.tokens++;
-    if (!t.firstAt) t.firstAt = performance.now();
+  return n;
+}
+
+/** Completion tokens from the usage or timings in the last events of an answer (-1 when absent). */
+function usageTokens(tail: string): number {
+  for (const part of tail.split(/\n(?:data: ?)?/).reverse()) {
+    const t = part.trim().replace(/^data: ?/, '');
+    if (!t.startsWith('{') || (!t.includes('"usage"') && !t.includes('"timings"'))) continue;
+    try {
+      const j = JSON.parse(t) as { usage?: { completion_tokens?: number }; timings?: { predicted_n?: number } };
+      const n = j.usage?.completion_tokens ?? j.timings?.predicted_n;
+      if (typeof n === 'number') return n;
+    } catch {
+      /* an event cut at the start of the tail */
+    }
   }
-  const n = j.usage?.completion_tokens ?? j.timings?.predicted_n;
-  if (typeof n === 'number') t.usageTokens = n;
+  return -1;
 }
 
 export interface HttpListening {
@@ -197,27 +181,14 @@ export class HttpFront {
   models(): { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }[] {
     const out = new Map<string, { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }>();
     const created = Math.floor(this.svc.startedAt / 1000);
-    for (const lvl of ['operational', 'tactical'] as const) {
-      const p = this.svc.profile(lvl);
-      if (p) out.set(p.name, { id: p.name, object: 'model', created, owned_by: 'aios', level: lvl, state: 'unloaded' });
-    }
-    for (const m of this.svc.manager.list()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
+    for (const { level, profile } of this.svc.router.configured()) out.set(profile.name, { id: profile.name, object: 'model', created, owned_by: 'aios', level, state: 'unloaded' });
+    for (const m of this.svc.models()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
     for (const e of this.svc.catalog()) {
       if (out.has(e.id) || [...out.values()].some((m) => m.id === e.file.replace(/\.gguf$/, ''))) continue;
       const installed = existsSync(join(this.svc.config.models.model_dir, e.file));
       if (installed || this.svc.config.runtime.auto_install) out.set(e.id, { id: e.id, object: 'model', created, owned_by: 'aios', level: '', state: installed ? 'unloaded' : 'not installed' });
     }
     return [...out.values()];
-  }
-
-  /** Defaults of the configured layer the request was routed to (max_tokens, temperature). */
-  private layerDefaults(model: string): { max_tokens?: number; temperature?: number } {
-    for (const lvl of ['operational', 'tactical'] as const) {
-      const p = this.svc.profile(lvl);
-      const l = this.svc.config.models[lvl];
-      if (p && l && p.name === model) return { max_tokens: l.max_tokens, temperature: l.temperature };
-    }
-    return {};
   }
 
   private async completion(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
@@ -235,7 +206,9 @@ export class HttpFront {
       throw new RuntimeError(Code.INVALID_ARGUMENT, `priority: ${(e as Error).message}`);
     }
     delete body.priority;
-    delete body.model;
+    // The generation fields the runtime checks (the same rules as gRPC's), by their names in the body.
+    const params: Record<string, unknown> = {};
+    for (const k of Object.keys(PARAM_RULES)) if (k in body) params[k] = body[k];
 
     // The client going away (before or during the answer) cancels the request.
     const cancel = new AbortController();
@@ -248,10 +221,10 @@ export class HttpFront {
       // An SSE comment: shown to clients that read the raw stream, ignored by SDKs' event parsers.
       res.write(`: aios-progress ${JSON.stringify(p)}\n\n`);
     };
-    const isLevel = LEVELS.includes(model);
+    const isLevel = (LEVELS as readonly string[]).includes(model);
     try {
       await this.svc.withSlot(
-        { model: isLevel ? '' : model, level: isLevel ? model : '', priority, deadline: 0, onProgress: progress },
+        { model: isLevel ? '' : model, level: isLevel ? model : '', priority, deadline: 0, params, onProgress: progress },
         cancel.signal,
         (slot) => this.relay(slot, path, body, stream, res),
       );
@@ -264,19 +237,19 @@ export class HttpFront {
     }
   }
 
-  /** One completion on a child's slot: the body goes to the same endpoint, the answer comes back as it arrives. */
+  /**
+   * One completion on a child's slot: the body (with the model's defaults where the client set
+   * none) goes to the same endpoint, and the answer's bytes come back unchanged as they arrive —
+   * llama-server already names the model as clients know it (--alias) — so relaying costs no
+   * parsing per token; only the final usage is read, from the last bytes.
+   */
   private async relay(slot: Slot, path: string, body: Record<string, unknown>, stream: boolean, res: ServerResponse): Promise<void> {
-    const d = this.layerDefaults(slot.model);
     const payload: Record<string, unknown> = { ...body };
-    if (d.max_tokens && payload.max_tokens == null && payload.max_completion_tokens == null && payload.n_predict == null) payload.max_tokens = d.max_tokens;
-    if (d.temperature !== undefined && payload.temperature == null) payload.temperature = d.temperature;
+    delete payload.model; // one model per child: llama-server answers with its alias, the name clients use
+    if (payload.max_tokens == null && payload.max_completion_tokens == null && payload.n_predict == null) payload.max_tokens = slot.maxTokens;
+    if (payload.temperature == null) payload.temperature = slot.temperature;
     const g0 = performance.now();
     const up = await postChild(slot.port, path, Buffer.from(JSON.stringify(payload)), slot.signal);
-    // llama-server names the model by its file path; clients get the name they can send back.
-    const modelPath = this.svc.manager.list().find((m) => m.name === slot.model)?.path;
-    const pathJson = modelPath ? `"model":${JSON.stringify(modelPath)}` : '';
-    const nameJson = `"model":${JSON.stringify(slot.model)}`;
-    const rename = (s: string) => (pathJson ? s.replaceAll(pathJson, nameJson) : s);
     const headers = { 'x-aios-model': slot.model, 'x-aios-queued-ms': String(slot.queuedMs) };
 
     if (up.statusCode !== 200) {
@@ -291,47 +264,34 @@ export class HttpFront {
       throw new Relayed(code, `llama-server answered ${up.statusCode}: ${text.toString('utf8').slice(0, 300)}`);
     }
 
-    const tap: Tap = { firstAt: 0, tokens: 0, usageTokens: -1 };
     if (!stream) {
       const buf = await readAll(up);
-      const text = rename(buf.toString('utf8'));
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
-      res.end(text);
-      tapEvent(text, tap);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': buf.length, ...headers });
+      res.end(buf);
       const genMs = performance.now() - g0;
-      const n = tap.usageTokens >= 0 ? tap.usageTokens : 0;
+      const n = usageTokens(buf.toString('utf8'));
       if (n > 0) this.svc.events.emit('generation', { model: slot.model, ttftMs: genMs, completionTokens: n, genMs });
       return;
     }
 
     if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...headers });
     else res.write(`: aios-model ${slot.model}\n\n`);
-    let pending = '';
+    const tap: Tap = { firstAt: 0, events: 0, tail: Buffer.alloc(0) };
     for await (const chunk of up as AsyncIterable<Buffer>) {
-      pending += chunk.toString('utf8');
-      // Whole events only (llama-server writes one event at a time, so this holds nothing back).
-      const end = pending.lastIndexOf('\n\n');
-      if (end < 0) continue;
-      const events = pending.slice(0, end + 2);
-      pending = pending.slice(end + 2);
       if (res.destroyed) throw new Error('the client went away');
-      if (!res.write(rename(events))) await drained(res);
-      for (const ev of events.split('\n\n')) {
-        for (const line of ev.split('\n')) if (line.startsWith('data:')) tapEvent(line.slice(5).trim(), tap);
-      }
+      const ok = res.write(chunk);
+      const n = contentEvents(chunk);
+      if (n && !tap.firstAt) tap.firstAt = performance.now();
+      tap.events += n;
+      tap.tail = chunk.length >= 4096 ? chunk : Buffer.concat([tap.tail.subarray(Math.max(0, tap.tail.length + chunk.length - 4096)), chunk]);
+      if (!ok) await drained(res);
     }
-    if (pending) res.write(rename(pending));
     res.end();
     const genMs = performance.now() - g0;
-    const n = tap.usageTokens >= 0 ? tap.usageTokens : tap.tokens;
+    const usage = usageTokens(tap.tail.toString('utf8'));
+    const n = usage >= 0 ? usage : tap.events;
     if (n > 0) this.svc.events.emit('generation', { model: slot.model, ttftMs: (tap.firstAt || performance.now()) - g0, completionTokens: n, genMs });
   }
-}
-
-async function readAll(s: IncomingMessage): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of s as AsyncIterable<Buffer>) parts.push(c);
-  return Buffer.concat(parts);
 }
 
 /** Waits for the client to take more (backpressure); rejects if it went away. */
@@ -352,11 +312,11 @@ function drained(res: ServerResponse): Promise<void> {
 }
 
 /** Serves the HTTP front end on host:port ("127.0.0.1:8080", "[::1]:0"). */
-export async function serveHttp(svc: RuntimeService, listen: string): Promise<HttpListening> {
+export async function serveHttp(svc: RuntimeService, listen: string, log: (s: string, level?: 'warn') => void = () => {}): Promise<HttpListening> {
   const m = /^(.*):(\d+)$/.exec(listen);
   if (!m) throw new RuntimeError(Code.INVALID_ARGUMENT, `runtime.http_listen: expected host:port (got "${listen}")`);
   const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
-  if (!['127.0.0.1', 'localhost', '::1'].includes(host)) process.stderr.write(`aios-runtime: HTTP API on ${listen}, which is not loopback\n`);
+  if (!['127.0.0.1', 'localhost', '::1'].includes(host)) log(`HTTP API on ${listen}, which is not loopback`, 'warn');
   const front = new HttpFront(svc);
   const server = createServer({ keepAliveTimeout: 65_000 }, front.handle);
   await new Promise<void>((resolve, reject) => {

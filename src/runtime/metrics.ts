@@ -110,17 +110,6 @@ const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 const SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const TPS_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000];
 
-/** Fields the scheduler adds to ModelInfo and the service (read if present). */
-interface ModelExtras {
-  estimateBytes?: number;
-  actualBytes?: number;
-  inflight?: number;
-  queued?: number;
-  pinned?: boolean;
-  vramEstimateBytes?: number;
-  vramActualBytes?: number;
-}
-
 export class Metrics {
   private requests = new Series('aios_requests_total', 'counter', 'Requests that entered the queue, by how they ended (ok, rejected, cancelled, expired, error)');
   private queueWait = new Histogram('aios_request_queue_seconds', 'Time a request waited for a slot (queue and model load)', SECONDS_BUCKETS);
@@ -172,7 +161,7 @@ export class Metrics {
   async render(): Promise<string> {
     const fams = new Map<string, Family>();
     const add = (s: { name: string; help: string; lines(): string[] }, type: Kind) => fams.set(s.name, { help: s.help, type, lines: s.lines() });
-    const models = this.svc.manager.list() as (ReturnType<RuntimeService['manager']['list']>[number] & ModelExtras)[];
+    const models = this.svc.models();
 
     const ready = new Series('aios_runtime_ready', 'gauge', '1 once the operational model answered its probe');
     ready.set({}, this.svc.ready ? 1 : 0);
@@ -184,19 +173,15 @@ export class Metrics {
     // Queue depth per model and priority: the scheduler's snapshot when it has one, else zeros.
     const depth = new Series('aios_queue_depth', 'gauge', 'Requests waiting for a slot, by model and priority');
     const known = new Set<string>(models.map((m) => m.name));
-    for (const lvl of ['operational', 'tactical'] as const) {
-      const p = this.svc.profile(lvl);
-      if (p) known.add(p.name);
-    }
+    for (const { profile } of this.svc.router.configured()) known.add(profile.name);
     for (const name of known) for (const pr of Object.keys(PRIORITIES)) depth.set({ model: name, priority: pr }, 0);
-    const snap = (this.svc as unknown as { queueSnapshot?: () => { model: string; priority: string; depth: number }[] }).queueSnapshot?.() ?? [];
-    for (const q of snap) depth.set({ model: q.model, priority: q.priority }, q.depth);
+    for (const q of this.svc.queueSnapshot()) depth.set({ model: q.model, priority: q.priority }, q.depth);
     add(depth, 'gauge');
 
     add(this.requests, 'counter');
     add(this.queueWait, 'histogram');
 
-    const state = new Series('aios_model_state', 'gauge', '1 for the state each known model is in (loading, ready, unloading, failed, restarting)');
+    const state = new Series('aios_model_state', 'gauge', '1 for the state each known model is in (starting, ready, restarting, stopping, failed)');
     const inflight = new Series('aios_model_inflight', 'gauge', 'Requests being answered by the model now');
     const estimate = new Series('aios_model_estimated_bytes', 'gauge', 'Memory the model was expected to take when it was loaded');
     const actual = new Series('aios_model_actual_bytes', 'gauge', 'Memory the model takes (measured: resident set of its llama-server)');
@@ -207,13 +192,13 @@ export class Metrics {
       const l = { model: m.name };
       state.set({ ...l, state: m.state }, 1);
       restarts.set(l, m.restarts);
-      if (typeof m.inflight === 'number') inflight.set(l, m.inflight);
-      const est = m.estimateBytes ?? this.lastLoad.get(m.name)?.estimateBytes;
+      inflight.set(l, m.inflight);
+      const est = m.estimateBytes || this.lastLoad.get(m.name)?.estimateBytes;
       if (est) estimate.set(l, est);
       const act = m.actualBytes || m.memoryBytes || this.lastLoad.get(m.name)?.actualBytes;
       if (act) actual.set(l, act);
-      if (typeof m.vramEstimateBytes === 'number') vramEstimate.set(l, m.vramEstimateBytes);
-      if (typeof m.vramActualBytes === 'number') vramActual.set(l, m.vramActualBytes);
+      vramEstimate.set(l, m.vramEstimateBytes);
+      vramActual.set(l, m.vramActualBytes);
     }
     for (const s of [state, inflight, estimate, actual, vramEstimate, vramActual, restarts]) add(s, 'gauge');
     add(this.loads, 'counter');

@@ -1,40 +1,42 @@
 /**
- * The runtime service: config → model manager + router + inference. Transport-free (the gRPC
- * server in server.ts maps it onto the proto), so tests and other front ends share it.
+ * The runtime service: the one seam every front end (gRPC in server.ts, HTTP in http.ts, /metrics,
+ * `aios ps` through gRPC) goes through. It ties together the router (router.ts: what a request
+ * means), the scheduler (scheduler.ts: where a request waits), the supervisor (supervisor.ts: the
+ * children, the budget, restarts) and the installer (install.ts). Transport-free.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Code, RuntimeError } from './errors.js';
-import { ModelManager, type LaunchProfile, type ModelInfo } from './manager.js';
+import type { Launcher, LaunchProfile } from './child.js';
+import { LlamaServerLauncher } from './launch.js';
+import { Supervisor, type ModelInfo, type SupervisorOptions } from './supervisor.js';
 import { ms, type RuntimeConfig } from './config.js';
 import { RuntimeEvents, type PriorityName, type RequestStatus } from './events.js';
 import { Scheduler, type Ticket } from './scheduler.js';
 import { estimateFootprint, gpuMemory, mib, ramBudget, type Budget } from './memory.js';
+import { Router, type LocalLevel, type Target } from './router.js';
+import { Installer, type LoadProgress } from './install.js';
+import { resolveParams } from './params.js';
+import { postChild, readAll, sseData } from './upstream.js';
+import type { Log } from './log.js';
 import { catalog, type CatalogEntry } from '../models/catalog.js';
-import { fetchModel } from '../models/fetch.js';
 import { parseSize } from '../util/size.js';
+
+export type { LoadProgress, ProgressPhase } from './install.js';
+export type { ModelInfo } from './supervisor.js';
 
 /** The catalog beside the bundle (in the image: /usr/lib/aios-runtime/catalog.toml), else the repository's. */
 export const DEFAULT_CATALOG = existsSync(fileURLToPath(new URL('./catalog.toml', import.meta.url)))
   ? fileURLToPath(new URL('./catalog.toml', import.meta.url))
   : fileURLToPath(new URL('../../models/catalog.toml', import.meta.url));
 
-export type ProgressPhase = 'download' | 'load';
-export interface LoadProgress {
-  model: string;
-  phase: ProgressPhase;
-  bytes: number;
-  total: number;
-}
-
 export interface InferInput {
   model: string;
   prompt: string;
   systemPrompt: string;
-  maxTokens: number;
-  temperature: number;
+  /** Generation fields by their wire names (max_tokens, temperature); absent = the model's defaults. */
+  params: Record<string, unknown>;
   intelligenceLevel: string;
   grammar: string;
   timeoutMs: number;
@@ -48,6 +50,8 @@ export interface SlotRequest {
   priority: PriorityName;
   /** Absolute deadline (Date.now() based); 0 = the server's request_timeout from now. */
   deadline: number;
+  /** Generation fields the client sent (wire names), checked against the model before it waits. */
+  params?: Record<string, unknown>;
   /** Progress while the model is being downloaded (auto-install) or loaded, for front ends that can show it. */
   onProgress?: (p: LoadProgress) => void;
 }
@@ -62,6 +66,9 @@ export interface Slot {
   signal: AbortSignal;
   /** Milliseconds spent waiting for the slot (queue + load). */
   queuedMs: number;
+  /** The tokens to generate and the temperature: the client's, else the model's defaults. */
+  maxTokens: number;
+  temperature: number;
 }
 
 export interface InferOutput {
@@ -73,47 +80,41 @@ export interface InferOutput {
   modelUsed: string;
 }
 
-const LEVELS = ['operational', 'tactical', 'strategic'];
-
-/**
- * POST to a child. A pooled keep-alive connection that the server closes at the moment it is
- * reused fails before the request reaches llama-server; such a failure (no response, not aborted)
- * is retried on a fresh connection, twice at most.
- */
-async function postWithRetry(url: string, body: string, signal: AbortSignal): Promise<Response> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
-    } catch (e) {
-      if (signal.aborted || attempt >= 2) throw e;
-      const code = (e as { cause?: { code?: string } }).cause?.code;
-      if (code && !['ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'].includes(code)) throw e;
-    }
-  }
+/** A model as the front ends list it: its state and memory, and its queue per priority. */
+export interface ModelView extends ModelInfo {
+  queuedByPriority: Partial<Record<PriorityName, number>>;
 }
 
-/** What a request resolved to before anything is loaded: a model name and how to get it into memory. */
-interface Target {
-  name: string;
-  /** Launch profile when the model may still need a load (a configured layer or a catalog model). */
-  profile?: LaunchProfile;
-  /** The catalog entry that can install the file when it is missing. */
-  entry?: CatalogEntry;
+export interface Health {
+  ready: boolean;
+  modelsReady: number;
+  uptimeMs: number;
+  budgetBytes: number;
+  usedBytes: number;
+  queued: number;
+}
+
+export interface ServiceOptions {
+  /** How children are started (default: llama-server). Tests pass a fake. */
+  launcher?: Launcher;
+  /** Passed to the supervisor (tests shorten the children's backoff and polling). */
+  supervisor?: Partial<SupervisorOptions>;
 }
 
 export class RuntimeService {
-  readonly manager: ModelManager;
   readonly events = new RuntimeEvents();
   readonly startedAt = Date.now();
-  readonly scheduler: Scheduler;
   readonly budget: Budget;
+  readonly router: Router;
   ready = false;
-  /** Downloads in progress (auto-install or PullModel), shared by every request for the model. */
-  private downloads = new Map<string, { done: Promise<void>; listeners: Set<(p: LoadProgress) => void>; bytes: number; total: number }>();
+  private readonly supervisor: Supervisor;
+  private readonly scheduler: Scheduler;
+  private readonly installer: Installer;
 
   constructor(
     readonly config: RuntimeConfig,
-    private log: (s: string) => void = () => {},
+    private log: Log = () => {},
+    o: ServiceOptions = {},
   ) {
     const r = config.runtime;
     this.budget = ramBudget(r.memory_budget, parseSize(r.memory_reserve), parseSize);
@@ -133,10 +134,10 @@ export class RuntimeService {
       maxQueuePerModel: r.max_queue_per_model,
       maxQueueTotal: r.max_queue_total,
       agingMs: ms(r.queue_aging),
-      capacity: (m) => this.manager.capacity(m),
+      capacity: (m) => this.supervisor.capacity(m),
     });
-    this.manager = new ModelManager({
-      llamaServer: r.llama_server,
+    this.supervisor = new Supervisor({
+      launcher: o.launcher ?? new LlamaServerLauncher(r.llama_server, (s) => log(s, 'debug')),
       loadTimeoutMs: ms(r.load_timeout),
       healthIntervalMs: ms(r.health_interval),
       maxRestarts: r.max_restarts,
@@ -146,7 +147,10 @@ export class RuntimeService {
       queued: (m) => this.scheduler.queued(m),
       onReady: (m) => this.scheduler.pump(m),
       onFailed: (m, err) => this.scheduler.failAll(m, new RuntimeError(Code.FAILED_PRECONDITION, `model ${m} failed: ${err}`)),
+      ...o.supervisor,
     });
+    this.router = new Router(config, () => this.catalog(), (name) => (this.supervisor.has(name) ? this.supervisor.profileOf(name) : undefined));
+    this.installer = new Installer(config.models.model_dir, this.events, log);
     this.events.on('unload', ({ model, reason }) => {
       if (reason === 'request' || reason === 'shutdown') this.scheduler.failAll(model, new RuntimeError(Code.UNAVAILABLE, `model ${model} was unloaded while the request was queued`));
     });
@@ -154,22 +158,8 @@ export class RuntimeService {
   }
 
   /** Launch profile of a configured layer. */
-  profile(level: 'operational' | 'tactical'): LaunchProfile | undefined {
-    const l = this.config.models[level];
-    if (!l) return undefined;
-    return {
-      name: l.name.replace(/\.gguf$/, ''),
-      path: join(this.config.models.model_dir, l.name),
-      level,
-      ctxSize: l.ctx_size,
-      threads: l.threads,
-      gpuLayers: l.gpu_layers,
-      parallel: l.parallel,
-      mmap: l.mmap,
-      // The operational model is what the system runs on: never evicted, never unloaded for idleness.
-      pinned: level === 'operational',
-      idleUnloadMs: level === 'operational' ? 0 : ms(l.unload_after_idle),
-    };
+  profile(level: LocalLevel): LaunchProfile | undefined {
+    return this.router.profile(level);
   }
 
   /** The model catalog (runtime.catalog, else the one shipped beside the runtime). */
@@ -178,182 +168,116 @@ export class RuntimeService {
     try {
       return catalog(file);
     } catch (e) {
-      this.log(`catalog ${file}: ${(e as Error).message.split('\n')[0]}`);
+      this.log(`catalog ${file}: ${(e as Error).message.split('\n')[0]}`, 'warn');
       return [];
     }
   }
 
-  /** Launch profile of a catalog model (served by name, like one loaded with LoadModel). */
-  private catalogProfile(e: CatalogEntry): LaunchProfile {
-    const layer = this.config.models[e.level];
-    return {
-      name: e.id,
-      path: join(this.config.models.model_dir, e.file),
-      level: '',
-      ctxSize: Math.min(e.context_length, layer?.ctx_size ?? 2048),
-      threads: layer?.threads ?? 0,
-      gpuLayers: layer?.gpu_layers ?? 0,
-      parallel: layer?.parallel ?? 2,
-      mmap: layer?.mmap ?? true,
-      idleUnloadMs: ms(this.config.runtime.unload_after_idle),
-    };
-  }
-
-  /** Start: load the operational model and require it to answer its probe. */
+  /**
+   * Start: load the operational model (and every layer with always_loaded = true, pinned) and
+   * require the operational model to answer its probe.
+   */
   async start(): Promise<void> {
-    const op = this.profile('operational');
+    const op = this.router.configured().find((c) => c.level === 'operational');
     if (!op) throw new RuntimeError(Code.FAILED_PRECONDITION, 'no [models.operational] in the config: the runtime needs an operational model');
-    await this.ensureLoaded({ name: op.name, profile: op, entry: this.catalog().find((e) => e.file === this.config.models.operational!.name) });
+    const always = this.router.configured().filter((c) => c.level !== 'operational' && this.config.models[c.level]!.always_loaded);
+    const loads = [op, ...always].map((c) => this.ensureLoaded(this.router.resolve('', c.level)));
+    await loads[0];
     const probe = this.config.models.operational!.probe;
     const t0 = Date.now();
-    const out = await this.infer({ model: '', prompt: probe.prompt, systemPrompt: '', maxTokens: 8, temperature: 0, intelligenceLevel: 'operational', grammar: probe.grammar ?? '', timeoutMs: 60_000, priority: 'system' });
+    const out = await this.infer({ model: '', prompt: probe.prompt, systemPrompt: '', params: { max_tokens: 8, temperature: 0 }, intelligenceLevel: 'operational', grammar: probe.grammar ?? '', timeoutMs: 60_000, priority: 'system' });
     if (!new RegExp(probe.expect).test(out.text)) {
       throw new RuntimeError(Code.FAILED_PRECONDITION, `the operational model's probe answer "${out.text}" does not match /${probe.expect}/`);
     }
-    this.log(`probe answered "${out.text.trim()}" in ${Date.now() - t0} ms; ready`);
-    this.manager.startHealthLoop();
+    this.log(`probe answered "${out.text.trim()}" in ${Date.now() - t0} ms`);
+    await Promise.all(loads.slice(1));
+    this.supervisor.startHealthLoop();
     this.ready = true;
   }
 
-  /**
-   * Router, without loading anything: a model name (loaded, configured, or in the catalog), a level,
-   * or "auto"/"" (operational). Strategic is not local.
-   */
+  /** Router, without loading anything (router.ts). */
   resolve(model: string, level: string): Target {
-    if (level && !LEVELS.includes(level)) throw new RuntimeError(Code.INVALID_ARGUMENT, `intelligence_level must be one of ${LEVELS.join(', ')} (got "${level}")`);
-    if (model && model !== 'auto') {
-      for (const lvl of ['operational', 'tactical'] as const) {
-        const p = this.profile(lvl);
-        if (p && (p.name === model || `${p.name}.gguf` === model || lvl === model)) return { name: p.name, profile: p, entry: this.catalog().find((e) => e.file === this.config.models[lvl]!.name) };
-      }
-      if (this.manager.has(model)) return { name: model };
-      const e = this.catalog().find((x) => x.id === model || x.file === model);
-      if (e) return { name: e.id, profile: this.catalogProfile(e), entry: e };
-      throw new RuntimeError(Code.NOT_FOUND, `unknown model "${model}" (configured: ${(['operational', 'tactical'] as const).map((l) => this.profile(l)?.name).filter(Boolean).join(', ')}; or a catalog id)`);
-    }
-    const lvl = level || 'operational';
-    if (lvl === 'strategic') {
-      throw new RuntimeError(Code.FAILED_PRECONDITION, 'intelligence_level "strategic" goes to the cloud gateway, which this runtime does not have yet; no local model is used in its place');
-    }
-    const p = this.profile(lvl as 'operational' | 'tactical');
-    if (!p) throw new RuntimeError(Code.FAILED_PRECONDITION, `no ${lvl} model is configured ([models.${lvl}] in config.toml)`);
-    return { name: p.name, profile: p, entry: this.catalog().find((e) => e.file === this.config.models[lvl as 'operational' | 'tactical']!.name) };
-  }
-
-  /** Router as before: resolves and makes sure the model is loaded; returns its name. */
-  async route(model: string, level: string): Promise<string> {
-    const t = this.resolve(model, level);
-    await this.ensureLoaded(t);
-    return t.name;
+    return this.router.resolve(model, level);
   }
 
   /**
    * Gets a model into memory: downloads it first when its file is missing and it is in the catalog
-   * (runtime.auto_install), then loads it under the memory budget (the manager shares concurrent loads).
+   * (runtime.auto_install), then loads it under the memory budget (concurrent loads share one).
+   * A request never loads a configured layer with load_on_demand = false, nor reloads a failed model.
    */
-  async ensureLoaded(t: Target, onProgress?: (p: LoadProgress) => void): Promise<void> {
-    if (!t.profile) {
-      if (this.manager.capacity(t.name) > 0) return;
-      const p = this.manager.profileOf(t.name);
-      if (!p) throw new RuntimeError(Code.NOT_FOUND, `model ${t.name} is not loaded`);
-      await this.manager.load(p);
-      return;
+  private async ensureLoaded(t: Target, onProgress?: (p: LoadProgress) => void, byRequest = false): Promise<void> {
+    if (this.supervisor.capacity(t.name) > 0) return;
+    const p = t.profile ?? this.supervisor.profileOf(t.name);
+    if (!p) throw new RuntimeError(Code.NOT_FOUND, `model ${t.name} is not loaded`);
+    const failed = this.supervisor.failure(t.name);
+    if (byRequest && failed !== undefined) {
+      // A model that failed stays failed until someone loads it again: requests do not retry a crash loop.
+      throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${t.name} failed: ${failed}; load it again with \`aios runtime load ${t.name}\``);
     }
-    const p = t.profile;
-    if (this.manager.capacity(t.name) > 0) return;
-    if (!existsSync(p.path)) {
+    if (byRequest && t.layer && !this.config.models[t.layer]!.load_on_demand && !this.supervisor.has(t.name)) {
+      throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${t.name} ([models.${t.layer}]) is not loaded and load_on_demand = false: load it first with \`aios runtime load ${t.name}\``);
+    }
+    if (t.profile && !existsSync(p.path)) {
       if (!t.entry) throw new RuntimeError(Code.NOT_FOUND, `model file ${p.path} does not exist (and no catalog entry has that file)`);
       if (!this.config.runtime.auto_install) {
         throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${t.name} is not installed (${p.path}); install it with \`aios runtime pull ${t.entry.id}\`, or set runtime.auto_install = true`);
       }
-      await this.install(t.entry, onProgress);
+      await this.installer.install(t.entry, onProgress);
     }
     if (onProgress) {
       const est = await estimateFootprint(p.path, p).catch(() => undefined);
       onProgress({ model: t.name, phase: 'load', bytes: 0, total: est?.ramBytes ?? 0 });
     }
-    const loaded = await this.manager.load(p);
+    const loaded = await this.supervisor.load(p);
     onProgress?.({ model: t.name, phase: 'load', bytes: loaded.actualBytes, total: loaded.estimateBytes });
   }
 
-  /**
-   * Downloads a catalog model into model_dir (resumable, sha256- and GGUF-checked by fetchModel);
-   * concurrent calls for the same model share one download and all see its progress.
-   */
-  async install(e: CatalogEntry, onProgress?: (p: LoadProgress) => void): Promise<void> {
-    if (!e.sha256) throw new RuntimeError(Code.FAILED_PRECONDITION, `catalog entry ${e.id} has no sha256; it cannot be installed unchecked`);
-    let d = this.downloads.get(e.id);
-    if (!d) {
-      const entry = { done: Promise.resolve(), listeners: new Set<(p: LoadProgress) => void>(), bytes: 0, total: e.size };
-      d = entry;
-      this.downloads.set(e.id, entry);
-      const emit = (bytes: number, total: number, done: boolean) => {
-        entry.bytes = bytes;
-        entry.total = total;
-        this.events.emit('download', { model: e.id, bytes, total, done });
-        for (const l of entry.listeners) l({ model: e.id, phase: 'download', bytes, total });
-      };
-      entry.done = (async () => {
-        const dir = this.config.models.model_dir;
-        mkdirSync(dir, { recursive: true });
-        this.log(`installing ${e.id} from ${e.url}`);
-        emit(0, e.size, false);
-        try {
-          const r = await fetchModel({ url: e.url, dest: join(dir, e.file), sha256: e.sha256, size: e.size || undefined, retries: 2, backoffMs: 500, onProgress: (pr) => emit(pr.bytes, pr.total ?? e.size, false) });
-          emit(r.bytes, r.bytes, true);
-          this.log(`installed ${e.id} (${mib(r.bytes)}${r.resumedFrom ? `, resumed from ${mib(r.resumedFrom)}` : ''})`);
-        } catch (err) {
-          this.events.emit('download', { model: e.id, bytes: entry.bytes, total: entry.total, done: true });
-          const msg = (err as Error).message;
-          // A file that arrived but is wrong (checksum, not GGUF) will not get better by retrying; a network failure may.
-          throw new RuntimeError(/checksum mismatch|not a valid GGUF|is required/.test(msg) ? Code.FAILED_PRECONDITION : Code.UNAVAILABLE, `auto-install of ${e.id} failed: ${msg}`);
-        }
-      })().finally(() => this.downloads.delete(e.id));
-    }
-    if (onProgress) {
-      d.listeners.add(onProgress);
-      if (d.bytes) onProgress({ model: e.id, phase: 'download', bytes: d.bytes, total: d.total });
-    }
-    try {
-      await d.done;
-    } finally {
-      if (onProgress) d.listeners.delete(onProgress);
-    }
+  /** PullModel: installs a catalog model (by id or file name) into model_dir. */
+  async pull(id: string, onProgress?: (p: LoadProgress) => void): Promise<{ model: string; path: string; bytes: number }> {
+    if (!id) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model: must not be empty');
+    const e = this.catalog().find((x) => x.id === id || x.file === id);
+    if (!e) throw new RuntimeError(Code.NOT_FOUND, `"${id}" is not in the catalog (${this.catalog().map((x) => x.id).join(', ')})`);
+    const path = await this.installer.install(e, onProgress);
+    return { model: e.id, path, bytes: statSync(path).size };
   }
 
   /** Downloads in progress: model, bytes so far, total. */
   installing(): { model: string; bytes: number; total: number }[] {
-    return [...this.downloads.entries()].map(([model, d]) => ({ model, bytes: d.bytes, total: d.total }));
+    return this.installer.installing();
   }
 
   /** Waiting requests per model per priority, every priority of every loaded or queued model (0 included). */
   queueSnapshot(): { model: string; priority: PriorityName; depth: number }[] {
-    return this.scheduler.snapshot(this.manager.list().map((m) => m.name));
+    return this.scheduler.snapshot(this.supervisor.list().map((m) => m.name));
   }
 
-  private validate(i: InferInput): void {
-    if (!i.prompt) throw new RuntimeError(Code.INVALID_ARGUMENT, 'prompt: must not be empty');
-    if (i.maxTokens < 0 || i.maxTokens > 32768) throw new RuntimeError(Code.INVALID_ARGUMENT, 'max_tokens: must be between 0 (default) and 32768');
-    if (!(i.temperature >= 0 && i.temperature <= 2)) throw new RuntimeError(Code.INVALID_ARGUMENT, 'temperature: must be between 0 and 2');
-    if (i.timeoutMs < 0) throw new RuntimeError(Code.INVALID_ARGUMENT, 'timeout_ms: must not be negative');
+  /** Every model in memory (or failed), with its queue per priority. */
+  models(): ModelView[] {
+    const q = this.queueSnapshot();
+    return this.supervisor.list().map((m) => ({ ...m, queuedByPriority: Object.fromEntries(q.filter((x) => x.model === m.name && x.depth > 0).map((x) => [x.priority, x.depth])) }));
   }
 
-  private body(i: InferInput, stream: boolean): string {
-    const messages = [...(i.systemPrompt ? [{ role: 'system', content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
-    return JSON.stringify({
-      messages,
-      max_tokens: i.maxTokens || 256,
-      temperature: i.temperature,
-      stream,
-      ...(stream ? { stream_options: { include_usage: true } } : {}),
-      ...(i.grammar ? { grammar: i.grammar } : {}),
-    });
+  health(): Health {
+    const mem = this.supervisor.memory();
+    return {
+      ready: this.ready,
+      modelsReady: this.supervisor.list().filter((m) => m.state === 'ready').length,
+      uptimeMs: Date.now() - this.startedAt,
+      budgetBytes: mem.budgetBytes,
+      usedBytes: mem.usedBytes,
+      queued: this.scheduler.totalQueued,
+    };
+  }
+
+  memory(): ReturnType<Supervisor['memory']> {
+    return this.supervisor.memory();
   }
 
   /**
    * The one way a request reaches a child, for every front end (gRPC Infer/StreamInfer, HTTP):
-   * route the model, wait for a slot, run `fn` with it, release it, and report the request once.
-   * `cancel` is the client going away.
+   * route the model, check the request's generation fields against it, wait for a slot in its
+   * priority queue (loading it meanwhile), run `fn` with the slot, release it, and report the
+   * request once. `cancel` is the client going away.
    */
   async withSlot<T>(req: SlotRequest, cancel: AbortSignal | undefined, fn: (slot: Slot) => Promise<T>): Promise<T> {
     const t0 = Date.now();
@@ -364,23 +288,24 @@ export class RuntimeService {
     let queuedMs = 0;
     let ticket: Ticket | undefined;
     try {
-      const target = this.resolve(req.model, req.level);
+      const target = this.router.resolve(req.model, req.level);
       model = target.name;
+      const params = resolveParams(req.params ?? {}, this.router.defaults(target));
       // Join the model's priority queue first (full → RESOURCE_EXHAUSTED now), then get the model
       // into memory (download, budget, load) while waiting; a dropped waiter is never dispatched.
       const waiting = this.scheduler.enter(model, req.priority, { deadline, cancel });
       try {
-        ticket = await Promise.race([this.ensureLoaded(target, req.onProgress).then(() => waiting.granted), waiting.granted]);
+        ticket = await Promise.race([this.ensureLoaded(target, req.onProgress, true).then(() => waiting.granted), waiting.granted]);
       } catch (e) {
         waiting.abort(e as Error);
         throw e;
       }
-      const lease = await this.manager.acquire(model, cancel);
+      const lease = await this.supervisor.lease(model);
       queuedMs = Date.now() - t0;
       const left = deadline - Date.now();
       const signal = AbortSignal.any([lease.signal, AbortSignal.timeout(Math.max(1, left)), ...(cancel ? [cancel] : [])]);
       try {
-        const r = await fn({ model, port: lease.port, signal, queuedMs });
+        const r = await fn({ model, port: lease.port, signal, queuedMs, ...params });
         status = 'ok';
         return r;
       } catch (e) {
@@ -408,74 +333,85 @@ export class RuntimeService {
     }
   }
 
-  /** Runs one request on a child; `onText` receives streamed pieces. Cancelled by `cancel`. */
+  /** One chat request on a child (gRPC Infer/StreamInfer, the probe); `onText` receives streamed pieces. */
   async infer(i: InferInput, cancel?: AbortSignal, onText?: (t: string) => void, onProgress?: SlotRequest['onProgress']): Promise<InferOutput> {
-    this.validate(i);
+    if (!i.prompt) throw new RuntimeError(Code.INVALID_ARGUMENT, 'prompt: must not be empty');
+    if (!Number.isInteger(i.timeoutMs) || i.timeoutMs < 0) throw new RuntimeError(Code.INVALID_ARGUMENT, `timeout_ms: must be 0 (the server's request_timeout) or a positive number of milliseconds (got ${i.timeoutMs})`);
     const t0 = Date.now();
     const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
-    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, onProgress }, cancel, async (slot) => {
-      const name = slot.model;
+    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, params: i.params, onProgress }, cancel, async (slot) => {
       const g0 = Date.now();
       let ttft = 0;
-      const res = await postWithRetry(`http://127.0.0.1:${slot.port}/v1/chat/completions`, this.body(i, !!onText), slot.signal);
-      if (!res.ok) {
-        const text = await res.text();
-        throw new RuntimeError(res.status === 400 ? Code.INVALID_ARGUMENT : Code.INTERNAL, `llama-server answered ${res.status}: ${text.slice(0, 300)}`);
+      const messages = [...(i.systemPrompt ? [{ role: 'system', content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
+      const stream = !!onText;
+      const body = JSON.stringify({
+        messages,
+        max_tokens: slot.maxTokens,
+        temperature: slot.temperature,
+        stream,
+        ...(stream ? { stream_options: { include_usage: true } } : {}),
+        ...(i.grammar ? { grammar: i.grammar } : {}),
+      });
+      const res = await postChild(slot.port, '/v1/chat/completions', Buffer.from(body), slot.signal);
+      if (res.statusCode !== 200) {
+        const text = (await readAll(res)).toString('utf8');
+        throw new RuntimeError(res.statusCode === 400 ? Code.INVALID_ARGUMENT : Code.INTERNAL, `llama-server answered ${res.statusCode}: ${text.slice(0, 300)}`);
       }
       let text = '';
       let usage = { prompt_tokens: 0, completion_tokens: 0 };
       if (!onText) {
-        const j = (await res.json()) as { choices: { message: { content: string } }[]; usage?: typeof usage };
+        const j = JSON.parse((await readAll(res)).toString('utf8')) as { choices: { message: { content: string } }[]; usage?: typeof usage };
         text = j.choices[0]?.message.content ?? '';
         usage = j.usage ?? usage;
         ttft = Date.now() - g0;
       } else {
-        let buf = '';
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          buf += Buffer.from(chunk).toString('utf8');
-          let nl: number;
-          while ((nl = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, nl).trim();
-            buf = buf.slice(nl + 1);
-            if (!line.startsWith('data:')) continue;
-            const data = line.slice(5).trim();
-            if (data === '[DONE]') continue;
-            const j = JSON.parse(data) as { choices?: { delta?: { content?: string } }[]; usage?: typeof usage };
-            const piece = j.choices?.[0]?.delta?.content;
-            if (piece) {
-              if (!ttft) ttft = Date.now() - g0;
-              text += piece;
-              onText(piece);
-            }
-            if (j.usage) usage = j.usage;
+        for await (const data of sseData(res)) {
+          if (data === '[DONE]') continue;
+          const j = JSON.parse(data) as { choices?: { delta?: { content?: string } }[]; usage?: typeof usage };
+          const piece = j.choices?.[0]?.delta?.content;
+          if (piece) {
+            if (!ttft) ttft = Date.now() - g0;
+            text += piece;
+            onText(piece);
           }
+          if (j.usage) usage = j.usage;
         }
       }
-      if (usage.completion_tokens > 0) this.events.emit('generation', { model: name, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0 });
+      if (usage.completion_tokens > 0) this.events.emit('generation', { model: slot.model, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0 });
       return {
         text,
         promptTokens: usage.prompt_tokens,
         completionTokens: usage.completion_tokens,
         tokensUsed: usage.prompt_tokens + usage.completion_tokens,
         latencyMs: Date.now() - t0,
-        modelUsed: name,
+        modelUsed: slot.model,
       };
     });
   }
 
-  async load(name: string, path: string, o: { ctx?: number; gpuLayers?: number; threads?: number }): Promise<ModelInfo> {
+  /**
+   * LoadModel: a configured model by name (its fixed launch profile), or any GGUF file in model_dir
+   * under a new name. The child's port is always chosen by the runtime.
+   */
+  async load(name: string, path: string, o: { ctx?: number; gpuLayers?: number; threads?: number; port?: number }): Promise<ModelInfo> {
     if (!name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
-    for (const lvl of ['operational', 'tactical'] as const) {
-      const p = this.profile(lvl);
-      if (p && p.name === name) return this.manager.load(p); // configured: its fixed launch profile
+    if (o.port) throw new RuntimeError(Code.INVALID_ARGUMENT, `port: the runtime chooses each llama-server's loopback port itself; send 0 (got ${o.port})`);
+    for (const { profile } of this.router.configured()) {
+      if (profile.name === name) return this.supervisor.load(profile); // configured: its fixed launch profile
     }
     if (!path) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: required for "${name}", which is not in the config`);
     if (!path.startsWith(this.config.models.model_dir + '/')) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: must be inside ${this.config.models.model_dir}`);
-    return this.manager.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true });
+    return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true, idleUnloadMs: ms(this.config.runtime.unload_after_idle) });
+  }
+
+  /** UnloadModel: requests in flight on it fail (UNAVAILABLE), its queue is dropped. */
+  async unload(name: string): Promise<void> {
+    if (!name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
+    await this.supervisor.unload(name, 'request');
   }
 
   async stop(): Promise<void> {
     this.ready = false;
-    await this.manager.stopAll();
+    await this.supervisor.stopAll();
   }
 }

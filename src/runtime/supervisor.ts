@@ -1,0 +1,319 @@
+/**
+ * The supervisor: the set of model children (one `ModelChild` state machine each), loading under
+ * the memory budget (the decision is `decideAdmission()` in policy.ts; this module only gathers
+ * the inputs and carries it out), the health loop (each child's `checkHealth()`, idle unloads by
+ * `idleExpired()`), memory accounting, and one `load`/`unload` event per change. It never waits
+ * for a slot: the scheduler (scheduler.ts) hands out slots, the service (service.ts) ties them
+ * together.
+ */
+import { existsSync } from 'node:fs';
+import { Code, RuntimeError } from './errors.js';
+import type { RuntimeEvents, UnloadReason } from './events.js';
+import { ModelChild, type ChildOptions, type ChildState, type Launcher, type LaunchProfile, type Lease } from './child.js';
+import { decideAdmission, evictable, idleExpired, idleUntil, type Resident } from './policy.js';
+import { estimateFootprint, mib, rssOf, type Budget, type Footprint } from './memory.js';
+import { isGgufFile } from '../models/gguf.js';
+
+export interface ModelInfo {
+  name: string;
+  level: string;
+  state: ChildState;
+  pid: number;
+  port: number;
+  memoryBytes: number;
+  lastUsed: number;
+  uptimeMs: number;
+  path: string;
+  restarts: number;
+  error: string;
+  /** Footprint estimated from the GGUF metadata before the load (RAM, bytes). */
+  estimateBytes: number;
+  /** Measured once the child was ready: max(resident set, llama-server's reported host buffers + process overhead); 0 before. The budget counts this (or the live RSS if higher), else the estimate. */
+  actualBytes: number;
+  /** (estimate − actual) / actual × 100, once measured. */
+  estimateErrorPct: number;
+  /** GPU memory: estimated, and reported by llama-server (0 without offload). */
+  vramEstimateBytes: number;
+  vramActualBytes: number;
+  /** Sum of the buffers llama-server reported (model, KV, compute, output), host side. */
+  reportedBytes: number;
+  pinned: boolean;
+  /** When it will be unloaded for idleness (ms epoch), 0 = not idling or never. */
+  idleUntil: number;
+  /** Requests holding one of its slots. */
+  inflight: number;
+  /** Requests waiting in its priority queue. */
+  queued: number;
+  /** llama-server slots. */
+  parallel: number;
+}
+
+export interface SupervisorOptions {
+  launcher: Launcher;
+  loadTimeoutMs: number;
+  healthIntervalMs: number;
+  maxRestarts: number;
+  log?: (line: string) => void;
+  /** Memory budget; loads that do not fit evict idle models or are refused. Unlimited when absent. */
+  budget?: Budget;
+  events?: RuntimeEvents;
+  /** Requests waiting for a model (its priority queue): a model with waiters is never evicted or idled. */
+  queued?: (name: string) => number;
+  /** A model became ready (after a load or a restart): its slots can be handed out. */
+  onReady?: (name: string) => void;
+  /** A model ended in "failed": its waiters cannot be served. */
+  onFailed?: (name: string, error: string) => void;
+  /** Passed to every child (tests shorten backoff and polling). */
+  child?: Partial<ChildOptions>;
+  now?: () => number;
+}
+
+interface Entry {
+  child: ModelChild;
+  estimate?: Footprint;
+}
+
+export class Supervisor {
+  private entries = new Map<string, Entry>();
+  private loads = new Map<string, Promise<ModelInfo>>();
+  /** Admission runs one load at a time, so two loads never count the same free memory. */
+  private admission: Promise<unknown> = Promise.resolve();
+  private timer?: NodeJS.Timeout;
+  private now: () => number;
+
+  constructor(private o: SupervisorOptions) {
+    this.now = o.now ?? Date.now;
+  }
+
+  private log(s: string): void {
+    this.o.log?.(s);
+  }
+
+  private newChild(p: LaunchProfile): ModelChild {
+    return new ModelChild(p, {
+      launcher: this.o.launcher,
+      loadTimeoutMs: this.o.loadTimeoutMs,
+      maxRestarts: this.o.maxRestarts,
+      log: this.o.log,
+      now: this.o.now,
+      ...this.o.child,
+      onTransition: (c, _from, to) => {
+        if (to === 'ready') this.o.onReady?.(c.name);
+        if (to === 'failed') this.o.onFailed?.(c.name, c.error);
+      },
+    });
+  }
+
+  /** Loads a model, or waits for the load under way (concurrent loads of one model share it). */
+  async load(p: LaunchProfile): Promise<ModelInfo> {
+    const pending = this.loads.get(p.name);
+    if (pending) return pending;
+    const e = this.entries.get(p.name);
+    if (e && ['ready', 'starting', 'restarting'].includes(e.child.state)) {
+      await e.child.ensureReady();
+      return this.info(e);
+    }
+    const job = this.fresh(p).finally(() => this.loads.delete(p.name));
+    this.loads.set(p.name, job);
+    return job;
+  }
+
+  /** A new child for `p`: checked, admitted under the budget, started. */
+  private async fresh(p: LaunchProfile): Promise<ModelInfo> {
+    const old = this.entries.get(p.name);
+    if (old) await old.child.stop(`model ${p.name} is being reloaded`); // stopping or failed: out of the way first
+    if (!existsSync(p.path)) throw new RuntimeError(Code.NOT_FOUND, `model file ${p.path} does not exist`);
+    if (!(await isGgufFile(p.path))) throw new RuntimeError(Code.FAILED_PRECONDITION, `${p.path} is not a GGUF file`);
+    let estimate: Footprint | undefined;
+    try {
+      estimate = await estimateFootprint(p.path, p);
+    } catch (err) {
+      // An unreadable header: llama-server will say why when it refuses the file.
+      this.log(`${p.name}: no footprint estimate (${(err as Error).message}); llama-server decides`);
+    }
+    const t0 = this.now();
+    const entry: Entry = { child: this.newChild(p), estimate };
+    const failed = (err: unknown) => {
+      this.o.events?.emit('load', { model: p.name, ms: this.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });
+      throw err;
+    };
+    const admitted = this.admission.then(() => this.admit(entry));
+    this.admission = admitted.catch(() => {});
+    await admitted.catch(failed);
+    await entry.child.ensureReady().catch(failed);
+    const info = this.info(entry);
+    this.log(`${p.name}: estimated ${mib(info.estimateBytes)}, uses ${mib(info.actualBytes)} (${info.estimateErrorPct >= 0 ? '+' : ''}${info.estimateErrorPct.toFixed(1)} %); llama-server reported ${mib(info.reportedBytes)} of buffers`);
+    this.o.events?.emit('load', { model: p.name, ms: this.now() - t0, ok: true, estimateBytes: info.estimateBytes, actualBytes: info.actualBytes });
+    return info;
+  }
+
+  /** Memory a child counts against the budget: what it uses (measured, or now if more), else its estimate. */
+  private charge(e: Entry): { ram: number; vram: number } {
+    const c = e.child;
+    if (c.state === 'failed' || c.state === 'stopped') return { ram: 0, vram: 0 };
+    const live = c.pid && c.state === 'ready' ? rssOf(c.pid) : 0;
+    const ram = c.actualBytes ? Math.max(c.actualBytes, live) : (e.estimate?.ramBytes ?? 0);
+    const vram = c.buffers.deviceBytes || (e.estimate?.vramBytes ?? 0);
+    return { ram, vram };
+  }
+
+  private resident(e: Entry): Resident {
+    const ch = this.charge(e);
+    const c = e.child;
+    return { name: c.name, ramBytes: ch.ram, vramBytes: ch.vram, lastUsed: c.lastUsed, pinned: !!c.profile.pinned, busy: c.busy + (this.o.queued?.(c.name) ?? 0), ready: c.state === 'ready' };
+  }
+
+  /** Memory in use and free under the budget. */
+  memory(): { budgetBytes: number; usedBytes: number; freeBytes: number; vramBudgetBytes: number; vramUsedBytes: number; source: string } {
+    let used = 0;
+    let vused = 0;
+    for (const e of this.entries.values()) {
+      const ch = this.charge(e);
+      used += ch.ram;
+      vused += ch.vram;
+    }
+    const b = this.o.budget;
+    return { budgetBytes: b?.ramBytes ?? 0, usedBytes: used, freeBytes: b ? b.ramBytes - used : Infinity, vramBudgetBytes: b?.vramBytes ?? 0, vramUsedBytes: vused, source: b?.source ?? 'unlimited' };
+  }
+
+  /**
+   * Carries out the policy for `e`: evicts what it names (one at a time, deciding again after each,
+   * since a model may have become busy meanwhile) or refuses with the numbers. On success `e` is
+   * registered, so its estimate counts from now on.
+   */
+  private async admit(e: Entry): Promise<void> {
+    const candidate = { name: e.child.name, ramBytes: e.estimate?.ramBytes ?? 0, vramBytes: e.estimate?.vramBytes ?? 0 };
+    for (;;) {
+      const residents = [...this.entries.values()].map((x) => this.resident(x));
+      const d = decideAdmission(this.o.budget, residents, candidate);
+      if (d.action === 'load') break;
+      if (d.action === 'evict') {
+        const victim = d.victims[0]!;
+        const v = residents.find((r) => r.name === victim)!;
+        this.log(`evicting ${victim} (idle since ${new Date(v.lastUsed).toISOString()}, ${mib(v.ramBytes)}) to load ${candidate.name} (${mib(candidate.ramBytes)})`);
+        await this.unload(victim, 'evict').catch(() => {});
+        continue;
+      }
+      const inUse = residents
+        .filter((r) => r.name !== candidate.name && this.entries.get(r.name)?.child.state !== 'failed')
+        .map((r) => `${r.name} ${mib(r.ramBytes)}${r.pinned ? ' pinned' : !r.ready ? ` ${this.entries.get(r.name)?.child.state}` : !evictable(r) ? ' busy' : ''}`);
+      const vram = d.vramNeedBytes ? `; GPU: needs ${mib(d.vramNeedBytes)}, ${mib(d.vramFreeBytes)} free of ${mib(d.vramBudgetBytes)}` : '';
+      throw new RuntimeError(
+        Code.RESOURCE_EXHAUSTED,
+        `not enough memory to load ${candidate.name}: needs ${mib(d.needBytes)} (estimated), ${mib(d.freeBytes)} free of the ${mib(d.budgetBytes)} budget${vram}; in use: ${inUse.join(', ') || 'nothing'}${d.tooBig ? ' (it does not fit even with nothing else loaded)' : '; nothing idle left to evict'}`,
+      );
+    }
+    this.entries.set(e.child.name, e);
+  }
+
+  /** A lease on a loaded model's child for one request (waits through a restart). */
+  async lease(name: string): Promise<Lease> {
+    const e = this.entries.get(name);
+    if (!e) throw new RuntimeError(Code.NOT_FOUND, `model ${name} is not loaded`);
+    await e.child.ensureReady();
+    return e.child.lease();
+  }
+
+  /** Why a model failed (crashed max_restarts times, or could not start), if it is failed. */
+  failure(name: string): string | undefined {
+    const c = this.entries.get(name)?.child;
+    return c?.state === 'failed' ? c.error : undefined;
+  }
+
+  /** Loaded, loading or restarting (not failed). */
+  has(name: string): boolean {
+    const e = this.entries.get(name);
+    return !!e && e.child.state !== 'failed';
+  }
+
+  async unload(name: string, reason: UnloadReason = 'request'): Promise<void> {
+    const e = this.entries.get(name);
+    if (!e) throw new RuntimeError(Code.NOT_FOUND, `model ${name} is not loaded`);
+    await e.child.stop(`model ${name} was unloaded (${reason}) during the request`);
+    if (this.entries.get(name) === e) this.entries.delete(name);
+    this.o.events?.emit('unload', { model: name, reason });
+  }
+
+  /** Slots a model can serve at once now: its `parallel` while ready or restarting (requests wait for it), else 0. */
+  capacity(name: string): number {
+    const c = this.entries.get(name)?.child;
+    return c && (c.state === 'ready' || c.state === 'restarting') ? c.profile.parallel : 0;
+  }
+
+  /** The launch profile of a loaded (or loading) model. */
+  profileOf(name: string): LaunchProfile | undefined {
+    return this.entries.get(name)?.child.profile;
+  }
+
+  private info(e: Entry): ModelInfo {
+    const c = e.child;
+    const estimateBytes = e.estimate?.ramBytes ?? 0;
+    const queued = this.o.queued?.(c.name) ?? 0;
+    return {
+      name: c.name,
+      level: c.profile.level,
+      state: c.state,
+      pid: c.pid,
+      port: c.port,
+      memoryBytes: c.pid ? rssOf(c.pid) : 0,
+      lastUsed: c.lastUsed,
+      uptimeMs: c.state === 'ready' ? this.now() - c.startedAt : 0,
+      path: c.profile.path,
+      restarts: c.restarts,
+      error: c.error,
+      estimateBytes,
+      actualBytes: c.actualBytes,
+      estimateErrorPct: c.actualBytes && estimateBytes ? ((estimateBytes - c.actualBytes) / c.actualBytes) * 100 : 0,
+      vramEstimateBytes: e.estimate?.vramBytes ?? 0,
+      vramActualBytes: c.buffers.deviceBytes,
+      reportedBytes: c.buffers.hostBytes,
+      pinned: !!c.profile.pinned,
+      idleUntil: idleUntil(this.idleView(e)),
+      inflight: c.busy,
+      queued,
+      parallel: c.profile.parallel,
+    };
+  }
+
+  private idleView(e: Entry) {
+    const c = e.child;
+    return { name: c.name, ready: c.state === 'ready', pinned: !!c.profile.pinned, busy: c.busy + (this.o.queued?.(c.name) ?? 0), lastUsed: c.lastUsed, idleMs: c.profile.idleUnloadMs ?? 0 };
+  }
+
+  list(): ModelInfo[] {
+    return [...this.entries.values()].map((e) => this.info(e));
+  }
+
+  /** One round of the health loop: every ready child's /health, then idle unloads. */
+  async tick(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => e.child.checkHealth()));
+    for (const name of idleExpired([...this.entries.values()].map((e) => this.idleView(e)), this.now())) {
+      const e = this.entries.get(name);
+      if (e) this.log(`${name}: idle for ${Math.round((this.now() - e.child.lastUsed) / 1000)} s; unloading`);
+      await this.unload(name, 'idle').catch(() => {});
+    }
+  }
+
+  /** Health checks and idle unloads every healthIntervalMs (the ticks never overlap). */
+  startHealthLoop(): void {
+    if (this.timer) return;
+    const loop = () => {
+      this.timer = setTimeout(() => void this.tick().finally(() => this.timer && loop()), this.o.healthIntervalMs);
+      this.timer.unref();
+    };
+    loop();
+  }
+
+  async stopAll(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await Promise.all(
+      [...this.entries.values()].map(async (e) => {
+        const was = e.child.state;
+        await e.child.stop('aios-runtime is shutting down');
+        if (was !== 'failed') this.o.events?.emit('unload', { model: e.child.name, reason: 'shutdown' });
+      }),
+    );
+    this.entries.clear();
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * Talking to a child: POST over pooled keep-alive connections on loopback, for every front end.
+ * A pooled connection that llama-server closes just as it is reused fails before the request
+ * reaches it: that (a reused socket, no response, not aborted) is retried on a fresh connection,
+ * twice at most. Anything else is the caller's to report.
+ */
+import { Agent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { StringDecoder } from 'node:string_decoder';
+
+const agent = new Agent({ keepAlive: true, maxSockets: 1024 });
+
+export async function postChild(port: number, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
+  for (let attempt = 0; ; attempt++) {
+    let reused = false;
+    try {
+      return await new Promise<IncomingMessage>((resolve, reject) => {
+        const r = httpRequest(
+          { host: '127.0.0.1', port, path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
+          resolve,
+        );
+        r.on('socket', (s) => {
+          reused = r.reusedSocket;
+          s.setNoDelay(true);
+        });
+        r.on('error', reject);
+        r.end(payload);
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? '';
+      if (signal.aborted || attempt >= 2 || !reused || !['ECONNRESET', 'EPIPE'].includes(code)) throw e;
+    }
+  }
+}
+
+export async function readAll(s: IncomingMessage): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of s as AsyncIterable<Buffer>) parts.push(c);
+  return Buffer.concat(parts);
+}
+
+/** The `data:` payloads of a server-sent event stream, as they arrive. */
+export async function* sseData(s: IncomingMessage): AsyncGenerator<string> {
+  let buf = '';
+  const utf8 = new StringDecoder('utf8'); // a character split across two chunks stays whole
+  for await (const chunk of s as AsyncIterable<Buffer>) {
+    buf += utf8.write(chunk);
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line.startsWith('data:')) yield line.slice(5).trim();
+    }
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * The runtime service and both front ends (real gRPC client, real HTTP) over fake llama-server
+ * children (test/fake-child.ts): request validation and defaults, per-request timeouts,
+ * max_restarts, always_loaded, load_on_demand, log_level, LoadModel.port, one model per file.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
+import { RuntimeConfigSchema, type RuntimeConfig } from '../../src/runtime/config.js';
+import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
+import { connect, unary, type RuntimeClient } from '../../src/runtime/client.js';
+import { Code } from '../../src/runtime/errors.js';
+import { FakeLauncher } from '../fake-child.js';
+import { writeTestGguf } from '../gguf-writer.js';
+import { tmp } from '../helpers.js';
+
+const dir = tmp('aios-service-');
+writeTestGguf(join(dir, 'op.gguf'));
+copyFileSync(join(dir, 'op.gguf'), join(dir, 'tac.gguf'));
+
+function config(o: { runtime?: object; system?: object; operational?: object; tactical?: object } = {}): RuntimeConfig {
+  return RuntimeConfigSchema.parse({
+    runtime: { llama_server: '/nonexistent', socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '1s', request_timeout: '10s', max_restarts: 1, ...o.runtime },
+    system: o.system ?? {},
+    models: { model_dir: dir, operational: { name: 'op.gguf', ctx_size: 256, max_tokens: 32, temperature: 0.3, ...o.operational }, ...(o.tactical ? { tactical: { name: 'tac.gguf', ctx_size: 512, ...o.tactical } } : {}) },
+  });
+}
+
+let running: Daemon[] = [];
+async function daemon(c: RuntimeConfig, log: string[] = []) {
+  const launcher = new FakeLauncher();
+  const d = await startDaemon(c, { log: (s) => log.push(s), service: { launcher, supervisor: { child: { backoffMs: () => 1, pollMs: 5 } } } });
+  running.push(d);
+  return { d, launcher, grpc: connect(`127.0.0.1:${d.listening.tcpPort}`), http: `http://127.0.0.1:${d.http!.port}` };
+}
+const grpcFailure = (p: Promise<unknown>) => p.then(() => undefined, (e: grpc.ServiceError) => e);
+
+describe('request validation: the same table on gRPC and HTTP', () => {
+  let s: Awaited<ReturnType<typeof daemon>>;
+  beforeAll(async () => {
+    s = await daemon(config());
+    running = [];
+  });
+  afterAll(async () => {
+    await s.d.stop();
+  });
+  // field, value, what the error names. ctx_size 256 is the model's ceiling (no max_tokens_limit set).
+  const bad: [string, number, RegExp][] = [
+    ['max_tokens', -1, /^max_tokens: must be an integer of at least 1 \(got -1\)/],
+    ['max_tokens', 257, /^max_tokens: 257 is more than this model allows \(256, the context size of \[models.operational\]\)/],
+    ['temperature', -0.5, /^temperature: must be a number from 0 to 2 \(got -0.5\)/],
+    ['temperature', 2.5, /^temperature: must be a number from 0 to 2/],
+  ];
+  for (const [field, value, re] of bad) {
+    it(`${field} = ${value}: gRPC INVALID_ARGUMENT and HTTP 400, naming the field; nothing reaches a child`, async () => {
+      const before = s.launcher.bodies.length;
+      const g = await grpcFailure(unary(s.grpc, 'Infer', { prompt: 'hi', [field]: value }));
+      expect(g?.code).toBe(Code.INVALID_ARGUMENT);
+      expect(g?.details).toMatch(re);
+      const r = await fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], [field]: value }) });
+      expect(r.status).toBe(400);
+      const j = (await r.json()) as { error: { message: string; code: string } };
+      expect(j.error.message).toMatch(re);
+      expect(j.error.code).toBe('invalid_argument');
+      expect(s.launcher.bodies.length).toBe(before);
+    });
+  }
+  it('HTTP-only fields are checked the same way (top_p, n, strings for numbers)', async () => {
+    for (const [body, re] of [
+      [{ top_p: 1.5 }, /^top_p: must be a number from 0 to 1/],
+      [{ n: 2 }, /^n: must be an integer from 1 to 1/],
+      [{ max_tokens: '10' }, /^max_tokens: must be an integer of at least 1 \(got "10"\)/],
+      [{ n_predict: -1 }, /^n_predict: must be an integer of at least 1/],
+      [{ max_tokens: 2.5 }, /^max_tokens: must be an integer/], // gRPC's int32 cannot carry this
+    ] as const) {
+      const r = await fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], ...body }) });
+      expect(r.status).toBe(400);
+      expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(re);
+    }
+  });
+  it('no max_tokens or temperature: the layer\'s values, on both front ends', async () => {
+    s.launcher.bodies.length = 0;
+    await unary(s.grpc, 'Infer', { prompt: 'hi' });
+    const r = await fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }) });
+    expect(r.status).toBe(200);
+    expect(s.launcher.bodies.map((b) => [b.max_tokens, b.temperature])).toEqual([
+      [32, 0.3],
+      [32, 0.3],
+    ]);
+    // given values pass; a gRPC temperature of 0 is a real 0 (proto3 optional), not "unset"
+    s.launcher.bodies.length = 0;
+    await unary(s.grpc, 'Infer', { prompt: 'hi', max_tokens: 5, temperature: 0 });
+    expect(s.launcher.bodies[0]).toMatchObject({ max_tokens: 5, temperature: 0 });
+  });
+});
+
+describe('runtime service with fake children', () => {
+  afterEach(async () => {
+    for (const d of running.splice(0)) await d.stop();
+  });
+  it('a per-request timeout_ms ends a slow answer with DEADLINE_EXCEEDED, and the slot is free again', async () => {
+    const s = await daemon(config());
+    s.launcher.b.answerDelayMs = 2000;
+    const t0 = Date.now();
+    const e = await grpcFailure(unary(s.grpc, 'Infer', { prompt: 'slow', timeout_ms: 200 }));
+    expect(e?.code).toBe(Code.DEADLINE_EXCEEDED);
+    expect(e?.details).toMatch(/no answer within 200 ms/);
+    expect(Date.now() - t0).toBeLessThan(1500);
+    s.launcher.b.answerDelayMs = 0;
+    expect((await unary(s.grpc, 'Infer', { prompt: 'fast' })).text).toBe('OK');
+    expect(s.d.service.models()[0]).toMatchObject({ inflight: 0, state: 'ready' });
+  });
+
+  it('max_restarts reached: the model is failed, requests get FAILED_PRECONDITION with the reason', async () => {
+    const s = await daemon(config({ runtime: { max_restarts: 1 } }));
+    s.launcher.last.exit(1);
+    while (s.d.service.models()[0]!.restarts < 1 || s.d.service.models()[0]!.state !== 'ready') await new Promise((r) => setTimeout(r, 5));
+    s.launcher.last.exit(1);
+    while (s.d.service.models()[0]!.state !== 'failed') await new Promise((r) => setTimeout(r, 5));
+    const e = await grpcFailure(unary(s.grpc, 'Infer', { prompt: 'hi' }));
+    expect(e?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(e?.details).toMatch(/op failed: crashed 2 times in 5 minutes/);
+    const list = await unary(s.grpc, 'ListModels', {});
+    expect(list.models[0]).toMatchObject({ name: 'op', state: 'failed', restarts: 1 });
+  });
+
+  it('always_loaded = true: a tactical model is loaded at start and pinned; load_on_demand = false refuses to load on a request', async () => {
+    const a = await daemon(config({ tactical: { always_loaded: true } }));
+    expect(a.d.service.models().map((m) => [m.name, m.state, m.pinned, m.idleUntil])).toEqual([
+      ['op', 'ready', true, 0],
+      ['tac', 'ready', true, 0],
+    ]);
+    await a.d.stop();
+    const b = await daemon(config({ tactical: { load_on_demand: false } }));
+    expect(b.d.service.models().map((m) => m.name)).toEqual(['op']);
+    const e = await grpcFailure(unary(b.grpc, 'Infer', { prompt: 'hi', intelligence_level: 'tactical' }));
+    expect(e?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(e?.details).toMatch(/tac \(\[models.tactical\]\) is not loaded and load_on_demand = false: load it first with `aios runtime load tac`/);
+    // an explicit load works, and then requests are served
+    await unary(b.grpc, 'LoadModel', { model_name: 'tac' });
+    expect((await unary(b.grpc, 'Infer', { prompt: 'hi', intelligence_level: 'tactical' })).model_used).toBe('tac');
+  });
+
+  it('log_level filters what the daemon logs', async () => {
+    const info: string[] = [];
+    await daemon(config(), info);
+    expect(info.some((l) => /^ready \d+ ms after the daemon started/.test(l))).toBe(true);
+    expect(info.some((l) => l.startsWith('front ends up after'))).toBe(false); // debug
+    const debug: string[] = [];
+    await daemon(config({ system: { log_level: 'debug' } }), debug);
+    expect(debug.some((l) => l.startsWith('front ends up after'))).toBe(true);
+    const warn: string[] = [];
+    await daemon(config({ system: { log_level: 'warn' }, runtime: { listen: '0.0.0.0:0' } }), warn);
+    expect(warn).toEqual([expect.stringMatching(/^gRPC on 0\.0\.0\.0:0, which is not loopback/)]);
+  });
+
+  it('LoadModel.port is refused (the runtime picks ports), not ignored', async () => {
+    const s = await daemon(config());
+    const e = await grpcFailure(unary(s.grpc, 'LoadModel', { model_name: 'x', model_path: join(dir, 'tac.gguf'), port: 9999 }));
+    expect(e?.code).toBe(Code.INVALID_ARGUMENT);
+    expect(e?.details).toMatch(/^port: the runtime chooses each llama-server's loopback port itself; send 0 \(got 9999\)/);
+    expect((await unary(s.grpc, 'LoadModel', { model_name: 'x', model_path: join(dir, 'tac.gguf') })).state).toBe('ready');
+  });
+
+  it('two layers naming one file are a configuration error that says why', () => {
+    const r = RuntimeConfigSchema.safeParse({ models: { operational: { name: 'tiny.gguf' }, tactical: { name: 'tiny.gguf', ctx_size: 1024 } } });
+    expect(r.success).toBe(false);
+    expect(r.error!.issues[0]!.path).toEqual(['models', 'tactical', 'name']);
+    expect(r.error!.issues[0]!.message).toMatch(/"tiny.gguf" is also \[models.operational\]'s file: a model is named by its file/);
+  });
+});
+
+// The client is closed with its daemon; keep the type import used.
+export type _ = RuntimeClient;
