@@ -9,6 +9,7 @@ APT_PACKAGES=(
   cmake ninja-build g++ git ccache   # llama.cpp build (ccache: seconds for a rebuild)
   python3-numpy             # synthesized GGUF test models (llama.cpp gguf-py)
   make flex bison bc xz-utils   # aios kernel check: the kernel's own merge_config.sh + olddefconfig
+  gcc libelf-dev libssl-dev cpio dwarves   # kernel.build = true: compiling Debian's linux-source (pahole for BTF configs)
   python3-grpcio python3-grpc-tools   # the independent (non-TypeScript) gRPC client in the runtime tests
   python3-prometheus-client   # the reference Prometheus text-format parser that reads /metrics in the runtime tests
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting

@@ -10,6 +10,8 @@ import { StageCache } from './cache.js';
 import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.js';
 import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages/index.js';
 import { isaFor } from './llama.js';
+import { kernelPlan } from '../kernel/build.js';
+import { kernelBuildManifest } from './stages/kernel.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
 import { registerTemp, safeRemove } from '../util/cleanup.js';
@@ -105,6 +107,7 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
   if (ctx.recipe.llama.enabled && stages.some((s) => s.name === 'llama') && renderer !== 'silent') {
     process.stderr.write(`llama.cpp binaries will need: ${(await isaFor(ctx.recipe.llama.cpu)).description}\n`);
   }
+  if (ctx.recipe.kernel.build && stages.some((s) => s.name === 'kernel') && renderer !== 'silent') process.stderr.write(`${kernelPlan(ctx.recipe.kernel)}\n`);
   const problems = await preflight(ctx, outDir, stages);
   if (problems.length) {
     throw new UserError(`cannot build ${ctx.recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
@@ -159,7 +162,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   const recipe = ctx.recipe;
   const log = ctx.log;
   const formats = opts.formats ?? recipe.image.formats;
-  const reports = await runStages(ctx, stagesFor(formats), opts, renderer, outDir);
+  const reports = await runStages(ctx, stagesFor(formats, recipe), opts, renderer, outDir);
 
   const outputs: BuildResult['outputs'] = [];
   for (const format of (['disk', 'iso'] as const).filter((f) => formats.includes(f))) {
@@ -211,7 +214,7 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
     created: new Date((sourceDateEpoch() ?? Date.now() / 1000) * 1000).toISOString(),
     distro: { name: r.base.distro, suite: r.base.suite, mirror: r.base.mirror },
     format,
-    kernel: { version: kernel.version, cmdline: iso ? iso.cmdline : kernelCmdline(r, ctx.id, bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results },
+    kernel: { version: kernel.version, cmdline: iso ? iso.cmdline : kernelCmdline(r, ctx.id, bootArgs), fragments: r.kernel.fragments, wishes: (await kernelWishes(ctx)).results, ...(ctx.outputs.kernel ? { build: await kernelBuildManifest(ctx.outputs.kernel.dir) } : {}) },
     identity: ctx.id,
     image: { file: name, bytes: st.size, sha256: await sha256File(file) },
     partitions: layout?.sfdisk?.partitiontable?.partitions ?? [],

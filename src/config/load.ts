@@ -145,6 +145,9 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
     if (!r.llama.enabled) out.push({ path: 'runtime.enabled', message: 'aios-runtime runs llama-server: it needs llama.enabled = true (or set runtime.enabled = false)' });
     if (!r.models.some((m) => m.level === 'operational')) out.push({ path: 'runtime.enabled', message: 'aios-runtime needs an operational model: add a [[models]] entry with level = "operational" (or set runtime.enabled = false)' });
   }
+  if (r.kernel.build && r.base.distro !== 'debian') {
+    out.push({ path: 'kernel.build', message: `a custom kernel is built from Debian's linux-source package; base.distro = "${r.base.distro}" has no kernel source or mirror reachable from here: use its stock kernel (kernel.build = false)` });
+  }
   r.kernel.fragments.forEach((f, i) => {
     try {
       fragmentPath(f);

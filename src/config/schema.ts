@@ -58,7 +58,7 @@ export const SystemSchema = z
         'e2scrub_all.timer',
         'fstrim.timer',
       ])
-      .describe('Units masked in the image (symlinked to /dev/null), as seed 002 asks'),
+      .describe('Units masked in the image (symlinked to /dev/null): services and timers an inference appliance does not need, which would otherwise wake up and take CPU and I/O from inference'),
     network: z.enum(['dhcp', 'none']).default('dhcp').describe('systemd-networkd DHCP on every wired interface, or no network config'),
   })
   .describe('System identity and services');
@@ -114,7 +114,7 @@ export const ZramSchema = z
       .string()
       .regex(/^(ram|ram\s*[*/]\s*\d+(\.\d+)?|min\(.*\)|\d+)$/, { message: 'must be a zram-generator size expression such as "ram", "ram / 2" or a number of MiB' })
       .default('ram')
-      .describe('zram-size expression (zram-generator syntax); "ram" = 100% of RAM, as seed 002 asks'),
+      .describe('zram-size expression (zram-generator syntax); "ram" = a device as large as RAM (zram takes memory only for the compressed pages swapped to it)'),
   })
   .describe('Compressed swap');
 
@@ -201,7 +201,7 @@ const modelName = z
   .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'must be lowercase letters, digits, . _ - (it becomes <name>.gguf)' });
 const modelCommon = {
   name: modelName.describe('Installed as /var/lib/aios/models/<name>.gguf'),
-  level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves (seed 000)'),
+  level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves: operational (loaded at start; the runtime is ready once it answers its probe) or tactical (loaded when a request asks for it)'),
 };
 export const ModelSpecSchema = z.discriminatedUnion('source', [
   z.strictObject({
@@ -235,7 +235,7 @@ export const RuntimeSchema = z
       .string()
       .regex(/^(\d+[KMGT]?|\d+%|infinity)$/, { message: 'must be a systemd MemoryHigh= value such as 28G or 90%' })
       .default('90%')
-      .describe('MemoryHigh= of aios-runtime.service (seed 002 leaves 4 GB to the OS: 28G on 32 GB)'),
+      .describe('MemoryHigh= of aios-runtime.service: above it the kernel throttles and reclaims the runtime before the rest of the system runs short (e.g. 28G on a 32 GB machine leaves 4 GB to the OS)'),
   })
   .describe('aios-runtime service');
 
@@ -244,10 +244,28 @@ export const KernelSchema = z
     fragments: z
       .array(z.string().regex(/^[A-Za-z0-9._/-]+$/))
       .default([])
-      .describe('Kernel wishes: kernel-configs/<name>.config fragments (or paths). Checked against the image kernel; the at-boot ones join the cmdline'),
-    build: z.literal(false).default(false).describe('Build a custom kernel: not implemented yet, so only false is accepted'),
+      .describe('Kernel wishes: kernel-configs/<name>.config fragments (or paths). Without kernel.build they are checked against the stock kernel and the at-boot ones join the cmdline; with it they are compiled in'),
+    build: z
+      .boolean()
+      .default(false)
+      .describe('Build a custom kernel (Debian linux-source, stage `kernel`) with every wish compiled in, instead of the distribution\'s stock kernel. Debian only'),
+    base: z
+      .string()
+      .regex(/^(compact|debian|local|[A-Za-z0-9._/-]+\.config)$/, { message: 'must be compact, debian, local or a path to a .config' })
+      .default('compact')
+      .describe('Base config of the custom kernel: compact (x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config: real machines and VMs, ~1 h on 2 cores), debian (Debian\'s own config: every driver, many hours on 2 cores), local (make localmodconfig from the modules loaded on the build host), or a path to a .config'),
+    strict: z
+      .boolean()
+      .default(true)
+      .describe('With kernel.build: a wish that does not land in the final config fails the build (false: a warning)'),
+    series: z.string().regex(/^\d+\.\d+$/).default('6.12').describe('Kernel series of the custom kernel: Debian\'s linux-source-<series> from base.suite'),
+    version: z
+      .string()
+      .regex(/^[0-9][A-Za-z0-9.+~-]*$/)
+      .optional()
+      .describe('Pinned Debian version of linux-source-<series> (e.g. 6.12.117-1): the build fails if the archive has another. Unset: whatever the archive has (recorded in the manifest)'),
   })
-  .describe('Kernel wishes (filled by a later issue)');
+  .describe('Kernel wishes and the custom kernel');
 
 export const RecipeSchema = z.strictObject({
   extends: z.string().optional().describe('Recipe this one builds on (name in images/ or a path); its keys are the defaults here'),

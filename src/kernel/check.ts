@@ -4,7 +4,7 @@
  *   merge_config.sh + `make olddefconfig`, then explain every difference;
  * - against a plain .config (a stock kernel): already on / reachable at boot / needs a rebuild.
  */
-import { copyFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -139,6 +139,45 @@ export interface CheckResult {
 
 export const MET: Status[] = ['applied', 'already', 'at-boot'];
 
+/** A fragment with exactly these wishes (what merge_config.sh reads). */
+export function wishesFragment(wishes: Wish[]): string {
+  return wishes.map((w) => (w.value === 'n' ? `# CONFIG_${w.symbol} is not set` : `CONFIG_${w.symbol}=${/^[ymn]$|^-?\d+$|^0x/.test(w.value) ? w.value : JSON.stringify(w.value)}`)).join('\n') + '\n';
+}
+
+export interface MergeOptions {
+  /** Kernel source tree. */
+  source: string;
+  /** Build (O=) directory: the merged config is written to <out>/.config. */
+  out: string;
+  /** The base: a make target of the tree (x86_64_defconfig, defconfig, localmodconfig) or a .config (plain, .gz, .xz). */
+  base: { target: string; env?: Record<string, string> } | { config: string };
+  /** Fragment files merged in this order after the base (later ones win). */
+  fragments: string[];
+  /** The wishes, merged last as one fragment (their comments are not copied into the .config). */
+  wishes: Wish[];
+  log?: string;
+}
+
+/**
+ * The kernel's own way to combine configs: the base, then scripts/kconfig/merge_config.sh -m with
+ * the fragments, then `make olddefconfig` (which resolves dependencies, choices and defaults).
+ * Returns the final .config.
+ */
+export async function mergeConfig(o: MergeOptions): Promise<Map<string, string>> {
+  await mkdir(o.out, { recursive: true });
+  const base = join(o.out, 'base.config');
+  if ('config' in o.base) await writeFile(base, await readConfigText(o.base.config));
+  else {
+    await run(['make', '-s', '-C', o.source, `O=${o.out}`, o.base.target], { log: o.log, env: { ...process.env, ...o.base.env } as Record<string, string> });
+    await copyFile(join(o.out, '.config'), base);
+  }
+  const frag = join(o.out, 'wishes.config');
+  await writeFile(frag, wishesFragment(o.wishes));
+  await run(['sh', join(o.source, 'scripts/kconfig/merge_config.sh'), '-m', '-O', o.out, base, ...o.fragments, frag], { cwd: o.source, log: o.log });
+  await run(['make', '-s', '-C', o.source, `O=${o.out}`, 'olddefconfig'], { log: o.log });
+  return parseConfig(await readFile(join(o.out, '.config'), 'utf8'));
+}
+
 export async function kernelCheck(wishes: Wish[], o: CheckOptions): Promise<CheckResult> {
   if (!o.source && !o.config) throw new UserError('aios kernel check needs --source <kernel tree> or --config <.config>', 2);
   if (o.source && !existsSync(join(o.source, 'scripts/kconfig/merge_config.sh'))) {
@@ -149,17 +188,7 @@ export async function kernelCheck(wishes: Wish[], o: CheckOptions): Promise<Chec
     const out = await mkdtemp(join(tmpdir(), 'aios-kconfig-'));
     try {
       // The base: the given config (the distro's), else the tree's defconfig.
-      if (o.config) {
-        await writeFile(join(out, 'base.config'), await readConfigText(o.config));
-      } else {
-        await run(['make', '-s', '-C', o.source, `O=${out}`, 'defconfig'], { log: o.log });
-        await copyFile(join(out, '.config'), join(out, 'base.config'));
-      }
-      const frag = join(out, 'wishes.config');
-      await writeFile(frag, wishes.map((w) => (w.value === 'n' ? `# CONFIG_${w.symbol} is not set` : `CONFIG_${w.symbol}=${/^[ymn]$|^-?\d+$|^0x/.test(w.value) ? w.value : JSON.stringify(w.value)}`)).join('\n') + '\n');
-      await run(['sh', join(o.source, 'scripts/kconfig/merge_config.sh'), '-m', '-O', out, join(out, 'base.config'), frag], { cwd: o.source, log: o.log });
-      await run(['make', '-s', '-C', o.source, `O=${out}`, 'olddefconfig'], { log: o.log });
-      const final = parseConfig(await readFile(join(out, '.config'), 'utf8'));
+      const final = await mergeConfig({ source: o.source, out, base: o.config ? { config: o.config } : { target: 'defconfig' }, fragments: [], wishes, log: o.log });
       results = classifyAgainstTree(wishes, final, await readKconfig(o.source));
     } finally {
       await safeRemove(out);

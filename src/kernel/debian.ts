@@ -18,15 +18,28 @@ export interface DebianKernel {
   config: string;
 }
 
-export async function debianKernel(o: { cacheDir: string; suite?: string; series?: string; mirror?: string; log?: string; progress?: (s: string) => void }): Promise<DebianKernel> {
+export interface DebianKernelOptions {
+  cacheDir: string;
+  suite?: string;
+  series?: string;
+  mirror?: string;
+  /** Pinned linux-source version (e.g. 6.12.117-1): a cached tree of another version is fetched again, and an archive without it is an error. */
+  version?: string;
+  log?: string;
+  progress?: (s: string) => void;
+}
+
+export async function debianKernel(o: DebianKernelOptions): Promise<DebianKernel> {
   const suite = o.suite ?? 'trixie';
   const series = o.series ?? '6.12';
   const base = join(o.cacheDir, 'kernel', `debian-${suite}-${series}`);
-  const done = join(base, 'done');
-  if (existsSync(done)) {
-    const version = (await readdir(join(base, 'debs'))).find((f) => f.startsWith(`linux-source-${series}_`))!.split('_')[1]!;
+  const cached = async (): Promise<DebianKernel | undefined> => {
+    if (!existsSync(join(base, 'done'))) return undefined;
+    const version = (await readdir(join(base, 'debs'))).find((f) => f.startsWith(`linux-source-${series}_`))!.split('_')[1]!.replace(/%3a/g, ':');
     return { version, source: join(base, `linux-source-${series}`), config: join(base, 'x/usr/src', `linux-config-${series}`, 'config.amd64_none_amd64.xz') };
-  }
+  };
+  const have = await cached();
+  if (have && (!o.version || have.version === o.version)) return have;
   const tmp = `${base}.tmp-${process.pid}`;
   await safeRemove(tmp);
   const unregister = registerTemp(tmp);
@@ -58,5 +71,9 @@ export async function debianKernel(o: { cacheDir: string; suite?: string; series
     unregister();
     await safeRemove(tmp);
   }
-  return debianKernel(o);
+  const got = (await cached())!;
+  if (o.version && got.version !== o.version) {
+    throw new UserError(`kernel.version pins linux-source-${series} ${o.version}, but ${suite} now has ${got.version} (Debian replaces point releases): set kernel.version = "${got.version}" in the recipe, or remove the pin`, 2);
+  }
+  return got;
 }

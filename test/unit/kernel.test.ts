@@ -96,6 +96,29 @@ describe('boot-time wishes in the image', () => {
         config: { HZ_300: 'n', HZ_250: 'y', NUMA: 'y', NO_HZ_FULL: 'y' },
       }).map((l) => [l.symbol, l.live]),
     );
-    expect(live).toEqual({ PREEMPT_VOLUNTARY: 'yes', TRANSPARENT_HUGEPAGE_MADVISE: 'yes', NUMA: 'yes', HZ_300: 'no', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'unknown', NO_HZ_FULL: 'no', SCHED_EEVDF: 'yes' });
+    expect(live).toEqual({ PREEMPT_VOLUNTARY: 'yes', TRANSPARENT_HUGEPAGE_MADVISE: 'yes', NUMA: 'yes', HZ_300: 'no', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'unknown', NO_HZ_FULL: 'yes', SCHED_EEVDF: 'yes' });
+  });
+
+  it('a custom kernel with every wish in its running config: all live, HZ=300 named', async () => {
+    const { liveWishes, liveSummary } = await import('../../src/kernel/live.js');
+    const wishes = parseFragment(
+      '# r\nCONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_HZ_300=y\nCONFIG_NO_HZ_FULL=y\nCONFIG_CPU_FREQ_GOV_PERFORMANCE=y\nCONFIG_CPU_FREQ_DEFAULT_GOV_PERFORMANCE=y\nCONFIG_TRANSPARENT_HUGEPAGE=y\nCONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y\n# CONFIG_NUMA is not set\n',
+      'w.config',
+    );
+    const facts = {
+      preempt: 'none (voluntary) full lazy',
+      thp: 'always [madvise] never',
+      governor: 'none',
+      numaNodes: 1,
+      cmdline: 'root=x',
+      kernel: '6.12.117-aios',
+      nohzFull: '(null)',
+      config: { PREEMPT_VOLUNTARY: 'y', HZ_300: 'y', HZ: '300', NO_HZ_FULL: 'y', CPU_FREQ_GOV_PERFORMANCE: 'y', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'y', TRANSPARENT_HUGEPAGE: 'y', TRANSPARENT_HUGEPAGE_MADVISE: 'y', NUMA: 'n' },
+    };
+    const live = liveWishes(wishes, facts);
+    expect(live.filter((l) => l.live !== 'yes')).toEqual([]);
+    expect(liveSummary(live)).toBe('every wish live (8 of 8), HZ=300 included');
+    const stock = liveWishes(wishes, { ...facts, kernel: '6.12.57+deb13-amd64', config: { ...facts.config, HZ_300: 'n', HZ_250: 'y', HZ: '250', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'n' } });
+    expect(liveSummary(stock)).toBe('6 of 8 wishes live; not live: CONFIG_HZ_300=y, CONFIG_CPU_FREQ_DEFAULT_GOV_PERFORMANCE=y');
   });
 });

@@ -1,9 +1,10 @@
 /** Helpers shared by the stages: declaring one, host tool checks, the kernel wishes, template context. */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { ResolvedRecipe } from '../../config/schema.js';
 import { kernelCheck, MET, type CheckResult } from '../../kernel/check.js';
-import { loadFragments } from '../../kernel/config.js';
+import { fragmentPath, loadFragments } from '../../kernel/config.js';
 import { mergeArgs, templateContext, tuningArgs } from '../context.js';
 import type { RenderedFile } from '../render.js';
 import { which } from '../../util/exec.js';
@@ -63,12 +64,22 @@ export async function missingTools(tools: Record<string, string>): Promise<strin
 export const filesDigest = (files: RenderedFile[]) => files.map((f) => ({ p: f.path, m: f.mode, c: f.content }));
 
 /**
- * The recipe's kernel wishes against the kernel in the rootfs (its /boot/config-*): which are
- * already on, which the boot entry realises (their arguments join the cmdline), which need a rebuild.
+ * The recipe's kernel wishes against the image's kernel. Stock kernel (the rootfs's
+ * /boot/config-*): which are already on, which the boot entry realises (their arguments join the
+ * cmdline), which need a rebuild. Custom kernel (the kernel stage ran): the check the kernel stage
+ * made on the config it compiled (every wish applied, or the build failed unless kernel.strict is off).
  */
 export async function kernelWishes(ctx: BuildContext): Promise<CheckResult> {
   if (ctx.kernelWishes) return ctx.kernelWishes;
   const r = ctx.recipe;
+  const custom = ctx.outputs.kernel;
+  if (custom) {
+    const info = JSON.parse(await readFile(join(custom.dir, 'kernel.json'), 'utf8')) as { check: CheckResult };
+    const own = new Set(r.kernel.fragments.map((f) => basename(fragmentPath(f))));
+    // The recipe's wishes only (compact.config's own lines were checked by the kernel stage too).
+    const results = info.check.results.filter((w) => own.has(w.fragment));
+    return (ctx.kernelWishes = { ...info.check, results, bootArgs: [], unmet: results.filter((w) => !MET.includes(w.status)).length });
+  }
   if (!r.kernel.fragments.length) return (ctx.kernelWishes = { mode: 'config', results: [], bootArgs: [], unmet: 0 });
   const root = join(ctx.outputs.rootfs!.dir, 'root');
   const k = await ctx.distro.kernelFiles(root);

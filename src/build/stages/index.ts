@@ -14,6 +14,7 @@ import type { CheckResult } from '../../kernel/check.js';
 import { rootfsStage } from './rootfs.js';
 import { llamaStage } from './llama.js';
 import { modelsStage } from './models.js';
+import { kernelStage } from './kernel.js';
 import { overlayStage } from './overlay.js';
 import { imageStage } from './image.js';
 import { squashfsStage } from './squashfs.js';
@@ -74,13 +75,17 @@ export interface Stage {
 }
 
 /** Every stage, in order. A build runs the ones its outputs need (`stagesFor`). */
-export const STAGES: Stage[] = [rootfsStage, llamaStage, modelsStage, overlayStage, imageStage, squashfsStage, isoStage];
+export const STAGES: Stage[] = [rootfsStage, llamaStage, modelsStage, kernelStage, overlayStage, imageStage, squashfsStage, isoStage];
 
-/** The stages that build these outputs: the shared ones, then each output's own. */
-export function stagesFor(formats: readonly ('disk' | 'iso')[]): Stage[] {
-  return STAGES.filter((s) => !s.output || formats.includes(s.output));
+/**
+ * The stages that build these outputs: the shared ones, then each output's own. Stages only some
+ * recipes need (the kernel stage: kernel.build = true) are included when the recipe asks for them.
+ */
+export function stagesFor(formats: readonly ('disk' | 'iso')[], recipe?: ResolvedRecipe): Stage[] {
+  return STAGES.filter((s) => (!s.output || formats.includes(s.output)) && (!s.enabled || (recipe !== undefined && s.enabled(recipe))));
 }
 
 export { kernelWishes } from './common.js';
-export { rootfsStage, llamaStage, modelsStage, overlayStage, imageStage, squashfsStage, isoStage };
+export { rootfsStage, llamaStage, modelsStage, kernelStage, overlayStage, imageStage, squashfsStage, isoStage };
 export { versionLine, type InstalledModel } from './models.js';
+export type { KernelBuildInfo } from './kernel.js';

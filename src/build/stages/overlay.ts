@@ -3,9 +3,11 @@
  * changed), then templates/root rendered with the recipe (boot-time kernel wishes folded into the
  * command line), the rootfs/ overlay, the time zone, the aios-runtime bundle, units enabled and
  * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models.
- * Needs: rootfs, llama, models. Output: root/, packages.json, llama.json, models.json. Key: the
- * three stages' keys, rendered templates, the overlay tree, the runtime sources, units, password,
- * time zone and SOURCE_DATE_EPOCH.
+ * With a custom kernel (kernel.build): the stock linux-image packages purged, the kernel stage's
+ * kernel and modules copied in, depmod and a fresh initramfs inside the root.
+ * Needs: rootfs, llama, models; uses: kernel (when the recipe builds one). Output: root/,
+ * packages.json, llama.json, models.json. Key: those stages' keys, rendered templates, the overlay
+ * tree, the runtime sources, units, password, time zone and SOURCE_DATE_EPOCH.
  */
 import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -38,6 +40,7 @@ export const overlayStage = defineStage({
   name: 'overlay',
   title: 'Apply templates and rootfs/ overlay',
   needs: ['rootfs', 'llama', 'models'],
+  uses: ['kernel'],
   async check() {
     return missingTools({ cp: 'coreutils', chroot: 'coreutils' });
   },
@@ -49,6 +52,8 @@ export const overlayStage = defineStage({
       rootfs: io.need('rootfs').key,
       llama: io.need('llama').key,
       models: io.need('models').key,
+      // Only with a custom kernel, so that every other recipe keeps its cache key.
+      ...(io.use('kernel') ? { kernel: io.use('kernel')!.key } : {}),
       runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
       files: filesDigest(files),
       overlay: await hashTree(paths.rootfsOverlay),
@@ -67,6 +72,8 @@ export const overlayStage = defineStage({
     // A copy: the cached rootfs stage output is never changed by later stages.
     await run(['cp', '-a', '--reflink=auto', join(rootfs.dir, 'root'), root], { log: ctx.log });
     await cp(join(rootfs.dir, 'packages.json'), join(dir, 'packages.json'));
+    const kernel = io.use('kernel');
+    if (kernel) await installKernel(ctx, kernel, root, dir);
     ctx.progress('rendering templates');
     const files = await renderTree(join(paths.templates, 'root'), await contextWithWishes(ctx));
     await writeRendered(files, root);
@@ -133,4 +140,34 @@ async function installModels(ctx: BuildContext, models: StageOutput, root: strin
     await run(['cp', '--reflink=auto', join(models.dir, 'models', m.file), dest], { log: ctx.log });
   }
   await writeFile(join(dir, 'models.json'), JSON.stringify(list, null, 2));
+}
+
+/**
+ * Replaces the stock kernel with the kernel stage's: purges the distribution's linux-image packages
+ * (dpkg keeps a truthful package list), copies the kernel and modules in, then depmod and
+ * update-initramfs inside the root. Those run in a private mount namespace with /proc, /sys and
+ * /dev mounted for them: the mounts vanish with the namespace, even if the build is killed.
+ */
+async function installKernel(ctx: BuildContext, kernel: StageOutput, root: string, dir: string): Promise<void> {
+  const info = JSON.parse(await readFile(join(kernel.dir, 'kernel.json'), 'utf8')) as { release: string };
+  const packages = JSON.parse(await readFile(join(dir, 'packages.json'), 'utf8')) as Record<string, string>;
+  const stock = Object.keys(packages).filter((p) => /^linux-image-/.test(p));
+  ctx.progress(`replacing the stock kernel (${stock.join(', ') || 'none'}) with ${info.release}`);
+  await run(['cp', '-a', '--no-preserve=ownership', `${join(kernel.dir, 'root')}/.`, `${root}/`], { log: ctx.log });
+  const script = [
+    'set -e',
+    'r="$1"; shift',
+    'mount -t proc proc "$r/proc"',
+    'mount -t sysfs sys "$r/sys"',
+    'mount --rbind /dev "$r/dev"',
+    // linux-image-* postrm hooks remove the stock initramfs; INITRD=No keeps them from making one.
+    stock.length ? `DEBIAN_FRONTEND=noninteractive INITRD=No chroot "$r" dpkg --purge ${stock.join(' ')}` : 'true',
+    `chroot "$r" depmod -a '${info.release}'`,
+    `chroot "$r" update-initramfs -c -k '${info.release}'`,
+  ].join('\n');
+  await run(['unshare', '--mount', '--propagation', 'private', '--fork', 'sh', '-c', script, 'sh', root], { log: ctx.log });
+  const list = ctx.distro.packageListCommand(root);
+  await writeFile(join(dir, 'packages.json'), JSON.stringify(ctx.distro.parsePackageList((await run(list.argv, { log: ctx.log })).stdout), null, 1));
+  const k = await ctx.distro.kernelFiles(root);
+  if (k.version !== info.release) throw new Error(`after installing the custom kernel ${info.release}, the root's kernel is ${k.version}: the stock kernel was not removed`);
 }

@@ -1,0 +1,64 @@
+/** The custom kernel stage without compiling: recipe keys, the plan, the host checks, the stage list. */
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadRecipe } from '../../src/config/load.js';
+import { baseKind, baseWantsBtf, kernelHostProblems, kernelPlan, ownFragment } from '../../src/kernel/build.js';
+import { parseFragment } from '../../src/kernel/config.js';
+import { stagesFor } from '../../src/build/stages/index.js';
+import { paths } from '../../src/util/paths.js';
+
+describe('kernel.build recipe keys', () => {
+  it('defaults: no custom kernel; with build = true the compact base, strict, series 6.12', async () => {
+    const r = await loadRecipe('default');
+    expect(r.kernel).toMatchObject({ build: false, base: 'compact', strict: true, series: '6.12' });
+    const c = await loadRecipe('custom-kernel');
+    expect(c.kernel).toMatchObject({ build: true, base: 'compact', strict: true, version: '6.12.117-1', fragments: ['inference', 'single-socket'] });
+    expect(c.image.name).toBe('aios-custom-kernel');
+  });
+
+  it('refuses an unknown base and accepts a .config path', async () => {
+    await expect(loadRecipe('default', { sets: ['kernel.base=huge'] })).rejects.toThrow(/compact, debian, local or a path/);
+    expect((await loadRecipe('default', { sets: ['kernel.base=/tmp/my.config'] })).kernel.base).toBe('/tmp/my.config');
+    expect(baseKind('/tmp/my.config')).toBe('file');
+  });
+
+  it('adds the kernel stage between models and overlay only when the recipe builds a kernel', async () => {
+    const names = (r?: Awaited<ReturnType<typeof loadRecipe>>) => stagesFor(['disk'], r).map((s) => s.name);
+    expect(names()).toEqual(['rootfs', 'llama', 'models', 'overlay', 'image']);
+    expect(names(await loadRecipe('default'))).toEqual(['rootfs', 'llama', 'models', 'overlay', 'image']);
+    expect(names(await loadRecipe('custom-kernel'))).toEqual(['rootfs', 'llama', 'models', 'kernel', 'overlay', 'image']);
+    const kernel = stagesFor(['disk'], await loadRecipe('custom-kernel')).find((s) => s.name === 'kernel')!;
+    expect(kernel.needs).toEqual([]);
+    expect(stagesFor(['disk']).find((s) => s.name === 'overlay')!.uses).toEqual(['kernel']);
+  });
+
+  it('prints a plan with the time for this core count; debian says hours', async () => {
+    const c = (await loadRecipe('custom-kernel')).kernel;
+    expect(kernelPlan(c, 2)).toMatch(/base compact .* takes ~\d+ min on 2 core\(s\)/);
+    expect(kernelPlan({ ...c, base: 'debian' }, 2)).toMatch(/HOURS.* takes ~\d+ hours on 2 core/);
+  });
+
+  it('refuses Arch with a reason, and names missing host packages', async () => {
+    await expect(loadRecipe('default', { sets: ['base.distro=arch', 'base.suite=rolling', 'kernel.build=true'] })).rejects.toThrow(/kernel.build: a custom kernel is built from Debian's linux-source/);
+    const deb = await loadRecipe('custom-kernel');
+    const p = await kernelHostProblems({ ...deb, base: { ...deb.base, distro: 'arch' } });
+    expect(p).toHaveLength(1);
+    expect(p[0]).toMatch(/needs base.distro = "debian"/);
+    const problems = await kernelHostProblems({ ...deb, kernel: { ...deb.kernel, base: '/nonexistent/x.config' } });
+    expect(problems).toContain('kernel.base: no such .config /nonexistent/x.config');
+    for (const q of problems) expect(q).toMatch(/install the Debian package|kernel.base/);
+    expect(baseWantsBtf(deb.kernel)).toBe(false);
+    expect(baseWantsBtf({ ...deb.kernel, base: 'debian' })).toBe(true);
+  });
+
+  it('compact.config: one reason comment for every group of lines, IKCONFIG_PROC for the boot check', () => {
+    const text = readFileSync(join(paths.kernelConfigs, 'compact.config'), 'utf8');
+    const wishes = parseFragment(text, 'compact.config');
+    expect(wishes.length).toBeGreaterThan(40);
+    for (const w of wishes) expect(w.reason, `CONFIG_${w.symbol}`).not.toBe('');
+    expect(wishes.map((w) => `${w.symbol}=${w.value}`)).toEqual(expect.arrayContaining(['IKCONFIG_PROC=y', 'BLK_DEV_NVME=y', 'SATA_AHCI=y', 'VIRTIO_BLK=y', 'USB_STORAGE=y', 'XFS_FS=y', 'SQUASHFS=y', 'OVERLAY_FS=y', 'ZRAM=y', 'EFI_STUB=y', 'MLX5_CORE=m', 'R8169=m', 'IGB=m']));
+    expect(ownFragment('compact')).toMatch(/CONFIG_LOCALVERSION="-aios"/);
+    expect(ownFragment('debian')).toMatch(/CONFIG_SYSTEM_TRUSTED_KEYS=""/);
+  });
+});
