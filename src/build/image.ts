@@ -13,14 +13,10 @@ import { run, which } from '../util/exec.js';
 import { alignUp, formatSize, parseSize } from '../util/size.js';
 import { UserError } from '../util/errors.js';
 import { xfsProtofile } from './xfs.js';
+import { GPT_TYPES } from '../util/gpt.js';
 
 const MiB = 1024 * 1024;
 const SECTOR = 512;
-export const GPT_TYPES = {
-  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
-  /** Discoverable Partitions Specification: root partition for x86-64. */
-  rootX86_64: '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709',
-};
 
 export interface Layout {
   diskBytes: number;

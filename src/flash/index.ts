@@ -13,6 +13,7 @@ import { describeTarget, inspectTarget, type PartitionInfo, type TargetInfo } fr
 import { run, which } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
+import { GPT_TYPES } from '../util/gpt.js';
 
 export { inspectImage, imageBlocks, type ImageInfo } from './image.js';
 export { inspectTarget, describeTarget, type TargetInfo } from './target.js';
@@ -22,7 +23,6 @@ const MiB = 1024 * 1024;
 export const BLOCK = 4 * MiB;
 /** fdatasync this often, so progress shows what reached the device and dirty memory stays bounded. */
 const SYNC_EVERY = 256 * MiB;
-const ROOT_X86_64 = '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709';
 
 export interface Progress {
   phase: 'write' | 'verify';
@@ -223,7 +223,7 @@ async function growRoot(path: string, note: (s: string) => void): Promise<FlashR
   const { parts } = await partitions(path);
   const sorted = [...parts].sort((a, b) => a.start - b.start);
   const last = sorted[sorted.length - 1];
-  if (!last || last.type.toUpperCase() !== ROOT_X86_64) {
+  if (!last || last.type.toUpperCase() !== GPT_TYPES.rootX86_64) {
     return { grown: false, note: 'not grown: the last partition is not an x86-64 root partition (type 4F68BCE3-…)' };
   }
   const n = partNumber(last);
@@ -339,7 +339,7 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
   if (gpt && opts.growRoot) {
     root = await growRoot(target.path, note);
   } else if (gpt && targetSize > image.size) {
-    const hasRoot = (await partitions(target.path)).parts.some((p) => p.type.toUpperCase() === ROOT_X86_64);
+    const hasRoot = (await partitions(target.path)).parts.some((p) => p.type.toUpperCase() === GPT_TYPES.rootX86_64);
     root.note = hasRoot
       ? `root partition left at its size: ${formatSize(targetSize - image.size)} unallocated at the end (pass --grow-root to use it; the image does not grow itself at boot)`
       : `no x86-64 root partition in the image (a live ISO keeps its root in the squashfs): ${formatSize(targetSize - image.size)} left unallocated at the end`;

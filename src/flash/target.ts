@@ -12,6 +12,7 @@ import { existsSync, type Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { run } from '../util/exec.js';
 import { formatSize } from '../util/size.js';
+import { GPT_TYPES } from '../util/gpt.js';
 import type { ImageInfo } from './image.js';
 
 export interface PartitionInfo {
@@ -302,8 +303,8 @@ export async function inspectTarget(path: string, opts: InspectOptions = {}): Pr
 
 /** Names for the partition types one meets on install media and Linux disks (sfdisk --json gives GUIDs). */
 const TYPE_NAMES: Record<string, string> = {
-  'C12A7328-F81F-11D2-BA4B-00A0C93EC93B': 'EFI System',
-  '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709': 'Linux root (x86-64)',
+  [GPT_TYPES.esp]: 'EFI System',
+  [GPT_TYPES.rootX86_64]: 'Linux root (x86-64)',
   'B921B045-1DF0-41C3-AF44-4C6F280D3FAE': 'Linux root (ARM-64)',
   '0FC63DAF-8483-4772-8E79-3D69D8477DE4': 'Linux filesystem',
   '0657FD6D-A4AB-43C4-84E5-0933C84B4F4F': 'Linux swap',

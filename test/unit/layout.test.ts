@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { join } from 'node:path';
-import { planLayout, sfdiskScript, GPT_TYPES } from '../../src/build/image.js';
+import { planLayout, sfdiskScript } from '../../src/build/image.js';
+import { GPT_TYPES } from '../../src/util/gpt.js';
 import { UserError } from '../../src/util/errors.js';
 import { tmp } from '../helpers.js';
 

@@ -1,0 +1,7 @@
+/** GPT partition type GUIDs aios writes (src/build/image.ts) and recognises on a target (src/flash). Upper case, as sfdisk --json prints them. */
+export const GPT_TYPES = {
+  /** EFI System Partition. */
+  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
+  /** Discoverable Partitions Specification: root partition for x86-64 (systemd-gpt-auto-generator mounts it as /). */
+  rootX86_64: '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709',
+} as const;
