@@ -18,6 +18,9 @@ import { registerTemp, safeRemove } from '../util/cleanup.js';
 import { run } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
+import { manifestPath, type Manifest } from './manifest.js';
+
+export { manifestPath, readManifest, type Manifest } from './manifest.js';
 
 export interface BuildOptions {
   /** Recipe name/path, or an already resolved recipe. Default: "default". */
@@ -172,11 +175,6 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000 };
 }
 
-/** The manifest next to an output: out/<name>.manifest.json for the disk, out/<name>.iso.manifest.json for the ISO. */
-export function manifestPath(output: string): string {
-  return output.replace(/\.raw$/, '') + '.manifest.json';
-}
-
 /** Copies an output under a temporary name in out/, writes its manifest, then renames both: never a partial file at the path. */
 async function publish(ctx: BuildContext, reports: StageReport[], a: { format: 'disk' | 'iso'; src: string; dest: string }) {
   const dir = dirname(a.dest);
@@ -197,7 +195,7 @@ async function publish(ctx: BuildContext, reports: StageReport[], a: { format: '
   return { format: a.format, file: a.dest, manifest: manifestFile };
 }
 
-async function buildManifest(ctx: BuildContext, file: string, stages: StageReport[], format: 'disk' | 'iso', name: string) {
+async function buildManifest(ctx: BuildContext, file: string, stages: StageReport[], format: 'disk' | 'iso', name: string): Promise<Manifest> {
   const r = ctx.recipe;
   const root = join(ctx.outputs.overlay!.dir, 'root');
   const kernel = await ctx.distro.kernelFiles(root);

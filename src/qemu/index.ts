@@ -11,7 +11,7 @@ import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
 import { freePort } from '../runtime/manager.js';
-import type { Wish } from '../kernel/config.js';
+import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
 
 export const OVMF_CANDIDATES = [
   { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
@@ -258,17 +258,11 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
 /** CPU features QEMU's TCG cannot emulate (QEMU 7.2–9.x): an image needing one cannot boot its binaries under TCG. */
 const TCG_MISSING = /^(avx512|amx|avx_vnni)/;
 
-/** The manifest `aios build image` wrote next to an image, if any. */
-export interface ImageManifest {
-  llama?: { isa?: { flags: string[]; description: string } } | null;
-  models?: { file: string; sha256: string }[];
-  kernel?: { wishes?: Wish[] };
-  runtime?: { enabled: boolean; listen: string; probe?: { prompt: string; grammar?: string; expect: string } } | null;
-}
+/** The manifest `aios build` wrote next to an image, as far as it is there (older manifests lack fields). */
+export type ImageManifest = Partial<Manifest>;
 
 export async function manifestFor(image: string): Promise<ImageManifest | undefined> {
-  const m = resolve(image).replace(/\.raw$/, '') + '.manifest.json';
-  return existsSync(m) ? JSON.parse(await readFile(m, 'utf8')) : undefined;
+  return readManifest(manifestPath(resolve(image)));
 }
 
 /**
@@ -316,7 +310,7 @@ export function modelProblems(manifest: ImageManifest | undefined, guest: BootCh
   return out;
 }
 
-/** One Infer over gRPC, as seed 000 step 4.7 does, with the model's probe (grammar-constrained). */
+/** One unary Infer over gRPC (the call a plain gRPC client makes), with the model's probe: grammar-constrained, so the answer is checkable. */
 export async function runtimeProbe(address: string, p: { prompt: string; grammar?: string; expect: string } = { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' }): Promise<NonNullable<BootCheck['runtime']>> {
   const { connect, unary, waitReady } = await import('../runtime/client.js');
   const c = connect(address);
