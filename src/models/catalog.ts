@@ -1,5 +1,5 @@
 /** The model catalog (models/catalog.toml): real public models with their URLs and checksums. */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
 import { z } from 'zod';
@@ -21,11 +21,15 @@ export type CatalogEntry = z.output<typeof CatalogEntrySchema>;
 
 export const CATALOG_FILE = join(PKG_ROOT, 'models/catalog.toml');
 
-let cached: CatalogEntry[] | undefined;
+const cache = new Map<string, { mtimeMs: number; size: number; entries: CatalogEntry[] }>();
+
+/** The entries of a catalog file, parsed once and again only when the file changes (the runtime asks on every request). */
 export function catalog(file = CATALOG_FILE): CatalogEntry[] {
-  if (file === CATALOG_FILE && cached) return cached;
+  const st = statSync(file);
+  const hit = cache.get(file);
+  if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit.entries;
   const data = z.strictObject({ model: z.array(CatalogEntrySchema) }).parse(parse(readFileSync(file, 'utf8')));
-  if (file === CATALOG_FILE) cached = data.model;
+  cache.set(file, { mtimeMs: st.mtimeMs, size: st.size, entries: data.model });
   return data.model;
 }
 

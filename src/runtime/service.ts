@@ -107,6 +107,8 @@ export class RuntimeService {
   readonly budget: Budget;
   readonly router: Router;
   ready = false;
+  /** When start() loaded and probed the operational model (ms since the process started). */
+  readonly startup = { loadFrom: 0, loadedAt: 0, probedAt: 0 };
   private readonly supervisor: Supervisor;
   private readonly scheduler: Scheduler;
   private readonly installer: Installer;
@@ -181,14 +183,18 @@ export class RuntimeService {
     const op = this.router.configured().find((c) => c.level === 'operational');
     if (!op) throw new RuntimeError(Code.FAILED_PRECONDITION, 'no [models.operational] in the config: the runtime needs an operational model');
     const always = this.router.configured().filter((c) => c.level !== 'operational' && this.config.models[c.level]!.always_loaded);
+    this.startup.loadFrom = performance.now();
     const loads = [op, ...always].map((c) => this.ensureLoaded(this.router.resolve('', c.level)));
+    loads.forEach((l) => l.catch(() => {}));
     await loads[0];
+    this.startup.loadedAt = performance.now();
     const probe = this.config.models.operational!.probe;
     const t0 = Date.now();
     const out = await this.infer({ model: '', prompt: probe.prompt, systemPrompt: '', params: { max_tokens: 8, temperature: 0 }, intelligenceLevel: 'operational', grammar: probe.grammar ?? '', timeoutMs: 60_000, priority: 'system' });
     if (!new RegExp(probe.expect).test(out.text)) {
       throw new RuntimeError(Code.FAILED_PRECONDITION, `the operational model's probe answer "${out.text}" does not match /${probe.expect}/`);
     }
+    this.startup.probedAt = performance.now();
     this.log(`probe answered "${out.text.trim()}" in ${Date.now() - t0} ms`);
     await Promise.all(loads.slice(1));
     this.supervisor.startHealthLoop();

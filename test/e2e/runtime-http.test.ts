@@ -9,8 +9,7 @@ import OpenAI from 'openai';
 import { execa } from 'execa';
 import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildLlamaStage } from '../../src/build/index.js';
-import { synthModel } from '../../src/models/synth.js';
+import { runtimeFixture } from './runtime-fixture.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import type { RuntimeEventMap } from '../../src/runtime/events.js';
@@ -35,7 +34,7 @@ async function scrape(): Promise<{ families: Family[]; byName: Map<string, Famil
   const samples = (name: string, labels: Record<string, string> = {}) => all.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
   return { families, byName: new Map(families.map((f) => [f.name, f])), samples };
 }
-const port = (name: string) => daemon.service.manager.list().find((m) => m.name === name)?.port ?? 0;
+const port = (name: string) => daemon.service.models().find((m) => m.name === name)?.port ?? 0;
 async function busy(p: number): Promise<boolean> {
   const slots = (await (await fetch(`http://127.0.0.1:${p}/slots`)).json()) as { is_processing: boolean }[];
   return slots.some((x) => x.is_processing);
@@ -48,23 +47,21 @@ function collect<K extends keyof RuntimeEventMap>(name: K): RuntimeEventMap[K][0
 
 describe('aios-runtime HTTP API', () => {
   beforeAll(async () => {
-    const llama = await buildLlamaStage({ recipe: 'default', renderer: 'silent' });
-    const tools = { ggufPy: join(llama.shareDir, 'gguf-py'), vocab: join(llama.shareDir, 'ggml-vocab-llama-spm.gguf'), quantize: join(llama.binDir, 'llama-quantize') };
-    await synthModel({ shape: 'tiny', quant: 'f32', out: join(dir, 'tiny.gguf'), tools });
+    const fx = await runtimeFixture(dir);
     copyFileSync(join(dir, 'tiny.gguf'), join(dir, 'tactical.gguf'));
     // A catalog with one installed model (served by its id) and one that is not (hidden: no auto_install).
     copyFileSync(join(dir, 'tiny.gguf'), join(dir, 'catalog-tiny.gguf'));
     const entry = (id: string) => `[[model]]\nid = "${id}"\nlevel = "tactical"\nfile = "${id}.gguf"\nurl = "http://127.0.0.1:9/${id}.gguf"\nsize = 0\nsha256 = ""\nlicense = "mit"\nquantization = "F32"\ncontext_length = 512\nverified = false\n`;
     writeFileSync(join(dir, 'catalog.toml'), entry('catalog-tiny') + entry('catalog-absent'));
     const config = RuntimeConfigSchema.parse({
-      runtime: { llama_server: join(llama.binDir, 'llama-server'), socket: '', listen: '', http_listen: '127.0.0.1:0', health_interval: '500ms', load_timeout: '60s', request_timeout: '60s', catalog: join(dir, 'catalog.toml') },
+      runtime: { llama_server: fx.llamaServer, socket: '', listen: '', http_listen: '127.0.0.1:0', health_interval: '500ms', load_timeout: '60s', request_timeout: '60s', catalog: join(dir, 'catalog.toml') },
       models: {
         model_dir: dir,
         operational: { name: 'tiny.gguf', parallel: 4, ctx_size: 512, max_tokens: 16 },
         tactical: { name: 'tactical.gguf', parallel: 1, ctx_size: 512, unload_after_idle: '3s' },
       },
     });
-    llamaServer = join(llama.binDir, 'llama-server');
+    llamaServer = fx.llamaServer;
     daemon = await startDaemon(config, { log: () => {} });
     base = `http://127.0.0.1:${daemon.http!.port}`;
     openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'not-needed', maxRetries: 0 });
@@ -82,7 +79,7 @@ describe('aios-runtime HTTP API', () => {
     expect(models.find((m) => m.id === 'tiny')).toMatchObject({ object: 'model', owned_by: 'aios', level: 'operational', state: 'ready' });
     expect(models.find((m) => m.id === 'tactical')).toMatchObject({ level: 'tactical', state: 'unloaded' });
     expect((await openai.models.retrieve('tiny')).id).toBe('tiny');
-    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    expect(daemon.service.models().map((m) => m.name)).toEqual(['tiny']);
   });
 
   it('the openai client completes a chat (llama-server parameters pass through; model by level)', async () => {
@@ -123,8 +120,8 @@ describe('aios-runtime HTTP API', () => {
     expect(r.model).toBe('catalog-tiny');
     expect(r.usage!.completion_tokens).toBe(3);
     expect((await openai.models.retrieve('catalog-tiny')) as unknown).toMatchObject({ state: 'ready' });
-    await daemon.service.manager.unload('catalog-tiny');
-    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    await daemon.service.unload('catalog-tiny');
+    expect(daemon.service.models().map((m) => m.name)).toEqual(['tiny']);
   });
 
   it('legacy completions, streaming and not; the layer\'s max_tokens applies when the client sets none', async () => {
@@ -179,7 +176,7 @@ describe('aios-runtime HTTP API', () => {
   it('a client that disconnects mid-stream stops the generation in llama-server', { timeout: 60_000 }, async () => {
     const reqs = collect('request');
     const ctrl = new AbortController();
-    const stream = await openai.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Write a very long story.' }], max_tokens: 20000, temperature: 1, stream: true }, { signal: ctrl.signal });
+    const stream = await openai.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Write a very long story.' }], max_tokens: 512, temperature: 1, stream: true }, { signal: ctrl.signal });
     const it = stream[Symbol.asyncIterator]();
     for (let i = 0; i < 3; i++) await it.next();
     expect(await busy(port('tiny'))).toBe(true);
@@ -272,7 +269,7 @@ describe('aios-runtime HTTP API', () => {
     expect(samples('llamacpp:prompt_tokens_total').map((m) => m.labels.model).sort()).toEqual(['tactical', 'tiny']);
     // Scrape every 100 ms while the tactical model's 3 s idle timer runs: the timer is not pushed
     // back, and the model unloads on time.
-    const tactical = () => daemon.service.manager.list().find((m) => m.name === 'tactical');
+    const tactical = () => daemon.service.models().find((m) => m.name === 'tactical');
     const idleUntil = tactical()!.idleUntil;
     expect(idleUntil).toBeGreaterThan(Date.now());
     let scrapes = 0;
@@ -288,14 +285,14 @@ describe('aios-runtime HTTP API', () => {
     expect(Date.now() - idleUntil).toBeLessThan(3_000); // the health loop (500 ms) unloaded it when due
     // and scraping after the unload does not bring it back
     for (let i = 0; i < 5; i++) await scrape();
-    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    expect(daemon.service.models().map((m) => m.name)).toEqual(['tiny']);
     const after = await scrape();
     expect(after.samples('llamacpp:prompt_tokens_total').map((m) => m.labels.model)).toEqual(['tiny']);
     expect(after.samples('aios_requests_total', { model: 'tactical', status: 'ok' }).map((m) => m.value)).toEqual([1]);
   });
 
   it('a streamed request that has to load its model first gets SSE progress comments, which the openai client skips', { timeout: 60_000 }, async () => {
-    expect(daemon.service.manager.list().map((m) => m.name)).toEqual(['tiny']);
+    expect(daemon.service.models().map((m) => m.name)).toEqual(['tiny']);
     const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tactical', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, stream: true }) });
     expect(r.status).toBe(200);
     const raw = await r.text();

@@ -9,8 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { copyFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
-import { buildLlamaStage } from '../../src/build/index.js';
-import { synthModel } from '../../src/models/synth.js';
+import { runtimeFixture } from './runtime-fixture.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { connect, pullModel, type RuntimeClient } from '../../src/runtime/client.js';
@@ -58,12 +57,8 @@ function config(extra: { runtime?: object; models?: object }) {
 }
 
 beforeAll(async () => {
-  const llama = await buildLlamaStage({ recipe: 'default', renderer: 'silent' });
-  llamaServer = join(llama.binDir, 'llama-server');
-  const tools = { ggufPy: join(llama.shareDir, 'gguf-py'), vocab: join(llama.shareDir, 'ggml-vocab-llama-spm.gguf'), quantize: join(llama.binDir, 'llama-quantize') };
-  await synthModel({ shape: 'tiny', quant: 'f32', out: join(dir, 'tiny.gguf'), tools });
-  await synthModel({ shape: 'small', quant: 'f32', out: join(dir, 'small.gguf'), tools });
-  await synthModel({ shape: 'small', quant: 'Q8_0', out: join(dir, 'small-q8.gguf'), tools });
+  const fx = await runtimeFixture(dir, { 'small.gguf': 'small:f32', 'small-q8.gguf': 'small:Q8_0' });
+  llamaServer = fx.llamaServer;
   for (const n of ['a', 'b', 'c']) copyFileSync(join(dir, 'tiny.gguf'), join(dir, `${n}.gguf`));
 }, 20 * 60_000);
 
@@ -120,7 +115,7 @@ describe('priority queue', () => {
   });
 
   it('a cancelled queued request and an expired one are never sent to llama-server', { timeout: 120_000 }, async () => {
-    const port = d.service.manager.list().find((m) => m.name === 'tiny')!.port;
+    const port = d.service.models().find((m) => m.name === 'tiny')!.port;
     const promptTokens = async () => {
       const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
       const v = (n: string) => Number(new RegExp(`^llamacpp:${n} (\\S+)`, 'm').exec(text)?.[1] ?? NaN);
@@ -201,7 +196,7 @@ describe('memory budget', () => {
     expect(events.filter((e) => e.startsWith('load c'))).toEqual(['load c true']);
     expect(events).toContain('unload a evict');
     expect(events.filter((e) => e.includes('evict'))).toEqual(['unload a evict']);
-    expect(d.service.manager.memory().usedBytes).toBeLessThanOrEqual(budget);
+    expect(d.service.memory().usedBytes).toBeLessThanOrEqual(budget);
   });
 
   it('a model serving a request is never evicted, even when it has been idle the longest', { timeout: 60_000 }, async () => {
@@ -352,7 +347,7 @@ describe('auto-install', () => {
     expect(e?.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(e?.details).toMatch(/auto-install of synth-bad failed: checksum mismatch .*expected f{64}, got [0-9a-f]{64}\. The download was removed/);
     expect(readdirSync(dir).filter((f) => f.startsWith('synth-bad'))).toEqual([]);
-    expect(d.service.manager.list().map((m) => m.name)).not.toContain('synth-bad');
+    expect(d.service.models().map((m) => m.name)).not.toContain('synth-bad');
   });
 
   it('PullModel (aios runtime pull) installs a catalog model with streamed progress, without loading it', { timeout: 60_000 }, async () => {
@@ -363,7 +358,7 @@ describe('auto-install', () => {
     expect(existsSync(last.path)).toBe(true);
     expect(seen.length).toBeGreaterThan(2);
     expect(seen.at(-1)!.bytes).toBe(statSync(last.path).size);
-    expect(d.service.manager.list().map((m) => m.name)).not.toContain('synth-pull');
+    expect(d.service.models().map((m) => m.name)).not.toContain('synth-pull');
     const e = await failure(pullModel(c, 'nope', () => {}));
     expect(e?.code).toBe(grpc.status.NOT_FOUND);
   });

@@ -8,8 +8,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { buildLlamaStage } from '../../src/build/index.js';
-import { synthModel } from '../../src/models/synth.js';
+import { runtimeFixture } from './runtime-fixture.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { PROTO_DIR } from '../../src/runtime/server.js';
@@ -50,12 +49,10 @@ const pidAlive = (pid: number) => {
 
 describe('aios-runtime', () => {
   beforeAll(async () => {
-    const llama = await buildLlamaStage({ recipe: 'default', renderer: 'silent' });
-    const tools = { ggufPy: join(llama.shareDir, 'gguf-py'), vocab: join(llama.shareDir, 'ggml-vocab-llama-spm.gguf'), quantize: join(llama.binDir, 'llama-quantize') };
-    await synthModel({ shape: 'tiny', quant: 'f32', out: join(dir, 'tiny.gguf'), tools });
+    const fx = await runtimeFixture(dir);
     copyFileSync(join(dir, 'tiny.gguf'), join(dir, 'tactical.gguf'));
     const config = RuntimeConfigSchema.parse({
-      runtime: { llama_server: join(llama.binDir, 'llama-server'), socket: join(dir, 'runtime.sock'), listen: '127.0.0.1:0', health_interval: '1s', load_timeout: '60s', request_timeout: '60s', max_restarts: 5 },
+      runtime: { llama_server: fx.llamaServer, socket: join(dir, 'runtime.sock'), listen: '127.0.0.1:0', health_interval: '1s', load_timeout: '60s', request_timeout: '60s', max_restarts: 5 },
       models: {
         model_dir: dir,
         operational: { name: 'tiny.gguf', parallel: 4, ctx_size: 512 },
@@ -130,7 +127,7 @@ describe('aios-runtime', () => {
 
   it('kill -9 of a child mid-stream: the client gets UNAVAILABLE, the daemon restarts it and serves the next request', { timeout: 60_000 }, async () => {
     const before = (await call<{ models: { name: string; pid: number; restarts: number }[] }>('ListModels', {})).models.find((m) => m.name === 'tiny')!;
-    const p = stream({ prompt: 'Write a long story.', max_tokens: 4000, temperature: 1 });
+    const p = stream({ prompt: 'Write a long story.', max_tokens: 512, temperature: 1 });
     const s0 = Date.now();
     // wait for the first chunk, then kill the child
     while (Date.now() - s0 < 10_000) {
@@ -168,7 +165,7 @@ describe('aios-runtime', () => {
       const slots = (await (await fetch(`http://127.0.0.1:${port}/slots`)).json()) as { is_processing: boolean }[];
       return slots.some((x) => x.is_processing);
     };
-    const s = (client.StreamInfer as (r: object) => grpc.ClientReadableStream<{ text: string }>).call(client, { prompt: 'Write a very long story.', max_tokens: 20000, temperature: 1 });
+    const s = (client.StreamInfer as (r: object) => grpc.ClientReadableStream<{ text: string }>).call(client, { prompt: 'Write a very long story.', max_tokens: 512, temperature: 1 });
     s.on('error', () => {});
     await new Promise<void>((r) => s.once('data', () => r()));
     expect(await busy()).toBe(true);
@@ -203,7 +200,7 @@ describe('aios-runtime', () => {
   it('the one-file bundle the image ships runs the same daemon (SIGTERM: exit 0, no orphans)', { timeout: 120_000 }, async () => {
     const { bundleRuntime } = await import('../../src/build/runtime-bundle.js');
     const { connect, unary, waitReady } = await import('../../src/runtime/client.js');
-    const { freePort } = await import('../../src/runtime/manager.js');
+    const { freePort } = await import('../../src/util/net.js');
     const bdir = join(dir, 'bundle');
     const bundle = await bundleRuntime(bdir);
     expect(existsSync(join(bdir, 'catalog.toml'))).toBe(true); // the model catalog ships beside the bundle
