@@ -1,0 +1,46 @@
+/** The human-readable (Markdown) report of one `aios bench` run. */
+import { formatSize } from '../util/size.js';
+import type { BenchResult, Figure } from './index.js';
+
+/** A number with about four significant digits, no exponent for the magnitudes seen here. */
+export function fmt(x: number): string {
+  if (!Number.isFinite(x)) return String(x);
+  const a = Math.abs(x);
+  return x.toFixed(a >= 1000 ? 0 : a >= 100 ? 1 : a >= 10 ? 2 : a >= 1 ? 3 : 4);
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
+
+function row(f: Figure, extra = ''): string {
+  return `| ${f.name} (${f.unit}) | ${f.n} | ${fmt(f.mean)} | ${fmt(f.sd)} | ${pct(f.cv)} | ${fmt(f.ci[0])} – ${fmt(f.ci[1])} | ${fmt(f.min)} – ${fmt(f.max)} | ${extra} |`;
+}
+
+export function formatReport(r: BenchResult): string {
+  const f = r.facts;
+  const lines: string[] = [];
+  if (f.virtualization.emulated) lines.push(`> **EMULATED CPU (QEMU TCG): these figures are meaningless for performance.** They only show that the benchmark runs.`, '');
+  lines.push(`## aios bench, ${r.when}`, '');
+  lines.push('| figure | n | mean | sd | CV | 95 % CI of the mean | min – max | |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
+  if (r.figures.pp) lines.push(row(r.figures.pp));
+  if (r.figures.tg) lines.push(row(r.figures.tg, r.roofline ? `roofline ${pct(r.roofline.fraction)}` : ''));
+  lines.push(row(r.figures.bandwidth, `best ${fmt(r.figures.bandwidth.best)}`));
+  lines.push('');
+  if (r.roofline) {
+    const rf = r.roofline;
+    lines.push(`Roofline: tg ${fmt(rf.tgMean)} t/s × ${formatSize(rf.bytesPerToken)} read per token = ${fmt((rf.tgMean * rf.bytesPerToken) / 1e9)} GB/s = **${pct(rf.fraction)}** of the measured bandwidth (best triad ${fmt(rf.bandwidthBest)} GB/s); over tg's 95 % CI ${pct(rf.fractionCi[0])} – ${pct(rf.fractionCi[1])}.`, '');
+  }
+  const m = r.model;
+  lines.push(`- model: \`${m.file}\`${m.synthesized ? ` (synthesized ${m.synthesized}, random weights)` : ''}: ${m.architecture}${m.name ? ` "${m.name}"` : ''}, ${(m.parameters / 1e6).toFixed(1)} M parameters, ${m.fileType ?? '?'}, weights ${formatSize(m.weightsBytes)}; read per token ${formatSize(m.bytesPerToken)} (${m.bytesPerTokenNote})`);
+  lines.push(`- runs: ${r.settings.reps} timed repetitions per test, ${r.settings.threads} threads; ${r.settings.warmup}; ${r.seconds.toFixed(0)} s in all`);
+  lines.push(`- CPU: ${f.cpu.model} (${f.cpu.vendor}), ${f.cpu.logical} logical CPUs, ${f.cpu.physicalCores} physical cores, ${f.cpu.sockets} socket(s), ${f.numaNodes} NUMA node(s); ${formatSize(f.memoryBytes)} RAM${f.llcBytes ? `; last-level cache ${formatSize(f.llcBytes)} (as reported)` : ''}`);
+  lines.push(`- where: ${f.virtualization.summary}`);
+  lines.push(`- llama.cpp: ${f.llama.version ?? 'version unknown'}${f.llama.buildCommit ? ` (commit ${f.llama.buildCommit})` : ''}, built for ${f.llama.isa ?? 'an unknown ISA level (no llama.json beside the binaries)'}; backend ${f.llama.backends ?? '?'}; ${f.llama.binDir}`);
+  lines.push(`- kernel: ${f.kernel.release} (${f.kernel.version}); CONFIG_HZ ${f.configHz} (from ${f.configSource}); preemption ${f.preemption.mode} (from ${f.preemption.source})`);
+  lines.push(`- cmdline: \`${f.kernel.cmdline}\``);
+  lines.push(`- THP: enabled ${f.thp.enabled}, defrag ${f.thp.defrag}; governor: ${f.governor}; zram: ${f.zram.summary}`);
+  lines.push(`- mitigations: ${f.mitigations.summary}`);
+  lines.push(`- bandwidth probe: ${r.figures.bandwidth.sizing}; 3 arrays × 8 bytes per element counted per repetition (STREAM)`);
+  lines.push(`- load average: ${r.loadAverage.before.map((x) => x.toFixed(2)).join(' ')} before, ${r.loadAverage.after.map((x) => x.toFixed(2)).join(' ')} after`);
+  for (const w of r.warnings) lines.push(`- warning: ${w}`);
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,113 @@
+/** `aios bench` (llama-bench + memory bandwidth + machine facts) and `aios bench compare a.json b.json`. */
+import type { Command, CommanderError } from 'commander';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import ora from 'ora';
+import { bench, compareResults, formatCompare, formatReport, loadResult } from '../bench/index.js';
+import { UserError } from '../util/errors.js';
+
+const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+
+/** An integer option value, or a usage error naming the option (exit 2). */
+const int = (name: string) => (v: string) => {
+  if (!/^\d+$/.test(v.trim())) throw new UserError(`${name} must be a whole number, got "${v}"`, 2, `e.g. ${name} 10`);
+  return Number(v);
+};
+
+/** Commander's own usage errors (unknown option, missing argument) exit 2 like every other bad input; help and version exit 0. */
+const usageErrorsExit2 = (e: CommanderError): never => {
+  process.exit(e.exitCode === 0 ? 0 : 2);
+};
+
+interface BenchCliOptions {
+  model?: string;
+  synth?: string;
+  reps: number;
+  threads?: number;
+  pp: number;
+  tg: number;
+  binDir?: string;
+  recipe: string;
+  cacheDir?: string;
+  json?: boolean;
+  out?: string;
+}
+
+export function registerBench(p: Command): void {
+  const b = p
+    .command('bench')
+    .description('benchmark llama.cpp on this machine: llama-bench (pp/tg, N repetitions) + memory bandwidth (triad), with the machine facts that decide the figures')
+    .option('--model <gguf>', 'GGUF model file to benchmark')
+    .option('--synth <shape>:<quant>', 'a synthesized model (random weights, real shape), made once and cached, e.g. tiny:f32, tinyllama-1.1b:Q4_K_M (the default when --model is not given)')
+    .option('--reps <n>', 'timed repetitions per test, after a discarded warm-up (≥ 2; use ≥ 10 for figures to report)', int('--reps'), 10)
+    .option('--threads <n>', 'threads for llama-bench and the bandwidth probe (default: physical cores)', int('--threads'))
+    .option('--pp <n>', 'prompt tokens of the prompt-processing test (0: skip it)', int('--pp'), 512)
+    .option('--tg <n>', 'generated tokens of the generation test (0: skip it)', int('--tg'), 128)
+    .option('--bin-dir <dir>', "directory with llama-bench (default: the recipe's llama stage, built or reused from the cache)")
+    .option('-r, --recipe <name|file>', 'recipe whose llama.cpp build to use', 'default')
+    .option('--cache-dir <dir>', 'cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+    .option('--json', 'print the result as JSON (the format `bench compare` reads)')
+    .option('--out <file>', 'also write the result as JSON to this file (for `aios bench compare`)')
+    .addHelpText(
+      'after',
+      `
+Reports for pp and tg (tokens/s) and for the bandwidth (GB/s, 3 arrays x 8 bytes per element as
+STREAM counts): mean, standard deviation, coefficient of variation and the 95 % confidence interval
+of the mean (t distribution), the best bandwidth, and the roofline fraction: tg tokens/s x bytes read
+per token / best bandwidth. Records CPU, ISA level of the binaries, threads, kernel and cmdline,
+CONFIG_HZ, preemption, THP, governor, mitigations, NUMA nodes, zram and virtualization.
+Figures from an emulated CPU (QEMU TCG) are meaningless for performance; the report says so.
+
+Examples:
+  aios bench --synth tinyllama-1.1b:Q4_K_M --out tuned.json
+  aios bench --model ~/models/llama-3.2-1b-q4_k_m.gguf --reps 20 --threads 4
+  aios bench compare stock.json tuned.json`,
+    )
+    .exitOverride(usageErrorsExit2)
+    .action(async (o: BenchCliOptions, cmd: Command) => {
+      if (cmd.args.length) throw new UserError(`unexpected argument "${cmd.args[0]}"`, 2, 'aios bench takes options only; to compare two results: aios bench compare a.json b.json');
+      const spinner = !o.json && process.stderr.isTTY ? ora({ text: 'preparing', stream: process.stderr }).start() : undefined;
+      const res = await bench({
+        model: o.model,
+        synth: o.synth,
+        reps: o.reps,
+        threads: o.threads,
+        pp: o.pp,
+        tg: o.tg,
+        binDir: o.binDir,
+        recipe: o.recipe,
+        cacheDir: o.cacheDir,
+        progress: (s) => {
+          if (spinner) spinner.text = s;
+          else if (!o.json) process.stderr.write(`${s}\n`);
+        },
+      }).finally(() => spinner?.stop());
+      const json = JSON.stringify(res, null, 2) + '\n';
+      if (o.out) {
+        const f = resolve(o.out);
+        await mkdir(dirname(f), { recursive: true });
+        await writeFile(`${f}.tmp-${process.pid}`, json);
+        await rename(`${f}.tmp-${process.pid}`, f);
+      }
+      if (o.json) process.stdout.write(json);
+      else {
+        out(formatReport(res));
+        if (o.out) out(`result: ${o.out} (compare two with: aios bench compare a.json b.json)`);
+      }
+    });
+
+  b.command('compare')
+    .description("compare two `aios bench` results: difference of means with a 95 % CI (Welch's t), ratio of standard deviations, a verdict per figure")
+    .argument('<a.json>', 'the baseline result (aios bench --out)')
+    .argument('<b.json>', 'the result judged against it')
+    .option('--markdown', 'print a Markdown table (the default)')
+    .option('--json', 'print JSON for scripts')
+    .exitOverride(usageErrorsExit2)
+    .addHelpText('after', '\nVerdicts are for b against a: better / worse when the 95 % interval of mean(b) − mean(a) excludes 0\n(higher tokens/s and GB/s are better), else "no difference detectable at 95 %".')
+    .action(async (fa: string, fb: string, o: { markdown?: boolean; json?: boolean }) => {
+      if (o.markdown && o.json) throw new UserError('--markdown and --json are alternatives: give one', 2);
+      const c = compareResults(await loadResult(fa), await loadResult(fb), [fa, fb]);
+      if (o.json) out(JSON.stringify(c, null, 2));
+      else out(formatCompare(c));
+    });
+}
