@@ -104,7 +104,9 @@ Examples:
     .option('--json', 'print JSON for scripts')
     .exitOverride(usageErrorsExit2)
     .addHelpText('after', '\nVerdicts are for b against a: better / worse when the 95 % interval of mean(b) − mean(a) excludes 0\n(higher tokens/s and GB/s are better), else "no difference detectable at 95 %".')
-    .action(async (fa: string, fb: string, o: { markdown?: boolean; json?: boolean }) => {
+    .action(async (fa: string, fb: string, _o: unknown, cmd: Command) => {
+      // `bench` has its own --json: without positional options commander gives it to the parent, so read both.
+      const o = cmd.optsWithGlobals<{ markdown?: boolean; json?: boolean }>();
       if (o.markdown && o.json) throw new UserError('--markdown and --json are alternatives: give one', 2);
       const c = compareResults(await loadResult(fa), await loadResult(fb), [fa, fb]);
       if (o.json) out(JSON.stringify(c, null, 2));
