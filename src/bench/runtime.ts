@@ -2,24 +2,27 @@
  * `npm run bench`: tokens/s and first-token latency through aios-runtime (OpenAI HTTP API and gRPC
  * StreamInfer) against the same llama-server child called directly, same model, same run. The
  * paths are interleaved (the order rotates every repetition) so drift and load changes hit them
- * alike; each request streams a fixed number of tokens (ignore_eos). Writes docs/benchmarks.md.
+ * alike; each request streams a fixed number of tokens (ignore_eos). The daemon runs as its own
+ * process, as in the image, so its CPU time per relayed token can be read from /proc. Writes its
+ * section of docs/benchmarks.md (between the runtime-bench markers; the rest of the file stays).
  *
  *   npm run bench -- [--reps 10] [--tokens 96] [--model file.gguf] [--note "…"] [--out docs/benchmarks.md]
+ *                    [--daemon dist/runtime/main.js]   (another build's daemon, e.g. for a before/after)
  *
  * The default model is a TinyLlama-1.1B-shaped Q4_K_M with random weights, synthesized once into
  * ~/.cache/aios/bench/ (speed does not depend on the weights' values).
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { execFileSync } from 'node:child_process';
-import * as grpc from '@grpc/grpc-js';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { stringify } from 'smol-toml';
 import { buildLlamaStage } from '../build/index.js';
 import { synthModel } from '../models/synth.js';
-import { RuntimeConfigSchema } from '../runtime/config.js';
-import { startDaemon } from '../runtime/daemon.js';
-import { connect, type RuntimeClient } from '../runtime/client.js';
+import { connect, unary, waitReady, type RuntimeClient } from '../runtime/client.js';
 import { physicalCores } from '../util/cpu.js';
+import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 
 const arg = (name: string, def: string) => {
@@ -30,6 +33,22 @@ const REPS = Number(arg('reps', '10'));
 const TOKENS = Number(arg('tokens', '96'));
 const OUT = arg('out', join(PKG_ROOT, 'docs/benchmarks.md'));
 const NOTE = arg('note', '');
+const DAEMON = arg('daemon', join(PKG_ROOT, 'dist/runtime/main.js'));
+const START = '<!-- runtime-bench:start -->';
+const END = '<!-- runtime-bench:end -->';
+
+/** CPU time of every thread of a process so far, in milliseconds (/proc/PID/task/*\/schedstat: ns on the CPU). */
+function cpuMs(pid: number): number {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return ns / 1e6;
+}
 const PROMPT = 'Write a long story about a robot who learns to paint.';
 
 interface Run {
@@ -82,7 +101,7 @@ function grpcStream(c: RuntimeClient): Promise<Run> {
     let first = 0;
     let last = 0;
     let n = 0;
-    const s = (c.StreamInfer as (r: object) => grpc.ClientReadableStream<{ text: string; done: boolean }>).call(c, { prompt: PROMPT, max_tokens: TOKENS, temperature: 0 });
+    const s = c.StreamInfer({ prompt: PROMPT, max_tokens: TOKENS, temperature: 0 });
     s.on('data', (d) => {
       if (!d.text) return;
       const now = performance.now();
@@ -123,28 +142,43 @@ async function main(): Promise<void> {
       tools: { ggufPy: join(llama.shareDir, 'gguf-py'), vocab: join(llama.shareDir, 'ggml-vocab-llama-spm.gguf'), quantize: join(llama.binDir, 'llama-quantize') },
     });
   }
-  const config = RuntimeConfigSchema.parse({
-    runtime: { llama_server: join(llama.binDir, 'llama-server'), socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '10s', load_timeout: '300s', request_timeout: '600s' },
-    models: { model_dir: dirname(model), operational: { name: model.split('/').pop()!, parallel: 1, ctx_size: 2048 } },
-  });
+  const [grpcPort, httpPort] = [await freePort(), await freePort()];
+  const cfgDir = mkdtempSync(join(tmpdir(), 'aios-bench-'));
+  const cfg = join(cfgDir, 'config.toml');
+  writeFileSync(
+    cfg,
+    stringify({
+      runtime: { llama_server: join(llama.binDir, 'llama-server'), socket: '', listen: `127.0.0.1:${grpcPort}`, http_listen: `127.0.0.1:${httpPort}`, health_interval: '10s', load_timeout: '300s', request_timeout: '600s' },
+      models: { model_dir: dirname(model), operational: { name: model.split('/').pop()!, parallel: 1, ctx_size: 2048 } },
+    }),
+  );
   const load0 = loadavg();
-  const daemon = await startDaemon(config, { log: () => {} });
-  const child = daemon.service.models()[0]!;
+  const proc = spawn(process.execPath, [DAEMON, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let daemonLog = '';
+  proc.stderr.on('data', (d: Buffer) => (daemonLog = (daemonLog + d.toString()).slice(-4000)));
+  const client = connect(`127.0.0.1:${grpcPort}`);
+  if (!(await waitReady(client, 300_000))) {
+    proc.kill();
+    throw new Error(`the daemon (${DAEMON}) did not become ready: ${daemonLog}`);
+  }
+  const child = (await unary(client, 'ListModels', {})).models[0]!;
   const paths: { name: string; run: () => Promise<Run> }[] = [
     { name: 'direct', run: () => openaiStream(`http://127.0.0.1:${child.port}`) },
-    { name: 'http', run: () => openaiStream(`http://127.0.0.1:${daemon.http!.port}`) },
+    { name: 'http', run: () => openaiStream(`http://127.0.0.1:${httpPort}`) },
+    { name: 'grpc', run: () => grpcStream(client) },
   ];
-  const client = connect(`127.0.0.1:${daemon.listening.tcpPort}`);
-  paths.push({ name: 'grpc', run: () => grpcStream(client) });
   const results: Record<string, Run[]> = Object.fromEntries(paths.map((p) => [p.name, []]));
+  /** The daemon's CPU time while each path's requests ran, and the tokens they relayed. */
+  const cpu: Record<string, { ms: number; tokens: number }> = Object.fromEntries(paths.map((p) => [p.name, { ms: 0, tokens: 0 }]));
   const t0 = Date.now();
   const retries: string[] = [];
   try {
-    log(`model ${model}; llama-server pid ${child.pid} on port ${child.port}; ${REPS} repetitions of ${TOKENS} tokens per path`);
+    log(`daemon ${DAEMON} (pid ${proc.pid}); model ${model}; llama-server pid ${child.pid} on port ${child.port}; ${REPS} repetitions of ${TOKENS} tokens per path`);
     for (const p of paths) await p.run(); // warm-up (prompt cache, connections), not counted
     for (let r = 0; r < REPS; r++) {
       for (let k = 0; k < paths.length; k++) {
         const p = paths[(r + k) % paths.length]!;
+        const c0 = cpuMs(proc.pid!);
         // A connection error before any answer (a keep-alive socket the server closed while idle)
         // is retried once and counted in the report, never hidden.
         const x = await p.run().catch((e: Error) => {
@@ -152,14 +186,18 @@ async function main(): Promise<void> {
           retries.push(`${p.name}: ${e.message}`);
           return p.run();
         });
+        cpu[p.name]!.ms += cpuMs(proc.pid!) - c0;
+        cpu[p.name]!.tokens += x.tokens;
         results[p.name]!.push(x);
       }
       log(`rep ${r + 1}/${REPS}: ` + paths.map((p) => `${p.name} ${f(results[p.name]!.at(-1)!.tps)} tok/s, ttft ${f(results[p.name]!.at(-1)!.ttftMs)} ms`).join('; '));
     }
   } finally {
     client.close();
-    await daemon.stop();
+    proc.kill('SIGTERM');
+    await new Promise((r) => proc.once('exit', r));
   }
+  const perK = (name: string) => (cpu[name]!.tokens ? (cpu[name]!.ms * 1000) / cpu[name]!.tokens : 0);
   const load1 = loadavg();
   const secs = (Date.now() - t0) / 1000;
 
@@ -173,9 +211,11 @@ async function main(): Promise<void> {
   const grpcP = paired('grpc');
   const tpsRatio = median(results.http!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
   const addedTtft = median(results.http!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs));
-  const pass = tpsRatio >= 0.98 && addedTtft <= 5;
+  const grpcRatio = median(results.grpc!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
+  const grpcTtft = median(results.grpc!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs));
+  const pass = tpsRatio >= 0.98 && addedTtft <= 5 && grpcRatio >= 0.98 && grpcTtft <= 5;
 
-  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  const cpuName = cpus()[0]?.model ?? 'unknown CPU';
   const info = llama.info as { source?: { describe?: string }; isa?: { description?: string } };
   let version = '';
   try {
@@ -189,14 +229,11 @@ async function main(): Promise<void> {
     const server = xs.map((x) => x.serverTps).filter((x): x is number => x !== undefined);
     return `| ${label} | ${spread(xs.map((x) => x.tps))} | ${spread(xs.map((x) => x.ttftMs))} | ${f(median(xs.map((x) => x.tokens)), 0)} | ${server.length ? f(median(server)) : '–'} |`;
   };
-  const md = `# Benchmarks
-
-Produced by \`npm run bench\` (\`src/bench/runtime.ts\`); rerun it to replace this file.
-
+  const md = `${START}
 ## aios-runtime overhead: OpenAI HTTP API and gRPC vs llama-server called directly
 
-The same llama-server child (the one aios-runtime started for the model) is called three ways in
-one run: **direct** (its own OpenAI endpoint), **http** (aios-runtime's \`/v1/chat/completions\`:
+Produced by \`npm run bench\` (\`src/bench/runtime.ts\`), which replaces this section. The same
+llama-server child (the one aios-runtime started for the model) is called three ways in one run: **direct** (its own OpenAI endpoint), **http** (aios-runtime's \`/v1/chat/completions\`:
 router, queue, slot, relay of the stream) and **grpc** (\`StreamInfer\`). Each repetition runs one
 request per path, in an order that rotates every repetition, so drift and the other load on the
 machine hit the paths alike. Every request streams ${TOKENS} tokens (\`ignore_eos\`, temperature 0;
@@ -206,8 +243,9 @@ decode step plus the transport). Rates and latencies are measured by the client:
 (tokens − 1) / (time of the last token − time of the first), first-token latency = request sent →
 first token received.
 
+- daemon: \`${DAEMON.replace(PKG_ROOT + '/', '')}\` as its own process (as in the image); its CPU time per 1,000 relayed tokens is read from /proc (every thread's schedstat) around each request
 - when: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}, ${REPS} repetitions per path after one warm-up each, ${f(secs, 0)} s in all
-- machine: ${cpu}, ${cpus().length} logical CPUs, ${physicalCores()} physical cores (llama-server threads); load average ${load0.map((x) => f(x, 2)).join(' ')} before, ${load1.map((x) => f(x, 2)).join(' ')} after
+- machine: ${cpuName}, ${cpus().length} logical CPUs, ${physicalCores()} physical cores (llama-server threads); load average ${load0.map((x) => f(x, 2)).join(' ')} before, ${load1.map((x) => f(x, 2)).join(' ')} after
 - llama.cpp: ${version || 'unknown'} (CPU build, ${info.isa?.description ?? ''})
 - model: \`${model.split('/').pop()}\`, TinyLlama-1.1B shape, Q4_K_M, random weights (\`aios models synth --shape tinyllama-1.1b --quant Q4_K_M\`); ctx 2048, 1 slot
 - connection errors retried: ${retries.length ? retries.join('; ') : 'none'}
@@ -220,16 +258,22 @@ ${row('grpc', 'aios-runtime gRPC')}
 
 Runtime against direct:
 
-| path | tokens/s ratio (of medians) | paired ratio per repetition: median (range) | added first-token latency (of medians) | paired difference per repetition, ms: median (range) |
-| --- | --- | --- | --- | --- |
-| HTTP | ${f(tpsRatio, 3)} | ${f(median(http.ratio), 3)} (${f(Math.min(...http.ratio), 3)}–${f(Math.max(...http.ratio), 3)}) | ${f(addedTtft, 1)} ms | ${f(median(http.addedTtft))} (${f(Math.min(...http.addedTtft))} – ${f(Math.max(...http.addedTtft))}) |
-| gRPC | ${f(median(results.grpc!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps)), 3)} | ${f(median(grpcP.ratio), 3)} (${f(Math.min(...grpcP.ratio), 3)}–${f(Math.max(...grpcP.ratio), 3)}) | ${f(median(results.grpc!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs)), 1)} ms | ${f(median(grpcP.addedTtft))} (${f(Math.min(...grpcP.addedTtft))} – ${f(Math.max(...grpcP.addedTtft))}) |
+| path | tokens/s ratio (of medians) | paired ratio per repetition: median (range) | added first-token latency (of medians) | paired difference per repetition, ms: median (range) | daemon CPU per 1,000 tokens |
+| --- | --- | --- | --- | --- | --- |
+| HTTP | ${f(tpsRatio, 3)} | ${f(median(http.ratio), 3)} (${f(Math.min(...http.ratio), 3)}–${f(Math.max(...http.ratio), 3)}) | ${f(addedTtft, 1)} ms | ${f(median(http.addedTtft))} (${f(Math.min(...http.addedTtft))} – ${f(Math.max(...http.addedTtft))}) | ${f(perK('http'), 0)} ms |
+| gRPC | ${f(grpcRatio, 3)} | ${f(median(grpcP.ratio), 3)} (${f(Math.min(...grpcP.ratio), 3)}–${f(Math.max(...grpcP.ratio), 3)}) | ${f(grpcTtft, 1)} ms | ${f(median(grpcP.addedTtft))} (${f(Math.min(...grpcP.addedTtft))} – ${f(Math.max(...grpcP.addedTtft))}) | ${f(perK('grpc'), 0)} ms |
 
-Goal (issue 6): HTTP ≥ 0.98 of direct tokens/s and ≤ 5 ms added first-token latency: **${pass ? 'met' : 'not met'}** in this run
-(ratio ${f(tpsRatio, 3)}, ${f(addedTtft, 1)} ms).
+(The daemon's CPU while a direct request ran, its idle cost: ${f(perK('direct'), 0)} ms per 1,000 tokens.)
+
+Goal: HTTP and gRPC each ≥ 0.98 of direct tokens/s and ≤ 5 ms added first-token latency: **${pass ? 'met' : 'not met'}** in this run
+(HTTP ${f(tpsRatio, 3)}, ${f(addedTtft, 1)} ms; gRPC ${f(grpcRatio, 3)}, ${f(grpcTtft, 1)} ms).
+${END}
 `;
   mkdirSync(dirname(OUT), { recursive: true });
-  writeFileSync(OUT, md);
+  const old = existsSync(OUT) ? readFileSync(OUT, 'utf8') : '# Benchmarks\n';
+  const a = old.indexOf(START);
+  const b = old.indexOf(END);
+  writeFileSync(OUT, a >= 0 && b > a ? old.slice(0, a) + md.trimEnd() + old.slice(b + END.length) : `${old.trimEnd()}\n\n${md}`);
   process.stdout.write(md);
   log(`wrote ${OUT}`);
 }
