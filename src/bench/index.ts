@@ -22,7 +22,7 @@ export const BENCH_SCHEMA = 'aios-bench/1';
 export interface BenchOptions {
   /** A GGUF model file. */
   model?: string;
-  /** "<shape>:<quant>" of a synthesized model (aios models synth), cached under <cache>/bench/models/. */
+  /** "<shape>:<quant>" of a synthesized model (aios models synth), cached as <cache>/bench/<shape>-<quant>.gguf. */
   synth?: string;
   /** Timed repetitions per test (default 10). */
   reps?: number;
@@ -151,7 +151,8 @@ async function resolveModel(o: BenchOptions, cacheDir: string, tools: { binDir: 
   }
   const spec = o.synth ?? 'tinyllama-1.1b:Q4_K_M';
   const { shape, quant } = parseSynth(spec);
-  const dir = join(cacheDir, 'bench', 'models');
+  // The same file `npm run bench` (src/bench/runtime.ts) synthesizes: one copy of each shape.
+  const dir = join(cacheDir, 'bench');
   const file = join(dir, `${shape}-${quant}.gguf`);
   if (!existsSync(file)) {
     if (!tools.shareDir) throw new UserError(`--synth needs llama.cpp's gguf-py and vocabulary (share/ beside ${tools.binDir})`, 2, 'leave out --bin-dir to use the llama stage, or pass --model');
