@@ -89,7 +89,7 @@ async function sfdiskJson(path: string) {
 
 beforeAll(async () => {
   // The CLI runs from dist/: compile if it is older than the sources this file tests.
-  const srcs = ['src/cli/index.ts', 'src/util/exec.ts', ...(await readdir(join(REPO, 'src/flash'))).map((f) => `src/flash/${f}`)];
+  const srcs = ['src/cli/index.ts', 'src/cli/flash.ts', 'src/util/exec.ts', ...(await readdir(join(REPO, 'src/flash'))).map((f) => `src/flash/${f}`)];
   const built = join(REPO, 'dist/flash/index.js');
   const newest = Math.max(...srcs.map((s) => statSync(join(REPO, s)).mtimeMs));
   if (!existsSync(built) || statSync(built).mtimeMs < newest) await execa('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO, reject: false });

@@ -1,0 +1,59 @@
+/** `aios build image|iso|llama`: run the build stages for a recipe and print where the outputs went. */
+import type { Command } from 'commander';
+import { build, buildLlamaStage } from '../build/index.js';
+import { collect, out, recipeOptions } from './common.js';
+
+type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; json?: boolean };
+
+export function registerBuild(p: Command): void {
+  const b = p.command('build').description('build artefacts from a recipe');
+  const buildCommand = (name: string, description: string, formats?: ('disk' | 'iso')[]) =>
+    recipeOptions(
+      b
+        .command(name)
+        .description(description)
+        .option('-o, --out <dir>', 'output directory', 'out')
+        .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+        .option('--no-cache', 'rebuild every stage')
+        .option('--rebuild <stage>', 're-run this stage even if cached, e.g. overlay (repeatable; for reproducibility checks)', collect, [] as string[])
+        .option('--json', 'print the build result as JSON (no progress output)'),
+    ).action(async (o: BuildCliOptions) => {
+      const res = await build({
+        recipe: o.recipe,
+        sets: o.set,
+        outDir: o.out,
+        cacheDir: o.cacheDir,
+        noCache: !o.cache,
+        rebuild: o.rebuild,
+        formats,
+        renderer: o.json ? 'silent' : undefined,
+      });
+      for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
+      if (o.json) out(JSON.stringify(res, null, 2));
+      else {
+        for (const x of res.outputs) out(`\n${x.format === 'iso' ? 'iso:     ' : 'image:   '} ${x.file}\nmanifest: ${x.manifest}`);
+        out(`log:      ${res.log}`);
+        out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
+        out(`next:     aios qemu-test ${res.image}`);
+      }
+    });
+  buildCommand('image', "bootstrap, tune and assemble the recipe's outputs (image.formats; default: a bootable GPT disk image out/<name>.raw)");
+  buildCommand('iso', 'build only the UEFI live ISO out/<name>.iso (squashfs root under a tmpfs overlay; reuses the stages `build image` cached)', ['iso']);
+
+  recipeOptions(
+    b
+      .command('llama')
+      .description('build only llama.cpp for the recipe (cached; the same stage `build image` runs)')
+      .option('--cache-dir <dir>', 'stage cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+      .option('--no-cache', 'rebuild even if cached')
+      .option('--json', 'print the result as JSON'),
+  ).action(async (o: { recipe: string; set: string[]; cacheDir?: string; cache: boolean; json?: boolean }) => {
+    const res = await buildLlamaStage({ recipe: o.recipe, sets: o.set, cacheDir: o.cacheDir, noCache: !o.cache, renderer: o.json ? 'silent' : undefined });
+    if (o.json) out(JSON.stringify(res, null, 2));
+    else {
+      const isa = res.info.isa as { description: string };
+      out(`binaries:  ${res.binDir}\nversion:   ${res.info.version.split('\n')[0]}\nneeds CPU: ${isa.description}`);
+      out(`stage:     ${res.stage.cached ? 'cached' : 'built'} in ${res.stage.seconds.toFixed(1)} s`);
+    }
+  });
+}

@@ -1,0 +1,75 @@
+/** `aios qemu-test` (automated UEFI boot check) and `aios qemu` (interactive serial console). */
+import { Option, type Command } from 'commander';
+import ora from 'ora';
+import { qemuTest, qemuInteractive, type Media } from '../qemu/index.js';
+import { formatSize } from '../util/size.js';
+import { out } from './common.js';
+
+export function registerQemu(p: Command): void {
+  p.command('qemu-test')
+    .description('boot an image in QEMU (UEFI) and check it reaches multi-user with no failed units')
+    .argument('<image>', 'disk image (.raw) or live ISO (.iso)')
+    .addOption(new Option('--as <media>', 'attach it as a virtio disk, a CD-ROM or a USB stick (default: cdrom for an ISO, else disk)').choices(['disk', 'cdrom', 'usb']))
+    .option('--timeout <seconds>', 'give up after this long', (v) => Number(v), 300)
+    .option('--memory <MiB>', 'guest memory', '2048')
+    .option('--cpus <n>', 'guest CPUs', (v) => Number(v), 2)
+    .addOption(new Option('--accel <accel>', 'force an accelerator (default: KVM if a probe guest runs, else TCG)').choices(['kvm', 'tcg']))
+    .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
+    .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
+    .option('--json', 'print the result as JSON')
+    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; json?: boolean }) => {
+      const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
+      const t0 = Date.now();
+      const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
+      const res = await qemuTest(image, {
+        media: o.as,
+        timeout: o.timeout,
+        memory: o.memory,
+        cpus: o.cpus,
+        accel: o.accel,
+        cpu: o.cpu,
+        serialLog: o.serialLog,
+        onProgress: (l) => {
+          if (spinner) spinner.text = l;
+          else if (!o.json) process.stderr.write(`${l}\n`);
+        },
+      }).finally(() => clearInterval(tick));
+      if (o.json) out(JSON.stringify(res, null, 2));
+      else {
+        if (res.ok) spinner?.succeed(`boot check passed (${res.accel})`);
+        else spinner?.fail(`boot check failed: ${res.reason}`);
+        const g = res.guest;
+        out(`${res.ok ? 'PASS' : 'FAIL'}: ${res.image} (${res.media}, ${res.accel})${res.reason ? `: ${res.reason}` : ''}`);
+        if (g.kernel) out(`kernel:      ${g.kernel}`);
+        if (g.timing) out(`guest:       ${g.timing}`);
+        if (g.multiUser !== undefined) out(`multi-user:  ${g.multiUser.toFixed(1)} s after kernel start`);
+        out(`host:        ${res.hostSeconds.toFixed(1)} s from QEMU start to power-off`);
+        if (g.state) out(`state:       ${g.state}; failed units: ${g.failedUnits.length ? g.failedUnits.join(', ') : 'none'}`);
+        if (g.thp) out(`THP:         ${g.thp}`);
+        if (g.cpuFlags) out(`guest CPU:   ${g.cpuFlags.join(' ')}`);
+        if (g.llamaVersion) out(`llama.cpp:   ${g.llamaVersion}`);
+        for (const mm of g.models) out(`model:       ${mm.file} (${mm.magic} v${mm.version}, ${formatSize(mm.bytes)}, sha256 ${mm.sha256.slice(0, 16)}…)`);
+        if (g.swap !== undefined) out(`swap:        ${g.swap || 'none'}`);
+        if (res.runtime) {
+          const r = res.runtime;
+          out(`aios-runtime: ${r.ok ? 'answered' : 'FAILED'} "${r.prompt}" -> "${r.text ?? ''}"${r.latencyMs !== undefined ? ` in ${r.latencyMs} ms` : ''} via ${r.address}${r.readySeconds !== undefined ? `; ready ${r.readySeconds} s after kernel start` : ''}${r.error ? ` (${r.error})` : ''}`);
+        }
+        if (res.kernelWishes.length) {
+          out('kernel wishes, live in the guest:');
+          for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);
+        }
+        out(`serial log:  ${res.serialLog}`);
+      }
+      if (!res.ok) process.exitCode = 1;
+    });
+
+  p.command('qemu')
+    .description('boot an image in QEMU with its serial console on this terminal (Ctrl-A X quits; changes are discarded)')
+    .argument('<image>', 'disk image (.raw)')
+    .option('--memory <MiB>', 'guest memory', '2048')
+    .option('--cpus <n>', 'guest CPUs', (v) => Number(v), 2)
+    .option('--persist', 'write guest changes to the image instead of discarding them')
+    .action(async (image: string, o: { memory: string; cpus: number; persist?: boolean }) => {
+      process.exitCode = await qemuInteractive(image, { memory: o.memory, cpus: o.cpus, snapshot: !o.persist });
+    });
+}
