@@ -53,8 +53,15 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(ls.stdout).toMatch(/::\/aios\/6\.12\.[^/]+\/linux/);
     const entry = await execa('mtype', ['-i', esp, '::/loader/entries/aios.conf'], { env });
     expect(entry.stdout).toMatch(new RegExp(`options root=PARTUUID=${parts[1].uuid.toLowerCase()} `));
-    const initrd = await execa('mdir', ['-i', esp, `::/aios`], { env });
-    expect(initrd.exitCode).toBe(0);
+    // The kernel and initrd the entry names are both on the ESP, and the initrd is not empty.
+    const version = /^version\s+(\S+)$/m.exec(entry.stdout)![1]!;
+    const v = version.replace(/[.+]/g, '\\$&');
+    expect(entry.stdout).toMatch(new RegExp(`^linux\\s+/aios/${v}/linux$`, 'm'));
+    expect(entry.stdout).toMatch(new RegExp(`^initrd\\s+/aios/${v}/initrd$`, 'm'));
+    expect(ls.stdout).toContain(`::/aios/${version}/linux`);
+    expect(ls.stdout).toContain(`::/aios/${version}/initrd`);
+    const initrd = await execa('mtype', ['-i', esp, `::/aios/${version}/initrd`], { env, encoding: 'buffer' });
+    expect(initrd.stdout.length).toBeGreaterThan(1024 * 1024);
   });
 
   it('has an ext4 root with the rendered files and masked units', async () => {

@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { execa } from 'execa';
 import { loadRecipe } from '../../src/config/load.js';
 import { cmakeArgs, isaFor, llamaHostProblems } from '../../src/build/llama.js';
 import { cpuFor } from '../../src/qemu/index.js';
@@ -75,8 +77,18 @@ describe('instruction set', () => {
 
   it('reads native off this host', async () => {
     const n = await isaFor('native');
-    expect(n.march).not.toBe('');
-    expect(n.description).toMatch(/^native = this build host's /);
+    // What gcc resolves -march=native to here (e.g. znver3), never the literal "native".
+    const gcc = await execa('gcc', ['-march=native', '-Q', '--help=target']);
+    const march = /^\s+-march=\s+(\S+)/m.exec(gcc.stdout)![1]!;
+    expect(march).not.toBe('native');
+    expect(n.march).toBe(march);
+    // The flags are this host's (from /proc/cpuinfo), unlike a fixed level's list.
+    const host = new Set(/^flags\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))![1]!.split(/\s+/));
+    expect(n.flags.length).toBeGreaterThan(0);
+    for (const f of n.flags) expect(host.has(f), f).toBe(true);
+    for (const f of ['sse4_2', 'avx', 'avx2', 'fma', 'f16c', 'avx512f']) expect(n.flags.includes(f), f).toBe(host.has(f));
+    expect(n.cpu).toBe('native');
+    expect(n.description).toBe(`native = this build host's ${march} (${n.flags.join(', ')}); other CPUs without these get SIGILL`);
   });
 
   it('qemu-test refuses AVX-512 binaries under TCG, and uses -cpu max for AVX2 ones', async () => {
