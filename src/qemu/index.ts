@@ -10,7 +10,7 @@ import { execa } from 'execa';
 import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
-import { freePort } from '../runtime/manager.js';
+import { freePort } from '../util/net.js';
 import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
 
 export const OVMF_CANDIDATES = [
@@ -318,7 +318,7 @@ export async function runtimeProbe(address: string, p: { prompt: string; grammar
   try {
     if (!(await waitReady(c, 60_000))) return { ...base, ok: false, error: `no ready HealthCheck from ${address} within 60 s` };
     const t0 = Date.now();
-    const r = await unary<{ text: string; model_used: string }>(c, 'Infer', { prompt: p.prompt, intelligence_level: 'operational', max_tokens: 8, temperature: 0, grammar: p.grammar ?? '' }, 120_000);
+    const r = await unary(c, 'Infer', { prompt: p.prompt, intelligence_level: 'operational', max_tokens: 8, temperature: 0, grammar: p.grammar ?? '' }, 120_000);
     return { ...base, ok: new RegExp(p.expect).test(r.text), text: r.text, latencyMs: Date.now() - t0, modelUsed: r.model_used };
   } catch (e) {
     return { ...base, ok: false, error: (e as Error).message };
