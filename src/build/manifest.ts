@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import type { WishResult } from '../kernel/check.js';
 import type { Identity } from './context.js';
 import type { Isa } from './llama.js';
+import type { KernelBuildInfo } from './stages/kernel.js';
 
 export interface ManifestModel {
   name: string;
@@ -29,7 +30,14 @@ export interface Manifest {
   created: string;
   distro: { name: string; suite: string; mirror: string };
   format: 'disk' | 'iso';
-  kernel: { version: string; cmdline: string; fragments: string[]; wishes: WishResult[] };
+  kernel: {
+    version: string;
+    cmdline: string;
+    fragments: string[];
+    wishes: WishResult[];
+    /** With kernel.build = true: where the custom kernel came from (source package and version, base config, release, compiler). */
+    build?: Omit<KernelBuildInfo, 'check'>;
+  };
   identity: Identity;
   image: { file: string; bytes: number; sha256: string };
   /** sfdisk --json partitions (empty for the ISO). */

@@ -21,7 +21,7 @@ import { RuntimeConfigSchema } from '../../runtime/config.js';
 import { run } from '../../util/exec.js';
 import { hashTree } from '../../util/hash.js';
 import { paths, PKG_ROOT } from '../../util/paths.js';
-import { contextWithWishes, defineStage, filesDigest, missingTools } from './common.js';
+import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
 import type { BuildContext, StageOutput } from './index.js';
 
@@ -56,6 +56,7 @@ export const overlayStage = defineStage({
       ...(io.use('kernel') ? { kernel: io.use('kernel')!.key } : {}),
       runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
       files: filesDigest(files),
+      wishSymbols: await wishSymbols(ctx),
       overlay: await hashTree(paths.rootfsOverlay),
       masked: r.system.masked_units,
       enable: unitsToEnable(r),
@@ -81,6 +82,12 @@ export const overlayStage = defineStage({
     if (cfg) {
       const parsed = RuntimeConfigSchema.safeParse(parseToml(cfg.content));
       if (!parsed.success) throw new Error(`templates/root/etc/aios/config.toml.hbs renders a file aios-runtime would reject: ${parsed.error.message}`);
+    }
+    // The boot check reports the running kernel's value of each of these (aios qemu-test: live wishes).
+    const symbols = await wishSymbols(ctx);
+    if (symbols.length) {
+      await mkdir(join(root, 'usr/lib/aios'), { recursive: true });
+      await writeFile(join(root, 'usr/lib/aios/kernel-wishes'), symbols.join('\n') + '\n');
     }
     ctx.progress('copying rootfs/');
     await run(['cp', '-a', '--no-preserve=ownership', `${paths.rootfsOverlay}/.`, `${root}/`], { log: ctx.log });
@@ -118,6 +125,11 @@ export const overlayStage = defineStage({
     }
   },
 });
+
+/** The symbols of the recipe's kernel wishes (for /usr/lib/aios/kernel-wishes). */
+async function wishSymbols(ctx: BuildContext): Promise<string[]> {
+  return [...new Set((await kernelWishes(ctx)).results.map((w) => w.symbol))].sort();
+}
 
 /** Copies the llama.cpp binaries to /usr/bin and proves they run inside the target root. */
 async function installLlama(ctx: BuildContext, llama: StageOutput, root: string, dir: string): Promise<void> {

@@ -1,0 +1,77 @@
+/**
+ * End to end: images/custom-kernel.toml (kernel.build = true, compact base) with the VM-only
+ * fragment added (kernel-configs/vm-only.config: no drivers for real hardware, ~40 % less to
+ * compile, so that CI stays well inside its limit on 2 cores). The kernel stage compiles Debian's
+ * linux-source-6.12 with every wish of the default recipe's fragments, the image boots that kernel
+ * instead of the stock one, the guest's running config (/proc/config.gz) carries every wish
+ * (HZ=300 included) and aios-runtime still answers. The first run on a new machine compiles the
+ * kernel (see README "Custom kernel" for the time); the stage cache and ccache (both in the aios
+ * cache dir) make later runs quick.
+ */
+import { describe, expect, it } from 'vitest';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { build, type BuildResult } from '../../src/build/index.js';
+import { qemuTest } from '../../src/qemu/index.js';
+import { liveSummary } from '../../src/kernel/live.js';
+import { tmp } from '../helpers.js';
+
+const out = tmp('aios-e2e-kernel-');
+const FRAGMENTS = ['inference', 'single-socket', 'vm-only'];
+const SETS = [`kernel.fragments=${JSON.stringify(FRAGMENTS)}`, 'image.name=aios-custom-kernel-vm'];
+let first: BuildResult;
+
+describe('custom kernel (kernel.build = true)', () => {
+  it('compiles the kernel with every wish and installs it in place of the stock kernel', { timeout: 150 * 60_000 }, async () => {
+    first = await build({ recipe: 'custom-kernel', sets: SETS, outDir: out, renderer: 'silent' });
+    expect(first.stages.map((s) => s.name)).toEqual(['rootfs', 'llama', 'models', 'kernel', 'overlay', 'image']);
+    const k = first.stages.find((s) => s.name === 'kernel')!;
+    console.log(`kernel stage: ${k.cached ? 'cached' : 'built'} in ${k.seconds.toFixed(0)} s; build ${first.seconds.toFixed(0)} s`);
+    const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
+    expect(m.kernel.version).toMatch(/^6\.12\.\d+-aios$/);
+    expect(m.kernel.build).toMatchObject({ source: { package: 'linux-source-6.12', version: '6.12.117-1', suite: 'trixie' }, base: 'compact', release: m.kernel.version, strict: true });
+    expect(m.kernel.build.configSha256).toMatch(/^[0-9a-f]{64}$/);
+    // The stock kernel is gone (purged, not just hidden), the custom one is not a package.
+    expect(Object.keys(m.packages).filter((p) => p.startsWith('linux-image-'))).toEqual([]);
+    // Every wish of the recipe's fragments landed in the compiled config, HZ_300 included.
+    expect(m.kernel.fragments).toEqual(FRAGMENTS);
+    expect(m.kernel.wishes.length).toBeGreaterThan(20);
+    expect(m.kernel.wishes.filter((w: { status: string }) => w.status !== 'applied')).toEqual([]);
+    expect(m.kernel.wishes.map((w: { symbol: string }) => w.symbol)).toContain('HZ_300');
+    // No at-boot arguments are needed for them any more.
+    expect(m.kernel.cmdline).not.toContain('cpufreq.default_governor=performance');
+  });
+
+  it('boots it: the running kernel carries every wish (HZ=300 included) and aios-runtime answers', { timeout: 15 * 60_000 }, async () => {
+    const res = await qemuTest(first.image, { timeout: 600, serialLog: join(out, 'boot.serial.log') });
+    expect(res.reason).toBeUndefined();
+    expect(res.ok).toBe(true);
+    expect(res.guest.failedUnits).toEqual([]);
+    expect(res.guest.kernel).toMatch(/^6\.12\.\d+-aios$/);
+    expect(res.kernelWishes.filter((w) => w.live !== 'yes')).toEqual([]);
+    const summary = liveSummary(res.kernelWishes);
+    expect(summary).toMatch(/^every wish live \(\d+ of \d+\), HZ=300 included$/);
+    // The wishes checked live are the recipe's (vm-only's "is not set" lines included): all of them.
+    expect(res.kernelWishes.map((w) => w.symbol)).toEqual(expect.arrayContaining(['HZ_300', 'PREEMPT_VOLUNTARY', 'NO_HZ_FULL', 'NUMA', 'TRANSPARENT_HUGEPAGE_MADVISE']));
+    expect(res.kernelWishes.find((w) => w.symbol === 'HZ_300')!.evidence).toBe('CONFIG_HZ_300=y');
+    expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
+    console.log(`custom kernel: ${summary}; multi-user ${res.guest.multiUser}s after kernel start, runtime ready ${res.runtime!.readySeconds} s, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off (${res.accel})`);
+  });
+
+  it('a changed fragment re-runs only kernel, overlay and image (make and ccache reuse the rest)', { timeout: 60 * 60_000 }, async () => {
+    const extra = join(tmp('aios-e2e-frag-'), 'nullblk.config');
+    writeFileSync(extra, '# A test-only wish: one small module more.\nCONFIG_BLK_DEV_NULL_BLK=m\n');
+    const again = await build({ recipe: 'custom-kernel', outDir: out, renderer: 'silent', sets: [`kernel.fragments=${JSON.stringify([...FRAGMENTS, extra])}`, 'image.name=aios-custom-kernel-vm'] });
+    expect(again.stages.map((s) => [s.name, s.cached])).toEqual([
+      ['rootfs', true],
+      ['llama', true],
+      ['models', true],
+      ['kernel', false],
+      ['overlay', false],
+      ['image', false],
+    ]);
+    console.log(`kernel rebuild after a fragment change: ${again.stages.find((s) => s.name === 'kernel')!.seconds.toFixed(0)} s`);
+    const m = JSON.parse(readFileSync(again.manifest, 'utf8'));
+    expect(m.kernel.wishes.find((w: { symbol: string }) => w.symbol === 'BLK_DEV_NULL_BLK')).toMatchObject({ status: 'applied', value: 'm' });
+  });
+});
