@@ -1,11 +1,11 @@
 /**
- * The runtime's shared vocabulary: request priorities (seed 004) and the events the service emits.
+ * The runtime's shared vocabulary: request priorities and the events the service emits.
  * Front ends (gRPC in server.ts, HTTP in http.ts) and observers (metrics) use only these; nothing
  * here imports from the build side.
  */
 import { EventEmitter } from 'node:events';
 
-/** Seed 004's priority levels: higher is served first. */
+/** Request priorities: higher is served first (the gap between levels is what aging closes, 10 points per period). */
 export const PRIORITIES = { system: 100, realtime: 90, default: 70, batch: 50 } as const;
 export type PriorityName = keyof typeof PRIORITIES;
 
