@@ -4,6 +4,7 @@ import ora from 'ora';
 import { qemuTest, qemuInteractive, type Media } from '../qemu/index.js';
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
+import { liveSummary } from '../kernel/live.js';
 
 export function registerQemu(p: Command): void {
   p.command('qemu-test')
@@ -57,6 +58,7 @@ export function registerQemu(p: Command): void {
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');
           for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);
+          out(`  ${liveSummary(res.kernelWishes)}`);
         }
         out(`serial log:  ${res.serialLog}`);
       }
