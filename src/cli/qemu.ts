@@ -54,6 +54,7 @@ export function registerQemu(p: Command): void {
         if (res.runtime) {
           const r = res.runtime;
           out(`aios-runtime: ${r.ok ? 'answered' : 'FAILED'} "${r.prompt}" -> "${r.text ?? ''}"${r.latencyMs !== undefined ? ` in ${r.latencyMs} ms` : ''} via ${r.address}${r.readySeconds !== undefined ? `; ready ${r.readySeconds} s after kernel start` : ''}${r.error ? ` (${r.error})` : ''}`);
+          for (const line of runtimeStartupLines(g)) out(`  ${line}`);
         }
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');
@@ -74,4 +75,14 @@ export function registerQemu(p: Command): void {
     .action(async (image: string, o: { memory: string; cpus: number; persist?: boolean }) => {
       process.exitCode = await qemuInteractive(image, { memory: o.memory, cpus: o.cpus, snapshot: !o.persist });
     });
+}
+
+/** Where the runtime's start-up went in the guest: systemd's moments, the daemon's own report, what it waited for. */
+export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtimeExecUsec?: number; runtimeReadyUsec?: number; runtimeStartup?: string; runtimeChain?: string[] }): string[] {
+  const s = (us?: number) => (us === undefined ? '?' : `${(us / 1e6).toFixed(1)} s`);
+  const out: string[] = [];
+  if (g.runtimeActivatingUsec || g.runtimeExecUsec) out.push(`unit started ${s(g.runtimeActivatingUsec)}, process ${s(g.runtimeExecUsec)}, ready ${s(g.runtimeReadyUsec)} after kernel start`);
+  if (g.runtimeStartup) out.push(`daemon (ms since its process started): ${g.runtimeStartup}`);
+  if (g.runtimeChain?.length) out.push('critical chain:', ...g.runtimeChain.map((l) => `  ${l}`));
+  return out;
 }

@@ -161,6 +161,13 @@ export interface BootCheck {
     runtimeState?: string;
     /** Monotonic time (µs since kernel start) when aios-runtime.service became ready. */
     runtimeReadyUsec?: number;
+    /** …when systemd started the unit (left "inactive") and when its process was exec'd. */
+    runtimeActivatingUsec?: number;
+    runtimeExecUsec?: number;
+    /** The daemon's own start-up report (ms since its process started: modules, config, model, probe, front ends, ready). */
+    runtimeStartup?: string;
+    /** `systemd-analyze critical-chain aios-runtime.service`: what the unit waited for. */
+    runtimeChain: string[];
     /** What the running kernel does, for the kernel-wish report. */
     kernelFacts: KernelFacts;
     /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
@@ -192,11 +199,13 @@ const round = (n: number) => Math.round(n * 100) / 100;
 export function parseCheckLog(log: string): { complete: boolean; guest: BootCheck['guest'] } {
   const clean = log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
   const begin = clean.lastIndexOf('AIOS-CHECK-BEGIN');
-  const guest: BootCheck['guest'] = { failedUnits: [], models: [], kernelFacts: { config: {} } };
+  const guest: BootCheck['guest'] = { failedUnits: [], models: [], kernelFacts: { config: {} }, runtimeChain: [] };
   if (begin < 0) return { complete: false, guest };
   const block = clean.slice(begin);
   const complete = block.includes('AIOS-CHECK-END');
   for (const line of block.split('\n')) {
+    const chain = /AIOS-CHECK-CHAIN (.*)$/.exec(line);
+    if (chain) guest.runtimeChain.push(chain[1]!.trimEnd());
     const m = /AIOS-CHECK (\w+)=(.*)$/.exec(line);
     if (!m) continue;
     const [, k, v] = m as unknown as [string, string, string];
@@ -212,6 +221,9 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'settled') guest.settled = val === 'yes';
     else if (k === 'runtime_state') guest.runtimeState = val;
     else if (k === 'runtime_ready_usec' && Number(val) > 0) guest.runtimeReadyUsec = Number(val);
+    else if (k === 'runtime_activating_usec' && Number(val) > 0) guest.runtimeActivatingUsec = Number(val);
+    else if (k === 'runtime_exec_usec' && Number(val) > 0) guest.runtimeExecUsec = Number(val);
+    else if (k === 'runtime_startup' && val) guest.runtimeStartup = val;
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
     else if (k.startsWith('k_')) {

@@ -14,7 +14,7 @@ import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { connect, pullModel, type RuntimeClient } from '../../src/runtime/client.js';
 import { estimateFootprint } from '../../src/runtime/memory.js';
-import { psTable } from '../../src/cli/runtime-ps.js';
+import { psTable } from '../../src/cli/runtime.js';
 import { sha256File } from '../../src/util/hash.js';
 import { tmp } from '../helpers.js';
 
