@@ -3,7 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadRecipe } from '../../src/config/load.js';
-import { baseKind, baseWantsBtf, kernelHostProblems, kernelPlan, ownFragment } from '../../src/kernel/build.js';
+import { baseKind, baseWantsBtf, kernelHostProblems, kernelPlan, ownFragment, withDirLock } from '../../src/kernel/build.js';
+import { existsSync, writeFileSync } from 'node:fs';
+import { tmp } from '../helpers.js';
 import { parseFragment } from '../../src/kernel/config.js';
 import { stagesFor } from '../../src/build/stages/index.js';
 import { paths } from '../../src/util/paths.js';
@@ -61,4 +63,19 @@ describe('kernel.build recipe keys', () => {
     expect(ownFragment('compact')).toMatch(/CONFIG_LOCALVERSION="-aios"/);
     expect(ownFragment('debian')).toMatch(/CONFIG_SYSTEM_TRUSTED_KEYS=""/);
   });
+
+  it('serialises builds that share the kept build directory, and takes over a dead build\'s lock', async () => {
+    const dir = join(tmp(), 'obj');
+    const order: string[] = [];
+    const job = (n: string) => withDirLock(dir, () => {}, async () => {
+      order.push(`${n} start`);
+      await new Promise((r) => setTimeout(r, 50));
+      order.push(`${n} end`);
+    });
+    await Promise.all([job('a'), job('b')]);
+    expect(order.join(',')).toMatch(/^(a start,a end,b start,b end|b start,b end,a start,a end)$/);
+    expect(existsSync(`${dir}.lock`)).toBe(false);
+    writeFileSync(`${dir}.lock`, '999999999'); // no such process
+    expect(await withDirLock(dir, () => {}, async () => 42)).toBe(42);
+  }, 20_000);
 });

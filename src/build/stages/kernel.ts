@@ -12,13 +12,15 @@
  * kernel.json (source, base, release, compiler, the wish check). Key: source version, the merged
  * .config, compiler and binutils versions.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sourceDateEpoch } from '../context.js';
 import { hashOf, sha256 } from '../../util/hash.js';
 import { UserError } from '../../util/errors.js';
+import { safeRemove } from '../../util/cleanup.js';
 import { debianKernel, type DebianKernel } from '../../kernel/debian.js';
-import { compileKernel, compilerId, kernelEnv, kernelHostProblems, mergeKernelConfig, type MergedKernelConfig } from '../../kernel/build.js';
+import { compileKernel, compilerId, kernelEnv, kernelHostProblems, mergeKernelConfig, withDirLock, type MergedKernelConfig } from '../../kernel/build.js';
 import type { CheckResult } from '../../kernel/check.js';
 import { defineStage } from './common.js';
 import type { BuildContext } from './index.js';
@@ -39,7 +41,10 @@ export interface KernelBuildInfo {
 
 const prepared = new WeakMap<BuildContext, { src: DebianKernel; obj: string; merged: MergedKernelConfig }>();
 
-/** Fetches the source (cached) and merges the config once per build: the key needs it, so does run. */
+/**
+ * Fetches the source (cached) and merges the config once per build, in a private directory (the
+ * key needs the merged config; the kept build directory may be in use by another build).
+ */
 async function prepare(ctx: BuildContext) {
   const have = prepared.get(ctx);
   if (have) return have;
@@ -48,7 +53,13 @@ async function prepare(ctx: BuildContext) {
   const src = await debianKernel({ cacheDir: ctx.cacheDir, suite: r.base.suite, series: k.series, mirror: r.base.mirror, version: k.version, log: ctx.log, progress: ctx.progress });
   const obj = join(ctx.cacheDir, 'kernel', 'obj', src.version);
   ctx.progress(`merging the config (base ${k.base}, fragments ${k.fragments.join(', ') || 'none'})`);
-  const merged = await mergeKernelConfig(k, { source: src.source, debianConfig: src.config, obj, log: ctx.log });
+  const scratch = await mkdtemp(join(tmpdir(), 'aios-kernel-config-'));
+  let merged: MergedKernelConfig;
+  try {
+    merged = await mergeKernelConfig(k, { source: src.source, debianConfig: src.config, obj: scratch, log: ctx.log });
+  } finally {
+    await safeRemove(scratch);
+  }
   if (merged.missing.length) {
     const list = merged.missing.map((w) => `CONFIG_${w.symbol}=${w.value} (${w.fragment}: ${w.status}: ${w.detail})`);
     if (k.strict) throw new UserError(`kernel: wishes that do not land in the built kernel's config (kernel.strict = true):\n` + list.map((l) => `  - ${l}`).join('\n'), 1);
@@ -86,7 +97,12 @@ export const kernelStage = defineStage({
     const env = kernelEnv(ctx.cacheDir, sourceDateEpoch());
     const root = join(dir, 'root');
     await mkdir(root, { recursive: true });
-    const release = await compileKernel({ source: src.source, obj, dest: root, env, log: ctx.log, progress: ctx.progress });
+    const release = await withDirLock(obj, ctx.progress, async () => {
+      // The same merge again, now in the kept build directory (make then recompiles only what changed).
+      const again = await mergeKernelConfig(k, { source: src.source, debianConfig: src.config, obj, log: ctx.log });
+      if (again.config !== merged.config) throw new Error(`kernel: the config merged in ${obj} differs from the one the cache key was computed from`);
+      return compileKernel({ source: src.source, obj, dest: root, env, log: ctx.log, progress: ctx.progress });
+    });
     const info: KernelBuildInfo = {
       source: { package: `linux-source-${k.series}`, version: src.version, suite: ctx.recipe.base.suite },
       base: k.base,
