@@ -253,7 +253,7 @@ export const KernelSchema = z
       .string()
       .regex(/^(compact|debian|local|[A-Za-z0-9._/-]+\.config)$/, { message: 'must be compact, debian, local or a path to a .config' })
       .default('compact')
-      .describe('Base config of the custom kernel: compact (x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config: real machines and VMs, ~1 h on 2 cores), debian (Debian\'s own config: every driver, many hours on 2 cores), local (make localmodconfig from the modules loaded on the build host), or a path to a .config'),
+      .describe('Base config of the custom kernel: compact (x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config: real machines and VMs; tens of minutes on 2 cores, see README), debian (Debian\'s own config: every driver, many hours on 2 cores), local (make localmodconfig from the modules loaded on the build host), or a path to a .config'),
     strict: z
       .boolean()
       .default(true)

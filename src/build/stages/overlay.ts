@@ -165,19 +165,20 @@ async function installKernel(ctx: BuildContext, kernel: StageOutput, root: strin
   const packages = JSON.parse(await readFile(join(dir, 'packages.json'), 'utf8')) as Record<string, string>;
   const stock = Object.keys(packages).filter((p) => /^linux-image-/.test(p));
   ctx.progress(`replacing the stock kernel (${stock.join(', ') || 'none'}) with ${info.release}`);
-  await run(['cp', '-a', '--no-preserve=ownership', `${join(kernel.dir, 'root')}/.`, `${root}/`], { log: ctx.log });
   const script = [
     'set -e',
-    'r="$1"; shift',
+    'r="$1"; k="$2"',
     'mount -t proc proc "$r/proc"',
     'mount -t sysfs sys "$r/sys"',
     'mount --rbind /dev "$r/dev"',
-    // linux-image-* postrm hooks remove the stock initramfs; INITRD=No keeps them from making one.
+    // First the purge (linux-image-* postrm hooks remove the stock initramfs; INITRD=No keeps them
+    // from making one), then the custom kernel's files, so that nothing of it is purged.
     stock.length ? `DEBIAN_FRONTEND=noninteractive INITRD=No chroot "$r" dpkg --purge ${stock.join(' ')}` : 'true',
+    'cp -a --no-preserve=ownership "$k/." "$r/"',
     `chroot "$r" depmod -a '${info.release}'`,
     `chroot "$r" update-initramfs -c -k '${info.release}'`,
   ].join('\n');
-  await run(['unshare', '--mount', '--propagation', 'private', '--fork', 'sh', '-c', script, 'sh', root], { log: ctx.log });
+  await run(['unshare', '--mount', '--propagation', 'private', '--fork', 'sh', '-c', script, 'sh', root, join(kernel.dir, 'root')], { log: ctx.log });
   const list = ctx.distro.packageListCommand(root);
   await writeFile(join(dir, 'packages.json'), JSON.stringify(ctx.distro.parsePackageList((await run(list.argv, { log: ctx.log })).stdout), null, 1));
   const k = await ctx.distro.kernelFiles(root);
