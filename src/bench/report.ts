@@ -20,7 +20,7 @@ export function formatReport(r: BenchResult): string {
   const lines: string[] = [];
   if (f.virtualization.emulated) lines.push(`> **EMULATED CPU (QEMU TCG): these figures are meaningless for performance.** They only show that the benchmark runs.`, '');
   lines.push(`## aios bench, ${r.when}`, '');
-  lines.push('| figure | n | mean | sd | CV | 95 % CI of the mean | min – max | |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
+  lines.push('| figure | n | mean | sd | CV | 95 % CI of the mean | min – max | note |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   if (r.figures.pp) lines.push(row(r.figures.pp));
   if (r.figures.tg) lines.push(row(r.figures.tg, r.roofline ? `roofline ${pct(r.roofline.fraction)}` : ''));
   lines.push(row(r.figures.bandwidth, `best ${fmt(r.figures.bandwidth.best)}`));
@@ -34,7 +34,9 @@ export function formatReport(r: BenchResult): string {
   lines.push(`- runs: ${r.settings.reps} timed repetitions per test, ${r.settings.threads} threads; ${r.settings.warmup}; ${r.seconds.toFixed(0)} s in all`);
   lines.push(`- CPU: ${f.cpu.model} (${f.cpu.vendor}), ${f.cpu.logical} logical CPUs, ${f.cpu.physicalCores} physical cores, ${f.cpu.sockets} socket(s), ${f.numaNodes} NUMA node(s); ${formatSize(f.memoryBytes)} RAM${f.llcBytes ? `; last-level cache ${formatSize(f.llcBytes)} (as reported)` : ''}`);
   lines.push(`- where: ${f.virtualization.summary}`);
-  lines.push(`- llama.cpp: ${f.llama.version ?? 'version unknown'}${f.llama.buildCommit ? ` (commit ${f.llama.buildCommit})` : ''}, built for ${f.llama.isa ?? 'an unknown ISA level (no llama.json beside the binaries)'}; backend ${f.llama.backends ?? '?'}; ${f.llama.binDir}`);
+  const version = (f.llama.version ?? 'version unknown').replace(/^version:\s*/, '');
+  const commit = f.llama.buildCommit && !version.includes(f.llama.buildCommit) ? ` (commit ${f.llama.buildCommit})` : '';
+  lines.push(`- llama.cpp: ${version}${commit}, built for ${f.llama.isa ?? 'an unknown ISA level (no llama.json beside the binaries)'}; backend ${f.llama.backends ?? '?'}; ${f.llama.binDir}`);
   lines.push(`- kernel: ${f.kernel.release} (${f.kernel.version}); CONFIG_HZ ${f.configHz} (from ${f.configSource}); preemption ${f.preemption.mode} (from ${f.preemption.source})`);
   lines.push(`- cmdline: \`${f.kernel.cmdline}\``);
   lines.push(`- THP: enabled ${f.thp.enabled}, defrag ${f.thp.defrag}; governor: ${f.governor}; zram: ${f.zram.summary}`);
