@@ -19,7 +19,8 @@ import { run, which } from '../util/exec.js';
 import { registerTemp } from '../util/cleanup.js';
 import { paths } from '../util/paths.js';
 import { classifyAgainstTree, MET, mergeConfig, type CheckResult } from './check.js';
-import { loadFragments, parseFragment, readConfigText, type Wish } from './config.js';
+import { fragmentPath, loadFragments, parseFragment, readConfigText, type Wish } from './config.js';
+import { hashOf, sha256File } from '../util/hash.js';
 import { readKconfig } from './kconfig.js';
 
 export type KernelRecipe = ResolvedRecipe['kernel'];
@@ -167,6 +168,30 @@ export async function mergeKernelConfig(k: KernelRecipe, o: { source: string; de
   return { config: await readFile(join(o.obj, '.config'), 'utf8'), check, missing: results.filter((r) => !MET.includes(r.status)) };
 }
 
+/** Bump when mergeKernelConfig's result for the same inputs changes. */
+const MERGE_VERSION = 1;
+
+/**
+ * Everything the merged config follows from: the source version, the base (its text, or for
+ * local the host's loaded modules), compact's fragments, aios's own settings and the recipe's
+ * fragment texts. Used to reuse a merge instead of running make again (tens of seconds).
+ */
+export async function mergeInputsHash(k: KernelRecipe, o: { version: string; source: string; debianConfig: string }): Promise<string> {
+  const kind = baseKind(k.base);
+  const text = (f: string) => readFile(f, 'utf8');
+  const base =
+    kind === 'compact'
+      ? [await text(join(paths.kernelConfigs, 'compact.config')), await text(join(o.source, 'kernel/configs/kvm_guest.config'))]
+      : kind === 'debian'
+        ? [await sha256File(o.debianConfig)]
+        : kind === 'local'
+          ? [await sha256File(o.debianConfig), (await text('/proc/modules')).split('\n').map((l) => l.split(' ')[0]).sort().join(' ')]
+          : [await readConfigText(k.base)];
+  const frags = [];
+  for (const f of k.fragments) frags.push(await text(fragmentPath(f)));
+  return hashOf(MERGE_VERSION, o.version, kind, base, ownFragment(kind), frags);
+}
+
 /** Environment of the compile: ccache in the aios cache dir, reproducible build identity. */
 export function kernelEnv(cacheDir: string, sde?: number): Record<string, string> {
   return {
@@ -181,6 +206,14 @@ export function kernelEnv(cacheDir: string, sde?: number): Record<string, string
   };
 }
 
+/**
+ * argv run in its own process group, which is killed as a whole when aios stops it: killing make
+ * alone leaves its sub-makes compiling in the kept build directory after aios has exited.
+ */
+export function inProcessGroup(argv: string[]): string[] {
+  return ['setsid', 'sh', '-c', 'trap \'trap - TERM; kill -TERM -$$ 2>/dev/null\' TERM INT HUP; "$@" & wait $!', 'sh', ...argv];
+}
+
 /** The make command line of the compile (shared by the build and the docs). */
 export function makeArgv(source: string, obj: string, jobs = cpus().length): string[] {
   return ['make', '-C', source, `O=${obj}`, 'CC=ccache gcc', `-j${jobs}`];
@@ -193,7 +226,7 @@ export function makeArgv(source: string, obj: string, jobs = cpus().length): str
 export async function compileKernel(o: { source: string; obj: string; dest: string; env: Record<string, string>; log?: string; progress?: (s: string) => void }): Promise<string> {
   await mkdir(o.env.CCACHE_DIR!, { recursive: true });
   let n = 0;
-  await run([...makeArgv(o.source, o.obj), 'bzImage', 'modules'], {
+  await run(inProcessGroup([...makeArgv(o.source, o.obj), 'bzImage', 'modules']), {
     env: o.env,
     log: o.log,
     onLine: (l) => {
@@ -209,7 +242,7 @@ export async function compileKernel(o: { source: string; obj: string; dest: stri
   await copyFile(join(o.obj, '.config'), join(boot, `config-${release}`));
   await copyFile(join(o.obj, 'System.map'), join(boot, `System.map-${release}`));
   // Into usr/lib/modules (Debian is merged-/usr: /lib is a symlink there). depmod runs inside the root.
-  await run(['make', '-s', '-C', o.source, `O=${o.obj}`, `INSTALL_MOD_PATH=${join(o.dest, 'usr')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/bin/true', 'modules_install'], { env: o.env, log: o.log });
+  await run(inProcessGroup(['make', '-s', '-C', o.source, `O=${o.obj}`, `INSTALL_MOD_PATH=${join(o.dest, 'usr')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/bin/true', 'modules_install']), { env: o.env, log: o.log });
   return release;
 }
 

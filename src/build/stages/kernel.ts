@@ -12,15 +12,16 @@
  * kernel.json (source, base, release, compiler, the wish check). Key: source version, the merged
  * .config, compiler and binutils versions.
  */
-import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { sourceDateEpoch } from '../context.js';
 import { hashOf, sha256 } from '../../util/hash.js';
 import { UserError } from '../../util/errors.js';
 import { safeRemove } from '../../util/cleanup.js';
 import { debianKernel, type DebianKernel } from '../../kernel/debian.js';
-import { compileKernel, compilerId, kernelEnv, kernelHostProblems, mergeKernelConfig, withDirLock, type MergedKernelConfig } from '../../kernel/build.js';
+import { compileKernel, compilerId, kernelEnv, kernelHostProblems, mergeInputsHash, mergeKernelConfig, withDirLock, type MergedKernelConfig } from '../../kernel/build.js';
 import type { CheckResult } from '../../kernel/check.js';
 import { defineStage } from './common.js';
 import type { BuildContext } from './index.js';
@@ -52,13 +53,21 @@ async function prepare(ctx: BuildContext) {
   const k = r.kernel;
   const src = await debianKernel({ cacheDir: ctx.cacheDir, suite: r.base.suite, series: k.series, mirror: r.base.mirror, version: k.version, log: ctx.log, progress: ctx.progress });
   const obj = join(ctx.cacheDir, 'kernel', 'obj', src.version);
-  ctx.progress(`merging the config (base ${k.base}, fragments ${k.fragments.join(', ') || 'none'})`);
-  const scratch = await mkdtemp(join(tmpdir(), 'aios-kernel-config-'));
+  // The merge of the same inputs is reused (make would take tens of seconds on every build).
+  const memo = join(ctx.cacheDir, 'kernel', 'merged', `${(await mergeInputsHash(k, { version: src.version, source: src.source, debianConfig: src.config })).slice(0, 32)}.json`);
   let merged: MergedKernelConfig;
-  try {
-    merged = await mergeKernelConfig(k, { source: src.source, debianConfig: src.config, obj: scratch, log: ctx.log });
-  } finally {
-    await safeRemove(scratch);
+  if (existsSync(memo)) merged = JSON.parse(await readFile(memo, 'utf8')) as MergedKernelConfig;
+  else {
+    ctx.progress(`merging the config (base ${k.base}, fragments ${k.fragments.join(', ') || 'none'})`);
+    const scratch = await mkdtemp(join(tmpdir(), 'aios-kernel-config-'));
+    try {
+      merged = await mergeKernelConfig(k, { source: src.source, debianConfig: src.config, obj: scratch, log: ctx.log });
+    } finally {
+      await safeRemove(scratch);
+    }
+    await mkdir(dirname(memo), { recursive: true });
+    await writeFile(`${memo}.tmp-${process.pid}`, JSON.stringify(merged));
+    await rename(`${memo}.tmp-${process.pid}`, memo);
   }
   if (merged.missing.length) {
     const list = merged.missing.map((w) => `CONFIG_${w.symbol}=${w.value} (${w.fragment}: ${w.status}: ${w.detail})`);
