@@ -57,7 +57,7 @@ export const RuntimeConfigSchema = z.strictObject({
       vram_budget: size.or(z.literal('auto')).default('auto').describe('GPU memory for models with gpu_layers ≠ 0; "auto" = the first NVIDIA GPU\'s memory (nvidia-smi) minus 5 %, none found = not budgeted'),
       auto_install: z.boolean().default(false).describe('download a catalog model (checked sha256) on its first request'),
       catalog: z.string().default('').describe('model catalog TOML; "" = the catalog shipped beside the runtime'),
-      unload_after_idle: duration.default('5m').describe('idle timeout of models loaded by name (catalog or LoadModel); configured layers use their own'),
+      unload_after_idle: duration.default('5m').describe('idle timeout of catalog models loaded by a request; configured layers use their own; models loaded with LoadModel stay until unloaded or evicted'),
     })
     .prefault({}),
   system: z

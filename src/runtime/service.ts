@@ -407,7 +407,8 @@ export class RuntimeService {
     }
     if (!path) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: required for "${name}", which is not in the config`);
     if (!path.startsWith(this.config.models.model_dir + '/')) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: must be inside ${this.config.models.model_dir}`);
-    return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true, idleUnloadMs: ms(this.config.runtime.unload_after_idle) });
+    // Loaded on purpose: it stays until it is unloaded (or evicted under memory pressure).
+    return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true });
   }
 
   /** UnloadModel: requests in flight on it fail (UNAVAILABLE), its queue is dropped. */

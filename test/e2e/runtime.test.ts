@@ -102,7 +102,7 @@ describe('aios-runtime', () => {
   it('rejects bad requests with precise codes and survives them', async () => {
     const code = async (req: object) => (await call('Infer', req).then(() => undefined, (e: grpc.ServiceError) => e)) as grpc.ServiceError;
     expect((await code({ prompt: '' })).code).toBe(grpc.status.INVALID_ARGUMENT);
-    expect((await code({ prompt: 'x', intelligence_level: 'genius' })).details).toMatch(/intelligence_level must be one of/);
+    expect((await code({ prompt: 'x', intelligence_level: 'genius' })).details).toMatch(/^intelligence_level: must be one of operational, tactical, strategic \(got "genius"\)/);
     expect((await code({ prompt: 'x', temperature: 7 })).code).toBe(grpc.status.INVALID_ARGUMENT);
     expect((await code({ prompt: 'x', model: 'nope' })).code).toBe(grpc.status.NOT_FOUND);
     const strategic = await code({ prompt: 'x', intelligence_level: 'strategic' });
