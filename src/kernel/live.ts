@@ -51,7 +51,10 @@ export function liveWishes(wishes: Wish[], f: KernelFacts): LiveWish[] {
       case 'CPU_FREQ_DEFAULT_GOV_PERFORMANCE':
         if (!f.governor || f.governor === 'none') {
           // No cpufreq driver to show it (usual in a VM); the running kernel's config still says what any driver would start with.
-          if (cfg(w.symbol) !== undefined) return res((cfg(w.symbol) === w.value) ? 'yes' : 'no', `no cpufreq driver (usual in a VM); the running kernel has CONFIG_${w.symbol}=${cfg(w.symbol)}`);
+          const v = cfg(w.symbol);
+          const arg = /(^|\s)cpufreq\.default_governor=performance(\s|$)/.test(f.cmdline ?? '');
+          if (v === w.value) return res('yes', `no cpufreq driver (usual in a VM); the running kernel has CONFIG_${w.symbol}=${v}`);
+          if (v !== undefined && !arg) return res('no', `no cpufreq driver (usual in a VM); the running kernel has CONFIG_${w.symbol}=${v} and the cmdline no cpufreq.default_governor=performance`);
           return res('unknown', 'no cpufreq driver (usual in a VM)');
         }
         return res(f.governor === 'performance' ? 'yes' : 'no', `scaling_governor: ${f.governor}`);
