@@ -243,6 +243,8 @@ export async function compileKernel(o: { source: string; obj: string; dest: stri
   await copyFile(join(o.obj, 'System.map'), join(boot, `System.map-${release}`));
   // Into usr/lib/modules (Debian is merged-/usr: /lib is a symlink there). depmod runs inside the root.
   await run(inProcessGroup(['make', '-s', '-C', o.source, `O=${o.obj}`, `INSTALL_MOD_PATH=${join(o.dest, 'usr')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/bin/true', 'modules_install']), { env: o.env, log: o.log });
+  // No build/source links into this host's cache dir inside the image.
+  for (const l of ['build', 'source']) await rm(join(o.dest, 'usr/lib/modules', release, l), { force: true });
   return release;
 }
 
