@@ -36,7 +36,15 @@ export function liveWishes(wishes: Wish[], f: KernelFacts): LiveWish[] {
       case 'PREEMPT':
       case 'PREEMPT_NONE': {
         const want = { PREEMPT_VOLUNTARY: 'voluntary', PREEMPT: 'full', PREEMPT_NONE: 'none' }[w.symbol];
-        if (!activePreempt) return res('unknown', 'no /sys/kernel/debug/sched/preempt (debugfs not mounted or no PREEMPT_DYNAMIC)');
+        if (!activePreempt) {
+          // Without the scheduler's debugfs file (CONFIG_SCHED_DEBUG off) the mode still follows: a
+          // preempt= argument if the kernel is PREEMPT_DYNAMIC, else the config's choice.
+          const arg = /(?:^|\s)preempt=(none|voluntary|full)(?:\s|$)/.exec(f.cmdline ?? '')?.[1];
+          const fromConfig = cfg('PREEMPT_NONE') === 'y' ? 'none' : cfg('PREEMPT_VOLUNTARY') === 'y' ? 'voluntary' : cfg('PREEMPT') === 'y' ? 'full' : undefined;
+          const mode = (cfg('PREEMPT_DYNAMIC') === 'y' && arg) || fromConfig;
+          if (!mode) return res('unknown', 'no /sys/kernel/debug/sched/preempt (debugfs not mounted or no PREEMPT_DYNAMIC)');
+          return res((mode === want) === on ? 'yes' : 'no', `no sched debugfs; mode ${mode} from ${cfg('PREEMPT_DYNAMIC') === 'y' && arg ? `the cmdline (preempt=${arg}, CONFIG_PREEMPT_DYNAMIC=y)` : 'the running config'}`);
+        }
         return res((activePreempt === want) === on ? 'yes' : 'no', `sched/preempt: ${f.preempt}`);
       }
       case 'TRANSPARENT_HUGEPAGE_MADVISE':

@@ -118,6 +118,11 @@ describe('boot-time wishes in the image', () => {
     const live = liveWishes(wishes, facts);
     expect(live.filter((l) => l.live !== 'yes')).toEqual([]);
     expect(liveSummary(live)).toBe('every wish live (8 of 8), HZ=300 included');
+    // Without the scheduler's debugfs file: the mode from the cmdline (PREEMPT_DYNAMIC) or the config.
+    const noDebugfs = liveWishes(wishes, { ...facts, preempt: undefined, cmdline: 'root=x preempt=voluntary', config: { ...facts.config, PREEMPT_DYNAMIC: 'y' } });
+    expect(noDebugfs.find((l) => l.symbol === 'PREEMPT_VOLUNTARY')).toMatchObject({ live: 'yes', evidence: expect.stringMatching(/preempt=voluntary/) });
+    const full = liveWishes(wishes, { ...facts, preempt: undefined, cmdline: 'root=x preempt=full', config: { ...facts.config, PREEMPT_DYNAMIC: 'y' } });
+    expect(full.find((l) => l.symbol === 'PREEMPT_VOLUNTARY')!.live).toBe('no');
     const stock = liveWishes(wishes, { ...facts, kernel: '6.12.57+deb13-amd64', config: { ...facts.config, HZ_300: 'n', HZ_250: 'y', HZ: '250', CPU_FREQ_DEFAULT_GOV_PERFORMANCE: 'n' } });
     expect(liveSummary(stock)).toBe('6 of 8 wishes live; not live: CONFIG_HZ_300=y, CONFIG_CPU_FREQ_DEFAULT_GOV_PERFORMANCE=y');
   });
