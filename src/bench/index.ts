@@ -4,7 +4,7 @@
  * the figures, summarized with mean, standard deviation, CV and a 95 % t interval, and the
  * generation rate set against the bandwidth roofline.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { freemem, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -107,14 +107,14 @@ export function bytesPerToken(g: GgufFile): { weightsBytes: number; bytesPerToke
  * Another process building the llama stage right now (a `<key>.tmp-<pid>` of a live pid): wait for it
  * rather than compiling llama.cpp a second time in parallel; its finished output is then reused.
  */
-async function waitForOtherLlamaBuild(cacheDir: string, progress?: (s: string) => void): Promise<void> {
+export async function waitForOtherLlamaBuild(cacheDir: string, progress?: (s: string) => void, pollMs = 5000): Promise<void> {
   const dir = join(cacheDir, 'stages', 'llama');
+  // A live pid that is a node process (aios, or a test runner calling buildLlamaStage); a reused pid of something else is not waited for.
   const alive = (pid: number) => {
     try {
-      process.kill(pid, 0);
-      return true;
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code === 'EPERM';
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('node');
+    } catch {
+      return false;
     }
   };
   for (;;) {
@@ -123,7 +123,7 @@ async function waitForOtherLlamaBuild(cacheDir: string, progress?: (s: string) =
       .filter((pid) => pid && pid !== process.pid && alive(pid));
     if (!busy.length) return;
     progress?.(`waiting for the llama.cpp build in progress (pid ${busy.join(', ')}) to finish, to reuse it`);
-    await new Promise((r) => setTimeout(r, 5000));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }
 

@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { bracketed, configValue, machineFacts, mitigationSummary, parseCpuinfo, preemptionMode, virtualization } from '../../src/bench/facts.js';
 import { triadElements } from '../../src/bench/triad.js';
-import { bytesPerToken, checkOptions, parseSynth } from '../../src/bench/index.js';
+import { bytesPerToken, checkOptions, parseSynth, waitForOtherLlamaBuild } from '../../src/bench/index.js';
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { readGguf } from '../../src/models/gguf.js';
 import { UserError } from '../../src/util/errors.js';
 import { gguf } from '../gguf-writer.js';
@@ -137,5 +139,21 @@ describe('bench inputs', () => {
     const t = bytesPerToken(await readGguf(tied));
     expect(t.bytesPerToken).toBe((16 * 100 + 16 * 16) * 4);
     expect(t.note).toMatch(/tied/);
+  });
+
+  it('waits for a llama stage another node process is building, not for a dead or foreign one', async () => {
+    const cache = tmp();
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 1500)']);
+    mkdirSync(join(cache, 'stages/llama', `abc.tmp-${child.pid}`), { recursive: true });
+    mkdirSync(join(cache, 'stages/llama', 'dead.tmp-999999999'), { recursive: true });
+    mkdirSync(join(cache, 'stages/llama', `foreign.tmp-1`), { recursive: true }); // pid 1 is not node
+    const seen: string[] = [];
+    const t0 = Date.now();
+    await waitForOtherLlamaBuild(cache, (s) => seen.push(s), 100);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+    expect(seen[0]).toMatch(new RegExp(`waiting for the llama.cpp build in progress \\(pid ${child.pid}\\)`));
+    const t1 = Date.now();
+    await waitForOtherLlamaBuild(cache, undefined, 100);
+    expect(Date.now() - t1).toBeLessThan(500);
   });
 });
