@@ -52,11 +52,12 @@ export class FakeLauncher implements Launcher {
   b: FakeBehaviour = { healthy: true, exitOnStart: false, answerDelayMs: 0, loadingPolls: 0 };
   private polls = new Map<number, number>();
 
-  freePort(): Promise<number> {
-    return freePort();
+  async start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }> {
+    const port = await freePort();
+    return { port, proc: this.launch(profile, port) };
   }
 
-  launch(profile: LaunchProfile, port: number): ProcessHandle {
+  private launch(profile: LaunchProfile, port: number): ProcessHandle {
     const p = new FakeProcess();
     this.procs.push(p);
     this.polls.set(port, 0);

@@ -1,4 +1,8 @@
-/** aios-runtime as one JS file for the image's Node.js (esbuild), with its proto files and the model catalog beside it. */
+/**
+ * aios-runtime for the image's Node.js (esbuild): the entry `aios-runtime.mjs` (config, the early
+ * start of the operational model) and the chunk it imports afterwards (the daemon), with the proto
+ * files and the model catalog beside them. Chunk names carry a content hash (reproducible).
+ */
 import { build } from 'esbuild';
 import { cp, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,12 +12,15 @@ export async function bundleRuntime(outDir: string): Promise<string> {
   await mkdir(outDir, { recursive: true });
   const outfile = join(outDir, 'aios-runtime.mjs');
   await build({
-    entryPoints: [join(PKG_ROOT, 'src/runtime/main.ts')],
+    entryPoints: { 'aios-runtime': join(PKG_ROOT, 'src/runtime/main.ts') },
     bundle: true,
+    splitting: true,
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    outfile,
+    outdir: outDir,
+    outExtension: { '.js': '.mjs' },
+    chunkNames: 'aios-runtime-[name]-[hash]',
     minify: false,
     legalComments: 'none',
     logLevel: 'silent',

@@ -71,8 +71,8 @@ export function registerRuntime(p: Command): void {
     .option('--socket <path>', 'unix socket (overrides runtime.socket; "" for none)')
     .option('--http <host:port>', 'OpenAI-compatible HTTP API and /metrics (overrides runtime.http_listen; "" for none)')
     .action(async (o: { config: string; listen?: string; socket?: string; http?: string }) => {
-      const { runDaemon } = await import('../runtime/daemon.js');
-      process.exitCode = await runDaemon(o.config, { listen: o.listen, socket: o.socket, http: o.http }).catch((e: Error) => {
+      const { serveConfigFile } = await import('../runtime/entry.js');
+      process.exitCode = await serveConfigFile(o.config, { listen: o.listen, socket: o.socket, http: o.http }).catch((e: Error) => {
         throw new UserError(e.message, 1);
       });
     });

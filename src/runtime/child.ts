@@ -67,8 +67,8 @@ export interface ProcessHandle {
 
 /** Starts processes and asks them whether they are healthy: the real one runs llama-server. */
 export interface Launcher {
-  freePort(): Promise<number>;
-  launch(profile: LaunchProfile, port: number): ProcessHandle;
+  /** Starts the process for `profile` on a loopback port it chooses. */
+  start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }>;
   healthy(port: number): Promise<boolean>;
   /** Bytes the process uses once ready (0 if unknown). */
   measure(h: ProcessHandle): number;
@@ -222,10 +222,13 @@ export class ModelChild {
   /** One start: a port, the process, /health until it answers (or the process exits, or time runs out). */
   private async run(): Promise<void> {
     try {
-      this.port = await this.o.launcher.freePort();
-      if (this._state !== 'starting') return;
-      const proc = this.o.launcher.launch(this.profile, this.port);
+      const { port, proc } = await this.o.launcher.start(this.profile);
+      this.port = port;
       this.proc = proc;
+      if (this._state !== 'starting') {
+        proc.kill('SIGKILL'); // stopped while the port was being chosen
+        return;
+      }
       this.pid = proc.pid;
       this.startedAt = this.now();
       this.misses = 0;

@@ -2,6 +2,8 @@
  * Schema of /etc/aios/config.toml. aios-runtime reads the file with this schema, and the
  * image build validates the file it writes with the same one. Imports nothing from the build side.
  */
+import { readFile } from 'node:fs/promises';
+import { parse } from 'smol-toml';
 import { z } from 'zod';
 
 const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 10s, 5m' });
@@ -89,3 +91,16 @@ export const RuntimeConfigSchema = z.strictObject({
 });
 
 export type RuntimeConfig = z.output<typeof RuntimeConfigSchema>;
+
+/** Reads and validates a config.toml; errors name the file and every key path that is wrong. */
+export async function readRuntimeConfig(file: string): Promise<RuntimeConfig> {
+  let raw: unknown;
+  try {
+    raw = parse(await readFile(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  const r = RuntimeConfigSchema.safeParse(raw);
+  if (!r.success) throw new Error(`${file}: ` + r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+  return r.data;
+}

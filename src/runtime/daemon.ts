@@ -1,24 +1,11 @@
 /** aios-runtime as a process: config → gRPC server → operational model loaded and probed → READY=1. */
-import { readFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
-import { parse } from 'smol-toml';
-import { RuntimeConfigSchema, type RuntimeConfig } from './config.js';
+import type { RuntimeConfig } from './config.js';
+import { LlamaServerLauncher } from './launch.js';
 import { RuntimeService, type ServiceOptions } from './service.js';
 import { leveledLog } from './log.js';
 import { serve, type Listening } from './server.js';
 import { serveHttp, type HttpListening } from './http.js';
-
-export async function readRuntimeConfig(file: string): Promise<RuntimeConfig> {
-  let raw: unknown;
-  try {
-    raw = parse(await readFile(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: ${(e as Error).message.split('\n')[0]}`);
-  }
-  const r = RuntimeConfigSchema.safeParse(raw);
-  if (!r.success) throw new Error(`${file}: ` + r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
-  return r.data;
-}
 
 /** Tells systemd we are ready (Type=notify). Node has no unix datagram sockets: systemd-notify does it. */
 function notifyReady(): Promise<void> {
@@ -42,7 +29,7 @@ export interface DaemonOptions {
   overrides?: { listen?: string; socket?: string; http?: string };
   service?: ServiceOptions;
   /** Start-up moments before startDaemon (ms since the process started), for the start-up report. */
-  marks?: { modules?: number; config?: number };
+  marks?: { modules?: number; config?: number; early?: number };
 }
 
 export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}): Promise<Daemon> {
@@ -50,7 +37,9 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
   const sink = o.log ?? ((s: string) => process.stderr.write(journal ? `${s}\n` : `aios-runtime: ${s}\n`));
   const log = leveledLog(config.system.log_level, sink, { journal });
   const t0 = performance.now();
-  const service = new RuntimeService(config, log, o.service);
+  const launcher = o.service?.launcher ?? new LlamaServerLauncher(config.runtime.llama_server);
+  if (launcher instanceof LlamaServerLauncher) launcher.log = (s) => log(s, 'debug');
+  const service = new RuntimeService(config, log, { ...o.service, launcher });
   // The operational model starts loading first: llama-server reads its weights while the front
   // ends are set up (the daemon is ready only when both are done).
   const starting = service.start();
@@ -73,6 +62,7 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
     // One line that says where the start-up went (qemu-test prints it from the guest's journal).
     log(
       `startup (ms since the process started): modules loaded ${o.marks?.modules ?? '-'}, config read ${o.marks?.config ?? '-'}, ` +
+        `${o.marks?.early ? `llama-server started early ${o.marks.early}, ` : ''}` +
         `operational model loading ${sinceStart(s.loadFrom)} → ready ${sinceStart(s.loadedAt)} (${sinceStart(s.loadedAt - s.loadFrom)}), ` +
         `probe → ${sinceStart(s.probedAt)} (${sinceStart(s.probedAt - s.loadedAt)}), front ends up ${sinceStart(frontEnds)}, ready ${sinceStart()}`,
     );
@@ -96,10 +86,9 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
   };
 }
 
-/** `aios runtime serve`: runs until SIGTERM/SIGINT, then shuts down cleanly. */
-export async function runDaemon(configFile: string, overrides: { listen?: string; socket?: string; http?: string } = {}, marks: { modules?: number } = {}): Promise<number> {
-  const config = await readRuntimeConfig(configFile);
-  const d = await startDaemon(config, { overrides, marks: { ...marks, config: sinceStart() } });
+/** `aios runtime serve` and the image's daemon: runs until SIGTERM/SIGINT, then shuts down cleanly. */
+export async function runDaemon(config: RuntimeConfig, o: Pick<DaemonOptions, 'overrides' | 'marks' | 'service'> = {}): Promise<number> {
+  const d = await startDaemon(config, o);
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {
       process.stderr.write(`aios-runtime: ${sig}: stopping\n`);

@@ -34,16 +34,42 @@ export function launchArgs(p: LaunchProfile, port: number): string[] {
 }
 
 export class LlamaServerLauncher implements Launcher {
+  /** A child started before the daemon was loaded (prelaunch()), waiting to be taken by the first start() it matches. */
+  private early?: { args: string[]; port: number; proc: ProcessHandle };
+
   constructor(
     private binary: string,
-    private log: (s: string) => void = () => {},
+    public log: (s: string) => void = () => {},
   ) {}
 
-  freePort(): Promise<number> {
-    return freePort();
+  /**
+   * Starts a profile's llama-server now, before the rest of the daemon is loaded, so that the model
+   * loads while Node.js compiles the front ends (most of a start-up under emulation). start() hands
+   * it over when its profile yields the same command line; discardEarly() ends it otherwise.
+   */
+  async prelaunch(profile: LaunchProfile): Promise<void> {
+    const port = await freePort();
+    this.early = { args: launchArgs(profile, port), port, proc: this.launch(profile, port) };
   }
 
-  launch(profile: LaunchProfile, port: number): ProcessHandle {
+  /** Ends a prelaunched child that no start() took (the validated profile differed). */
+  discardEarly(): void {
+    this.early?.proc.kill('SIGKILL');
+    this.early = undefined;
+  }
+
+  async start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }> {
+    const e = this.early;
+    if (e && launchArgs(profile, e.port).join('\0') === e.args.join('\0')) {
+      this.early = undefined;
+      this.log(`${profile.name}: taking over llama-server pid ${e.proc.pid}, started early on port ${e.port}`);
+      return { port: e.port, proc: e.proc };
+    }
+    const port = await freePort();
+    return { port, proc: this.launch(profile, port) };
+  }
+
+  private launch(profile: LaunchProfile, port: number): ProcessHandle {
     const args = launchArgs(profile, port);
     this.log(`starting ${profile.name}: ${this.binary} ${args.join(' ')}`);
     const proc = spawn(this.binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });

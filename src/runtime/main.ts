@@ -2,9 +2,9 @@
  * Entry point of the bundled aios-runtime (the image runs `node /usr/lib/aios-runtime/aios-runtime.mjs
  * --config /etc/aios/config.toml`). Outside the image the same daemon runs as `aios runtime serve`.
  */
-import { runDaemon } from './daemon.js';
+import { serveConfigFile } from './entry.js';
 
-// Every import above has been evaluated by now: this is how long Node and the bundle took.
+// Every static import above has been evaluated by now (the daemon itself is loaded later, by entry.ts).
 const modules = Math.round(performance.now());
 
 const args = process.argv.slice(2);
@@ -16,7 +16,7 @@ if (args.includes('--help')) {
   process.stdout.write('usage: aios-runtime --config /etc/aios/config.toml [--listen host:port] [--socket path] [--http host:port]\n');
   process.exit(0);
 }
-runDaemon(opt('--config') ?? '/etc/aios/config.toml', { listen: opt('--listen'), socket: opt('--socket'), http: opt('--http') }, { modules }).then(
+serveConfigFile(opt('--config') ?? '/etc/aios/config.toml', { listen: opt('--listen'), socket: opt('--socket'), http: opt('--http') }, { modules }).then(
   (code) => process.exit(code),
   (e: Error) => {
     process.stderr.write(`aios-runtime: ${e.message}\n`);

@@ -127,7 +127,7 @@ describe('runtime service with fake children', () => {
 
   it('always_loaded = true: a tactical model is loaded at start and pinned; load_on_demand = false refuses to load on a request', async () => {
     const a = await daemon(config({ tactical: { always_loaded: true } }));
-    expect(a.d.service.models().map((m) => [m.name, m.state, m.pinned, m.idleUntil])).toEqual([
+    expect(a.d.service.models().map((m) => [m.name, m.state, m.pinned, m.idleUntil]).sort()).toEqual([
       ['op', 'ready', true, 0],
       ['tac', 'ready', true, 0],
     ]);
