@@ -36,6 +36,8 @@ export interface BenchOptions {
   binDir?: string;
   recipe?: string;
   cacheDir?: string;
+  /** A prebuilt triad binary (from src/bench/triad.c), for a machine without a C compiler, such as an image. */
+  triadBin?: string;
   progress?: (s: string) => void;
 }
 
@@ -196,6 +198,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchResult> {
       throw new UserError(`--model: ${(e as Error).message}`, 2, 'give a GGUF file, or --synth <shape>:<quant> for a synthesized one');
     }
   }
+  if (o.triadBin && !existsSync(o.triadBin)) throw new UserError(`--triad-bin ${o.triadBin}: no such file`, 2, 'leave it out to compile src/bench/triad.c with the host compiler');
   const tools = await llamaTools(o, cacheDir);
   const model = await resolveModel(o, cacheDir, tools);
   const gguf: GgufFile = await readGguf(model.file);
@@ -212,7 +215,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchResult> {
   if (loadBefore[0]! > 0.5 * facts.cpu.logical) warnings.push(`load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} on ${facts.cpu.logical} CPUs before the run: other work competes with the benchmark`);
 
   o.progress?.('memory bandwidth (triad)');
-  const triadBin = await triadBinary(cacheDir);
+  const triadBin = o.triadBin ? resolve(o.triadBin) : await triadBinary(cacheDir);
   const { elements, sizing } = triadElements(facts.llcBytes, freemem());
   const triad = await runTriad({ bin: triadBin, elements, reps, threads, sizing });
 

@@ -27,6 +27,7 @@ interface BenchCliOptions {
   pp: number;
   tg: number;
   binDir?: string;
+  triadBin?: string;
   recipe: string;
   cacheDir?: string;
   json?: boolean;
@@ -44,6 +45,7 @@ export function registerBench(p: Command): void {
     .option('--pp <n>', 'prompt tokens of the prompt-processing test (0: skip it)', int('--pp'), 512)
     .option('--tg <n>', 'generated tokens of the generation test (0: skip it)', int('--tg'), 128)
     .option('--bin-dir <dir>', "directory with llama-bench (default: the recipe's llama stage, built or reused from the cache)")
+    .option('--triad-bin <file>', 'a prebuilt bandwidth probe (src/bench/triad.c), for a machine without a C compiler')
     .option('-r, --recipe <name|file>', 'recipe whose llama.cpp build to use', 'default')
     .option('--cache-dir <dir>', 'cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
     .option('--json', 'print the result as JSON (the format `bench compare` reads)')
@@ -75,6 +77,7 @@ Examples:
         pp: o.pp,
         tg: o.tg,
         binDir: o.binDir,
+        triadBin: o.triadBin,
         recipe: o.recipe,
         cacheDir: o.cacheDir,
         progress: (s) => {

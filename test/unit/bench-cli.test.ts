@@ -18,6 +18,7 @@ describe('aios bench: bad input', () => {
     [['--model', '/nonexistent/model.gguf'], /--model \/nonexistent\/model\.gguf: no such file/],
     [['--model', 'package.json'], /not a valid GGUF model: bad magic/],
     [['--pp', '0', '--tg', '0'], /nothing to measure/],
+    [['--synth', 'tiny:f32', '--triad-bin', '/nonexistent/triad'], /--triad-bin \/nonexistent\/triad: no such file/],
     [['--frobnicate'], /unknown option '--frobnicate'/],
     [['stray'], /too many arguments for 'bench'/],
   ];
@@ -31,7 +32,7 @@ describe('aios bench: bad input', () => {
   it('--help describes the options and what is reported', async () => {
     const r = await cli(['bench', '--help']);
     expect(r.exitCode).toBe(0);
-    for (const o of ['--model', '--synth', '--reps', '--threads', '--json', '--out', 'compare']) expect(r.stdout).toContain(o);
+    for (const o of ['--model', '--synth', '--reps', '--threads', '--json', '--out', '--triad-bin', 'compare']) expect(r.stdout).toContain(o);
     expect(r.stdout).toMatch(/roofline/);
     expect(r.stdout).toMatch(/TCG\) are meaningless for performance/);
   });
