@@ -12,7 +12,7 @@
  * kernel.json (source, base, release, compiler, the wish check). Key: source version, the merged
  * .config, compiler and binutils versions.
  */
-import { mkdir, mkdtemp, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -20,8 +20,9 @@ import { sourceDateEpoch } from '../context.js';
 import { hashOf, sha256 } from '../../util/hash.js';
 import { UserError } from '../../util/errors.js';
 import { safeRemove } from '../../util/cleanup.js';
+import { formatSize } from '../../util/size.js';
 import { debianKernel, type DebianKernel } from '../../kernel/debian.js';
-import { compileKernel, compilerId, kernelEnv, kernelHostProblems, mergeInputsHash, mergeKernelConfig, withDirLock, type MergedKernelConfig } from '../../kernel/build.js';
+import { baseKind, compileKernel, compilerId, DISK_BYTES, kernelEnv, kernelHostProblems, mergeInputsHash, mergeKernelConfig, withDirLock, type MergedKernelConfig } from '../../kernel/build.js';
 import type { CheckResult } from '../../kernel/check.js';
 import { defineStage } from './common.js';
 import type { BuildContext } from './index.js';
@@ -85,7 +86,15 @@ export const kernelStage = defineStage({
   needs: [],
   enabled: (r) => r.kernel.build,
   async check(ctx) {
-    return ctx.recipe.kernel.build ? kernelHostProblems(ctx.recipe) : [];
+    if (!ctx.recipe.kernel.build) return [];
+    const problems = await kernelHostProblems(ctx.recipe);
+    const need = DISK_BYTES[baseKind(ctx.recipe.kernel.base)];
+    await mkdir(ctx.cacheDir, { recursive: true });
+    const fs = await statfs(ctx.cacheDir);
+    const obj = join(ctx.cacheDir, 'kernel', 'obj');
+    // A kept build dir already holds most of what a rebuild needs.
+    if (fs.bavail * fs.bsize < need && !existsSync(obj)) problems.push(`the kernel build needs about ${formatSize(need)} in ${ctx.cacheDir}; only ${formatSize(fs.bavail * fs.bsize)} is free`);
+    return problems;
   },
   async inputs(ctx) {
     const { src, merged } = await prepare(ctx);
