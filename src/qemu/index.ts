@@ -168,6 +168,8 @@ export interface BootCheck {
     runtimeStartup?: string;
     /** `systemd-analyze critical-chain aios-runtime.service`: what the unit waited for. */
     runtimeChain: string[];
+    /** The runtime's journal lines that mark its start-up, with monotonic times. */
+    runtimeLog: string[];
     /** What the running kernel does, for the kernel-wish report. */
     kernelFacts: KernelFacts;
     /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
@@ -199,13 +201,15 @@ const round = (n: number) => Math.round(n * 100) / 100;
 export function parseCheckLog(log: string): { complete: boolean; guest: BootCheck['guest'] } {
   const clean = log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
   const begin = clean.lastIndexOf('AIOS-CHECK-BEGIN');
-  const guest: BootCheck['guest'] = { failedUnits: [], models: [], kernelFacts: { config: {} }, runtimeChain: [] };
+  const guest: BootCheck['guest'] = { failedUnits: [], models: [], kernelFacts: { config: {} }, runtimeChain: [], runtimeLog: [] };
   if (begin < 0) return { complete: false, guest };
   const block = clean.slice(begin);
   const complete = block.includes('AIOS-CHECK-END');
   for (const line of block.split('\n')) {
     const chain = /AIOS-CHECK-CHAIN (.*)$/.exec(line);
     if (chain) guest.runtimeChain.push(chain[1]!.trimEnd());
+    const rtlog = /AIOS-CHECK-RTLOG (.*)$/.exec(line);
+    if (rtlog) guest.runtimeLog.push(rtlog[1]!.trimEnd());
     const m = /AIOS-CHECK (\w+)=(.*)$/.exec(line);
     if (!m) continue;
     const [, k, v] = m as unknown as [string, string, string];

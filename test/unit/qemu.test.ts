@@ -52,7 +52,7 @@ AIOS-CHECK-END\r
     expect(runtimeStartupLines(guest)).toEqual([
       'unit started 30.5 s, process 30.7 s, ready 61.1 s after kernel start',
       'daemon (ms since its process started): modules loaded 9000, config read 9300, operational model loading 9400 → ready 20000 (10600), probe → 25000 (5000), front ends up 12000, ready 25100',
-      'critical chain:',
+      'waited for:',
       '  aios-runtime.service +30.4s',
       '  └─network.target @30.4s',
     ]);
