@@ -5,15 +5,12 @@
 import { readFile } from 'node:fs/promises';
 import { parse } from 'smol-toml';
 import { z } from 'zod';
+import { DEFAULTS } from './defaults.js';
 
 const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 10s, 5m' });
 const size = z.string().regex(/^\d+(\.\d+)?[KMGT]?$/, { message: 'must be a size such as 512M, 6G or a number of bytes' });
 
-/** "10s" → milliseconds. */
-export function ms(d: string): number {
-  const m = /^(\d+)(ms|s|m|h)$/.exec(d)!;
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
-}
+export { ms } from './defaults.js';
 
 const Probe = z.strictObject({
   prompt: z.string().default('Respond with OK if you are working.'),
@@ -25,11 +22,11 @@ const Probe = z.strictObject({
 
 const ModelLayer = z.strictObject({
   name: z.string().describe('GGUF file name in model_dir'),
-  ctx_size: z.number().int().min(64).default(2048),
-  threads: z.number().int().min(0).default(0).describe('0 = physical cores'),
-  gpu_layers: z.number().int().min(-1).default(0),
-  parallel: z.number().int().min(1).max(64).default(2).describe('llama-server slots (concurrent requests per model)'),
-  mmap: z.boolean().default(true),
+  ctx_size: z.number().int().min(64).default(DEFAULTS.ctx_size),
+  threads: z.number().int().min(0).default(DEFAULTS.threads).describe('0 = physical cores'),
+  gpu_layers: z.number().int().min(-1).default(DEFAULTS.gpu_layers),
+  parallel: z.number().int().min(1).max(64).default(DEFAULTS.parallel).describe('llama-server slots (concurrent requests per model)'),
+  mmap: z.boolean().default(DEFAULTS.mmap),
   probe: Probe.prefault({ grammar: 'root ::= "OK"' }),
   always_loaded: z.boolean().default(false).describe('loaded when the runtime starts and pinned (never evicted or unloaded for idleness); the operational model always is'),
   load_on_demand: z.boolean().default(true).describe('false: a request for this model while it is not loaded fails (FAILED_PRECONDITION) instead of loading it; load it with `aios runtime load`'),
@@ -42,7 +39,7 @@ const ModelLayer = z.strictObject({
 export const RuntimeConfigSchema = z.strictObject({
   runtime: z
     .strictObject({
-      llama_server: z.string().default('/usr/bin/llama-server'),
+      llama_server: z.string().default(DEFAULTS.llama_server),
       socket: z.string().default('/run/aios/runtime.sock').describe('unix socket (mode 0660); "" = none'),
       listen: z.string().default('127.0.0.1:50051').describe('TCP host:port; "" = none. Anything but loopback must be set explicitly'),
       http_listen: z.string().default('').describe('OpenAI-compatible HTTP API and /metrics, host:port (the image: 127.0.0.1:8080); "" = none'),
@@ -71,7 +68,7 @@ export const RuntimeConfigSchema = z.strictObject({
   models: z
     .strictObject({
       runtime: z.literal('llama-cpp').default('llama-cpp'),
-      model_dir: z.string().default('/var/lib/aios/models'),
+      model_dir: z.string().default(DEFAULTS.model_dir),
       operational: ModelLayer.optional(),
       tactical: ModelLayer.optional(),
     })

@@ -38,7 +38,7 @@ export class LlamaServerLauncher implements Launcher {
   private early?: { args: string[]; port: number; proc: ProcessHandle };
 
   constructor(
-    private binary: string,
+    readonly binary: string,
     public log: (s: string) => void = () => {},
   ) {}
 

@@ -6,7 +6,8 @@
  */
 import { join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
-import { ms, type RuntimeConfig } from './config.js';
+import type { RuntimeConfig } from './config.js';
+import { ms } from './defaults.js';
 import type { LaunchProfile } from './child.js';
 import type { GenerationDefaults } from './params.js';
 import type { CatalogEntry } from '../models/catalog.js';
