@@ -41,6 +41,7 @@ export function registerQemu(p: Command): void {
         else spinner?.fail(`boot check failed: ${res.reason}`);
         const g = res.guest;
         out(`${res.ok ? 'PASS' : 'FAIL'}: ${res.image} (${res.media}, ${res.accel})${res.reason ? `: ${res.reason}` : ''}`);
+        if (res.retried) out(`retried:     ${res.retried}`);
         if (g.kernel) out(`kernel:      ${g.kernel}`);
         if (g.timing) out(`guest:       ${g.timing}`);
         if (g.multiUser !== undefined) out(`multi-user:  ${g.multiUser.toFixed(1)} s after kernel start`);

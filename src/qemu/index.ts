@@ -141,6 +141,12 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
 export interface BootCheck {
   ok: boolean;
   image: string;
+  /**
+   * Why the image was booted a second time: the first boot's kernel panicked under TCG before the
+   * check reported. Emulation occasionally breaks the kernel's live code patching early in boot
+   * (an int3 "Oops" in an initcall); a panic that comes back on the second boot is reported.
+   */
+  retried?: string;
   /** How the image was attached (disk, cdrom, usb). */
   media: Media;
   /** The gRPC probe of aios-runtime in the guest (images with the runtime). */
@@ -312,6 +318,14 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
   /** Keep the serial log here (default: next to the image, <image>.serial.log). */
   serialLog?: string;
   onProgress?: (line: string) => void;
+  /** Set on the second boot after the first one's kernel panicked under TCG (its panic line). */
+  afterPanic?: string;
+}
+
+/** The line a Linux kernel prints when it panics. */
+export function kernelPanic(log: string): string | undefined {
+  const m = /Kernel panic - not syncing: [^\r\n]*/.exec(log);
+  return m?.[0];
 }
 
 /** Every model the manifest lists must be in the guest, with a GGUF header and the same sha256. */
@@ -375,14 +389,26 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     let exited = false;
     void child.then(() => (exited = true));
     let log = '';
+    let panic: string | undefined;
     while (!exited) {
       log = await readFile(serialLog, 'utf8');
       if (log.includes('AIOS-CHECK-END')) break;
+      panic = kernelPanic(log);
+      if (panic) {
+        child.kill('SIGKILL'); // a panicked guest never powers off by itself: no reason to wait for the timeout
+        break;
+      }
       await new Promise((r) => setTimeout(r, 1000));
     }
+    if (panic && accel === 'tcg' && !o.afterPanic) {
+      await child;
+      o.onProgress?.(`the guest kernel panicked under TCG (${panic}); booting once more`);
+      const again = await qemuTest(image, { ...o, afterPanic: panic });
+      return { ...again, retried: `the first boot's kernel panicked (${panic}); its serial log was replaced by this boot's` };
+    }
     let probe: BootCheck['runtime'] = undefined;
-    if (rt && !exited) {
-      // Seed 000's phase-2 check: a prompt over gRPC, through QEMU's user-net port forwarding.
+    if (rt && !exited && !panic) {
+      // The runtime's own check: a prompt over gRPC, through QEMU's user-net port forwarding.
       probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe);
       child.kill('SIGTERM');
     }
@@ -392,7 +418,8 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const { complete, guest } = parseCheckLog(log);
     if (probe && guest.runtimeReadyUsec) probe.readySeconds = Math.round(guest.runtimeReadyUsec / 1e4) / 100;
     let reason: string | undefined;
-    if (res.timedOut) reason = `timed out after ${timeout / 1000} s${complete ? '' : ' before the boot check reported'} (see ${serialLog})`;
+    if (panic) reason = `the guest kernel panicked: ${panic}${o.afterPanic ? ' (on the second boot too)' : ''} (see ${serialLog})`;
+    else if (res.timedOut) reason = `timed out after ${timeout / 1000} s${complete ? '' : ' before the boot check reported'} (see ${serialLog})`;
     else if (!complete) reason = `QEMU exited (code ${res.exitCode}) without a boot check report: ${String(res.all ?? '').trim().slice(-500) || `see ${serialLog}`}`;
     else if (guest.failedUnits.length) reason = `failed units: ${guest.failedUnits.join(', ')}`;
     else if (modelProblems(manifest, guest).length) reason = modelProblems(manifest, guest).join('; ');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseCheckLog, qemuArgs } from '../../src/qemu/index.js';
+import { kernelPanic, parseCheckLog, qemuArgs } from '../../src/qemu/index.js';
 
 const LOG = `\x1b[0;32m  OK  \x1b[0m] Reached target multi-user.target\r
 AIOS-CHECK-BEGIN\r
@@ -56,6 +56,12 @@ AIOS-CHECK-END\r
       '  aios-runtime.service +30.4s',
       '  └─network.target @30.4s',
     ]);
+  });
+
+  it('finds a kernel panic in the serial log (qemu-test stops there, and under TCG boots once more)', () => {
+    const log = '[    3.529174] Oops: int3: 0000 [#2] PREEMPT SMP NOPTI\r\n[    3.529503] Kernel panic - not syncing: Fatal exception in interrupt\r\n[    6.85] Shutting down cpus with NMI\r\n';
+    expect(kernelPanic(log)).toBe('Kernel panic - not syncing: Fatal exception in interrupt');
+    expect(kernelPanic('[ 1.0] Linux version 6.12\r\nAIOS-CHECK-BEGIN\r\n')).toBeUndefined();
   });
 
   it('knows an unfinished report', () => {
