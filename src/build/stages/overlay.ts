@@ -26,7 +26,7 @@ import { versionLine, type InstalledModel } from './models.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 2;
+const VERSION = 3;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
@@ -116,6 +116,7 @@ export const overlayStage = defineStage({
     if (r.system.root_password_hash) await run(['chroot', root, 'usermod', '-p', r.system.root_password_hash, 'root'], { log: ctx.log });
     if (r.llama.enabled) await installLlama(ctx, io.need('llama'), root, dir);
     await installModels(ctx, io.need('models'), root, dir);
+    await firstBootWorkAtBuild(ctx, root);
     const sde = sourceDateEpoch();
     if (sde !== undefined) {
       // Reproducible builds: nothing in the root is newer than SOURCE_DATE_EPOCH (files the rootfs
@@ -123,8 +124,30 @@ export const overlayStage = defineStage({
       ctx.progress('clamping mtimes to SOURCE_DATE_EPOCH');
       await run(['find', root, '-newermt', `@${sde}`, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+'], { log: ctx.log });
     }
+    await markUpdated(ctx, root);
   },
 });
+
+/**
+ * What systemd would otherwise do on the first boot because /usr is newer than /etc/.updated
+ * (ConditionNeedsUpdate=: ldconfig.service, systemd-journal-catalog-update.service, …): done here, so
+ * that sysinit.target does not wait for it on the machine (seconds on real hardware, more under
+ * emulation, and every unit after basic.target waits with it).
+ */
+async function firstBootWorkAtBuild(ctx: BuildContext, root: string): Promise<void> {
+  ctx.progress('rebuilding the linker cache and journal catalog');
+  if (existsSync(join(root, 'usr/sbin/ldconfig')) || existsSync(join(root, 'sbin/ldconfig'))) await run(['chroot', root, 'ldconfig'], { log: ctx.log });
+  if (existsSync(join(root, 'usr/bin/journalctl'))) await run(['chroot', root, 'journalctl', '--update-catalog'], { log: ctx.log });
+}
+
+/**
+ * /etc/.updated and /var/.updated written by systemd's own systemd-update-done (inside the root): /usr's
+ * mtime, so that ConditionNeedsUpdate= finds nothing to do on the first boot. Last, after every other
+ * change to the tree (a later change to /usr would make them stale).
+ */
+async function markUpdated(ctx: BuildContext, root: string): Promise<void> {
+  if (existsSync(join(root, 'usr/lib/systemd/systemd-update-done'))) await run(['chroot', root, '/usr/lib/systemd/systemd-update-done'], { log: ctx.log });
+}
 
 /** The symbols of the recipe's kernel wishes (for /usr/lib/aios/kernel-wishes). */
 async function wishSymbols(ctx: BuildContext): Promise<string[]> {
