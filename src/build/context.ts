@@ -1,4 +1,5 @@
 /** Values derived from the recipe that templates and stages share (one place, computed once). */
+import { isLoopback } from '../config/load.js';
 import { randomUUID } from 'node:crypto';
 import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
@@ -123,6 +124,8 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     mountOptions: mountOptions(r),
     operationalModel: r.models.find((m) => m.level === 'operational'),
     tacticalModel: r.models.find((m) => m.level === 'tactical'),
+    // Bearer keys on the HTTP API only when it is reachable from other machines (loopback stays open to local processes).
+    httpAuth: r.runtime.enabled && r.runtime.tls && !isLoopback(r.runtime.http_listen),
     ...extra,
   };
 }

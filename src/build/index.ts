@@ -1,9 +1,11 @@
 /** `build(recipe)`: validate everything, then run the stages (cached), then publish atomically to out/. */
 import { Listr } from 'listr2';
-import { mkdir, rename, writeFile, readFile, statfs, stat } from 'node:fs/promises';
+import { appendFile, mkdir, rename, writeFile, readFile, statfs, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { loadRecipe } from '../config/load.js';
+import { isLoopback, loadRecipe } from '../config/load.js';
+import { X509Certificate } from 'node:crypto';
+import { certSans, createPki, type Pki } from '../pki/index.js';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { StageCache } from './cache.js';
@@ -36,6 +38,8 @@ export interface BuildOptions {
   formats?: ('disk' | 'iso')[];
   /** Re-run these stages even when their output is cached (the new output replaces the cached one). */
   rebuild?: string[];
+  /** Make the image's CA, certificates and API key anew (runtime.tls): clients need the new files. */
+  rotateCredentials?: boolean;
 }
 
 export interface StageReport {
@@ -115,6 +119,7 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
   if (problems.length) {
     throw new UserError(`cannot build ${ctx.recipe.name} on this host:\n` + problems.map((p) => `  - ${p}`).join('\n'), 3);
   }
+  if (stages.some((s) => s.name === 'overlay')) await imagePki(ctx, outDir, opts.rotateCredentials);
   const reports: StageReport[] = [];
   const tasks = new Listr<BuildContext>(
     stages.map((stage) => ({
@@ -139,6 +144,36 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
   );
   await tasks.run(ctx);
   return reports;
+}
+
+/** Where an image's certificates and keys live: runtime.pki, or <out>/<name>.pki. */
+export function pkiDirFor(r: ResolvedRecipe, outDir: string): string {
+  return r.runtime.pki ? resolve(r.runtime.pki) : join(outDir, `${r.name}.pki`);
+}
+
+/**
+ * The image's credentials (runtime.tls): made on the first build, reused after (a rebuild rotates
+ * nothing; `aios build image --rotate-credentials` makes all of them anew). Also the warning for a
+ * listener left open on purpose (runtime.insecure_listen).
+ */
+async function imagePki(ctx: BuildContext, outDir: string, rotate = false): Promise<void> {
+  const r = ctx.recipe;
+  if (!r.runtime.enabled) return;
+  if (r.runtime.insecure_listen) {
+    const open = (['listen', 'http_listen'] as const).filter((k) => !isLoopback(r.runtime[k]));
+    if (open.length && !r.runtime.tls) ctx.warnings.push(`runtime.insecure_listen: ${open.map((k) => `${r.runtime[k]} (runtime.${k})`).join(' and ')} will accept anyone on the network without authentication`);
+  }
+  if (!r.runtime.tls) return;
+  const dir = pkiDirFor(r, outDir);
+  const pki = await createPki(dir, { hostname: r.system.hostname, sans: r.runtime.tls_sans, rotate });
+  if (pki.made.length) await appendFile(ctx.log, `credentials in ${dir}: made ${pki.made.join(', ')}\n`);
+  ctx.pki = pki;
+}
+
+/** The certificates' fingerprints and the server's names, for the manifest (the pki path only when the recipe names one). */
+async function tlsManifest(pki: Pki, recipePki: string): Promise<NonNullable<NonNullable<Manifest['runtime']>['tls']>> {
+  const fp = async (f: string) => new X509Certificate(await readFile(f)).fingerprint256.replace(/:/g, '').toLowerCase();
+  return { ca: await fp(pki.caCert), server: await fp(pki.serverCert), sans: await certSans(pki.serverCert), ...(recipePki ? { pki: recipePki } : {}) };
 }
 
 export interface LlamaBuildResult {
@@ -221,7 +256,16 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
     // same inputs give the same manifest.
     stages: stages.filter((s) => [undefined, format].includes(STAGES.find((x) => x.name === s.name)?.output)).map((s) => ({ name: s.name, key: s.key })),
     llama: existsSync(join(ctx.outputs.overlay!.dir, 'llama.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'llama.json'), 'utf8')) : null,
-    runtime: r.runtime.enabled ? { enabled: true, listen: r.runtime.listen, probe: { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' } } : null,
+    runtime: r.runtime.enabled
+      ? {
+          enabled: true,
+          listen: r.runtime.listen,
+          http_listen: r.runtime.http_listen,
+          ...(r.runtime.insecure_listen ? { insecure_listen: true } : {}),
+          ...(ctx.pki ? { tls: await tlsManifest(ctx.pki, r.runtime.pki) } : {}),
+          probe: { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' },
+        }
+      : null,
     models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],
     packages,
   };

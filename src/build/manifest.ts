@@ -48,7 +48,16 @@ export interface Manifest {
   /** llama.json of the llama stage (plus the version seen inside the root), or null without llama.cpp. */
   llama: ({ isa: Isa; cmake?: string[]; version?: string; versionInTarget?: string } & Record<string, unknown>) | null;
   /** What qemu-test needs to probe aios-runtime in the guest, or null when the runtime is off. */
-  runtime: { enabled: boolean; listen: string; probe?: { prompt: string; grammar?: string; expect: string } } | null;
+  runtime: {
+    enabled: boolean;
+    listen: string;
+    http_listen?: string;
+    /** Listeners beyond loopback left without authentication on purpose (runtime.insecure_listen). */
+    insecure_listen?: boolean;
+    /** The image's certificates (public parts only; keys never appear here): SHA-256 fingerprints and the server's names. */
+    tls?: { ca: string; server: string; sans: string[]; pki?: string };
+    probe?: { prompt: string; grammar?: string; expect: string };
+  } | null;
   models: ManifestModel[];
   /** Installed packages and their versions. */
   packages: Record<string, string>;

@@ -17,8 +17,9 @@ export function registerQemu(p: Command): void {
     .addOption(new Option('--accel <accel>', 'force an accelerator (default: KVM if a probe guest runs, else TCG)').choices(['kvm', 'tcg']))
     .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
     .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
+    .option('--tls-dir <dir>', 'client certificates for the runtime\'s mutual TLS (default: $AIOS_TLS_DIR, else the image\'s pki dir, out/<name>.pki)')
     .option('--json', 'print the result as JSON')
-    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; json?: boolean }) => {
+    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; json?: boolean }) => {
       const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
       const t0 = Date.now();
       const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
@@ -30,6 +31,7 @@ export function registerQemu(p: Command): void {
         accel: o.accel,
         cpu: o.cpu,
         serialLog: o.serialLog,
+        tlsDir: o.tlsDir,
         onProgress: (l) => {
           if (spinner) spinner.text = l;
           else if (!o.json) process.stderr.write(`${l}\n`);
@@ -57,6 +59,11 @@ export function registerQemu(p: Command): void {
           out(`aios-runtime: ${r.ok ? 'answered' : 'FAILED'} "${r.prompt}" -> "${r.text ?? ''}"${r.latencyMs !== undefined ? ` in ${r.latencyMs} ms` : ''} via ${r.address}${r.readySeconds !== undefined ? `; ready ${r.readySeconds} s after kernel start` : ''}${r.error ? ` (${r.error})` : ''}`);
           for (const line of runtimeStartupLines(g)) out(`  ${line}`);
         }
+        if (res.access) {
+          out(`access (mutual TLS, ${res.tlsDir}):`);
+          for (const a of res.access) out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(12)} ${a.detail}`);
+        }
+        for (const w of res.warnings) out(`warning:     ${w}`);
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');
           for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);

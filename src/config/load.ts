@@ -121,6 +121,12 @@ export function zodProblems(err: z.ZodError, schema: z.ZodTypeAny = RecipeSchema
   return out;
 }
 
+/** 127.0.0.0/8, ::1 or localhost: a listener only this machine can reach. */
+export function isLoopback(hostPort: string): boolean {
+  const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 /** Checks that involve more than one key. */
 function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message: string }[] {
   const out: { path: string; message: string }[] = [];
@@ -144,6 +150,13 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
   if (r.runtime.enabled) {
     if (!r.llama.enabled) out.push({ path: 'runtime.enabled', message: 'aios-runtime runs llama-server: it needs llama.enabled = true (or set runtime.enabled = false)' });
     if (!r.models.some((m) => m.level === 'operational')) out.push({ path: 'runtime.enabled', message: 'aios-runtime needs an operational model: add a [[models]] entry with level = "operational" (or set runtime.enabled = false)' });
+  }
+  if (r.runtime.enabled && !r.runtime.tls && !r.runtime.insecure_listen) {
+    for (const key of ['listen', 'http_listen'] as const) {
+      if (!isLoopback(r.runtime[key])) {
+        out.push({ path: `runtime.${key}`, message: `"${r.runtime[key]}" is reachable from the network, and runtime.tls = false leaves it without authentication: set runtime.tls = true (mutual TLS, the default), a loopback address such as 127.0.0.1:${r.runtime[key].split(':').pop()}, or runtime.insecure_listen = true to accept that anyone on the network can use it` });
+      }
+    }
   }
   if (r.kernel.build && r.base.distro !== 'debian') {
     out.push({ path: 'kernel.build', message: `a custom kernel is built from Debian's linux-source package; base.distro = "${r.base.distro}" has no kernel source or mirror reachable from here: use its stock kernel (kernel.build = false)` });

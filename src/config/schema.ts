@@ -230,7 +230,28 @@ export const RuntimeSchema = z
       .string()
       .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:50051' })
       .default('127.0.0.1:50051')
-      .describe('gRPC TCP address in the image. Loopback by default; anything else is an explicit choice'),
+      .describe('gRPC TCP address in the image. Loopback by default; anything beyond loopback needs runtime.tls (the default) or runtime.insecure_listen'),
+    http_listen: z
+      .string()
+      .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:8080' })
+      .default('127.0.0.1:8080')
+      .describe('OpenAI-compatible HTTP API and /metrics in the image. Beyond loopback it serves HTTPS with the image\'s certificate and requires `Authorization: Bearer <key>` (see docs/access.md)'),
+    tls: z
+      .boolean()
+      .default(true)
+      .describe('Mutual TLS on TCP listeners beyond loopback: the build makes (or reuses) a per-image CA, server and builder certificates in runtime.pki and puts the server\'s key into the image as a systemd credential. false: no certificates in the image (then a listener beyond loopback needs runtime.insecure_listen)'),
+    pki: z
+      .string()
+      .default('')
+      .describe('Directory of the image\'s certificates and keys (ca.crt, ca.key, server.crt, server.key, client.crt, client.key, http-key): missing ones are made. "" = <output dir>/<image name>.pki. Point several recipes at one directory for a fleet sharing a CA'),
+    tls_sans: z
+      .array(z.string().regex(/^[A-Za-z0-9.:*-]+$/, { message: 'must be a DNS name or an IP address' }))
+      .default([])
+      .describe('Extra names and addresses in the server certificate (always: system.hostname, localhost, 127.0.0.1, ::1), e.g. the machine\'s DNS name or LAN address'),
+    insecure_listen: z
+      .boolean()
+      .default(false)
+      .describe('Allow a listener beyond loopback without TLS/authentication (anyone on the network can run inference and load or unload models): warned about at build, in the journal and by qemu-test'),
     memory_high: z
       .string()
       .regex(/^(\d+[KMGT]?|\d+%|infinity)$/, { message: 'must be a systemd MemoryHigh= value such as 28G or 90%' })

@@ -5,12 +5,13 @@
 import { copyFile, mkdtemp, writeFile, stat, readFile, open } from 'node:fs/promises';
 import { existsSync, openSync, closeSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
 import { freePort } from '../util/net.js';
+import { accessChecks, type AccessCheck } from './access.js';
 import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
 
 export const OVMF_CANDIDATES = [
@@ -150,6 +151,12 @@ export interface BootCheck {
   media: Media;
   /** The gRPC probe of aios-runtime in the guest (images with the runtime). */
   runtime?: { ok: boolean; address: string; prompt: string; expect: string; text?: string; latencyMs?: number; modelUsed?: string; error?: string; readySeconds?: number };
+  /** Access checks of the runtime's TLS listener (images with runtime.tls): see src/qemu/access.ts. */
+  access?: AccessCheck[];
+  /** The client credentials used (the image's pki dir). */
+  tlsDir?: string;
+  /** Things that work but should not be so (an open listener: runtime.insecure_listen). */
+  warnings: string[];
   /** The recipe's kernel wishes (from the manifest) and whether each is live in the guest. */
   kernelWishes: LiveWish[];
   accel: 'kvm' | 'tcg';
@@ -317,6 +324,8 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
   /** Keep the serial log here (default: next to the image, <image>.serial.log). */
   serialLog?: string;
   onProgress?: (line: string) => void;
+  /** Client certificates for the runtime's TLS listener (default: tlsDirFor()). */
+  tlsDir?: string;
   /** Boots so far whose kernel panicked under TCG (their panic lines); internal to the retries. */
   afterPanic?: string[];
 }
@@ -348,9 +357,9 @@ export function modelProblems(manifest: ImageManifest | undefined, guest: BootCh
 }
 
 /** One unary Infer over gRPC (the call a plain gRPC client makes), with the model's probe: grammar-constrained, so the answer is checkable. */
-export async function runtimeProbe(address: string, p: { prompt: string; grammar?: string; expect: string } = { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' }): Promise<NonNullable<BootCheck['runtime']>> {
-  const { connect, unary, waitReady } = await import('../runtime/client.js');
-  const c = connect(address);
+export async function runtimeProbe(address: string, p: { prompt: string; grammar?: string; expect: string } = { prompt: 'Respond with OK if you are working.', grammar: 'root ::= "OK"', expect: 'OK' }, tlsDir?: string): Promise<NonNullable<BootCheck['runtime']>> {
+  const { connect, unary, waitReady, explainError } = await import('../runtime/client.js');
+  const c = connect(address, { tlsDir });
   const base = { address, prompt: p.prompt, expect: p.expect };
   try {
     if (!(await waitReady(c, 60_000))) return { ...base, ok: false, error: `no ready HealthCheck from ${address} within 60 s` };
@@ -358,10 +367,23 @@ export async function runtimeProbe(address: string, p: { prompt: string; grammar
     const r = await unary(c, 'Infer', { prompt: p.prompt, intelligence_level: 'operational', max_tokens: 8, temperature: 0, grammar: p.grammar ?? '' }, 120_000);
     return { ...base, ok: new RegExp(p.expect).test(r.text), text: r.text, latencyMs: Date.now() - t0, modelUsed: r.model_used };
   } catch (e) {
-    return { ...base, ok: false, error: (e as Error).message };
+    return { ...base, ok: false, error: explainError(e, address, { tlsDir }) };
   } finally {
     c.close();
   }
+}
+
+/**
+ * The client credentials for an image's runtime: `--tls-dir` / AIOS_TLS_DIR, else the pki dir its
+ * manifest names, else <image's dir>/<name>.pki (where aios build puts them). Undefined when the
+ * image has no TLS.
+ */
+export function tlsDirFor(image: string, manifest: ImageManifest | undefined, given?: string): string | undefined {
+  if (given) return resolve(given);
+  if (process.env.AIOS_TLS_DIR) return resolve(process.env.AIOS_TLS_DIR);
+  const tls = manifest?.runtime?.tls;
+  if (!tls) return undefined;
+  return tls.pki ? resolve(tls.pki) : join(dirname(resolve(image)), `${manifest?.name ?? basename(image).replace(/\.(raw|iso)$/, '')}.pki`);
 }
 
 /** Boots the image with the check unit enabled (aios.check=1) and reports what it found. */
@@ -381,6 +403,8 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const cpu = o.cpu ?? (await cpuFor(o.requiredFlags ?? isa?.flags ?? [], accel, isa?.description));
     const timeout = (o.timeout ?? 300) * 1000;
     const rt = manifest?.runtime?.enabled ? manifest.runtime : undefined;
+    const tlsDir = rt ? tlsDirFor(image, manifest, o.tlsDir) : undefined;
+    if (tlsDir && !existsSync(join(tlsDir, 'client.crt'))) throw new UserError(`${image} serves mutual TLS, and ${tlsDir} has no client.crt: pass the image's pki dir with --tls-dir (or AIOS_TLS_DIR)`, 2);
     const hostPort = rt ? await freePort() : 0;
     const guestPort = rt ? Number(rt.listen.split(':').pop()) : 0;
     const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
@@ -415,9 +439,14 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
       return { ...again, retried: again.retried ?? `${panics.length} boot(s) before this one panicked under TCG (${panic}); the serial log is the last boot's` };
     }
     let probe: BootCheck['runtime'] = undefined;
+    let access: AccessCheck[] | undefined;
     if (rt && !exited && !panic) {
       // The runtime's own check: a prompt over gRPC, through QEMU's user-net port forwarding.
-      probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe);
+      probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe, tlsDir);
+      if (probe.ok && tlsDir) {
+        o.onProgress?.('checking access control: infer and admin scopes, plain text and another CA refused');
+        access = await accessChecks(`127.0.0.1:${hostPort}`, tlsDir);
+      }
       child.kill('SIGTERM');
     }
     const res = await child;
@@ -435,8 +464,10 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (guest.state === 'degraded' || guest.state === 'maintenance' || guest.state === 'stopping') reason = `system state ${guest.state}`;
     else if (rt && guest.runtimeState !== 'active') reason = `aios-runtime.service is ${guest.runtimeState ?? 'missing'}`;
     else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
+    else if (access?.some((a) => !a.ok)) reason = `access control: ${access.filter((a) => !a.ok).map((a) => `${a.name}: ${a.detail}`).join('; ')}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
-    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe };
+    const warnings = rt?.insecure_listen ? [`runtime.insecure_listen: the image's listeners beyond loopback accept anyone without authentication (${[rt.listen, rt.http_listen].filter(Boolean).join(', ')})`] : [];
+    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(tlsDir ? { tlsDir } : {}), warnings };
   } finally {
     unregister();
     await safeRemove(tmp);

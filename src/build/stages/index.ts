@@ -1,3 +1,4 @@
+import type { Pki } from '../../pki/index.js';
 /**
  * The build as a flat list of named stages, one file each in this directory (each file's header is
  * its documentation). Each stage: check (host tools, before anything runs), key (hash of its
@@ -46,6 +47,8 @@ export interface BuildContext {
   kernelWishes?: CheckResult;
   /** Progress line for the current stage. */
   progress: (line: string) => void;
+  /** The image's certificates and keys (runtime.tls): made or reused in runtime.pki before the stages run. */
+  pki?: Pki;
 }
 
 /** What a stage may read of earlier stages: exactly the ones it declared. */

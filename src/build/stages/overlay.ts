@@ -9,7 +9,7 @@
  * packages.json, llama.json, models.json. Key: those stages' keys, rendered templates, the overlay
  * tree, the runtime sources, units, password, time zone and SOURCE_DATE_EPOCH.
  */
-import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
@@ -19,14 +19,15 @@ import { renderTree, writeRendered } from '../render.js';
 import { bundleRuntime } from '../runtime-bundle.js';
 import { RuntimeConfigSchema } from '../../runtime/config.js';
 import { run } from '../../util/exec.js';
-import { hashTree } from '../../util/hash.js';
+import { hashTree, sha256 } from '../../util/hash.js';
+import type { Pki } from '../../pki/index.js';
 import { paths, PKG_ROOT } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 3;
+const VERSION = 4;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
@@ -41,8 +42,8 @@ export const overlayStage = defineStage({
   title: 'Apply templates and rootfs/ overlay',
   needs: ['rootfs', 'llama', 'models'],
   uses: ['kernel'],
-  async check() {
-    return missingTools({ cp: 'coreutils', chroot: 'coreutils' });
+  async check(ctx) {
+    return missingTools({ cp: 'coreutils', chroot: 'coreutils', ...(ctx.recipe.runtime.enabled && ctx.recipe.runtime.tls ? { openssl: 'openssl' } : {}) });
   },
   async inputs(ctx, io) {
     const r = ctx.recipe;
@@ -63,6 +64,9 @@ export const overlayStage = defineStage({
       password: r.system.root_password_hash ?? null,
       timezone: r.system.timezone,
       sde: sourceDateEpoch() ?? null,
+      // The certificates (public) and the hashed API keys: a new server key comes with a new
+      // certificate, so no secret is needed in the key (which is written to the cache's metadata).
+      credentials: ctx.pki ? await credentialsDigest(ctx.pki) : null,
     };
   },
   async run(ctx, dir, io) {
@@ -103,6 +107,7 @@ export const overlayStage = defineStage({
     if (r.runtime.enabled) {
       ctx.progress('bundling aios-runtime');
       await bundleRuntime(join(root, 'usr/lib/aios-runtime'));
+      await installRuntimeAccess(ctx, root);
     }
     ctx.progress('enabling and masking units');
     for (const u of unitsToEnable(r)) await run(['chroot', root, 'systemctl', 'enable', u], { log: ctx.log });
@@ -127,6 +132,39 @@ export const overlayStage = defineStage({
     await markUpdated(ctx, root);
   },
 });
+
+/** sha256 of the image's certificates and hashed API keys (what the overlay's cache key needs of them). */
+async function credentialsDigest(pki: Pki): Promise<string> {
+  return sha256(Buffer.concat(await Promise.all([pki.caCert, pki.serverCert, pki.httpKeys].map((f) => readFile(f)))));
+}
+
+/**
+ * The runtime's access control in the root: the static group aios (the unix socket's group: its
+ * members are local admins), and with runtime.tls the CA and server certificates under /etc/aios/tls
+ * and the server's key and the hashed HTTP API keys under /etc/aios/credentials (root's, 0600; the
+ * unit hands them to the service with LoadCredential=). The CA's key and the builder's client key
+ * and API key never enter the image.
+ */
+async function installRuntimeAccess(ctx: BuildContext, root: string): Promise<void> {
+  const hasGroup = (await readFile(join(root, 'etc/group'), 'utf8')).split('\n').some((l) => l.startsWith('aios:'));
+  if (!hasGroup) await run(['chroot', root, 'groupadd', '--system', 'aios'], { log: ctx.log });
+  const pki = ctx.pki;
+  if (!pki) return;
+  ctx.progress('installing the runtime\'s certificates and credentials');
+  await mkdir(join(root, 'etc/aios/tls'), { recursive: true, mode: 0o755 });
+  await mkdir(join(root, 'etc/aios/credentials'), { recursive: true, mode: 0o700 });
+  await chmod(join(root, 'etc/aios/credentials'), 0o700);
+  for (const [src, dest, mode] of [
+    [pki.caCert, 'etc/aios/tls/ca.crt', 0o644],
+    [pki.serverCert, 'etc/aios/tls/server.crt', 0o644],
+    [pki.serverKey, 'etc/aios/credentials/server.key', 0o600],
+    [pki.httpKeys, 'etc/aios/credentials/http-keys', 0o600],
+  ] as const) {
+    await copyFile(src, join(root, dest));
+    await chmod(join(root, dest), mode);
+    await chown(join(root, dest), 0, 0);
+  }
+}
 
 /**
  * What systemd would otherwise do on the first boot because /usr is newer than /etc/.updated
