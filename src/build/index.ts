@@ -61,6 +61,8 @@ export interface BuildResult {
   stages: StageReport[];
   warnings: string[];
   seconds: number;
+  /** The image's pki dir (runtime.tls): the builder's client certificate and API key are there. */
+  pki?: string;
 }
 
 /** Every check that can fail before anything is built. Returns the problems found. */
@@ -207,7 +209,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
     const [stage, file, ext] = format === 'disk' ? ['image', 'disk.raw', 'raw'] : ['iso', 'live.iso', 'iso'];
     outputs.push(await publish(ctx, reports, { format, src: join(ctx.outputs[stage]!.dir, file), dest: join(outDir, `${recipe.name}.${ext}`) }));
   }
-  return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000 };
+  return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000, ...(ctx.pki ? { pki: ctx.pki.dir } : {}) };
 }
 
 /** Copies an output under a temporary name in out/, writes its manifest, then renames both: never a partial file at the path. */

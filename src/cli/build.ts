@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { build, buildLlamaStage } from '../build/index.js';
 import { collect, out, recipeOptions } from './common.js';
 
-type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; json?: boolean };
+type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; rotateCredentials?: boolean; json?: boolean };
 
 export function registerBuild(p: Command): void {
   const b = p.command('build').description('build artefacts from a recipe');
@@ -16,6 +16,7 @@ export function registerBuild(p: Command): void {
         .option('--cache-dir <dir>', 'stage and package cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
         .option('--no-cache', 'rebuild every stage')
         .option('--rebuild <stage>', 're-run this stage even if cached, e.g. overlay (repeatable; for reproducibility checks)', collect, [] as string[])
+        .option('--rotate-credentials', "make the image's CA, certificates and API key anew in its pki dir (runtime.tls); clients then need the new files")
         .option('--json', 'print the build result as JSON (no progress output)'),
     ).action(async (o: BuildCliOptions) => {
       const res = await build({
@@ -25,6 +26,7 @@ export function registerBuild(p: Command): void {
         cacheDir: o.cacheDir,
         noCache: !o.cache,
         rebuild: o.rebuild,
+        rotateCredentials: o.rotateCredentials,
         formats,
         renderer: o.json ? 'silent' : undefined,
       });
@@ -34,6 +36,7 @@ export function registerBuild(p: Command): void {
         for (const x of res.outputs) out(`\n${x.format === 'iso' ? 'iso:     ' : 'image:   '} ${x.file}\nmanifest: ${x.manifest}`);
         out(`log:      ${res.log}`);
         out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
+        if (res.pki) out(`access:   ${res.pki} (client certificate and API key for this image: --tls-dir; see docs/access.md)`);
         out(`next:     aios qemu-test ${res.image}`);
       }
     });

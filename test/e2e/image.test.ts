@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import { build, type BuildResult } from '../../src/build/index.js';
 import { qemuTest } from '../../src/qemu/index.js';
@@ -37,8 +38,14 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(m.llama.source.origin).toBe('npm:node-llama-cpp@3.22.1');
     expect(m.models).toHaveLength(1);
     expect(m.models[0]).toMatchObject({ name: 'aios-tiny', level: 'operational', file: 'aios-tiny.gguf', info: { architecture: 'llama', vocabSize: 32000, fileType: 'F32' } });
-    // Nothing temporary left next to the image.
-    expect(readdirSync(out).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
+    // Nothing temporary left next to the image; the image's credentials beside it (0700).
+    expect(readdirSync(out).sort()).toEqual(['aios-default.manifest.json', 'aios-default.pki', 'aios-default.raw']);
+    expect(statSync(join(out, 'aios-default.pki')).mode & 0o777).toBe(0o700);
+    expect(first.pki).toBe(join(out, 'aios-default.pki'));
+    // The manifest has the certificates' fingerprints, never a key.
+    const fp = (f: string) => new X509Certificate(readFileSync(join(out, 'aios-default.pki', f))).fingerprint256.replace(/:/g, '').toLowerCase();
+    expect(m.runtime).toMatchObject({ listen: '0.0.0.0:50051', http_listen: '127.0.0.1:8080', tls: { ca: fp('ca.crt'), server: fp('server.crt'), sans: ['DNS:aios', 'DNS:localhost', 'IP:127.0.0.1', 'IP:::1'] } });
+    expect(m.runtime.insecure_listen).toBeUndefined();
   });
 
   it('has a GPT with an ESP holding systemd-boot, kernel, initrd and the entry', async () => {
@@ -82,6 +89,30 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(cfg).toMatch(/\[models.operational\]\nname = "aios-tiny.gguf"/);
     const bin = await execa('debugfs', ['-R', 'stat /usr/bin/llama-server', img]);
     expect(bin.stdout).toMatch(/Mode:\s+0755/);
+    // Access control: TLS settings in the config, the server's key and the hashed API keys as root's
+    // 0600 credentials, the certificates readable, the socket's group; no CA or client key in the image.
+    expect(cfg).toMatch(/^tls_key = "server.key"$/m);
+    expect(cfg).toMatch(/^tls_client_ca = "\/etc\/aios\/tls\/ca.crt"$/m);
+    expect(cfg).toMatch(/^socket_group = "aios"$/m);
+    const mode = async (p: string) => /Mode:\s+(\d+)/.exec((await execa('debugfs', ['-R', `stat ${p}`, img])).stdout)?.[1];
+    const owner = async (p: string) => /User:\s+(\d+)\s+Group:\s+(\d+)/.exec((await execa('debugfs', ['-R', `stat ${p}`, img])).stdout)?.slice(1, 3);
+    expect(await mode('/etc/aios/credentials')).toBe('0700');
+    expect(await mode('/etc/aios/credentials/server.key')).toBe('0600');
+    expect(await owner('/etc/aios/credentials/server.key')).toEqual(['0', '0']);
+    expect(await mode('/etc/aios/credentials/http-keys')).toBe('0600');
+    expect(await cat('/etc/aios/tls/server.crt')).toBe(readFileSync(join(out, 'aios-default.pki/server.crt'), 'utf8').trim());
+    expect(await cat('/etc/aios/credentials/server.key')).toBe(readFileSync(join(out, 'aios-default.pki/server.key'), 'utf8').trim());
+    expect(await cat('/etc/group')).toMatch(/^aios:x:\d+:$/m);
+    const unit = await cat('/usr/lib/systemd/system/aios-runtime.service');
+    expect(unit).toMatch(/^LoadCredential=server.key:\/etc\/aios\/credentials\/server.key$/m);
+    expect(unit).toMatch(/^Group=aios$/m);
+    // The CA's key, the builder's client key and plaintext API key are nowhere in the root filesystem's bytes.
+    for (const f of ['ca.key', 'client.key', 'http-key']) {
+      const text = readFileSync(join(out, 'aios-default.pki', f), 'utf8');
+      const needle = text.includes('-----') ? text.split('\n')[1]! : text.trim();
+      const g = await execa('grep', ['-c', '-a', '-F', needle, img], { reject: false });
+      expect([f, g.exitCode]).toEqual([f, 1]);
+    }
   });
 
   it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 10 * 60_000 }, async () => {
@@ -109,6 +140,21 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(res.guest.runtimeState).toBe('active');
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
     expect(res.runtime!.readySeconds).toBeGreaterThan(0);
+    // ...over mutual TLS, with the scopes enforced and the wrong clients refused.
+    expect(res.tlsDir).toBe(join(out, 'aios-default.pki'));
+    expect(res.access?.map((a) => [a.name, a.ok])).toEqual([
+      ['infer-scope', true],
+      ['admin-scope', true],
+      ['plain-text', true],
+      ['foreign-ca', true],
+    ]);
+    expect(res.access![0]!.detail).toMatch(/UnloadModel: PERMISSION_DENIED/);
+    expect(res.warnings).toEqual([]);
+    // No private key or API key in the serial log (which holds the runtime's journal lines) or the build log.
+    const secrets = ['ca.key', 'server.key', 'client.key', 'http-key'].map((f) => readFileSync(join(out, 'aios-default.pki', f), 'utf8'));
+    const pemBody = (k: string) => k.split('\n').filter((l) => l && !l.startsWith('-----'));
+    const logs = readFileSync(res.serialLog, 'utf8') + readFileSync(first.log, 'utf8') + JSON.stringify(res);
+    for (const k of secrets) for (const line of pemBody(k)) expect(logs.includes(line)).toBe(false);
     console.log(`runtime ready ${res.runtime!.readySeconds} s after kernel start; probe answered in ${res.runtime!.latencyMs} ms`);
     console.log(`boot: ${res.accel}, multi-user ${res.guest.multiUser}s after kernel start, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off`);
   });

@@ -39,7 +39,7 @@ describe('aios build iso + qemu-test (default recipe)', () => {
     expect(m.iso).toMatchObject({ label: 'AIOS_DEFAULT', squashfs: { path: 'live/filesystem.squashfs' }, efiImage: 'boot/efiboot.img' });
     // The disk manifest next to it is the disk's own, untouched.
     expect(JSON.parse(readFileSync(disk.manifest, 'utf8')).format).toBe('disk');
-    expect(readdirSync(out).sort()).toEqual(['aios-default.iso', 'aios-default.iso.manifest.json', 'aios-default.manifest.json', 'aios-default.raw']);
+    expect(readdirSync(out).sort()).toEqual(['aios-default.iso', 'aios-default.iso.manifest.json', 'aios-default.manifest.json', 'aios-default.pki', 'aios-default.raw']);
     const sq = iso.stages.find((s) => s.name === 'squashfs')!;
     console.log(`squashfs ${sq.seconds.toFixed(1)} s, iso ${iso.stages.find((s) => s.name === 'iso')!.seconds.toFixed(1)} s, ISO ${(m.image.bytes / 2 ** 20).toFixed(0)} MiB (squashfs ${(m.iso.squashfs.bytes / 2 ** 20).toFixed(0)} MiB)`);
   });

@@ -1,8 +1,8 @@
 /**
  * Reproducibility: two builds of the default recipe (disk + ISO) with the same SOURCE_DATE_EPOCH,
  * the stages aios writes (overlay, image, squashfs, iso) forced to run again each time, into two
- * out dirs. rootfs, llama.cpp and models come from the cache (the same inputs); what aios itself
- * produces from them must be the same bytes, and the manifests the same JSON.
+ * out dirs, with one pki dir (runtime.pki). rootfs, llama.cpp and models come from the cache (the same
+ * inputs); what aios itself produces from them must be the same bytes, and the manifests the same JSON.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
@@ -27,8 +27,10 @@ describe('reproducible builds (SOURCE_DATE_EPOCH)', () => {
   });
 
   it('builds disk + ISO twice, re-running overlay, image, squashfs and iso', { timeout: 30 * 60_000 }, async () => {
+    // One set of credentials for both builds (an image carries its server key: the same inputs are the same key).
+    const pki = join(tmp('aios-repro-pki-'), 'pki');
     for (const n of [1, 2]) {
-      const res = await build({ recipe: 'default', outDir: tmp(`aios-repro-${n}-`), renderer: 'silent', formats: ['disk', 'iso'], rebuild: REBUILD });
+      const res = await build({ recipe: 'default', sets: [`runtime.pki="${pki}"`], outDir: tmp(`aios-repro-${n}-`), renderer: 'silent', formats: ['disk', 'iso'], rebuild: REBUILD });
       expect(res.stages.filter((s) => !s.cached).map((s) => s.name)).toEqual(REBUILD);
       runs.push(res);
       if (n === 1) await new Promise((r) => setTimeout(r, 1100)); // a different wall-clock second for every file written

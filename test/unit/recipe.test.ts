@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadRecipe, parseSet, deepMerge } from '../../src/config/load.js';
+import { loadRecipe, parseSet, deepMerge, isLoopback } from '../../src/config/load.js';
 import { RecipeError } from '../../src/util/errors.js';
 import { recipes, cli } from '../helpers.js';
 import { recipeReference } from '../../src/config/docs.js';
@@ -116,6 +116,23 @@ describe('recipe loading', () => {
     const f = await problems(loadRecipe('default', { sets: ['llama.enabled=false', 'runtime.enabled=true', 'models=[]'] }));
     expect(f.problems.map((p) => p.path)).toEqual(['runtime.enabled', 'runtime.enabled']);
     expect((await loadRecipe('default', { sets: ['runtime.enabled=false', 'models=[]'] })).runtime.enabled).toBe(false);
+  });
+
+  it('refuses a listener beyond loopback without TLS unless runtime.insecure_listen says so', async () => {
+    // The default recipe listens on 0.0.0.0:50051 with runtime.tls = true.
+    expect((await loadRecipe('default')).runtime).toMatchObject({ listen: '0.0.0.0:50051', tls: true, insecure_listen: false, http_listen: '127.0.0.1:8080' });
+    const e = await problems(loadRecipe('default', { sets: ['runtime.tls=false'] }));
+    expect(e.exitCode).toBe(2);
+    expect(e.problems).toEqual([{ path: 'runtime.listen', message: expect.stringMatching(/0\.0\.0\.0:50051.*runtime\.tls = true.*runtime\.insecure_listen = true/) }]);
+    const h = await problems(loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.listen="127.0.0.1:50051"', 'runtime.http_listen="[::]:8080"'] }));
+    expect(h.problems.map((p) => p.path)).toEqual(['runtime.http_listen']);
+    expect((await loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.listen="127.0.0.1:50051"'] })).runtime.tls).toBe(false);
+    expect((await loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.insecure_listen=true'] })).runtime.insecure_listen).toBe(true);
+  });
+
+  it('isLoopback: 127.0.0.0/8, ::1 and localhost only', () => {
+    expect(['127.0.0.1:1', '127.1.2.3:80', '[::1]:5', 'localhost:8080'].map(isLoopback)).toEqual([true, true, true, true]);
+    expect(['0.0.0.0:1', '[::]:5', '10.0.0.1:80', '128.0.0.1:80', '[::ffff:127.0.0.1]:80'].map(isLoopback)).toEqual([false, false, false, false, false]);
   });
 
   it('deepMerge does not share nested objects with its inputs', () => {
