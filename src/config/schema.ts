@@ -235,7 +235,7 @@ export const RuntimeSchema = z
       .string()
       .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:8080' })
       .default('127.0.0.1:8080')
-      .describe('OpenAI-compatible HTTP API and /metrics in the image. Beyond loopback it serves HTTPS with the image\'s certificate and requires `Authorization: Bearer <key>` (see docs/access.md)'),
+      .describe('OpenAI-compatible HTTP API and /metrics in the image. Beyond loopback it serves HTTPS with the image\'s certificate and requires `Authorization: Bearer <key>` (README "Access and authentication")'),
     tls: z
       .boolean()
       .default(true)
