@@ -172,6 +172,26 @@ describe('aios build image + qemu-test (default recipe)', () => {
     ]);
   });
 
+  it('builds an image open on purpose (runtime.tls = false, insecure_listen = true): warned, no credentials, the runtime told', { timeout: 10 * 60_000 }, async () => {
+    const dir = tmp('aios-e2e-insecure-');
+    const open = await build({ recipe: 'default', outDir: dir, renderer: 'silent', sets: ['runtime.tls=false', 'runtime.insecure_listen=true'] });
+    expect(open.warnings.join('\n')).toMatch(/runtime\.insecure_listen: 0\.0\.0\.0:50051 \(runtime\.listen\) will accept anyone on the network without authentication/);
+    expect(open.pki).toBeUndefined();
+    expect(readdirSync(dir).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
+    const m = JSON.parse(readFileSync(open.manifest, 'utf8'));
+    expect(m.runtime).toMatchObject({ listen: '0.0.0.0:50051', insecure_listen: true });
+    expect(m.runtime.tls).toBeUndefined();
+    const { stdout } = await execa('sfdisk', ['-J', open.image]);
+    const root = JSON.parse(stdout).partitiontable.partitions[1];
+    const img = join(dir, 'root.img');
+    await execa('dd', [`if=${open.image}`, `of=${img}`, 'bs=1M', `skip=${(root.start * 512) / MiB}`, `count=${(root.size * 512) / MiB}`, 'conv=sparse', 'status=none']);
+    const cfg = (await execa('debugfs', ['-R', 'cat /etc/aios/config.toml', img])).stdout;
+    expect(cfg).toMatch(/^insecure_listen = true$/m);
+    expect(cfg).not.toMatch(/tls_key/);
+    expect((await execa('debugfs', ['-R', 'stat /etc/aios/credentials', img])).stderr).toMatch(/File not found/);
+    expect((await execa('debugfs', ['-R', 'cat /usr/lib/systemd/system/aios-runtime.service', img])).stdout).not.toMatch(/LoadCredential/);
+  });
+
   it('builds and boots an XFS root (filesystem.root = "xfs", populated from a prototype file)', { timeout: 15 * 60_000 }, async () => {
     const dir = tmp('aios-e2e-xfs-');
     const res = await build({ recipe: 'default', outDir: dir, renderer: 'silent', sets: ['filesystem.root=xfs', 'image.name=aios-xfs'] });
