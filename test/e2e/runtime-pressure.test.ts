@@ -243,6 +243,8 @@ describe('memory budget', () => {
   });
 
   it('aios ps shows every loaded model with its memory, slots, queue and idle-until, and the budget', async () => {
+    // Its own model (LoadModel of a loaded model returns it as it is), whatever ran before in this file.
+    await call(c, 'LoadModel', { model_name: 'small-q8', model_path: join(dir, 'small-q8.gguf') });
     const h = await call<{ memory_budget_bytes: number; memory_used_bytes: number; queued: number }>(c, 'HealthCheck', {});
     expect(h.memory_budget_bytes).toBe(budget);
     expect(h.memory_used_bytes).toBeGreaterThan(0);
