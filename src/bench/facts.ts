@@ -141,25 +141,17 @@ async function kernelConfig(rel: string): Promise<{ text?: string; source: strin
   return { source: 'none readable' };
 }
 
-async function governors(): Promise<string> {
-  const dirs = await readdir('/sys/devices/system/cpu').catch(() => [] as string[]);
+/** The cpufreq governors of the CPUs that have one, summarized ("performance", or each with its count). */
+export function governorSummary(perCpu: string[]): string {
   const seen = new Map<string, number>();
-  for (const d of dirs.filter((x) => /^cpu\d+$/.test(x))) {
-    const g = await readText(`/sys/devices/system/cpu/${d}/cpufreq/scaling_governor`);
-    if (g) seen.set(g, (seen.get(g) ?? 0) + 1);
-  }
+  for (const g of perCpu.filter(Boolean)) seen.set(g, (seen.get(g) ?? 0) + 1);
   if (!seen.size) return 'none (no cpufreq driver: a VM, or frequency set by firmware)';
   return [...seen].map(([g, n]) => (seen.size > 1 ? `${g} (${n} CPUs)` : g)).join(', ');
 }
 
-async function zram(): Promise<MachineFacts['zram']> {
-  const names = (await readdir('/sys/block').catch(() => [] as string[])).filter((n) => n.startsWith('zram'));
-  const swaps = (await readText('/proc/swaps')) ?? '';
-  const devices = [];
-  for (const name of names) {
-    const disksize = Number((await readText(`/sys/block/${name}/disksize`)) ?? 0);
-    devices.push({ name, disksize, algorithm: bracketed(await readText(`/sys/block/${name}/comp_algorithm`)), swap: new RegExp(`^/dev/${name}\\s`, 'm').test(swaps) });
-  }
+/** zram devices (name, disksize in bytes, the comp_algorithm file) and /proc/swaps → the facts' zram entry. */
+export function zramFacts(devs: { name: string; disksize: number; algorithm?: string }[], swaps: string): MachineFacts['zram'] {
+  const devices = devs.map((d) => ({ name: d.name, disksize: d.disksize, algorithm: bracketed(d.algorithm), swap: new RegExp(`^/dev/${d.name}\\s`, 'm').test(swaps) }));
   const used = devices.filter((d) => d.disksize > 0);
   const summary = !devices.length
     ? 'none'
@@ -169,34 +161,104 @@ async function zram(): Promise<MachineFacts['zram']> {
   return { devices, summary };
 }
 
-export async function machineFacts(): Promise<MachineFacts> {
-  const cpu = parseCpuinfo((await readText('/proc/cpuinfo')) ?? '');
-  if (!cpu.logical) cpu.logical = cpus().length;
+/**
+ * What the facts are made of, as read from the machine: the same readings on the build host
+ * (`readRawFacts()`) and in an image (its bench entry point prints them; src/bench/guest.ts), so both
+ * give their facts through one function, `factsFromRaw()`.
+ */
+export interface RawFacts {
+  /** /proc/cpuinfo (the fields parseCpuinfo reads are enough). */
+  cpuinfo: string;
+  release: string;
+  /** uname -v */
+  version: string;
+  cmdline: string;
+  /** Kernel config text (a subset with CONFIG_HZ and the PREEMPT symbols is enough), if readable. */
+  config?: string;
+  configSource: string;
+  /** /sys/kernel/debug/sched/preempt, if readable. */
+  preemptDebugfs?: string;
+  thpEnabled?: string;
+  thpDefrag?: string;
+  /** scaling_governor of each CPU that has one. */
+  governors: string[];
+  vulnerabilities: Record<string, string>;
+  numaNodes: number;
+  zram: { name: string; disksize: number; algorithm?: string }[];
+  swaps: string;
+  /** systemd-detect-virt --vm / --container output, when it ran. */
+  vm?: string;
+  container?: string;
+  llcBytes?: number;
+  memoryBytes: number;
+  loadAverage: number[];
+}
+
+export function factsFromRaw(r: RawFacts): MachineFacts {
+  const cpu = parseCpuinfo(r.cpuinfo);
+  return {
+    cpu,
+    llcBytes: r.llcBytes,
+    memoryBytes: r.memoryBytes,
+    kernel: { release: r.release, version: r.version, cmdline: r.cmdline },
+    configHz: (r.config && configValue(r.config, 'HZ')) ?? 'unknown',
+    configSource: r.configSource,
+    preemption: preemptionMode({ debugfs: r.preemptDebugfs, cmdline: r.cmdline, config: r.config, unameV: r.version }),
+    thp: { enabled: bracketed(r.thpEnabled), defrag: bracketed(r.thpDefrag) },
+    governor: governorSummary(r.governors),
+    mitigations: { summary: mitigationSummary(r.vulnerabilities, r.cmdline), vulnerabilities: r.vulnerabilities },
+    numaNodes: r.numaNodes || 1,
+    zram: zramFacts(r.zram, r.swaps),
+    virtualization: virtualization({ flags: cpu.flags, vm: r.vm, container: r.container, cpuModel: cpu.model }),
+    loadAverage: r.loadAverage,
+  };
+}
+
+/** Reads this machine's raw facts (the build host's; the image's entry point reads the same in shell). */
+export async function readRawFacts(): Promise<RawFacts> {
+  let cpuinfo = (await readText('/proc/cpuinfo')) ?? '';
+  if (!/^processor\s*:/m.test(cpuinfo)) cpuinfo += cpus().map((_, i) => `\nprocessor\t: ${i}`).join('');
   const rel = release();
-  const unameV = osVersion();
   const cmdline = (await readText('/proc/cmdline')) ?? 'unknown';
   const cfg = await kernelConfig(rel);
   const vulnDir = '/sys/devices/system/cpu/vulnerabilities';
   const vulnerabilities: Record<string, string> = {};
   for (const f of (await readdir(vulnDir).catch(() => [] as string[])).sort()) vulnerabilities[f] = (await readText(`${vulnDir}/${f}`)) ?? 'unknown';
-  const numaNodes = (await readdir('/sys/devices/system/node').catch(() => [] as string[])).filter((n) => /^node\d+$/.test(n)).length || 1;
+  const numaNodes = (await readdir('/sys/devices/system/node').catch(() => [] as string[])).filter((n) => /^node\d+$/.test(n)).length;
   const detect = async (what: string) => ((await which('systemd-detect-virt')) ? (await run(['systemd-detect-virt', what], { reject: false })).stdout.trim() || undefined : undefined);
   const llc = await run(['getconf', 'LEVEL3_CACHE_SIZE'], { reject: false }).catch(() => undefined);
-  const llcBytes = Number(llc?.stdout.trim()) || undefined;
+  const governors: string[] = [];
+  for (const d of (await readdir('/sys/devices/system/cpu').catch(() => [] as string[])).filter((x) => /^cpu\d+$/.test(x))) {
+    const g = await readText(`/sys/devices/system/cpu/${d}/cpufreq/scaling_governor`);
+    if (g) governors.push(g);
+  }
+  const zram = [];
+  for (const name of (await readdir('/sys/block').catch(() => [] as string[])).filter((n) => n.startsWith('zram'))) {
+    zram.push({ name, disksize: Number((await readText(`/sys/block/${name}/disksize`)) ?? 0), algorithm: await readText(`/sys/block/${name}/comp_algorithm`) });
+  }
   return {
-    cpu,
-    llcBytes,
-    memoryBytes: totalmem(),
-    kernel: { release: rel, version: unameV, cmdline },
-    configHz: (cfg.text && configValue(cfg.text, 'HZ')) ?? 'unknown',
+    cpuinfo,
+    release: rel,
+    version: osVersion(),
+    cmdline,
+    config: cfg.text,
     configSource: cfg.source,
-    preemption: preemptionMode({ debugfs: await readText('/sys/kernel/debug/sched/preempt'), cmdline, config: cfg.text, unameV }),
-    thp: { enabled: bracketed(await readText('/sys/kernel/mm/transparent_hugepage/enabled')), defrag: bracketed(await readText('/sys/kernel/mm/transparent_hugepage/defrag')) },
-    governor: await governors(),
-    mitigations: { summary: mitigationSummary(vulnerabilities, cmdline), vulnerabilities },
+    preemptDebugfs: await readText('/sys/kernel/debug/sched/preempt'),
+    thpEnabled: await readText('/sys/kernel/mm/transparent_hugepage/enabled'),
+    thpDefrag: await readText('/sys/kernel/mm/transparent_hugepage/defrag'),
+    governors,
+    vulnerabilities,
     numaNodes,
-    zram: await zram(),
-    virtualization: virtualization({ flags: cpu.flags, vm: await detect('--vm'), container: await detect('--container'), cpuModel: cpu.model }),
+    zram,
+    swaps: (await readText('/proc/swaps')) ?? '',
+    vm: await detect('--vm'),
+    container: await detect('--container'),
+    llcBytes: Number(llc?.stdout.trim()) || undefined,
+    memoryBytes: totalmem(),
     loadAverage: loadavg(),
   };
+}
+
+export async function machineFacts(): Promise<MachineFacts> {
+  return factsFromRaw(await readRawFacts());
 }

@@ -5,8 +5,8 @@
  *
  * Why not the llama stage: the probe must run on any host that runs `aios bench` (also with
  * `--bin-dir` pointing at a llama.cpp built elsewhere), it is a 60-line file that compiles in well
- * under a second, and it needs no relation to llama.cpp's build flags. An image that wants the same
- * probe can compile the same file the same way (see docs/benchmarks.md).
+ * under a second, and it needs no relation to llama.cpp's build flags. For an image the overlay stage
+ * installs the same file compiled static (`triadStaticBinary()`): the image has no compiler.
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -21,18 +21,47 @@ const CFLAGS = ['-O2', '-fopenmp'];
 
 /** Compiles triad.c if this source + compiler + flags have not been compiled before; returns the binary. */
 export async function triadBinary(cacheDir: string, cc = process.env.CC || 'cc'): Promise<string> {
+  return compileTriad(cacheDir, cc, CFLAGS, 'triad');
+}
+
+/**
+ * The flags of the image's probe: static (the image has neither a C compiler nor libgomp, and its
+ * glibc may be older than the build host's) and stripped (no build paths in the image: the same
+ * source and compiler give the same bytes). Same optimization as on the host (-O2, no -march), so a
+ * host run and an image run measure with the same code.
+ */
+export const STATIC_CFLAGS = [...CFLAGS, '-static', '-s'];
+
+/** triad.c compiled as a static, stripped binary for an image (the overlay stage installs it as /usr/libexec/aios/triad). */
+export async function triadStaticBinary(cacheDir: string, cc = process.env.CC || 'cc'): Promise<string> {
+  return compileTriad(cacheDir, cc, STATIC_CFLAGS, 'triad-static');
+}
+
+/** What decides the static binary's bytes (source, compiler version, flags): a build stage's cache key input. */
+export async function triadStaticDigest(cc = process.env.CC || 'cc'): Promise<string> {
+  const src = await readFile(TRIAD_SOURCE);
+  const ccVersion = (await which(cc)) ? ((await run([cc, '--version'], { reject: false })).stdout.split('\n')[0] ?? '') : 'none';
+  return createHash('sha256').update(src).update('\0').update(ccVersion).update('\0').update(STATIC_CFLAGS.join(' ')).digest('hex').slice(0, 16);
+}
+
+async function compileTriad(cacheDir: string, cc: string, flags: string[], tag: string): Promise<string> {
   if (!(await which(cc))) throw new UserError(`no C compiler "${cc}" for the memory-bandwidth probe`, 3, 'install one (Debian: apt-get install gcc) or set CC');
   const src = await readFile(TRIAD_SOURCE);
   const ccVersion = (await run([cc, '--version'], { reject: false })).stdout.split('\n')[0] ?? '';
-  const key = createHash('sha256').update(src).update('\0').update(ccVersion).update('\0').update(CFLAGS.join(' ')).digest('hex').slice(0, 16);
-  const dir = join(cacheDir, 'bench', `triad-${key}`);
+  const key = createHash('sha256').update(src).update('\0').update(ccVersion).update('\0').update(flags.join(' ')).digest('hex').slice(0, 16);
+  const dir = join(cacheDir, 'bench', `${tag}-${key}`);
   const bin = join(dir, 'triad');
   if (existsSync(bin)) return bin;
   await mkdir(dir, { recursive: true });
   const tmp = `${bin}.tmp-${process.pid}`;
   try {
-    const r = await run([cc, ...CFLAGS, TRIAD_SOURCE, '-o', tmp, '-lm'], { reject: false });
-    if (r.exitCode !== 0) throw new UserError(`compiling the bandwidth probe failed: ${cc} ${CFLAGS.join(' ')} ${TRIAD_SOURCE}\n${r.all.trim().slice(-800)}`, 3, 'the compiler needs OpenMP support (gcc has it; Debian: apt-get install gcc)');
+    const r = await run([cc, ...flags, TRIAD_SOURCE, '-o', tmp, '-lm'], { reject: false });
+    if (r.exitCode !== 0) {
+      const hint = flags.includes('-static')
+        ? 'a static build needs the static C and OpenMP libraries (Debian: libc6-dev and libgcc-<version>-dev, which gcc pulls in)'
+        : 'the compiler needs OpenMP support (gcc has it; Debian: apt-get install gcc)';
+      throw new UserError(`compiling the bandwidth probe failed: ${cc} ${flags.join(' ')} ${TRIAD_SOURCE}\n${r.all.trim().slice(-800)}`, 3, hint);
+    }
     await rename(tmp, bin);
   } finally {
     await rm(tmp, { force: true });

@@ -24,14 +24,15 @@ import type { Pki } from '../../pki/index.js';
 import { paths, PKG_ROOT } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
+import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 4;
+const VERSION = 5;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
-  const u = ['aios-check.service'];
+  const u = ['aios-check.service', 'aios-bench.service'];
   if (r.runtime.enabled) u.push('aios-runtime.service');
   if (r.system.network === 'dhcp') u.push('systemd-networkd.service');
   return u;
@@ -43,7 +44,7 @@ export const overlayStage = defineStage({
   needs: ['rootfs', 'llama', 'models'],
   uses: ['kernel'],
   async check(ctx) {
-    return missingTools({ cp: 'coreutils', chroot: 'coreutils', ...(ctx.recipe.runtime.enabled && ctx.recipe.runtime.tls ? { openssl: 'openssl' } : {}) });
+    return missingTools({ cp: 'coreutils', chroot: 'coreutils', ...(ctx.recipe.runtime.enabled && ctx.recipe.runtime.tls ? { openssl: 'openssl' } : {}), ...(ctx.recipe.llama.enabled ? { cc: 'gcc' } : {}) });
   },
   async inputs(ctx, io) {
     const r = ctx.recipe;
@@ -64,6 +65,8 @@ export const overlayStage = defineStage({
       password: r.system.root_password_hash ?? null,
       timezone: r.system.timezone,
       sde: sourceDateEpoch() ?? null,
+      // The bench entry point's bandwidth probe (src/bench/triad.c compiled static on this host).
+      triad: r.llama.enabled ? await triadStaticDigest() : null,
       // The certificates (public) and the hashed API keys: a new server key comes with a new
       // certificate, so no secret is needed in the key (which is written to the cache's metadata).
       credentials: ctx.pki ? await credentialsDigest(ctx.pki) : null,
@@ -120,6 +123,7 @@ export const overlayStage = defineStage({
     }
     if (r.system.root_password_hash) await run(['chroot', root, 'usermod', '-p', r.system.root_password_hash, 'root'], { log: ctx.log });
     if (r.llama.enabled) await installLlama(ctx, io.need('llama'), root, dir);
+    if (r.llama.enabled) await installBenchTools(ctx, io.need('llama'), root);
     await installModels(ctx, io.need('models'), root, dir);
     await firstBootWorkAtBuild(ctx, root);
     const sde = sourceDateEpoch();
@@ -202,6 +206,29 @@ async function installLlama(ctx: BuildContext, llama: StageOutput, root: string,
   }
   const info = JSON.parse(await readFile(join(llama.dir, 'llama.json'), 'utf8'));
   await writeFile(join(dir, 'llama.json'), JSON.stringify({ ...info, versionInTarget: versionLine(check.all) }, null, 2));
+}
+
+/**
+ * What the image's bench entry point (/usr/libexec/aios/bench, from rootfs/) needs beside llama-bench:
+ * the bandwidth probe, src/bench/triad.c compiled on this host as a static, stripped binary (the
+ * image has no C compiler and no libgomp; static, it runs whatever the image's glibc; a second or
+ * so of compiling, cached, instead of a rebuild of the llama stage), and /usr/lib/aios/llama.json:
+ * how the image's llama.cpp was built (version, ISA level), for the benchmark's report. Only fields
+ * that do not depend on the build's temporary paths, so the image stays reproducible.
+ */
+async function installBenchTools(ctx: BuildContext, llama: StageOutput, root: string): Promise<void> {
+  ctx.progress('installing the benchmark\'s bandwidth probe');
+  const triad = await triadStaticBinary(ctx.cacheDir);
+  await run(['install', '-m', '0755', triad, join(root, 'usr/libexec/aios/triad')], { log: ctx.log });
+  const info = JSON.parse(await readFile(join(llama.dir, 'llama.json'), 'utf8')) as { version?: string; isa?: { cpu?: string; march?: string; description?: string; flags?: string[] }; source?: { describe?: string; commit?: string; origin?: string } };
+  const summary = {
+    version: info.version,
+    isa: info.isa ? { cpu: info.isa.cpu, march: info.isa.march, description: info.isa.description, flags: info.isa.flags } : undefined,
+    source: info.source ? { describe: info.source.describe, commit: info.source.commit, origin: info.source.origin } : undefined,
+    targets: ctx.recipe.llama.targets,
+  };
+  await mkdir(join(root, 'usr/lib/aios'), { recursive: true });
+  await writeFile(join(root, 'usr/lib/aios/llama.json'), JSON.stringify(summary, null, 2) + '\n');
 }
 
 /** Models go to /var/lib/aios/models (hard links to the models stage's files where possible). */
