@@ -11,6 +11,7 @@ import { registerRuntime } from './runtime.js';
 import { registerQemu } from './qemu.js';
 import { registerFlash } from './flash.js';
 import { registerBench } from './bench.js';
+import { registerDoctor } from './doctor.js';
 
 export function program(): Command {
   const p = new Command('aios')
@@ -25,6 +26,7 @@ export function program(): Command {
   registerRuntime(p);
   registerQemu(p);
   registerFlash(p);
+  registerDoctor(p);
   registerBench(p);
   registerDocs(p);
   return p;
