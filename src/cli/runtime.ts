@@ -1,24 +1,55 @@
 /**
- * `aios runtime serve|pull|status|load|unload|infer` and `aios ps`: run aios-runtime, or talk to a
- * running one over gRPC (src/runtime/client.ts, loaded only when a verb needs it).
+ * `aios runtime serve|pull|status|load|unload|infer|keys` and `aios ps`: run aios-runtime, or talk to
+ * a running one over gRPC (src/runtime/client.ts, loaded only when a verb needs it): the unix socket,
+ * or TCP with mutual TLS from `--tls-dir` / AIOS_TLS_DIR (out/<name>.pki/ of the image's build).
  */
-import type { Command } from 'commander';
-import type { HealthStatus, ModelStatus, RuntimeClient } from '../runtime/client.js';
+import { Option, type Command } from 'commander';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient } from '../runtime/client.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
 
 type ClientApi = typeof import('../runtime/client.js');
 
-/** Connects to aios-runtime at `address`, runs fn with the client (and the client API), and always closes the connection. */
-export async function withRuntimeClient<T>(address: string, fn: (c: RuntimeClient, api: ClientApi) => Promise<T>): Promise<T> {
+/**
+ * Connects to aios-runtime at `address` (with mutual TLS when `tls.tlsDir` is given and the address is
+ * TCP), runs fn with the client (and the client API), and always closes the connection. Errors are
+ * explained (a refused certificate says so, not grpc-js's connection details).
+ */
+export async function withRuntimeClient<T>(address: string, fn: (c: RuntimeClient, api: ClientApi) => Promise<T>, tls: ConnectOptions = {}): Promise<T> {
   const api = await import('../runtime/client.js');
-  const c = api.connect(address);
+  const c = api.connectRuntime(address, tls);
   try {
     return await fn(c, api);
+  } catch (e) {
+    throw new Error(api.explainError(e, address, tls));
   } finally {
     c.close();
   }
+}
+
+/** The connection options every verb takes. */
+interface Conn {
+  address: string;
+  tlsDir?: string;
+  tlsServerName?: string;
+}
+/**
+ * The TLS options of a verb: --tls-dir / AIOS_TLS_DIR; for an address beyond loopback without either,
+ * the one pki dir a build left in ./out (out/<name>.pki), if there is exactly one.
+ */
+export function tlsOf(o: Conn, outDir = 'out'): ConnectOptions {
+  const serverName = o.tlsServerName || undefined;
+  if (o.tlsDir) return { tlsDir: o.tlsDir, serverName };
+  // (the same loopback rule as runtime/config.ts's isLoopbackHost, without loading the config schema)
+  if (o.address.startsWith('unix:') || /^(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]|::1)(:\d+)?$/i.test(o.address)) return { serverName };
+  const found = existsSync(outDir) ? readdirSync(outDir).filter((d) => d.endsWith('.pki') && existsSync(join(outDir, d, 'client.crt'))) : [];
+  if (found.length !== 1) return { serverName };
+  const tlsDir = join(outDir, found[0]!);
+  process.stderr.write(`aios: using the TLS dir ${tlsDir} (--tls-dir to choose another)\n`);
+  return { tlsDir, serverName };
 }
 
 const until = (t: number, now = Date.now()): string => {
@@ -60,7 +91,19 @@ function bar(bytes: number, total: number): string {
   return `[${'#'.repeat(Math.round(f * n)).padEnd(n, '.')}] ${(f * 100).toFixed(0).padStart(3)} % ${formatSize(bytes)}${total ? ` / ${formatSize(total)}` : ''}`;
 }
 
-const addressOption = (c: Command) => c.option('-a, --address <addr>', 'runtime address: host:port or unix:/path', 'unix:/run/aios/runtime.sock');
+/** -a, --tls-dir (AIOS_TLS_DIR), --tls-server-name: where the runtime is and how to authenticate. */
+const addressOption = (c: Command) =>
+  c
+    .option('-a, --address <addr>', 'runtime address: host:port or unix:/path', 'unix:/run/aios/runtime.sock')
+    .addOption(new Option('--tls-dir <dir>', 'mutual TLS for a host:port address: a dir with ca.crt, client.crt, client.key (aios build writes out/<name>.pki/)').env('AIOS_TLS_DIR'))
+    .option('--tls-server-name <name>', "the name the runtime's certificate carries, when --address is not one of them (e.g. an IP not in its SANs)");
+
+/** The table `aios runtime keys list` prints (exported for tests). */
+export function keysTable(keys: ApiKey[]): string {
+  const rows = [['ID', 'SCOPE', 'SOURCE', 'CREATED', 'REVOKED', 'NAME'], ...keys.map((k) => [k.id, k.scope, k.source, k.created, k.revoked || '-', k.name || '-'])];
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd()).join('\n');
+}
 
 export function registerRuntime(p: Command): void {
   const rt = p.command('runtime').description('aios-runtime: the model service (also runs outside the image)');
@@ -77,17 +120,17 @@ export function registerRuntime(p: Command): void {
       });
     });
 
-  addressOption(p.command('ps').description('models loaded in a running aios-runtime: memory (estimate, actual), slots, priority queues, idle-until').option('--json', 'print JSON')).action(async (o: { address: string; json?: boolean }) => {
+  addressOption(p.command('ps').description('models loaded in a running aios-runtime: memory (estimate, actual), slots, priority queues, idle-until').option('--json', 'print JSON')).action(async (o: Conn & { json?: boolean }) => {
     await withRuntimeClient(o.address, async (c, { unary }) => {
       const [h, l] = await Promise.all([unary(c, 'HealthCheck', {}, 5000), unary(c, 'ListModels', {}, 5000)]);
       if (o.json) return void out(JSON.stringify({ memory: { budgetBytes: h.memory_budget_bytes, usedBytes: h.memory_used_bytes }, queued: h.queued, models: l.models }, null, 2));
       out(psTable(l.models, h));
-    }).catch((e: Error) => {
+    }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`cannot reach aios-runtime at ${o.address}: ${e.message}`, 1);
     });
   });
 
-  addressOption(rt.command('pull').description("install a catalog model into a running aios-runtime's model dir (resumable, sha256-checked), with a progress bar").argument('<model>', 'catalog id')).action(async (model: string, o: { address: string }) => {
+  addressOption(rt.command('pull').description("install a catalog model into a running aios-runtime's model dir (resumable, sha256-checked), with a progress bar").argument('<model>', 'catalog id')).action(async (model: string, o: Conn) => {
     const tty = process.stderr.isTTY;
     let lastPct = -1;
     await withRuntimeClient(o.address, async (c, { pullModel }) => {
@@ -102,31 +145,31 @@ export function registerRuntime(p: Command): void {
       });
       if (tty) process.stderr.write(`\r${model} ${bar(Number(r.bytes), Number(r.total))}\n`);
       out(`${model}: ${r.path} (${formatSize(Number(r.bytes))})`);
-    }).catch((e: Error) => {
+    }, tlsOf(o)).catch((e: Error) => {
       if (tty) process.stderr.write('\n');
       throw new UserError(`pull ${model}: ${e.message}`, 1);
     });
   });
 
-  addressOption(rt.command('status').description('health and loaded models of a running aios-runtime').option('--json', 'print JSON')).action(async (o: { address: string; json?: boolean }) => {
+  addressOption(rt.command('status').description('health and loaded models of a running aios-runtime').option('--json', 'print JSON')).action(async (o: Conn & { json?: boolean }) => {
     await withRuntimeClient(o.address, async (c, { unary }) => {
       const [h, l] = await Promise.all([unary(c, 'HealthCheck', {}, 5000), unary(c, 'ListModels', {}, 5000)]);
       if (o.json) return void out(JSON.stringify({ health: h, models: l.models }, null, 2));
       out(`${h.status} (${h.models_ready} model(s) ready, up ${Math.round(Number(h.uptime_ms) / 1000)} s)`);
       for (const m of l.models) out(`  ${String(m.name).padEnd(24)} ${String(m.level || '-').padEnd(12)} ${String(m.state).padEnd(10)} pid ${m.pid} port ${m.port} ${formatSize(Number(m.memory_bytes))} restarts ${m.restarts}${m.error ? ` error: ${m.error}` : ''}`);
-    }).catch((e: Error) => {
+    }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`cannot reach aios-runtime at ${o.address}: ${e.message}`, 1);
     });
   });
   for (const verb of ['load', 'unload'] as const) {
     addressOption(rt.command(verb).description(`${verb} a model in a running aios-runtime`).argument('<name>', 'model name (a configured layer\'s model, or a new name with --path)').option('--path <file>', 'GGUF file inside the model dir (load only)')).action(
-      async (name: string, o: { address: string; path?: string }) => {
+      async (name: string, o: Conn & { path?: string }) => {
         await withRuntimeClient(o.address, async (c, { unary }) => {
           if (verb === 'load') {
             const r = await unary(c, 'LoadModel', { model_name: name, model_path: o.path ?? '' }, 180_000);
             out(`${r.name}: ${r.state} (pid ${r.pid}, port ${r.port})`);
           } else out((await unary(c, 'UnloadModel', { model_name: name }, 180_000)).message);
-        }).catch((e: Error) => {
+        }, tlsOf(o)).catch((e: Error) => {
           throw new UserError(`${verb} ${name}: ${e.message}`, 1);
         });
       },
@@ -143,7 +186,7 @@ export function registerRuntime(p: Command): void {
       .option('-t, --temperature <t>', "sampling temperature (default: the model layer's temperature)", (v) => Number(v))
       .option('--system <text>', 'system prompt', '')
       .option('--grammar <gbnf>', 'GBNF grammar for the answer', ''),
-  ).action(async (prompt: string, o: { address: string; model: string; level: string; maxTokens?: number; temperature?: number; system: string; grammar: string }) => {
+  ).action(async (prompt: string, o: Conn & { model: string; level: string; maxTokens?: number; temperature?: number; system: string; grammar: string }) => {
     // max_tokens / temperature only when given: an absent (0) field means the layer's configured value.
     const req = {
       prompt,
@@ -158,8 +201,40 @@ export function registerRuntime(p: Command): void {
       const last = await streamInfer(c, req, (t) => process.stdout.write(t));
       process.stdout.write('\n');
       process.stderr.write(`[${last.model_used}, ${last.tokens_used} tokens]\n`);
-    }).catch((e: Error) => {
+    }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`infer: ${e.message}`, 1);
+    });
+  });
+
+  const keys = rt.command('keys').description("the HTTP API's keys on a running aios-runtime (admin): create, list, revoke; changes apply at once and survive restarts");
+  addressOption(
+    keys
+      .command('create')
+      .description('make a key; it is printed once (stdout), the runtime keeps only its hash')
+      .addOption(new Option('--scope <scope>', 'infer: completions and models; admin: everything; metrics: /metrics only').choices(['infer', 'admin', 'metrics']).default('infer'))
+      .option('--name <name>', 'a label shown in lists', '')
+      .option('--json', 'print {id, scope, name, key} as JSON'),
+  ).action(async (o: Conn & { scope: string; name: string; json?: boolean }) => {
+    await withRuntimeClient(o.address, async (c, { unary }) => {
+      const r = await unary(c, 'CreateKey', { scope: o.scope, name: o.name }, 10_000);
+      if (o.json) return void out(JSON.stringify({ id: r.info!.id, scope: r.info!.scope, name: r.info!.name, key: r.key }));
+      out(r.key);
+      process.stderr.write(`key ${r.info!.id} (scope ${r.info!.scope}${r.info!.name ? `, name ${r.info!.name}` : ''}): shown this once; clients send "Authorization: Bearer <key>" (OpenAI SDKs: apiKey)\n`);
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`keys create: ${e.message}`, 1);
+    });
+  });
+  addressOption(keys.command('list').description('the keys the runtime accepts or has revoked (ids, scopes, sources; never the keys)').option('--json', 'print JSON')).action(async (o: Conn & { json?: boolean }) => {
+    await withRuntimeClient(o.address, async (c, { unary }) => {
+      const r = await unary(c, 'ListKeys', {}, 10_000);
+      out(o.json ? JSON.stringify(r.keys, null, 2) : keysTable(r.keys));
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`keys list: ${e.message}`, 1);
+    });
+  });
+  addressOption(keys.command('revoke').description('revoke a key by its id (a build-time key too); refused from the next request on').argument('<id>', 'the key id (aios runtime keys list)')).action(async (id: string, o: Conn) => {
+    await withRuntimeClient(o.address, async (c, { unary }) => out((await unary(c, 'RevokeKey', { id }, 10_000)).message), tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`keys revoke ${id}: ${e.message}`, 1);
     });
   });
 }

@@ -1,9 +1,11 @@
 /**
  * The gRPC client of aios-runtime (the CLI's `aios runtime` verbs and `aios ps`, qemu-test's probe,
- * the benchmarks), typed by the types generated from proto/runtime.proto. This and config.ts are
- * what code outside src/runtime/ may import.
+ * the benchmarks), typed by the types generated from proto/runtime.proto; mutual TLS from a TLS dir
+ * (connectRuntime). This, config.ts and keys.ts are what code outside src/runtime/ may import.
  */
 import * as grpc from '@grpc/grpc-js';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadProtos, type Protos } from './server.js';
 import type { AIRuntimeClient } from './generated/aios/runtime/AIRuntime.js';
 import type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -16,6 +18,10 @@ import type { Status__Output } from './generated/aios/runtime/Status.js';
 import type { ModelList__Output } from './generated/aios/runtime/ModelList.js';
 import type { InferResponse__Output } from './generated/aios/runtime/InferResponse.js';
 import type { HealthStatus__Output } from './generated/aios/runtime/HealthStatus.js';
+import type { CreateKeyRequest } from './generated/aios/runtime/CreateKeyRequest.js';
+import type { CreatedKey__Output } from './generated/aios/runtime/CreatedKey.js';
+import type { KeyList__Output } from './generated/aios/runtime/KeyList.js';
+import type { RevokeKeyRequest } from './generated/aios/runtime/RevokeKeyRequest.js';
 
 export type RuntimeClient = AIRuntimeClient;
 export type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -23,11 +29,82 @@ export type { InferResponse__Output as InferResponse } from './generated/aios/ru
 export type { ModelStatus__Output as ModelStatus } from './generated/aios/runtime/ModelStatus.js';
 export type { HealthStatus__Output as HealthStatus } from './generated/aios/runtime/HealthStatus.js';
 export type PullProgress = PullProgress__Output;
+export type { ApiKey__Output as ApiKey } from './generated/aios/runtime/ApiKey.js';
 
-/** address: "host:port" or "unix:/run/aios/runtime.sock". */
-export function connect(address: string): RuntimeClient {
+/** The files a TLS dir holds (`aios build` writes them into out/<name>.pki/; `--tls-dir`, AIOS_TLS_DIR). */
+export const TLS_DIR_FILES = { ca: 'ca.crt', cert: 'client.crt', key: 'client.key', httpKey: 'http-key' } as const;
+
+export interface ConnectOptions {
+  /** A directory with ca.crt, client.crt, client.key: mutual TLS for a TCP address (a unix socket needs none). */
+  tlsDir?: string;
+  /** The name the server's certificate must carry, when the address is not one of its names (e.g. an IP not in its SANs). */
+  serverName?: string;
+}
+
+/** ca.crt, client.crt and client.key of a TLS dir; an error names a missing file. */
+export function readTlsDir(dir: string): { ca: Buffer; cert: Buffer; key: Buffer } {
+  const read = (f: string) => {
+    const file = join(dir, f);
+    if (!existsSync(file)) throw new Error(`TLS dir ${dir} has no ${f} (it needs ${TLS_DIR_FILES.ca}, ${TLS_DIR_FILES.cert} and ${TLS_DIR_FILES.key}, as aios build writes them into out/<name>.pki/)`);
+    return readFileSync(file);
+  };
+  return { ca: read(TLS_DIR_FILES.ca), cert: read(TLS_DIR_FILES.cert), key: read(TLS_DIR_FILES.key) };
+}
+
+/** The HTTP API key in a TLS dir (`http-key`), for clients of the HTTP API. */
+export function httpKeyFrom(dir: string): string {
+  const file = join(dir, TLS_DIR_FILES.httpKey);
+  if (!existsSync(file)) throw new Error(`TLS dir ${dir} has no ${TLS_DIR_FILES.httpKey} (the HTTP API key aios build writes beside the certificates)`);
+  return readFileSync(file, 'utf8').trim();
+}
+
+/**
+ * A client of the runtime at `address` ("host:port" or "unix:/run/aios/runtime.sock"): with
+ * `tlsDir`, mutual TLS over TCP (the image's listener); a unix socket is always plain.
+ */
+export function connectRuntime(address: string, o: ConnectOptions = {}): RuntimeClient {
   const pkg = grpc.loadPackageDefinition(loadProtos()) as unknown as Protos;
-  return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createInsecure());
+  if (!o.tlsDir || address.startsWith('unix:')) return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createInsecure());
+  const { ca, cert, key } = readTlsDir(o.tlsDir);
+  const options: grpc.ClientOptions = o.serverName ? { 'grpc.ssl_target_name_override': o.serverName, 'grpc.default_authority': o.serverName } : {};
+  return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createSsl(ca, key, cert), options);
+}
+
+/** connectRuntime() under its first name. */
+export const connect = connectRuntime;
+
+const TLS_TROUBLE = /certificate|altnames|self[- ]signed|verify|SSL|TLS|secure|handshake|alert/i;
+
+/**
+ * An error of a call as a user should read it: a failed TLS handshake says so (certificate not
+ * accepted / wrong CA?) instead of grpc-js's connection details, and a plain-text client that
+ * reaches a TLS listener is told to pass --tls-dir.
+ */
+export function explainError(e: unknown, address: string, o: ConnectOptions = {}): string {
+  const err = e as Partial<grpc.ServiceError> & Error;
+  const details = err?.details ?? err?.message ?? String(e);
+  if (err?.code === grpc.status.UNAVAILABLE && !address.startsWith('unix:')) {
+    if (o.tlsDir && TLS_TROUBLE.test(details)) {
+      const why = /altnames|does not match/i.test(details)
+        ? `the server's certificate is not valid for the name "${o.serverName ?? address.replace(/:\d+$/, '')}"; pass --tls-server-name <one of its names> (e.g. its hostname)`
+        : /self[- ]signed|unable to (get|verify)|verify/i.test(details)
+          ? `the server's certificate is not signed by ${join(o.tlsDir, TLS_DIR_FILES.ca)}: wrong CA? (is ${o.tlsDir} the pki dir of the image at ${address}?)`
+          : `certificate not accepted / wrong CA? The runtime refused ${join(o.tlsDir, TLS_DIR_FILES.cert)} (expired, or signed by another image's CA?)`;
+      return `TLS handshake with ${address} failed: ${why}`;
+    }
+    const dropped = /Failed to connect|Connection (dropped|closed)|disconnected|ECONNRESET|EPIPE|socket hang up|Protocol error|Received HTTP|RST_STREAM/i.test(details);
+    if (o.tlsDir && dropped) {
+      return `${address} closed the TLS connection: certificate not accepted / wrong CA? (is ${o.tlsDir} the pki dir of the image at ${address}, and is its client certificate still valid?)`;
+    }
+    if (!o.tlsDir && dropped) {
+      return `${address} did not answer plain-text gRPC: it probably requires mutual TLS (the image's listener does); pass --tls-dir out/<name>.pki or set AIOS_TLS_DIR (${details})`;
+    }
+  }
+  if (err?.code === grpc.status.DEADLINE_EXCEEDED && o.tlsDir && !address.startsWith('unix:') && /remote_addr=\s*(,|$)|LB pick|Waiting for LB pick/i.test(details)) {
+    return `no answer from ${address} within the deadline, before the call started: after repeated authentication failures from one address the runtime answers slowly (certificate not accepted / wrong CA?); ${details}`;
+  }
+  if (err?.code === grpc.status.PERMISSION_DENIED) return `permission denied: ${details}`;
+  return err?.message ?? String(e);
 }
 
 /** The unary methods, by name, with their request and response types (generated from the proto). */
@@ -37,6 +114,9 @@ interface Unary {
   ListModels: { req: Empty; res: ModelList__Output };
   Infer: { req: InferRequest; res: InferResponse__Output };
   HealthCheck: { req: Empty; res: HealthStatus__Output };
+  CreateKey: { req: CreateKeyRequest; res: CreatedKey__Output };
+  ListKeys: { req: Empty; res: KeyList__Output };
+  RevokeKey: { req: RevokeKeyRequest; res: Status__Output };
 }
 
 /** One unary call with a deadline. */

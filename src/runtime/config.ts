@@ -57,6 +57,17 @@ export const RuntimeConfigSchema = z.strictObject({
       auto_install: z.boolean().default(false).describe('download a catalog model (checked sha256) on its first request'),
       catalog: z.string().default('').describe('model catalog TOML; "" = the catalog shipped beside the runtime'),
       unload_after_idle: duration.default('5m').describe('idle timeout of catalog models loaded by a request; configured layers use their own; models loaded with LoadModel stay until unloaded or evicted'),
+      // Access (docs/runtime.md#access-and-authentication). Files: a systemd credential name (read
+      // from $CREDENTIALS_DIRECTORY, e.g. LoadCredential=server.key:…) or an absolute path.
+      tls_cert: z.string().default('').describe('server certificate (PEM) for gRPC over TCP (and HTTP with http_tls): credential name or absolute path; "" = no TLS'),
+      tls_key: z.string().default('').describe('its private key: credential name or absolute path'),
+      tls_client_ca: z.string().default('').describe('CA certificate(s) that sign client certificates (mutual TLS; the OU is the scope: admin or infer): credential name or absolute path'),
+      insecure_listen: z.boolean().default(false).describe('true: allow listen / http_listen beyond loopback without TLS or keys (anyone who reaches them is admin); warned about at every start'),
+      http_keys: z.string().default('').describe('hashed HTTP API keys file (credential name or absolute path): with it, the HTTP API needs "Authorization: Bearer <key>"; "" = no keys (loopback only)'),
+      http_tls: z.enum(['auto', 'on', 'off']).default('auto').describe('TLS on the HTTP API with tls_cert/tls_key: auto = when http_listen is not loopback'),
+      metrics_auth: z.enum(['api', 'open', 'metrics']).default('api').describe('/metrics: api = the same rule as the API (any valid key when keys are on), open = no key, metrics = a key with the metrics (or admin) scope'),
+      socket_group: z.string().default('').describe('group the unix socket is given (mode 0660): its members have admin access; "" = the daemon\'s own group'),
+      state_dir: z.string().default('').describe('where keys made with `aios runtime keys create` and revocations are kept (http-keys.json); "" = $STATE_DIRECTORY (systemd StateDirectory=), else none'),
     })
     .prefault({}),
   system: z
@@ -100,4 +111,58 @@ export async function readRuntimeConfig(file: string): Promise<RuntimeConfig> {
   const r = RuntimeConfigSchema.safeParse(raw);
   if (!r.success) throw new Error(`${file}: ` + r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   return r.data;
+}
+
+/** Is this host (of a host:port) loopback? 127.0.0.0/8, ::1, localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+/** The host of "host:port" ("[::1]:50051" → "::1"; ":50051" → "" = every address). */
+export const hostOf = (listen: string) => listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+
+const TLS_KEYS = ['tls_cert', 'tls_key', 'tls_client_ca'] as const;
+
+/** Whether the HTTP API uses TLS (runtime.http_tls; auto = when not loopback). */
+export function httpTls(rt: Pick<RuntimeConfig['runtime'], 'http_tls'>, httpListen: string): boolean {
+  return rt.http_tls === 'on' || (rt.http_tls === 'auto' && !!httpListen && !isLoopbackHost(hostOf(httpListen)));
+}
+
+/**
+ * What the daemon refuses (errors) or warns about (warnings) in how it is exposed: a TCP listener
+ * beyond loopback needs mutual TLS (gRPC) or keys and TLS (HTTP), unless runtime.insecure_listen.
+ * `listen`/`http` are the effective addresses (the config's, or `aios runtime serve`'s overrides).
+ * The build calls it too, so an image that would not start is not built.
+ */
+export function exposureProblems(rt: RuntimeConfig['runtime'], o: { listen?: string; http?: string } = {}): { errors: string[]; warnings: string[] } {
+  const errors: string[] = [];
+  const warnings: string[] = [];
+  const listen = o.listen ?? rt.listen;
+  const http = o.http ?? rt.http_listen;
+  const set = TLS_KEYS.filter((k) => rt[k] !== '');
+  if (set.length && set.length < TLS_KEYS.length) {
+    errors.push(`runtime.tls_cert, runtime.tls_key and runtime.tls_client_ca go together (mutual TLS): set all three or none (missing: ${TLS_KEYS.filter((k) => rt[k] === '').map((k) => `runtime.${k}`).join(', ')})`);
+  }
+  const grpcTls = set.length === TLS_KEYS.length;
+  if (listen && !isLoopbackHost(hostOf(listen)) && !grpcTls) {
+    if (rt.insecure_listen) warnings.push(`gRPC on ${listen} without TLS (runtime.insecure_listen = true): anyone who can reach it has admin access`);
+    else errors.push(`runtime.listen = "${listen}" is not loopback and has no TLS: set runtime.tls_cert, runtime.tls_key and runtime.tls_client_ca (mutual TLS), or runtime.insecure_listen = true to accept unauthenticated connections`);
+  }
+  if (http) {
+    const haveCert = !!(rt.tls_cert && rt.tls_key);
+    if (isLoopbackHost(hostOf(http))) {
+      if (httpTls(rt, http) && !haveCert) errors.push(`the HTTP API on ${http} uses TLS (runtime.http_tls = "${rt.http_tls}"), which needs runtime.tls_cert and runtime.tls_key`);
+    } else {
+      const missing = [
+        ...(rt.http_keys ? [] : ['runtime.http_keys (API keys)']),
+        ...(rt.http_tls === 'off' ? ['runtime.http_tls = "auto" or "on" (TLS)'] : haveCert ? [] : ['runtime.tls_cert + runtime.tls_key (TLS)']),
+      ];
+      const without = [...(rt.http_keys ? [] : ['API keys']), ...(rt.http_tls !== 'off' && haveCert ? [] : ['TLS'])].join(' and ');
+      if (missing.length && rt.insecure_listen) warnings.push(`HTTP API on ${http} without ${without} (runtime.insecure_listen = true): anyone who can reach it can use it`);
+      else if (missing.length) errors.push(`runtime.http_listen = "${http}" is not loopback: set ${missing.join(' and ')}, or runtime.insecure_listen = true to accept unauthenticated requests`);
+    }
+  }
+  if (rt.metrics_auth === 'metrics' && !rt.http_keys) errors.push('runtime.metrics_auth = "metrics" needs runtime.http_keys (the keys /metrics checks)');
+  return { errors, warnings };
 }

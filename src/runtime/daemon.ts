@@ -1,11 +1,14 @@
 /** aios-runtime as a process: config → gRPC server → operational model loaded and probed → READY=1. */
 import { execFile } from 'node:child_process';
-import type { RuntimeConfig } from './config.js';
+import { exposureProblems, httpTls, type RuntimeConfig } from './config.js';
 import { LlamaServerLauncher } from './launch.js';
 import { RuntimeService, type ServiceOptions } from './service.js';
 import { leveledLog } from './log.js';
 import { serve, type Listening } from './server.js';
 import { serveHttp, type HttpListening } from './http.js';
+import { AuthGuard, type BackoffOptions } from './auth.js';
+import { KeyStore } from './keys.js';
+import { loadTls, resolveCredential } from './tls.js';
 
 /** Tells systemd we are ready (Type=notify). Node has no unix datagram sockets: systemd-notify does it. */
 function notifyReady(): Promise<void> {
@@ -28,6 +31,8 @@ export interface DaemonOptions {
   log?: (s: string) => void;
   overrides?: { listen?: string; socket?: string; http?: string };
   service?: ServiceOptions;
+  /** The delay before answering repeated authentication failures (tests shorten it; default auth.ts's BACKOFF). */
+  backoff?: BackoffOptions;
   /** Start-up moments before startDaemon (ms since the process started), for the start-up report. */
   marks?: { modules?: number; config?: number; early?: number };
 }
@@ -37,9 +42,29 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
   const sink = o.log ?? ((s: string) => process.stderr.write(journal ? `${s}\n` : `aios-runtime: ${s}\n`));
   const log = leveledLog(config.system.log_level, sink, { journal });
   const t0 = performance.now();
+  // Access: refuse an exposed listener without TLS/keys before anything starts; read the credentials.
+  const rt = config.runtime;
+  const listen = o.overrides?.listen ?? rt.listen;
+  const httpListen = o.overrides?.http ?? rt.http_listen;
+  let tlsMaterial: ReturnType<typeof loadTls>;
+  let keys: KeyStore | undefined;
+  try {
+    const exposure = exposureProblems(rt, { listen, http: httpListen });
+    if (exposure.errors.length) throw new Error(exposure.errors.join('; '));
+    for (const w of exposure.warnings) log(w, 'warn');
+    tlsMaterial = loadTls(rt);
+    const stateDir = rt.state_dir || process.env.STATE_DIRECTORY?.split(':')[0] || '';
+    keys = rt.http_keys ? new KeyStore({ buildFile: resolveCredential(rt.http_keys, 'http_keys'), stateDir: stateDir || undefined }) : undefined;
+  } catch (e) {
+    // A llama-server started early (entry.ts) must not outlive a refused start.
+    if (o.service?.launcher instanceof LlamaServerLauncher) o.service.launcher.discardEarly();
+    throw e;
+  }
+
   const launcher = o.service?.launcher ?? new LlamaServerLauncher(config.runtime.llama_server);
   if (launcher instanceof LlamaServerLauncher) launcher.log = (s) => log(s, 'debug');
   const service = new RuntimeService(config, log, { ...o.service, launcher });
+  const guard = new AuthGuard({ log, events: service.events, backoff: o.backoff });
   // The operational model starts loading first: llama-server reads its weights while the front
   // ends are set up (the daemon is ready only when both are done).
   const starting = service.start();
@@ -47,13 +72,13 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
   let listening: Listening | undefined;
   let http: HttpListening | undefined;
   try {
-    listening = await serve(service, { listen: o.overrides?.listen ?? config.runtime.listen, socket: o.overrides?.socket ?? config.runtime.socket, log });
-    const where = [listening.tcpPort ? `${(o.overrides?.listen ?? config.runtime.listen).replace(/:\d+$/, '')}:${listening.tcpPort}` : '', listening.socket ? `unix:${listening.socket}` : ''].filter(Boolean);
+    listening = await serve(service, { listen, socket: o.overrides?.socket ?? rt.socket, socketGroup: rt.socket_group, tls: tlsMaterial.grpc, guard, keys, log });
+    const where = [listening.tcpPort ? `${listen.replace(/:\d+$/, '')}:${listening.tcpPort}${listening.tls ? ' (mutual TLS)' : ''}` : '', listening.socket ? `unix:${listening.socket}` : ''].filter(Boolean);
     log(where.length ? `gRPC on ${where.join(' and ')}` : 'no gRPC listener (runtime.listen and runtime.socket are both "")');
-    const httpListen = o.overrides?.http ?? config.runtime.http_listen;
     if (httpListen) {
-      http = await serveHttp(service, httpListen, log);
-      log(`HTTP API (OpenAI-compatible, /metrics) on ${httpListen.replace(/:\d+$/, '')}:${http.port}`);
+      const tls = httpTls(rt, httpListen) ? tlsMaterial.http : undefined;
+      http = await serveHttp(service, httpListen, log, { keys, metricsAuth: rt.metrics_auth, tls, guard });
+      log(`HTTP API (OpenAI-compatible, /metrics) on ${httpListen.replace(/:\d+$/, '')}:${http.port}${tls ? ' (TLS)' : ''}${keys ? `, API keys required (${keys.list().filter((k) => !k.revoked).length} valid)` : ''}`);
     }
     log(`front ends up after ${Math.round(performance.now() - t0)} ms`, 'debug');
     const frontEnds = performance.now();

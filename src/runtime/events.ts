@@ -31,6 +31,8 @@ export interface RuntimeEventMap {
   generation: [{ model: string; ttftMs: number; completionTokens: number; genMs: number }];
   /** Auto-install progress of a catalog model. */
   download: [{ model: string; bytes: number; total: number; done: boolean }];
+  /** A refused authentication or authorization (auth.ts's AuthGuard): which listener, and why (never the credentials). */
+  authFailure: [{ listener: 'grpc' | 'http'; reason: string }];
 }
 
 export class RuntimeEvents extends EventEmitter<RuntimeEventMap> {}

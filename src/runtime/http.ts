@@ -1,10 +1,14 @@
 /**
  * OpenAI-compatible HTTP front end: /v1/models, /v1/chat/completions, /v1/completions (streaming or
- * not), /metrics (Prometheus text format) and /health. Every completion goes through
+ * not), /metrics (Prometheus text format) and /health. With API keys (runtime.http_keys) every
+ * endpoint but /health needs `Authorization: Bearer <key>` (auth.ts decides; a refusal is OpenAI's
+ * 401/403 error body, so SDKs raise AuthenticationError / PermissionDeniedError), and over TLS when
+ * not loopback (runtime.http_tls). Every completion goes through
  * RuntimeService.withSlot() (the same router and queue as gRPC); the client's body is passed to the
  * child's same endpoint and its answer relayed as it arrives. Imports nothing from the build side.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,6 +19,10 @@ import { Metrics } from './metrics.js';
 import { LEVELS } from './router.js';
 import { postChild, readAll } from './upstream.js';
 import { PARAM_RULES } from './params.js';
+import { authorizeHttp, httpNeed, peerIp, type AuthGuard, type MetricsAuth } from './auth.js';
+import type { KeyStore } from './keys.js';
+import type { TlsMaterial } from './tls.js';
+import type { Log } from './log.js';
 const MAX_BODY = 32 * 1024 * 1024;
 const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -119,16 +127,40 @@ function usageTokens(tail: string): number {
 }
 
 export interface HttpListening {
+  /** An https.Server (typed as http.Server) with TLS. */
   server: Server;
   port: number;
   /** Stop accepting, let requests in flight finish (up to graceMs), then close every connection. */
   close(graceMs?: number): Promise<void>;
 }
 
+export interface HttpAuth {
+  /** The accepted keys; undefined = no keys (every endpoint open: loopback only). */
+  keys?: KeyStore;
+  metricsAuth?: MetricsAuth;
+  guard?: AuthGuard;
+}
+
 export class HttpFront {
   readonly metrics: Metrics;
-  constructor(private svc: RuntimeService) {
+  constructor(
+    private svc: RuntimeService,
+    private auth: HttpAuth = {},
+  ) {
     this.metrics = new Metrics(svc);
+  }
+
+  /** Answers 401/403 (after the peer's backoff delay) and returns false when the request may not go on. */
+  private async authorized(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
+    const { keys } = this.auth;
+    const need = httpNeed(path, { keys: !!keys, metricsAuth: this.auth.metricsAuth ?? 'api' });
+    const header = req.headers.authorization;
+    const d = authorizeHttp(path, header, need, (k) => keys!.check(k));
+    if (d.ok) return true;
+    const wait = this.auth.guard?.failure('http', peerIp(req.socket.remoteAddress), d.reason, `${req.method} ${path}`) ?? 0;
+    await this.auth.guard?.delay(wait);
+    if (!res.destroyed) sendJson(res, d.status, { error: { message: d.message, type: d.type, code: d.code, param: null } }, d.status === 401 ? { 'www-authenticate': 'Bearer realm="aios-runtime"' } : {});
+    return false;
   }
 
   handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -142,6 +174,7 @@ export class HttpFront {
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!.replace(/\/+$/, '') || '/';
     const method = req.method ?? 'GET';
+    if (!(await this.authorized(req, res, path))) return;
     const only = (m: string) => {
       if (method === m || (m === 'GET' && method === 'HEAD')) return true;
       sendJson(res, 405, errorBody(new RuntimeError(Code.INVALID_ARGUMENT, `${path} takes ${m}, not ${method}`)), { allow: m });
@@ -311,14 +344,25 @@ function drained(res: ServerResponse): Promise<void> {
   });
 }
 
-/** Serves the HTTP front end on host:port ("127.0.0.1:8080", "[::1]:0"). */
-export async function serveHttp(svc: RuntimeService, listen: string, log: (s: string, level?: 'warn') => void = () => {}): Promise<HttpListening> {
+/**
+ * Serves the HTTP front end on host:port ("127.0.0.1:8080", "[::1]:0"); over TLS with `tls`, with
+ * API keys with `keys` (the daemon refuses an exposed address without them: config.ts's exposureProblems).
+ */
+export async function serveHttp(svc: RuntimeService, listen: string, _log: Log = () => {}, o: HttpAuth & { tls?: TlsMaterial } = {}): Promise<HttpListening> {
   const m = /^(.*):(\d+)$/.exec(listen);
   if (!m) throw new RuntimeError(Code.INVALID_ARGUMENT, `runtime.http_listen: expected host:port (got "${listen}")`);
   const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
-  if (!['127.0.0.1', 'localhost', '::1'].includes(host)) log(`HTTP API on ${listen}, which is not loopback`, 'warn');
-  const front = new HttpFront(svc);
-  const server = createServer({ keepAliveTimeout: 65_000 }, front.handle);
+  const front = new HttpFront(svc, o);
+  let server: Server;
+  if (o.tls) {
+    const https = createHttpsServer({ keepAliveTimeout: 65_000, cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 }, front.handle);
+    // A plain-text client, a failed or timed-out handshake: OpenSSL's reason only.
+    https.on('tlsClientError', (e: NodeJS.ErrnoException, s) => {
+      o.guard?.failure('http', peerIp(s?.remoteAddress), 'tls_handshake', (e.code ?? e.message).slice(0, 120));
+    });
+    // An https.Server has every http.Server method used here (listen, close, closeIdleConnections…).
+    server = https as unknown as Server;
+  } else server = createServer({ keepAliveTimeout: 65_000 }, front.handle);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(Number(m[2]), host, () => {

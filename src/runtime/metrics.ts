@@ -124,6 +124,7 @@ export class Metrics {
   private tokens = new Series('aios_completion_tokens_total', 'counter', 'Generated tokens');
   private downloads = new Series('aios_model_downloads_total', 'counter', 'Catalog models downloaded (auto-install)');
   private downloadBytes = new Series('aios_model_download_bytes', 'gauge', 'Bytes of the current or last download of a model');
+  private authFailures = new Series('aios_auth_failures_total', 'counter', 'Refused authentications and calls outside their scope, by listener (grpc, http) and reason');
 
   constructor(private svc: RuntimeService) {
     const ev = svc.events;
@@ -151,6 +152,7 @@ export class Metrics {
       const rate = g.completionTokens > 1 && decodeMs > 0 ? ((g.completionTokens - 1) * 1000) / decodeMs : g.genMs > 0 ? (g.completionTokens * 1000) / g.genMs : 0;
       if (rate > 0) this.tps.observe(m, rate);
     });
+    ev.on('authFailure', (a) => this.authFailures.inc({ listener: a.listener, reason: a.reason }));
     ev.on('download', (d) => {
       this.downloadBytes.set({ model: d.model }, d.bytes);
       if (d.done) this.downloads.inc({ model: d.model });
@@ -211,6 +213,7 @@ export class Metrics {
     add(this.genSeconds, 'histogram');
     add(this.tps, 'histogram');
     add(this.tokens, 'counter');
+    add(this.authFailures, 'counter');
 
     // Children: /metrics of each ready llama-server (it does not touch the idle clock).
     const up = new Series('aios_child_metrics_up', 'gauge', '1 if the model\'s llama-server answered /metrics in this scrape');

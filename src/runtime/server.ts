@@ -1,13 +1,14 @@
 /**
  * gRPC front end: aios.runtime.AIRuntime (proto/runtime.proto), grpc.health.v1.Health and server
- * reflection, on a unix socket and/or loopback TCP. Message types are generated from the protos
- * (src/runtime/generated/, by `npm run build`), so a renamed field fails the build. Everything
- * goes through RuntimeService. Imports nothing from the build side.
+ * reflection, on a unix socket (admin; mode 0660, group runtime.socket_group) and/or TCP (mutual TLS
+ * when configured: tls.ts; each call's scope checked by an interceptor: auth.ts). Message types are
+ * generated from the protos (src/runtime/generated/, by `npm run build`), so a renamed field fails
+ * the build. Everything goes through RuntimeService. Imports nothing from the build side.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Code, RuntimeError } from './errors.js';
@@ -20,6 +21,12 @@ import type { HealthHandlers } from './generated/grpc/health/v1/Health.js';
 import type { ModelStatus } from './generated/aios/runtime/ModelStatus.js';
 import type { InferRequest__Output } from './generated/aios/runtime/InferRequest.js';
 import type { InferInput } from './service.js';
+import { authorizeGrpc, type AuthGuard } from './auth.js';
+import { KEY_SCOPES, UnknownKeyError, type KeyInfo, type KeyScope, type KeyStore } from './keys.js';
+import type { ApiKey } from './generated/aios/runtime/ApiKey.js';
+import { listenMutualTls, type TlsListener, type TlsMaterial } from './tls.js';
+import { hostOf } from './config.js';
+import type { Log } from './log.js';
 
 /** proto/ beside the bundle (in the image: /usr/lib/aios-runtime/proto), else the repository's. */
 export const PROTO_DIR = existsSync(fileURLToPath(new URL('./proto/runtime.proto', import.meta.url)))
@@ -90,6 +97,8 @@ const inferInput = (r: InferRequest__Output): InferInput => ({
 export interface Listening {
   server: grpc.Server;
   tcpPort?: number;
+  /** The TCP listener uses mutual TLS. */
+  tls?: boolean;
   socket?: string;
   /** Stop accepting, let in-flight calls finish (up to graceMs), then stop the models. */
   shutdown(graceMs?: number): Promise<void>;
@@ -105,8 +114,42 @@ const unary =
     );
   };
 
-export function handlers(svc: RuntimeService): AIRuntimeHandlers {
+const toApiKey = (k: KeyInfo): ApiKey => ({ id: k.id, scope: k.scope, name: k.name, created: k.created, source: k.source, revoked: k.revoked });
+
+/** The key store, or FAILED_PRECONDITION saying how to turn keys on. */
+function keyStore(keys: KeyStore | undefined): KeyStore {
+  if (!keys) throw new RuntimeError(Code.FAILED_PRECONDITION, 'HTTP API keys are off on this runtime (runtime.http_keys is ""); set it to a keys file (it may be empty) to use keys');
+  return keys;
+}
+
+export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } = {}): AIRuntimeHandlers {
   return {
+    CreateKey: unary(async (r) => {
+      const scope = (r.scope || 'infer') as KeyScope;
+      if (!KEY_SCOPES.includes(scope)) throw new RuntimeError(Code.INVALID_ARGUMENT, `scope: must be one of ${KEY_SCOPES.join(', ')} (got "${r.scope}")`);
+      let made: ReturnType<KeyStore['create']>;
+      try {
+        made = keyStore(o.keys).create({ scope, name: r.name });
+      } catch (e) {
+        if (e instanceof RuntimeError) throw e;
+        throw new RuntimeError(/name/.test((e as Error).message) ? Code.INVALID_ARGUMENT : Code.FAILED_PRECONDITION, (e as Error).message);
+      }
+      o.log?.(`HTTP API key ${made.info.id} created (scope ${scope}${made.info.name ? `, name ${made.info.name}` : ''})`);
+      return { info: toApiKey(made.info), key: made.key };
+    }),
+    ListKeys: unary(async () => ({ keys: keyStore(o.keys).list().map(toApiKey) })),
+    RevokeKey: unary(async (r) => {
+      const store = keyStore(o.keys);
+      let done: boolean;
+      try {
+        done = store.revoke(r.id);
+      } catch (e) {
+        if (e instanceof UnknownKeyError) throw new RuntimeError(Code.NOT_FOUND, e.message);
+        throw new RuntimeError(Code.FAILED_PRECONDITION, (e as Error).message);
+      }
+      if (done) o.log?.(`HTTP API key ${r.id} revoked`);
+      return { ok: true, message: done ? `revoked ${r.id}` : `${r.id} was already revoked` };
+    }),
     LoadModel: unary(async (r) => {
       await svc.load(r.model_name, r.model_path, { ctx: r.context_length, gpuLayers: r.gpu_layers, threads: r.threads, port: r.port });
       const m = svc.models().find((x) => x.name === r.model_name);
@@ -183,21 +226,64 @@ function healthHandlers(svc: RuntimeService): HealthHandlers {
   };
 }
 
-const LOOPBACK = ['127.0.0.1', 'localhost', '[::1]', '::1'];
+/**
+ * Checks every call's scope before its handler runs (PERMISSION_DENIED naming the scope needed).
+ * Calls without TLS (the unix socket, loopback TCP) are admin: see auth.ts.
+ */
+export function scopeInterceptor(guard?: AuthGuard, secure: { port?: number } = {}): grpc.ServerInterceptor {
+  return (method, call) => {
+    const listener = new grpc.ServerListenerBuilder()
+      .withOnReceiveMetadata((md, next) => {
+        const tls = secure.port !== undefined && call.getConnectionInfo().localPort === secure.port;
+        const d = authorizeGrpc(method.path, call.getAuthContext(), { tls });
+        if (d.ok) return next(md);
+        guard?.failure('grpc', call.getPeer().replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1'), d.reason, d.message);
+        call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details: d.message, metadata: new grpc.Metadata() });
+      })
+      .build();
+    return new grpc.ServerInterceptingCall(call, new grpc.ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
 
-export async function serve(svc: RuntimeService, o: { listen?: string; socket?: string; log?: (s: string, level?: 'warn') => void }): Promise<Listening> {
+/** A group's id from /etc/group (or a number as is). */
+export function groupId(name: string, groupFile = '/etc/group'): number | undefined {
+  if (/^\d+$/.test(name)) return Number(name);
+  for (const line of readFileSync(groupFile, 'utf8').split('\n')) {
+    const [n, , gid] = line.split(':');
+    if (n === name && gid && /^\d+$/.test(gid)) return Number(gid);
+  }
+  return undefined;
+}
+
+export interface ServeOptions {
+  /** TCP host:port ("" = none). With `tls`, mutual TLS; without, plain (loopback, or insecure_listen). */
+  listen?: string;
+  socket?: string;
+  /** Group for the unix socket (mode 0660). */
+  socketGroup?: string;
+  /** Certificate, key and client CA for the TCP listener. */
+  tls?: TlsMaterial;
+  guard?: AuthGuard;
+  keys?: KeyStore;
+  log?: Log;
+}
+
+export async function serve(svc: RuntimeService, o: ServeOptions): Promise<Listening> {
   const def = loadProtos();
   const proto = grpc.loadPackageDefinition(def) as unknown as Protos;
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
-  server.addService(proto.aios.runtime.AIRuntime.service, handlers(svc));
+  const secure: { port?: number } = {};
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024, interceptors: [scopeInterceptor(o.guard, secure)] });
+  server.addService(proto.aios.runtime.AIRuntime.service, handlers(svc, { keys: o.keys, log: o.log }));
   server.addService(proto.grpc.health.v1.Health.service, healthHandlers(svc));
   new ReflectionService(def).addToServer(server);
 
   const bind = (addr: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(addr, grpc.ServerCredentials.createInsecure(), (e, port) => (e ? reject(e) : resolve(port))));
+  let tlsListener: TlsListener | undefined;
   const out: Listening = {
     server,
     shutdown: async (graceMs = 10_000) => {
+      const closed = tlsListener?.close();
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
           server.forceShutdown();
@@ -208,21 +294,40 @@ export async function serve(svc: RuntimeService, o: { listen?: string; socket?: 
           resolve();
         });
       });
+      await closed;
       await svc.stop();
       if (out.socket && existsSync(out.socket)) rmSync(out.socket, { force: true });
     },
   };
   if (o.listen) {
-    const host = o.listen.replace(/:\d+$/, '');
-    // Anything but loopback must be configured explicitly; the config is explicit, so allow it but say so.
-    if (!LOOPBACK.includes(host)) o.log?.(`gRPC on ${o.listen}, which is not loopback`, 'warn');
-    out.tcpPort = await bind(o.listen);
+    const host = hostOf(o.listen);
+    if (o.tls) {
+      // Our TLS server checks the client certificate; grpc-js serves the connections it accepts.
+      const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+      const port = Number(/:(\d+)$/.exec(o.listen)?.[1] ?? NaN);
+      if (!Number.isInteger(port)) throw new RuntimeError(Code.INVALID_ARGUMENT, `runtime.listen: expected host:port (got "${o.listen}")`);
+      tlsListener = await listenMutualTls({ host, port, material: o.tls, guard: o.guard, accept: (s) => injector.injectConnection(s) });
+      out.tcpPort = secure.port = tlsListener.port;
+      out.tls = true;
+    } else {
+      // Plain: loopback, or what runtime.insecure_listen allowed (the daemon refused or warned: config.ts's exposureProblems).
+      out.tcpPort = await bind(o.listen);
+    }
   }
   if (o.socket) {
     mkdirSync(dirname(o.socket), { recursive: true });
     rmSync(o.socket, { force: true });
     await bind(`unix:${o.socket}`);
     chmodSync(o.socket, 0o660);
+    if (o.socketGroup) {
+      try {
+        const gid = groupId(o.socketGroup);
+        if (gid === undefined) throw new Error(`no group "${o.socketGroup}" in /etc/group`);
+        chownSync(o.socket, -1, gid);
+      } catch (e) {
+        o.log?.(`runtime.socket_group = "${o.socketGroup}": cannot give ${o.socket} to that group (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); only the daemon's own group can use the socket (under systemd: Group=${o.socketGroup} or SupplementaryGroups=${o.socketGroup})`, 'warn');
+      }
+    }
     out.socket = o.socket;
   }
   return out;

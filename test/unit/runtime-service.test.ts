@@ -151,8 +151,18 @@ describe('runtime service with fake children', () => {
     await daemon(config({ system: { log_level: 'debug' } }), debug);
     expect(debug.some((l) => l.startsWith('front ends up after'))).toBe(true);
     const warn: string[] = [];
-    await daemon(config({ system: { log_level: 'warn' }, runtime: { listen: '0.0.0.0:0' } }), warn);
-    expect(warn).toEqual([expect.stringMatching(/^gRPC on 0\.0\.0\.0:0, which is not loopback/)]);
+    await daemon(config({ system: { log_level: 'warn' }, runtime: { listen: '0.0.0.0:0', insecure_listen: true } }), warn);
+    expect(warn).toEqual([expect.stringMatching(/^gRPC on 0\.0\.0\.0:0 without TLS \(runtime\.insecure_listen = true\): anyone who can reach it has admin access/)]);
+  });
+
+  it('refuses to start on a TCP address beyond loopback without TLS, naming the keys to set; nothing is started', async () => {
+    const launcher = new FakeLauncher();
+    const e = await startDaemon(config({ runtime: { listen: '0.0.0.0:0' } }), { log: () => {}, service: { launcher } }).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(e?.message).toMatch(/^runtime\.listen = "0\.0\.0\.0:0" is not loopback and has no TLS: set runtime\.tls_cert, runtime\.tls_key and runtime\.tls_client_ca \(mutual TLS\), or runtime\.insecure_listen = true/);
+    expect(launcher.procs).toEqual([]);
   });
 
   it('LoadModel.port is refused (the runtime picks ports), not ignored', async () => {
