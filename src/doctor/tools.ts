@@ -108,7 +108,13 @@ export const TOOL_GROUPS: ToolGroup[] = [
     title: 'overlay tools',
     purpose: 'build',
     forBuild: () => true,
-    tools: (r) => [t('cp', 'coreutils'), t('chroot', 'coreutils'), ...(r.runtime.enabled && r.runtime.tls ? [t('openssl', 'openssl')] : [])],
+    tools: (r) => [
+      t('cp', 'coreutils'),
+      t('chroot', 'coreutils'),
+      ...(r.runtime.enabled && r.runtime.tls ? [t('openssl', 'openssl')] : []),
+      // The image's bench entry point: triad.c compiled (static) on the host.
+      ...(r.llama.enabled ? [t('cc', 'gcc')] : []),
+    ],
   },
   {
     id: 'tools.image',
