@@ -78,6 +78,7 @@ export function compareFigures(figure: FigureComparison['figure'], a: Pick<Figur
 }
 
 const factList = (r: BenchResult): [string, string][] => [
+  ['ran on', r.image ? (r.image.via === 'qemu' ? `image ${r.image.name ?? r.image.file} in QEMU (${r.image.accel === 'kvm' ? 'KVM' : 'TCG, emulated'})` : `a machine running the image (${r.image.entry})`) : 'the build host (aios bench)'],
   ['CPU', `${r.facts.cpu.model}, ${r.facts.cpu.logical} CPUs`],
   ['where', r.facts.virtualization.summary],
   ['threads', String(r.settings.threads)],

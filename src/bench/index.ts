@@ -13,9 +13,9 @@ import { QUANTS, SHAPES, synthModel, type Quant } from '../models/synth.js';
 import { UserError } from '../util/errors.js';
 import { defaultCacheDir } from '../util/paths.js';
 import { machineFacts, type MachineFacts } from './facts.js';
-import { runLlamaBench } from './llamabench.js';
+import { runLlamaBench, type LlamaBenchRun } from './llamabench.js';
 import { summarize, type Summary } from './stats.js';
-import { runTriad, triadBinary, triadElements } from './triad.js';
+import { runTriad, triadBinary, triadElements, type TriadResult } from './triad.js';
 
 export const BENCH_SCHEMA = 'aios-bench/1';
 
@@ -75,6 +75,71 @@ export interface BenchResult {
   llamaBench: { argv: string[]; cpuInfo?: string; modelType?: string; modelSize?: number; ownMeans: Record<string, { avg: number; stddev: number }> };
   loadAverage: { before: number[]; after: number[] };
   warnings: string[];
+  /**
+   * Set when the figures come from an image's own bench entry point (/usr/libexec/aios/bench) rather
+   * than from this host: booted in QEMU by `aios bench --image` (via "qemu"), or its output saved on
+   * a machine running the image and read with `aios bench --from-log` (via "log").
+   */
+  image?: ImageRun;
+}
+
+export interface ImageRun {
+  via: 'qemu' | 'log';
+  /** The entry point that ran, as it named itself. */
+  entry: string;
+  /** The image file and its manifest's name and sha256 (via qemu). */
+  file?: string;
+  name?: string;
+  sha256?: string;
+  /** How QEMU ran it (via qemu): the accelerator decides whether the figures mean anything. */
+  accel?: 'kvm' | 'tcg';
+  cpu?: string;
+  cpus?: number;
+  memoryMiB?: number;
+  /** The kernel command line aios added for the run (aios.bench=1 …). */
+  cmdlineExtra?: string;
+  /** Seconds from QEMU start to the guest's power-off, and why it was booted more than once. */
+  hostSeconds?: number;
+  retried?: string;
+  serialLog?: string;
+  /** The saved output (via log). */
+  log?: string;
+  /** aios-runtime's state while the benchmark ran ("inactive" when masked for the run). */
+  runtime?: string;
+}
+
+/**
+ * pp and tg figures from llama-bench's samples, the bandwidth figure from the triad, and the
+ * roofline when the bytes read per token are known: the same for a host run and an image's run.
+ * Problems found on the way (sample counts, llama-bench's own mean) are added to `warnings`.
+ */
+export function assembleFigures(o: { lb: Pick<LlamaBenchRun, 'tests'>; triad: TriadResult; reps: number; pp: number; tg: number; bytesPerToken?: number; warnings: string[] }): { figures: BenchResult['figures']; roofline?: BenchResult['roofline'] } {
+  const { lb, triad, reps, warnings } = o;
+  const figure = (kind: 'pp' | 'tg'): Figure | undefined => {
+    const t = lb.tests.find((x) => x.kind === kind);
+    if (!t) return undefined;
+    if (t.samples.length !== reps) warnings.push(`llama-bench reported ${t.samples.length} samples for ${t.name}, expected ${reps}`);
+    const s = summarize(t.samples);
+    if (Math.abs(s.mean - t.avgTs) > 1e-3 * Math.max(1, t.avgTs)) warnings.push(`${t.name}: llama-bench's own mean ${t.avgTs} differs from the samples' mean ${s.mean}`);
+    return { name: t.name, unit: 't/s', samples: t.samples, ...s };
+  };
+  const ppFig = o.pp ? figure('pp') : undefined;
+  const tgFig = o.tg ? figure('tg') : undefined;
+  const bw = { name: 'triad', unit: 'GB/s', samples: triad.samples, ...summarize(triad.samples), best: triad.best, arrayBytes: triad.arrayBytes, sizing: triad.sizing };
+  let roofline: BenchResult['roofline'];
+  if (tgFig && o.bytesPerToken) {
+    const bpt = o.bytesPerToken;
+    const f = (tps: number) => (tps * bpt) / (triad.best * 1e9);
+    roofline = {
+      bytesPerToken: bpt,
+      tgMean: tgFig.mean,
+      bandwidthBest: triad.best,
+      fraction: f(tgFig.mean),
+      fractionCi: [f(tgFig.ci[0]), f(tgFig.ci[1])],
+      note: 'tg tokens/s × bytes read per token ÷ best triad bandwidth; near 1 = generation is bound by memory bandwidth (it can exceed 1 a little: weights partly stay in cache, and triad does not count write-allocate traffic)',
+    };
+  }
+  return { figures: { pp: ppFig, tg: tgFig, bandwidth: bw }, roofline };
 }
 
 /** "tinyllama-1.1b:Q4_K_M" → shape and quant; a clear error otherwise. */
@@ -221,30 +286,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchResult> {
 
   o.progress?.(`llama-bench: ${[pp && `pp${pp}`, tg && `tg${tg}`].filter(Boolean).join(', ')}, ${reps} repetitions, ${threads} threads`);
   const lb = await runLlamaBench({ bin: join(tools.binDir, 'llama-bench'), model: model.file, reps, threads, pp, tg });
-  const figure = (kind: 'pp' | 'tg'): Figure | undefined => {
-    const t = lb.tests.find((x) => x.kind === kind);
-    if (!t) return undefined;
-    if (t.samples.length !== reps) warnings.push(`llama-bench reported ${t.samples.length} samples for ${t.name}, expected ${reps}`);
-    const s = summarize(t.samples);
-    if (Math.abs(s.mean - t.avgTs) > 1e-3 * Math.max(1, t.avgTs)) warnings.push(`${t.name}: llama-bench's own mean ${t.avgTs} differs from the samples' mean ${s.mean}`);
-    return { name: t.name, unit: 't/s', samples: t.samples, ...s };
-  };
-  const ppFig = pp ? figure('pp') : undefined;
-  const tgFig = tg ? figure('tg') : undefined;
-  const bw = { name: 'triad', unit: 'GB/s', samples: triad.samples, ...summarize(triad.samples), best: triad.best, arrayBytes: triad.arrayBytes, sizing: triad.sizing };
-
-  let roofline: BenchResult['roofline'];
-  if (tgFig) {
-    const f = (tps: number) => (tps * bpt.bytesPerToken) / (triad.best * 1e9);
-    roofline = {
-      bytesPerToken: bpt.bytesPerToken,
-      tgMean: tgFig.mean,
-      bandwidthBest: triad.best,
-      fraction: f(tgFig.mean),
-      fractionCi: [f(tgFig.ci[0]), f(tgFig.ci[1])],
-      note: 'tg tokens/s × bytes read per token ÷ best triad bandwidth; near 1 = generation is bound by memory bandwidth (it can exceed 1 a little: weights partly stay in cache, and triad does not count write-allocate traffic)',
-    };
-  }
+  const { figures, roofline } = assembleFigures({ lb, triad, reps, pp, tg, bytesPerToken: bpt.bytesPerToken, warnings });
   const fileBytes = (await stat(model.file)).size;
   const isa = tools.info.isa as { description?: string; march?: string } | undefined;
   return {
@@ -258,7 +300,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchResult> {
     },
     model: { file: model.file, synthesized: model.synthesized, architecture: info.architecture, name: info.name, fileType: info.fileType, parameters: info.parameters, fileBytes, weightsBytes: bpt.weightsBytes, bytesPerToken: bpt.bytesPerToken, bytesPerTokenNote: bpt.note },
     settings: { reps, threads, pp, tg, warmup: "llama-bench's own warm-up run before each test, and one untimed triad repetition, discarded" },
-    figures: { pp: ppFig, tg: tgFig, bandwidth: bw },
+    figures,
     roofline,
     llamaBench: { argv: lb.argv, cpuInfo: lb.cpuInfo, modelType: lb.modelType, modelSize: lb.modelSize, ownMeans: Object.fromEntries(lb.tests.map((t) => [t.name, { avg: t.avgTs, stddev: t.stddevTs }])) },
     loadAverage: { before: loadBefore, after: loadavg() },

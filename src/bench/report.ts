@@ -15,11 +15,22 @@ function row(f: Figure, extra = ''): string {
   return `| ${f.name} (${f.unit}) | ${f.n} | ${fmt(f.mean)} | ${fmt(f.sd)} | ${pct(f.cv)} | ${fmt(f.ci[0])} – ${fmt(f.ci[1])} | ${fmt(f.min)} – ${fmt(f.max)} | ${extra} |`;
 }
 
+/** How an image's run came about: booted by `aios bench --image` (and how), or read from a saved log. */
+export function imageLine(r: BenchResult): string {
+  const i = r.image!;
+  const runtime = i.runtime ? `; aios-runtime ${i.runtime} during the run` : '';
+  if (i.via === 'log') return `its own entry point ${i.entry} on the machine, output read from ${i.log ?? 'a saved log'}${runtime}`;
+  const what = i.accel === 'kvm'
+    ? 'KVM: a real measurement of the image\'s kernel and user space, in a virtual machine on this host'
+    : 'TCG: EMULATED, the figures are meaningless for performance (a functional check only)';
+  return `\`${i.file}\`${i.name ? ` ("${i.name}"${i.sha256 ? `, sha256 ${i.sha256.slice(0, 16)}…` : ''})` : ''} booted by aios bench --image in QEMU with ${what}; ${i.cpus} vCPUs (-cpu ${i.cpu}), ${i.memoryMiB} MiB; added to the kernel command line: \`${i.cmdlineExtra}\`; ran ${i.entry}${runtime}; ${i.hostSeconds} s from QEMU start to power-off${i.retried ? ` (${i.retried})` : ''}`;
+}
+
 export function formatReport(r: BenchResult): string {
   const f = r.facts;
   const lines: string[] = [];
   if (f.virtualization.emulated) lines.push(`> **EMULATED CPU (QEMU TCG): these figures are meaningless for performance.** They only show that the benchmark runs.`, '');
-  lines.push(`## aios bench, ${r.when}`, '');
+  lines.push(`## aios bench${r.image ? ` of the image ${r.image.name ?? r.image.file ?? ''}`.trimEnd() : ''}, ${r.when}`, '');
   lines.push('| figure | n | mean | sd | CV | 95 % CI of the mean | min – max | note |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   if (r.figures.pp) lines.push(row(r.figures.pp));
   if (r.figures.tg) lines.push(row(r.figures.tg, r.roofline ? `roofline ${pct(r.roofline.fraction)}` : ''));
@@ -34,6 +45,7 @@ export function formatReport(r: BenchResult): string {
   lines.push(`- runs: ${r.settings.reps} timed repetitions per test, ${r.settings.threads} threads; ${r.settings.warmup}; ${r.seconds.toFixed(0)} s in all`);
   lines.push(`- CPU: ${f.cpu.model} (${f.cpu.vendor}), ${f.cpu.logical} logical CPUs, ${f.cpu.physicalCores} physical cores, ${f.cpu.sockets} socket(s), ${f.numaNodes} NUMA node(s); ${formatSize(f.memoryBytes)} RAM${f.llcBytes ? `; last-level cache ${formatSize(f.llcBytes)} (as reported)` : ''}`);
   lines.push(`- where: ${f.virtualization.summary}`);
+  if (r.image) lines.push(`- image: ${imageLine(r)}`);
   const version = (f.llama.version ?? 'version unknown').replace(/^version:\s*/, '');
   const commit = f.llama.buildCommit && !version.includes(f.llama.buildCommit) ? ` (commit ${f.llama.buildCommit})` : '';
   lines.push(`- llama.cpp: ${version}${commit}, built for ${f.llama.isa ?? 'an unknown ISA level (no llama.json beside the binaries)'}; backend ${f.llama.backends ?? '?'}; ${f.llama.binDir}`);

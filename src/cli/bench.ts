@@ -1,9 +1,10 @@
 /** `aios bench` (llama-bench + memory bandwidth + machine facts) and `aios bench compare a.json b.json`. */
-import type { Command, CommanderError } from 'commander';
+import { Option, type Command, type CommanderError } from 'commander';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import ora from 'ora';
-import { bench, compareResults, formatCompare, formatReport, loadResult } from '../bench/index.js';
+import { bench, compareResults, formatCompare, formatReport, loadResult, type BenchResult } from '../bench/index.js';
+import { benchFromLog, benchImage } from '../bench/image.js';
 import { UserError } from '../util/errors.js';
 
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : s + '\n');
@@ -32,13 +33,36 @@ interface BenchCliOptions {
   cacheDir?: string;
   json?: boolean;
   out?: string;
+  image?: string;
+  fromLog?: string;
+  gguf?: string;
+  timeout?: number;
+  cpus?: number;
+  memory?: number;
+  accel?: 'kvm' | 'tcg';
+  cpu?: string;
+  serialLog?: string;
+}
+
+/** Options that only mean something for one way of running; given with another they are refused (exit 2). */
+function checkModes(o: BenchCliOptions, cmd: Command): void {
+  const given = (k: string) => cmd.getOptionValueSource(k) === 'cli';
+  const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  if (o.image && o.fromLog) throw new UserError('--image and --from-log are alternatives: give one', 2, 'boot an image: --image out/x.raw; read a saved run of the image\'s entry point: --from-log run.log');
+  const refuse = (mode: string, keys: string[], hint: string) => {
+    const bad = keys.filter(given);
+    if (bad.length) throw new UserError(`${bad.map(flag).join(', ')} ${bad.length > 1 ? 'do' : 'does'} not go with ${mode}`, 2, hint);
+  };
+  if (o.image) refuse('--image', ['synth', 'binDir', 'triadBin', 'recipe'], 'the image runs its own llama-bench and bandwidth probe on one of its own models (--model <name or file in the image>)');
+  else if (o.fromLog) refuse('--from-log', ['model', 'synth', 'reps', 'threads', 'pp', 'tg', 'binDir', 'triadBin', 'recipe', 'timeout', 'cpus', 'memory', 'accel', 'cpu', 'serialLog'], 'the settings are those of the saved run; only --gguf (a copy of its model, for the roofline), --json and --out apply');
+  else refuse('a run on this host', ['gguf', 'timeout', 'cpus', 'memory', 'accel', 'cpu', 'serialLog'], 'these are for --image (and --gguf for --from-log)');
 }
 
 export function registerBench(p: Command): void {
   const b = p
     .command('bench')
     .description('benchmark llama.cpp on this machine: llama-bench (pp/tg, N repetitions) + memory bandwidth (triad), with the machine facts that decide the figures')
-    .option('--model <gguf>', 'GGUF model file to benchmark')
+    .option('--model <gguf>', 'GGUF model file to benchmark (with --image: one of the image\'s models, its name or file under /var/lib/aios/models)')
     .option('--synth <shape>:<quant>', 'a synthesized model (random weights, real shape), made once and cached, e.g. tiny:f32, tinyllama-1.1b:Q4_K_M (the default when --model is not given)')
     .option('--reps <n>', 'timed repetitions per test, after a discarded warm-up (≥ 2; use ≥ 10 for figures to report)', int('--reps'), 10)
     .option('--threads <n>', 'threads for llama-bench and the bandwidth probe (default: physical cores)', int('--threads'))
@@ -50,6 +74,15 @@ export function registerBench(p: Command): void {
     .option('--cache-dir <dir>', 'cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
     .option('--json', 'print the result as JSON (the format `bench compare` reads)')
     .option('--out <file>', 'also write the result as JSON to this file (for `aios bench compare`)')
+    .option('--image <raw>', "boot this image in QEMU and run its own entry point (/usr/libexec/aios/bench) on one of its models (--model: its name or file; default the operational model); figures under TCG are meaningless for performance")
+    .option('--from-log <file>', 'read the saved output of /usr/libexec/aios/bench from a machine running an image')
+    .option('--gguf <file>', 'with --image or --from-log: a copy of the benchmarked GGUF on this host, for the bytes per token and the roofline (--image finds it in the build cache when it can)')
+    .option('--timeout <seconds>', 'with --image: give up after this long (boot and benchmark; default 1800)', int('--timeout'))
+    .option('--cpus <n>', "with --image: guest vCPUs (default: 2 under TCG, this host's logical CPUs with KVM)", int('--cpus'))
+    .option('--memory <MiB>', "with --image: guest memory (default: 2048 under TCG; with KVM half of this host's, 2048 to 16384)", int('--memory'))
+    .addOption(new Option('--accel <accel>', 'with --image: force an accelerator (default: KVM if a probe guest runs, else TCG)').choices(['kvm', 'tcg']))
+    .option('--cpu <model>', 'with --image: QEMU CPU model (default: host with KVM, max with TCG)')
+    .option('--serial-log <file>', 'with --image: where to keep the serial log (default: <image>.bench.serial.log)')
     .addHelpText(
       'after',
       `
@@ -63,28 +96,44 @@ Figures from an emulated CPU (QEMU TCG) are meaningless for performance; the rep
 Examples:
   aios bench --synth tinyllama-1.1b:Q4_K_M --out tuned.json
   aios bench --model ~/models/llama-3.2-1b-q4_k_m.gguf --reps 20 --threads 4
+  aios bench --image out/aios-default.raw --out image.json     # KVM: a measurement; TCG: functional only
+  aios bench --from-log run.log --gguf model.gguf --out machine.json
+                          # run.log: stdout of /usr/libexec/aios/bench on a machine running the image
   aios bench compare stock.json tuned.json`,
     )
     .exitOverride(usageErrorsExit2)
     .action(async (o: BenchCliOptions, cmd: Command) => {
       if (cmd.args.length) throw new UserError(`unexpected argument "${cmd.args[0]}"`, 2, 'aios bench takes options only; to compare two results: aios bench compare a.json b.json');
+      checkModes(o, cmd);
       const spinner = !o.json && process.stderr.isTTY ? ora({ text: 'preparing', stream: process.stderr }).start() : undefined;
-      const res = await bench({
-        model: o.model,
-        synth: o.synth,
-        reps: o.reps,
-        threads: o.threads,
-        pp: o.pp,
-        tg: o.tg,
-        binDir: o.binDir,
-        triadBin: o.triadBin,
-        recipe: o.recipe,
-        cacheDir: o.cacheDir,
-        progress: (s) => {
-          if (spinner) spinner.text = s;
-          else if (!o.json) process.stderr.write(`${s}\n`);
-        },
-      }).finally(() => spinner?.stop());
+      const progress = (s: string) => {
+        // The loud line (no KVM) stays on screen; the rest replace each other under a spinner.
+        if (spinner && s.startsWith('NO KVM')) {
+          spinner.warn(s);
+          spinner.start('booting');
+        } else if (spinner) spinner.text = s;
+        else if (!o.json || o.image) process.stderr.write(`${s}\n`);
+      };
+      let res: BenchResult;
+      if (o.image) {
+        res = await benchImage(o.image, { model: o.model, gguf: o.gguf, reps: o.reps, threads: o.threads, pp: o.pp, tg: o.tg, timeout: o.timeout, cpus: o.cpus, memory: o.memory, accel: o.accel, cpu: o.cpu, serialLog: o.serialLog, cacheDir: o.cacheDir, progress }).finally(() => spinner?.stop());
+      } else if (o.fromLog) {
+        res = await benchFromLog(o.fromLog, { gguf: o.gguf }).finally(() => spinner?.stop());
+      } else {
+        res = await bench({
+          model: o.model,
+          synth: o.synth,
+          reps: o.reps,
+          threads: o.threads,
+          pp: o.pp,
+          tg: o.tg,
+          binDir: o.binDir,
+          triadBin: o.triadBin,
+          recipe: o.recipe,
+          cacheDir: o.cacheDir,
+          progress,
+        }).finally(() => spinner?.stop());
+      }
       const json = JSON.stringify(res, null, 2) + '\n';
       if (o.out) {
         const f = resolve(o.out);
