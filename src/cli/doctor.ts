@@ -18,7 +18,9 @@ export function registerDoctor(p: Command): void {
   ).action(async (o: { recipe: string; set: string[]; out: string; cacheDir?: string; json?: boolean }) => {
     const recipe = await loadRecipe(o.recipe, { sets: o.set });
     const checks = hostChecks({ recipe, cacheDir: resolve(o.cacheDir ?? defaultCacheDir()), outDir: resolve(o.out) });
-    const report = await runChecks(checks, 'host', `recipe ${recipe.name} (${relative(process.cwd(), recipe.sources[0]!) || recipe.sources[0]})`);
+    const file = recipe.sources[0]!;
+    const shown = relative(process.cwd(), file).startsWith('..') ? file : relative(process.cwd(), file);
+    const report = await runChecks(checks, 'host', `recipe ${recipe.name} (${shown})`);
     if (o.json) out(JSON.stringify({ target: report.target, subject: report.subject, verdict: report.verdict, findings: report.findings }, null, 2));
     else process.stdout.write(formatReport(report, { colour: wantColour(process.stdout) }));
     process.exitCode = exitCodeOf(report);
