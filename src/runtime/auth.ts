@@ -175,8 +175,11 @@ export class AuthGuard {
     private o: { log: Log; events: RuntimeEvents; backoff?: BackoffOptions; now?: () => number },
   ) {}
 
-  /** Records a refusal; returns how long to wait before answering it (0 for scope refusals). */
-  failure(listener: 'grpc' | 'http', peer: string, reason: string, detail = ''): number {
+  /**
+   * Records a refusal; returns how long to wait before answering it (0 for scope refusals).
+   * `answered: false`: nothing waits (the connection is already gone), so the log does not say it does.
+   */
+  failure(listener: 'grpc' | 'http', peer: string, reason: string, detail = '', o: { answered?: boolean } = {}): number {
     this.o.events.emit('authFailure', { listener, reason });
     const ip = peerIp(peer);
     if (!AUTHENTICATION.has(reason)) {
@@ -190,7 +193,7 @@ export class AuthGuard {
     if (this.peers.size > MAX_PEERS) this.peers.delete(this.peers.keys().next().value!);
     const delay = backoffDelay(rec.failures, this.o.backoff);
     if (logWorthy(rec.failures)) {
-      this.o.log(`${listener}: authentication failed from ${ip}: ${reason}${detail ? ` (${detail})` : ''}${rec.failures > 1 ? `; failure ${rec.failures} from this address` : ''}${delay ? `, answered after ${delay} ms` : ''}`, 'warn');
+      this.o.log(`${listener}: authentication failed from ${ip}: ${reason}${detail ? ` (${detail})` : ''}${rec.failures > 1 ? `; failure ${rec.failures} from this address` : ''}${delay && o.answered !== false ? `, answered after ${delay} ms` : ''}`, 'warn');
     }
     return delay;
   }

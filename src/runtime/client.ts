@@ -5,7 +5,9 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
+import { checkServerIdentity } from 'node:tls';
 import { loadProtos, type Protos } from './server.js';
 import type { AIRuntimeClient } from './generated/aios/runtime/AIRuntime.js';
 import type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -66,8 +68,18 @@ export function connectRuntime(address: string, o: ConnectOptions = {}): Runtime
   const pkg = grpc.loadPackageDefinition(loadProtos()) as unknown as Protos;
   if (!o.tlsDir || address.startsWith('unix:')) return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createInsecure());
   const { ca, cert, key } = readTlsDir(o.tlsDir);
-  const options: grpc.ClientOptions = o.serverName ? { 'grpc.ssl_target_name_override': o.serverName, 'grpc.default_authority': o.serverName } : {};
-  return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createSsl(ca, key, cert), options);
+  if (o.serverName) {
+    const options: grpc.ClientOptions = { 'grpc.ssl_target_name_override': o.serverName, 'grpc.default_authority': o.serverName };
+    return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createSsl(ca, key, cert), options);
+  }
+  const host = address.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  if (isIP(host)) {
+    // An IP address is checked against the certificate's IP SANs as usual, but not sent as the TLS
+    // server name (SNI may not be an IP; Node warns, DEP0123, on every such connection).
+    const options: grpc.ClientOptions = { 'grpc.ssl_target_name_override': 'aios-runtime' };
+    return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createSsl(ca, key, cert, { checkServerIdentity: (_name, c) => checkServerIdentity(host, c) }), options);
+  }
+  return new pkg.aios.runtime.AIRuntime(address, grpc.credentials.createSsl(ca, key, cert));
 }
 
 /** connectRuntime() under its first name. */

@@ -21,7 +21,7 @@ import { postChild, readAll } from './upstream.js';
 import { PARAM_RULES } from './params.js';
 import { authorizeHttp, httpNeed, peerIp, type AuthGuard, type MetricsAuth } from './auth.js';
 import type { KeyStore } from './keys.js';
-import type { TlsMaterial } from './tls.js';
+import { tlsPeer, watchPeers, type TlsMaterial } from './tls.js';
 import type { Log } from './log.js';
 const MAX_BODY = 32 * 1024 * 1024;
 const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k.toLowerCase()]));
@@ -357,8 +357,9 @@ export async function serveHttp(svc: RuntimeService, listen: string, _log: Log =
   if (o.tls) {
     const https = createHttpsServer({ keepAliveTimeout: 65_000, cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 }, front.handle);
     // A plain-text client, a failed or timed-out handshake: OpenSSL's reason only.
+    watchPeers(https);
     https.on('tlsClientError', (e: NodeJS.ErrnoException, s) => {
-      o.guard?.failure('http', peerIp(s?.remoteAddress), 'tls_handshake', (e.code ?? e.message).slice(0, 120));
+      o.guard?.failure('http', tlsPeer(s), 'tls_handshake', (e.code ?? e.message).slice(0, 120), { answered: false });
     });
     // An https.Server has every http.Server method used here (listen, close, closeIdleConnections…).
     server = https as unknown as Server;

@@ -11,7 +11,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import * as tls from 'node:tls';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { RuntimeConfig } from './config.js';
 import { certReason, peerIp, type AuthGuard } from './auth.js';
 
@@ -54,6 +54,19 @@ export function loadTls(rt: RuntimeConfig['runtime'], env: NodeJS.ProcessEnv = p
   return { grpc: ca ? { ...base, ca } : undefined, http: base };
 }
 
+/** Makes each connection remember its peer address (read at once), so that a failed handshake can still name it. */
+export function watchPeers(server: tls.Server): void {
+  server.on('connection', (raw: Socket) => void raw.remoteAddress);
+}
+
+/**
+ * The peer of a TLS socket, also after a failed handshake destroyed it: then only the TCP socket
+ * under it (`_parent`, remembered by watchPeers) still knows.
+ */
+export function tlsPeer(s: tls.TLSSocket | undefined): string {
+  return peerIp(s?.remoteAddress ?? (s as { _parent?: Socket } | undefined)?._parent?.remoteAddress);
+}
+
 export interface TlsListener {
   server: tls.Server;
   port: number;
@@ -78,7 +91,7 @@ export async function listenMutualTls(o: { host: string; port: number; material:
   });
   const refused = new Set<tls.TLSSocket>();
   const refuse = (s: tls.TLSSocket, reason: string, detail: string) => {
-    const wait = o.guard?.failure('grpc', peerIp(s.remoteAddress), reason, detail) ?? 0;
+    const wait = o.guard?.failure('grpc', tlsPeer(s), reason, detail) ?? 0;
     refused.add(s);
     void (o.guard?.delay(wait) ?? Promise.resolve()).then(() => {
       refused.delete(s);
@@ -91,9 +104,10 @@ export async function listenMutualTls(o: { host: string; port: number; material:
     if (s.alpnProtocol !== 'h2') return refuse(s, 'tls_handshake', 'the client did not offer HTTP/2 (ALPN h2)');
     o.accept(s);
   });
+  watchPeers(server);
   server.on('tlsClientError', (e: NodeJS.ErrnoException, s) => {
     // A plain-text client, a wrong protocol, a handshake that timed out: OpenSSL's reason only.
-    o.guard?.failure('grpc', peerIp(s?.remoteAddress), 'tls_handshake', (e.code ?? e.message).slice(0, 120));
+    o.guard?.failure('grpc', tlsPeer(s), 'tls_handshake', (e.code ?? e.message).slice(0, 120), { answered: false });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -268,6 +268,7 @@ describe('aios-runtime access control (mutual TLS, API keys)', () => {
     outputs.push(ps.stdout, ps.stderr);
     expect(ps.exitCode).toBe(0);
     expect(ps.stdout).toMatch(/^NAME\s+STATE/);
+    expect(ps.stderr).toBe(''); // no DEP0123 warning for an IP address as TLS server name
     const plain = await cli(['runtime', 'status', '-a', addr]);
     outputs.push(plain.stderr);
     expect(plain.exitCode).toBe(1);
@@ -293,7 +294,11 @@ describe('aios-runtime access control (mutual TLS, API keys)', () => {
     expect(c.get('grpc/forbidden')).toBeGreaterThanOrEqual(3); // UnloadModel, LoadModel, ListKeys
     expect(logs).toContainEqual(expect.stringMatching(/^grpc: authentication failed from 127\.0\.0\.1: cert_expired \(CERT_HAS_EXPIRED\)/));
     expect(logs).toContainEqual(expect.stringMatching(/^grpc: authentication failed from 127\.0\.0\.1: cert_untrusted/));
-    expect(logs).toContainEqual(expect.stringMatching(/^http: authentication failed from 127\.0\.0\.1: revoked_key \(GET \/v1\/models\)/));
+    expect(logs).toContainEqual(expect.stringMatching(/^http: authentication failed from 127\.0\.0\.1: missing_key \(GET \/v1\/models\)/));
+    expect(logs).toContainEqual(expect.stringMatching(/^grpc: authentication failed from 127\.0\.0\.1: tls_handshake \(ECONNRESET\)/)); // the wrong --tls-server-name: the client hung up
+    expect(logs.filter((l) => / from unknown/.test(l))).toEqual([]);
+    // A flood does not flood the log: after ten failures from an address, only every power of two.
+    expect(logs.filter((l) => /authentication failed from 127\.0\.0\.1/.test(l)).length).toBeLessThan(c.get('http/missing_key')! + c.get('http/invalid_key')! + c.get('http/revoked_key')! + c.get('grpc/tls_handshake')! + c.get('grpc/cert_untrusted')! + c.get('grpc/cert_expired')!);
     expect(logs).toContainEqual(expect.stringMatching(/^grpc: refused from 127\.0\.0\.1: forbidden: UnloadModel needs the admin scope/));
   });
 
@@ -326,13 +331,18 @@ describe('aios-runtime access control (mutual TLS, API keys)', () => {
     expect(ok.ms).toBeLessThan(300);
   });
 
-  it('after a restart (HTTP over TLS now): made keys and revocations persist; plain HTTP to the TLS port is refused', { timeout: 120_000 }, async () => {
+  it('after a restart (HTTP over TLS, gRPC on an address not in the certificate): made keys and revocations persist; plain HTTP to the TLS port is refused; --tls-server-name reaches the unnamed address', { timeout: 120_000 }, async () => {
     const created = await cli(['runtime', 'keys', 'create', '--json', '-a', `unix:${socket}`]);
     const k = JSON.parse(created.stdout) as { id: string; key: string };
     apiKeys.push(k.key);
     expect((await cli(['runtime', 'keys', 'revoke', pki.httpKeyId, '-a', `unix:${socket}`])).stdout).toMatch(/^revoked /);
     await daemon.stop();
-    daemon = await startDaemon(runtimeConfig(config.runtime.llama_server, { http_tls: 'on' }), { log: (s) => logs.push(s), backoff: BACKOFF_TEST });
+    // gRPC now on 127.0.0.3, an address the server certificate does not name (its SANs: aios-test, aios-test.lan, localhost, 127.0.0.1, ::1).
+    daemon = await startDaemon(runtimeConfig(config.runtime.llama_server, { http_tls: 'on', listen: '127.0.0.3:0' }), { log: (s) => logs.push(s), backoff: BACKOFF_TEST });
+    const at3 = `127.0.0.3:${daemon.listening.tcpPort}`;
+    const wrongName = await failure(call({ address: at3, tlsDir: pki.dir }, 'HealthCheck', {}));
+    expect(explainError(wrongName, at3, { tlsDir: pki.dir })).toMatch(/certificate is not valid for the name "127\.0\.0\.3"; pass --tls-server-name/);
+    expect(await call({ address: at3, tlsDir: pki.dir, serverName: 'aios-test' }, 'HealthCheck', {})).toMatchObject({ ready: true });
     const port = daemon.http!.port;
     const get = (path: string, key?: string) =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {

@@ -296,3 +296,16 @@ describe('the CLI picks its TLS dir', () => {
     expect(tlsOf({ address: '10.0.0.7:50051' }, out)).toEqual({ serverName: undefined }); // two: no guess
   });
 });
+
+describe('the guard log', () => {
+  it('says an answer waits only when one does', () => {
+    const log: string[] = [];
+    const g = new AuthGuard({ log: (l) => log.push(l), events: new RuntimeEvents(), backoff: { ...BACKOFF, free: 0 } });
+    expect(g.failure('grpc', '10.0.0.9', 'tls_handshake', 'ECONNRESET', { answered: false })).toBe(200);
+    expect(g.failure('grpc', '10.0.0.9', 'cert_expired', 'CERT_HAS_EXPIRED')).toBe(400);
+    expect(log).toEqual([
+      'grpc: authentication failed from 10.0.0.9: tls_handshake (ECONNRESET)',
+      'grpc: authentication failed from 10.0.0.9: cert_expired (CERT_HAS_EXPIRED); failure 2 from this address, answered after 400 ms',
+    ]);
+  });
+});
