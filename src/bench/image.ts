@@ -138,6 +138,7 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
   say(`booting ${basename(image)} with ${accel.toUpperCase()}, ${vcpus} vCPUs, ${memory} MiB (timeout ${timeout} s); serial log ${serialLog}`);
 
   let seen = 0;
+  const t0 = Date.now();
   let loginSince: number | undefined;
   const isa = manifest?.llama?.isa;
   const boot = await watchedBoot(image, {
@@ -154,7 +155,8 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
     onProgress: say,
     onLog: (log) => {
       const p = guestProgress(log);
-      for (const line of p.slice(seen)) say(`guest: ${line}`);
+      const at = `${Math.round((Date.now() - t0) / 1000)} s`;
+      for (const line of p.slice(seen)) say(`guest (${at}): ${line}`);
       seen = p.length;
     },
     // A guest at its login prompt that never starts the entry point: an image without aios-bench.service.

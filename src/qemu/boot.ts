@@ -99,8 +99,10 @@ export async function watchedBoot(image: string, o: WatchedBootOptions): Promise
     }
     if (done && !exited) {
       // The guest powers off by itself (SuccessAction=poweroff); end QEMU if it does not.
-      const grace = new Promise((r) => setTimeout(r, (o.powerOffGrace ?? 60) * 1000));
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise((r) => (timer = setTimeout(r, (o.powerOffGrace ?? 60) * 1000)));
       await Promise.race([child, grace]);
+      clearTimeout(timer); // a pending timer would keep the process alive after the result is out
       if (!exited) child.kill('SIGTERM');
     }
     const res = await child;
