@@ -57,6 +57,7 @@ describe('the CLI', () => {
       'runtime keys revoke',
       'ps',
       'qemu-test',
+      'doctor',
       'qemu',
       'flash',
       'docs',
