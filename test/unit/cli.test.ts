@@ -57,9 +57,9 @@ describe('the CLI', () => {
       'runtime keys revoke',
       'ps',
       'qemu-test',
-      'doctor',
       'qemu',
       'flash',
+      'doctor',
       'docs',
       'docs recipe',
     ]);
