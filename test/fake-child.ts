@@ -72,6 +72,11 @@ export class FakeLauncher implements Launcher {
         res.writeHead(this.b.healthy && n > this.b.loadingPolls ? 200 : 503).end('{}');
         return;
       }
+      if (req.url === '/metrics') {
+        // llama-server's Prometheus text (a scrape of the runtime's /metrics reads it).
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end('# HELP llamacpp:requests_processing Number of requests processing.\n# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 0\n');
+        return;
+      }
       let body = '';
       req.on('data', (c) => (body += c));
       req.on('end', () => {

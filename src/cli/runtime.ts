@@ -6,7 +6,7 @@
 import { Option, type Command } from 'commander';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient } from '../runtime/client.js';
+import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient, SpendReport } from '../runtime/client.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
@@ -105,6 +105,39 @@ export function keysTable(keys: ApiKey[]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd()).join('\n');
 }
 
+/** `aios ps`: the strategic layer's providers, with this month's spend against each budget (never a key). */
+export function providersTable(r: SpendReport): string {
+  const rows = [['PROVIDER', 'MODEL', 'SPENT/BUDGET', 'REQUESTS', 'STATE']];
+  for (const p of r.providers) rows.push([`${p.name} (${p.provider}${p.fallback_only ? ', fallback' : ''})`, p.model, `$${p.spent_usd.toFixed(2)}/$${p.budget_usd.toFixed(2)}`, String(p.requests), p.unavailable || 'ok']);
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((x) => x[i]!.length)));
+  return ['', `strategic layer, ${r.month}:`, ...rows.map((x) => x.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd())].join('\n');
+}
+
+/** `aios runtime spend`: one line per cloud provider (spend, budget, remaining, requests, tokens). */
+export function spendTable(r: SpendReport): string {
+  if (!r.providers.length) return `no cloud providers ([api.<name>] tables) on this runtime`;
+  const d = (n: number) => `$${n.toFixed(2)}`;
+  const rows = [['PROVIDER', 'MODEL', 'SPENT', 'BUDGET', 'REMAINING', 'REQUESTS', 'FAILED', 'IN', 'OUT', 'CACHE R/W', 'REASONING', 'NOTE']];
+  for (const p of r.providers) {
+    rows.push([
+      `${p.name}${p.fallback_only ? ' (fallback)' : ''}`,
+      p.model,
+      d(p.spent_usd),
+      d(p.budget_usd),
+      d(p.remaining_usd),
+      String(p.requests),
+      String(p.failures),
+      String(p.input_tokens),
+      String(p.output_tokens),
+      `${p.cache_read_tokens}/${p.cache_write_tokens}`,
+      String(p.reasoning_tokens),
+      [p.reserved_usd > 0 ? `${d(p.reserved_usd)} reserved (calls out)` : '', p.unavailable].filter(Boolean).join('; ') || '-',
+    ]);
+  }
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((x) => x[i]!.length)));
+  return [`month ${r.month} (UTC)${r.ledger_dir ? `, ledger ${r.ledger_dir}` : ''}`, ...rows.map((x) => x.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd())].join('\n');
+}
+
 export function registerRuntime(p: Command): void {
   const rt = p.command('runtime').description('aios-runtime: the model service (also runs outside the image)');
   rt.command('serve')
@@ -123,8 +156,11 @@ export function registerRuntime(p: Command): void {
   addressOption(p.command('ps').description('models loaded in a running aios-runtime: memory (estimate, actual), slots, priority queues, idle-until').option('--json', 'print JSON')).action(async (o: Conn & { json?: boolean }) => {
     await withRuntimeClient(o.address, async (c, { unary }) => {
       const [h, l] = await Promise.all([unary(c, 'HealthCheck', {}, 5000), unary(c, 'ListModels', {}, 5000)]);
-      if (o.json) return void out(JSON.stringify({ memory: { budgetBytes: h.memory_budget_bytes, usedBytes: h.memory_used_bytes }, queued: h.queued, models: l.models }, null, 2));
+      // The strategic layer's providers (Spend needs the admin scope: without it, none are shown).
+      const spend = await unary(c, 'Spend', {}, 5000).catch(() => undefined);
+      if (o.json) return void out(JSON.stringify({ memory: { budgetBytes: h.memory_budget_bytes, usedBytes: h.memory_used_bytes }, queued: h.queued, models: l.models, providers: spend?.providers ?? [] }, null, 2));
       out(psTable(l.models, h));
+      if (spend?.providers.length) out(providersTable(spend));
     }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`cannot reach aios-runtime at ${o.address}: ${e.message}`, 1);
     });
@@ -230,6 +266,21 @@ export function registerRuntime(p: Command): void {
       out(o.json ? JSON.stringify(r.keys, null, 2) : keysTable(r.keys));
     }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`keys list: ${e.message}`, 1);
+    });
+  });
+  addressOption(
+    rt
+      .command('spend')
+      .description("the strategic layer's cloud spend per provider for a month (from the runtime's crash-safe ledger): spent, budget, remaining, requests, tokens by kind")
+      .option('--month <YYYY-MM>', 'a past month (UTC); default this month')
+      .option('--json', 'print JSON'),
+  ).action(async (o: Conn & { month?: string; json?: boolean }) => {
+    if (o.month && !/^\d{4}-(0[1-9]|1[0-2])$/.test(o.month)) throw new UserError(`spend: --month must be YYYY-MM (got "${o.month}")`, 2);
+    await withRuntimeClient(o.address, async (c, { unary }) => {
+      const r = await unary(c, 'Spend', { month: o.month ?? '' }, 10_000);
+      out(o.json ? JSON.stringify(r, null, 2) : spendTable(r));
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`spend: ${e.message}`, 1);
     });
   });
   addressOption(keys.command('revoke').description('revoke a key by its id (a build-time key too); refused from the next request on').argument('<id>', 'the key id (aios runtime keys list)')).action(async (id: string, o: Conn) => {

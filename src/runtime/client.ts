@@ -24,6 +24,8 @@ import type { CreateKeyRequest } from './generated/aios/runtime/CreateKeyRequest
 import type { CreatedKey__Output } from './generated/aios/runtime/CreatedKey.js';
 import type { KeyList__Output } from './generated/aios/runtime/KeyList.js';
 import type { RevokeKeyRequest } from './generated/aios/runtime/RevokeKeyRequest.js';
+import type { SpendRequest } from './generated/aios/runtime/SpendRequest.js';
+import type { SpendReport__Output } from './generated/aios/runtime/SpendReport.js';
 
 export type RuntimeClient = AIRuntimeClient;
 export type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -32,6 +34,7 @@ export type { ModelStatus__Output as ModelStatus } from './generated/aios/runtim
 export type { HealthStatus__Output as HealthStatus } from './generated/aios/runtime/HealthStatus.js';
 export type PullProgress = PullProgress__Output;
 export type { ApiKey__Output as ApiKey } from './generated/aios/runtime/ApiKey.js';
+export type { SpendReport__Output as SpendReport } from './generated/aios/runtime/SpendReport.js';
 
 /** The files a TLS dir holds (`aios build` writes them into out/<name>.pki/; `--tls-dir`, AIOS_TLS_DIR). */
 export const TLS_DIR_FILES = { ca: 'ca.crt', cert: 'client.crt', key: 'client.key', httpKey: 'http-key' } as const;
@@ -129,6 +132,7 @@ interface Unary {
   CreateKey: { req: CreateKeyRequest; res: CreatedKey__Output };
   ListKeys: { req: Empty; res: KeyList__Output };
   RevokeKey: { req: RevokeKeyRequest; res: Status__Output };
+  Spend: { req: SpendRequest; res: SpendReport__Output };
 }
 
 /** One unary call with a deadline. */

@@ -36,6 +36,66 @@ const ModelLayer = z.strictObject({
   unload_after_idle: z.string().regex(/^\d+(ms|s|m|h)$/).default('5m'),
 });
 
+/** A string that looks like an API key rather than a credential name or a path. */
+export function looksLikeKey(v: string): boolean {
+  return /^(sk-|sk_|xai-|AIza|AKIA|ghp_)/.test(v) || (/^[A-Za-z0-9_\-.]{32,}$/.test(v) && /\d/.test(v) && /[A-Za-z]/.test(v));
+}
+
+const price = z.number().min(0).optional();
+
+/** One cloud provider of the strategic layer ([api.<name>]; docs/runtime.md#strategic-layer). */
+export const CloudProviderSchema = z
+  .strictObject({
+    provider: z.enum(['anthropic', 'openai']).describe('anthropic (Messages API) | openai (chat completions: OpenAI, or any compatible endpoint such as a remote aios or vLLM)'),
+    model: z.string().min(1).describe('the provider\'s model name'),
+    base_url: z.string().default('').describe('"" = the provider\'s public endpoint; else as the official client takes it (OpenAI-compatible: ending in /v1)'),
+    key_file: z.string().default('').describe('the API key: a systemd credential name (LoadCredential=) or an absolute path (mode 0600); "" = a credential named like the table. Never the key itself'),
+    max_tokens: z.number().int().positive().default(4096).describe('tokens generated when a request sets none, and the most it may ask for'),
+    monthly_budget_usd: z.number().min(0).describe('spend allowed per calendar month (UTC); a request whose worst case does not fit is not sent'),
+    rate_limit_rpm: z.number().int().min(0).default(0).describe('requests per minute (token bucket); 0 = no limit'),
+    rate_limit_tpm: z.number().int().min(0).default(0).describe('tokens per minute (worst case: prompt bound + max_tokens); 0 = no limit'),
+    fallback_only: z.boolean().default(false).describe('used only when the providers before it cannot answer'),
+    timeout: duration.default('60s').describe('per call; a timeout is a failure that tries the next provider'),
+    price_input_per_mtok: price.describe('USD per million input tokens (default: the shipped price table)'),
+    price_output_per_mtok: price,
+    price_cache_read_per_mtok: price,
+    price_cache_write_per_mtok: price,
+    price_reasoning_per_mtok: price,
+    // Refused with a message that says how to give a key (superRefine below).
+    api_key: z.unknown().optional(),
+    key: z.unknown().optional(),
+  })
+  .superRefine((p, ctx) => {
+    for (const k of ['api_key', 'key'] as const) {
+      if (p[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: 'a key never goes into the config: put it in a file and name it with key_file (a systemd credential name from /etc/aios/credentials/, or an absolute path with mode 0600)' });
+    }
+    if (looksLikeKey(p.key_file)) ctx.addIssue({ code: 'custom', path: ['key_file'], message: 'looks like a key itself: key_file names a systemd credential (LoadCredential=) or an absolute path with mode 0600 that holds the key, never the key' });
+    if (looksLikeKey(p.base_url.replace(/^.*[?&=/]/, ''))) ctx.addIssue({ code: 'custom', path: ['base_url'], message: 'seems to carry a key: keys go into key_file only' });
+  });
+
+export type CloudProviderConfig = z.output<typeof CloudProviderSchema>;
+
+/** [api] as the runtime reads it: the strategic layer's settings, and one table per provider by name. */
+export interface ApiConfig {
+  local_fallback: '' | 'operational' | 'tactical';
+  ledger_dir: string;
+  [name: string]: CloudProviderConfig | string;
+}
+
+/** [api]: the strategic layer's settings and one [api.<name>] table per cloud provider, in order of preference. */
+const Api = z
+  .object({
+    local_fallback: z.enum(['', 'operational', 'tactical']).default('').describe('"" = none; else the local level that answers (marked as such) when no cloud provider can'),
+    ledger_dir: z.string().default('').describe('the spend ledger; "" = $STATE_DIRECTORY/ledger (systemd StateDirectory=), else /var/lib/aios/ledger'),
+  })
+  // (typed by hand: zod's type of an object with a catchall loses the named keys)
+  .catchall(CloudProviderSchema) as unknown as z.ZodType<ApiConfig, Record<string, unknown>>;
+
+/** The [api.<name>] tables in config order. */
+export function cloudProviders(c: { api: Record<string, unknown> }): [string, CloudProviderConfig][] {
+  return Object.entries(c.api).filter(([, v]) => typeof v === 'object' && v !== null) as [string, CloudProviderConfig][];
+}
+
 export const RuntimeConfigSchema = z.strictObject({
   runtime: z
     .strictObject({
@@ -96,6 +156,7 @@ export const RuntimeConfigSchema = z.strictObject({
       }
     })
     .prefault({}),
+  api: Api.prefault({}),
 });
 
 export type RuntimeConfig = z.output<typeof RuntimeConfigSchema>;

@@ -63,7 +63,14 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
 
   const launcher = o.service?.launcher ?? new LlamaServerLauncher(config.runtime.llama_server);
   if (launcher instanceof LlamaServerLauncher) launcher.log = (s) => log(s, 'debug');
-  const service = new RuntimeService(config, log, { ...o.service, launcher });
+  let service: RuntimeService;
+  try {
+    // Reads the strategic layer's keys and ledger too: a missing credential refuses the start.
+    service = new RuntimeService(config, log, { ...o.service, launcher });
+  } catch (e) {
+    if (launcher instanceof LlamaServerLauncher) launcher.discardEarly();
+    throw e;
+  }
   const guard = new AuthGuard({ log, events: service.events, backoff: o.backoff });
   // The operational model starts loading first: llama-server reads its weights while the front
   // ends are set up (the daemon is ready only when both are done).

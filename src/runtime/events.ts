@@ -32,6 +32,8 @@ export interface RuntimeEventMap {
   /** Auto-install progress of a catalog model. */
   download: [{ model: string; bytes: number; total: number; done: boolean }];
   /** A refused authentication or authorization (auth.ts's AuthGuard): which listener, and why (never the credentials). */
+  /** A cloud call of the strategic layer ended (cloud.ts): tokens by kind and its settled cost. */
+  cloud: [{ provider: string; model: string; status: 'ok' | 'error' | 'cancelled' | 'lost'; tokens: { input: number; output: number; cacheRead: number; cacheWrite: number; reasoning: number }; costUsd: number; latencyMs: number }];
   authFailure: [{ listener: 'grpc' | 'http'; reason: string }];
 }
 

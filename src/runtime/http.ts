@@ -18,6 +18,9 @@ import type { RuntimeService, Slot } from './service.js';
 import { Metrics } from './metrics.js';
 import { LEVELS } from './router.js';
 import { postChild, readAll } from './upstream.js';
+import { randomUUID } from 'node:crypto';
+import { ms } from './defaults.js';
+import type { ChatMessage } from './cloud.js';
 import { PARAM_RULES } from './params.js';
 import { authorizeHttp, httpNeed, peerIp, type AuthGuard, type MetricsAuth } from './auth.js';
 import type { KeyStore } from './keys.js';
@@ -64,8 +67,25 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
 }
 
 function sendError(res: ServerResponse, e: RuntimeError): void {
-  sendJson(res, httpStatus(e.code), errorBody(e), e.code === Code.RESOURCE_EXHAUSTED ? { 'retry-after': '1' } : {});
+  const retry = (e as { retryAfterS?: number }).retryAfterS;
+  sendJson(res, httpStatus(e.code), errorBody(e), e.code === Code.RESOURCE_EXHAUSTED || retry ? { 'retry-after': String(retry ?? 1) } : {});
 }
+
+/** An OpenAI chat body's messages as the cloud gateway takes them (text only). */
+export function chatMessages(v: unknown): ChatMessage[] {
+  if (!Array.isArray(v) || !v.length) throw new RuntimeError(Code.INVALID_ARGUMENT, 'messages: must be a non-empty array');
+  return v.map((m: { role?: unknown; content?: unknown }, i) => {
+    const role = m?.role === 'developer' ? 'system' : m?.role;
+    if (role !== 'system' && role !== 'user' && role !== 'assistant') throw new RuntimeError(Code.INVALID_ARGUMENT, `messages[${i}].role: the strategic layer takes system, developer, user and assistant messages (got ${JSON.stringify(m?.role)})`);
+    let content: string;
+    if (typeof m.content === 'string') content = m.content;
+    else if (Array.isArray(m.content) && m.content.every((p: { type?: unknown; text?: unknown }) => p?.type === 'text' && typeof p.text === 'string')) content = m.content.map((p: { text: string }) => p.text).join('');
+    else throw new RuntimeError(Code.INVALID_ARGUMENT, `messages[${i}].content: must be a string or text parts`);
+    return { role, content };
+  });
+}
+
+const FINISH: Record<string, string> = { end_turn: 'stop', stop_sequence: 'stop', max_tokens: 'length', tool_use: 'tool_calls', refusal: 'content_filter' };
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const parts: Buffer[] = [];
@@ -216,6 +236,10 @@ export class HttpFront {
     const created = Math.floor(this.svc.startedAt / 1000);
     for (const { level, profile } of this.svc.router.configured()) out.set(profile.name, { id: profile.name, object: 'model', created, owned_by: 'aios', level, state: 'unloaded' });
     for (const m of this.svc.models()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
+    // The strategic layer's cloud models (nothing about their keys).
+    for (const p of this.svc.cloud.enabled ? this.svc.cloud.view() : []) {
+      if (!out.has(p.model)) out.set(p.model, { id: p.model, object: 'model', created, owned_by: p.name, level: 'strategic', state: p.unavailable ? `unavailable: ${p.unavailable}` : 'cloud' });
+    }
     for (const e of this.svc.catalog()) {
       if (out.has(e.id) || [...out.values()].some((m) => m.id === e.file.replace(/\.gguf$/, ''))) continue;
       const installed = existsSync(join(this.svc.config.models.model_dir, e.file));
@@ -256,6 +280,10 @@ export class HttpFront {
     };
     const isLevel = (LEVELS as readonly string[]).includes(model);
     try {
+      if (this.svc.cloud.handles(model)) {
+        if (path !== '/v1/chat/completions') throw new RuntimeError(Code.INVALID_ARGUMENT, `the strategic layer (model "${model}") is served on /v1/chat/completions`);
+        return await this.cloudChat(body, stream, priority, model, params, res, cancel.signal, path);
+      }
       await this.svc.withSlot(
         { model: isLevel ? '' : model, level: isLevel ? model : '', priority, deadline: 0, params, onProgress: progress },
         cancel.signal,
@@ -271,19 +299,76 @@ export class HttpFront {
   }
 
   /**
+   * A strategic chat completion through the cloud gateway (service.strategic), answered in OpenAI's
+   * format (streamed: chat.completion.chunk events, the usage last with stream_options.include_usage);
+   * `x-aios-provider` / `x-aios-model` say who answered. A stream's headers go out with its first
+   * text, so a provider that fails before it is replaced by the next one unseen.
+   */
+  private async cloudChat(body: Record<string, unknown>, stream: boolean, priority: PriorityName, model: string, params: Record<string, unknown>, res: ServerResponse, cancel: AbortSignal, path: string): Promise<void> {
+    const messages = chatMessages(body.messages);
+    const p = { ...params, max_tokens: body.max_completion_tokens ?? params.max_tokens };
+    const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+    const id = `chatcmpl-${randomUUID()}`;
+    const created = Math.floor(Date.now() / 1000);
+    let served = { provider: '', model: '' };
+    let opened = false;
+    const head = (provider: string, m: string) => {
+      served = { provider, model: m };
+      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-aios-provider': provider, 'x-aios-model': m });
+    };
+    const chunk = (delta: object, finish: string | null) => `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: served.model, choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+    const open = () => {
+      if (!opened) res.write(chunk({ role: 'assistant', content: '' }, null));
+      opened = true;
+    };
+    const onText = stream
+      ? (t: string) => {
+          if (res.destroyed) return;
+          open();
+          res.write(chunk({ content: t }, null));
+        }
+      : undefined;
+    const lf = this.svc.config.api.local_fallback;
+    const local = async () => {
+      await this.svc.withSlot({ model: '', level: lf, priority, deadline: 0, params }, cancel, (slot) => this.relay(slot, path, body, stream, res, { 'x-aios-provider': 'local', 'x-aios-fallback': 'strategic' }));
+      return { text: '', tokensUsed: 0, promptTokens: 0, completionTokens: 0, latencyMs: 0, modelUsed: '', provider: 'local' };
+    };
+    const out = await this.svc.strategic({ messages, params: p, priority, deadline: Date.now() + ms(this.svc.config.runtime.request_timeout), only: model, onStart: stream ? head : undefined }, cancel, onText, local);
+    if (out.provider === 'local' || !out.answer) return;
+    const a = out.answer;
+    const usage = {
+      prompt_tokens: a.promptTokens,
+      completion_tokens: a.completionTokens,
+      total_tokens: a.promptTokens + a.completionTokens,
+      prompt_tokens_details: { cached_tokens: a.tokens.cacheRead },
+      completion_tokens_details: { reasoning_tokens: a.tokens.reasoning },
+    };
+    const finish = FINISH[a.finishReason] ?? a.finishReason;
+    const headers = { 'x-aios-provider': a.provider, 'x-aios-model': a.model, 'x-aios-cost-usd': a.costUsd.toFixed(6) };
+    if (!stream) {
+      return sendJson(res, 200, { id, object: 'chat.completion', created, model: a.model, choices: [{ index: 0, message: { role: 'assistant', content: a.text }, finish_reason: finish }], usage }, headers);
+    }
+    head(a.provider, a.model);
+    open();
+    res.write(chunk({}, finish));
+    if (includeUsage) res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: a.model, choices: [], usage })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  }
+
+  /**
    * One completion on a child's slot: the body (with the model's defaults where the client set
    * none) goes to the same endpoint, and the answer's bytes come back unchanged as they arrive —
    * llama-server already names the model as clients know it (--alias) — so relaying costs no
    * parsing per token; only the final usage is read, from the last bytes.
    */
-  private async relay(slot: Slot, path: string, body: Record<string, unknown>, stream: boolean, res: ServerResponse): Promise<void> {
+  private async relay(slot: Slot, path: string, body: Record<string, unknown>, stream: boolean, res: ServerResponse, extra: Record<string, string> = {}): Promise<void> {
     const payload: Record<string, unknown> = { ...body };
     delete payload.model; // one model per child: llama-server answers with its alias, the name clients use
     if (payload.max_tokens == null && payload.max_completion_tokens == null && payload.n_predict == null) payload.max_tokens = slot.maxTokens;
     if (payload.temperature == null) payload.temperature = slot.temperature;
     const g0 = performance.now();
     const up = await postChild(slot.port, path, Buffer.from(JSON.stringify(payload)), slot.signal);
-    const headers = { 'x-aios-model': slot.model, 'x-aios-queued-ms': String(slot.queuedMs) };
+    const headers = { 'x-aios-model': slot.model, 'x-aios-queued-ms': String(slot.queuedMs), ...extra };
 
     if (up.statusCode !== 200) {
       const text = await readAll(up);

@@ -126,8 +126,18 @@ export class Metrics {
   private downloadBytes = new Series('aios_model_download_bytes', 'gauge', 'Bytes of the current or last download of a model');
   private authFailures = new Series('aios_auth_failures_total', 'counter', 'Refused authentications and calls outside their scope, by listener (grpc, http) and reason');
 
+  private cloudRequests = new Series('aios_cloud_requests_total', 'counter', 'Strategic-layer cloud calls, by provider ([api.<name>]), model and how they ended (ok, error, cancelled)');
+  private cloudTokens = new Series('aios_cloud_tokens_total', 'counter', 'Tokens of cloud calls by provider and kind (input, output, cache_read, cache_write, reasoning)');
+  private cloudLatency = new Histogram('aios_cloud_latency_seconds', 'From sending a cloud call to its last token', SECONDS_BUCKETS);
+
   constructor(private svc: RuntimeService) {
     const ev = svc.events;
+    ev.on('cloud', (c) => {
+      this.cloudRequests.inc({ provider: c.provider, model: c.model, status: c.status });
+      const kinds = { input: c.tokens.input, output: c.tokens.output, cache_read: c.tokens.cacheRead, cache_write: c.tokens.cacheWrite, reasoning: c.tokens.reasoning };
+      for (const [kind, n] of Object.entries(kinds)) this.cloudTokens.inc({ provider: c.provider, kind }, n);
+      if (c.status === 'ok') this.cloudLatency.observe({ provider: c.provider }, c.latencyMs / 1000);
+    });
     ev.on('request', (r) => {
       this.requests.inc({ model: r.model, priority: r.priority, status: r.status });
       if (r.status === 'ok' || r.queuedMs > 0) this.queueWait.observe({ model: r.model, priority: r.priority }, r.queuedMs / 1000);
@@ -214,6 +224,21 @@ export class Metrics {
     add(this.tps, 'histogram');
     add(this.tokens, 'counter');
     add(this.authFailures, 'counter');
+
+    // The strategic layer: spend (this month, from the ledger's totals) against each budget.
+    if (this.svc.cloud.enabled) {
+      const spend = new Series('aios_cloud_spend_usd', 'gauge', 'USD spent this calendar month (UTC) per provider: settled calls plus open reservations');
+      const budget = new Series('aios_cloud_budget_usd', 'gauge', 'Monthly budget per provider (api.<name>.monthly_budget_usd)');
+      for (const p of this.svc.cloud.view()) {
+        spend.set({ provider: p.name }, p.spentUsd);
+        budget.set({ provider: p.name }, p.budgetUsd);
+      }
+      add(this.cloudRequests, 'counter');
+      add(this.cloudTokens, 'counter');
+      add(spend, 'gauge');
+      add(budget, 'gauge');
+      add(this.cloudLatency, 'histogram');
+    }
 
     // Children: /metrics of each ready llama-server (it does not touch the idle clock).
     const up = new Series('aios_child_metrics_up', 'gauge', '1 if the model\'s llama-server answered /metrics in this scrape');

@@ -138,6 +138,34 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       return { info: toApiKey(made.info), key: made.key };
     }),
     ListKeys: unary(async () => ({ keys: keyStore(o.keys).list().map(toApiKey) })),
+    Spend: unary(async (r) => {
+      if (r.month && !/^\d{4}-(0[1-9]|1[0-2])$/.test(r.month)) throw new RuntimeError(Code.INVALID_ARGUMENT, `month: must be YYYY-MM (got "${r.month}")`);
+      const view = svc.cloud.view(r.month || undefined);
+      return {
+        month: view[0]?.month || r.month || new Date().toISOString().slice(0, 7),
+        months: svc.cloud.enabled ? svc.cloud.months() : [],
+        ledger_dir: svc.cloud.enabled ? svc.cloud.ledger.dir : '',
+        providers: view.map((p) => ({
+          name: p.name,
+          provider: p.provider,
+          model: p.model,
+          budget_usd: p.budgetUsd,
+          spent_usd: p.spentUsd,
+          reserved_usd: p.reservedUsd,
+          remaining_usd: p.remainingUsd,
+          requests: p.requests,
+          failures: p.failures,
+          input_tokens: p.tokens.input,
+          output_tokens: p.tokens.output,
+          cache_read_tokens: p.tokens.cacheRead,
+          cache_write_tokens: p.tokens.cacheWrite,
+          reasoning_tokens: p.tokens.reasoning,
+          fallback_only: p.fallbackOnly,
+          rate_limit_rpm: p.rateLimitRpm,
+          unavailable: p.unavailable,
+        })),
+      };
+    }),
     RevokeKey: unary(async (r) => {
       const store = keyStore(o.keys);
       let done: boolean;
@@ -189,7 +217,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       Promise.resolve()
         .then(() => svc.infer(inferInput(call.request), ctrl.signal))
         .then(
-          (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens }),
+          (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0 }),
           (e) => cb(grpcError(e)),
         );
     },
@@ -201,7 +229,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
         .then(() => svc.infer(inferInput(call.request), ctrl.signal, (t) => call.write({ text: t, done: false }), progress))
         .then(
           (o) => {
-            call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed });
+            call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0 });
             call.end();
           },
           (e) => call.emit('error', grpcError(e)),

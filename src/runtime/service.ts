@@ -23,6 +23,7 @@ import { postChild, readAll, sseData } from './upstream.js';
 import type { Log } from './log.js';
 import { catalog, type CatalogEntry } from '../models/catalog.js';
 import { parseSize } from '../util/size.js';
+import { CloudGateway, CloudUnavailable, type ChatMessage, type CloudAnswer, type GatewayOptions } from './cloud.js';
 
 export type { LoadProgress, ProgressPhase } from './install.js';
 export type { ModelInfo } from './supervisor.js';
@@ -79,6 +80,10 @@ export interface InferOutput {
   completionTokens: number;
   latencyMs: number;
   modelUsed: string;
+  /** Strategic requests: the [api.<name>] table that answered, or "local" (api.local_fallback). */
+  provider?: string;
+  /** Strategic requests: the settled cost in USD. */
+  costUsd?: number;
 }
 
 /** A model as the front ends list it: its state and memory, and its queue per priority. */
@@ -100,6 +105,8 @@ export interface ServiceOptions {
   launcher?: Launcher;
   /** Passed to the supervisor (tests shorten the children's backoff and polling). */
   supervisor?: Partial<SupervisorOptions>;
+  /** The cloud gateway's clock and environment (tests inject a month; credentials). */
+  cloud?: Pick<GatewayOptions, 'now' | 'env'>;
 }
 
 export class RuntimeService {
@@ -113,6 +120,8 @@ export class RuntimeService {
   private readonly supervisor: Supervisor;
   private readonly scheduler: Scheduler;
   private readonly installer: Installer;
+  /** The strategic layer (cloud.ts); no [api.<name>] table = disabled. */
+  readonly cloud: CloudGateway;
 
   constructor(
     readonly config: RuntimeConfig,
@@ -154,6 +163,7 @@ export class RuntimeService {
     });
     this.router = new Router(config, () => this.catalog(), (name) => (this.supervisor.has(name) ? this.supervisor.profileOf(name) : undefined));
     this.installer = new Installer(config.models.model_dir, this.events, log);
+    this.cloud = new CloudGateway(config, { log, events: this.events, ...o.cloud });
     this.events.on('unload', ({ model, reason }) => {
       if (reason === 'request' || reason === 'shutdown') this.scheduler.failAll(model, new RuntimeError(Code.UNAVAILABLE, `model ${model} was unloaded while the request was queued`));
     });
@@ -346,6 +356,10 @@ export class RuntimeService {
     if (!Number.isInteger(i.timeoutMs) || i.timeoutMs < 0) throw new RuntimeError(Code.INVALID_ARGUMENT, `timeout_ms: must be 0 (the server's request_timeout) or a positive number of milliseconds (got ${i.timeoutMs})`);
     const t0 = Date.now();
     const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
+    if (i.intelligenceLevel === 'strategic' || (i.model && this.cloud.handles(i.model))) {
+      const messages: ChatMessage[] = [...(i.systemPrompt ? [{ role: 'system' as const, content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
+      return this.strategic({ messages, params: i.params, priority: i.priority ?? 'default', deadline, only: this.cloud.handles(i.model) ? i.model : '' }, cancel, onText, () => this.infer({ ...i, model: '', intelligenceLevel: this.config.api.local_fallback }, cancel, onText, onProgress));
+    }
     return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, params: i.params, onProgress }, cancel, async (slot) => {
       const g0 = Date.now();
       let ttft = 0;
@@ -397,6 +411,35 @@ export class RuntimeService {
   }
 
   /**
+   * A strategic request (the cloud gateway, cloud.ts): the first provider in order under its budget
+   * and rate limit; with every provider unavailable and api.local_fallback set, `local()` answers
+   * (marked provider "local"), else RESOURCE_EXHAUSTED / UNAVAILABLE with each provider's reason.
+   */
+  async strategic(
+    r: { messages: ChatMessage[]; params: Record<string, unknown>; priority: PriorityName; deadline: number; only?: string; onStart?: (provider: string, model: string) => void },
+    cancel: AbortSignal | undefined,
+    onText: ((t: string) => void) | undefined,
+    local: () => Promise<InferOutput>,
+  ): Promise<InferOutput & { answer?: CloudAnswer }> {
+    const mt = r.params.max_tokens;
+    if (mt !== undefined && mt !== null && (!Number.isInteger(mt) || (mt as number) < 1)) throw new RuntimeError(Code.INVALID_ARGUMENT, `max_tokens: must be an integer of at least 1 (got ${JSON.stringify(mt)})`);
+    const temp = r.params.temperature;
+    if (temp !== undefined && temp !== null && (typeof temp !== 'number' || temp < 0 || temp > 2)) throw new RuntimeError(Code.INVALID_ARGUMENT, `temperature: must be a number from 0 to 2 (got ${JSON.stringify(temp)})`);
+    try {
+      const a = await this.cloud.complete(
+        { messages: r.messages, maxTokens: (mt as number | undefined) ?? undefined, temperature: (temp as number | undefined) ?? undefined, priority: r.priority, deadline: r.deadline, only: r.only === 'strategic' ? '' : r.only, onStart: r.onStart },
+        cancel,
+        onText,
+      );
+      return { text: a.text, promptTokens: a.promptTokens, completionTokens: a.completionTokens, tokensUsed: a.promptTokens + a.completionTokens, latencyMs: a.latencyMs, modelUsed: a.model, provider: a.provider, costUsd: a.costUsd, answer: a };
+    } catch (e) {
+      if (!(e instanceof CloudUnavailable) || !this.config.api.local_fallback) throw e;
+      this.log(`strategic request served by the local ${this.config.api.local_fallback} model (api.local_fallback): ${e.message}`, 'warn');
+      return { ...(await local()), provider: 'local' };
+    }
+  }
+
+  /**
    * LoadModel: a configured model by name (its fixed launch profile), or any GGUF file in model_dir
    * under a new name. The child's port is always chosen by the runtime.
    */
@@ -421,5 +464,6 @@ export class RuntimeService {
   async stop(): Promise<void> {
     this.ready = false;
     await this.supervisor.stopAll();
+    this.cloud.close();
   }
 }

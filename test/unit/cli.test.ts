@@ -55,6 +55,7 @@ describe('the CLI', () => {
       'runtime keys create',
       'runtime keys list',
       'runtime keys revoke',
+      'runtime spend',
       'ps',
       'qemu-test',
       'qemu',
