@@ -54,6 +54,45 @@ export async function loadResult(file: string): Promise<BenchResult> {
   return r as BenchResult;
 }
 
+/**
+ * Several results of one side pooled into one (`a1.json,a2.json,…`): runs taken in turns with the
+ * other side's (A B A B …) so that the machine's drift falls on both sides alike. The samples of each
+ * figure are concatenated; the facts are the first run's, and a fact that differs between the runs of
+ * one side is a warning (they are meant to be the same set-up).
+ */
+export function poolResults(runs: BenchResult[], files: string[]): { result: BenchResult; warnings: string[] } {
+  const [first, ...rest] = runs;
+  if (!first) throw new UserError('no result to pool', 2);
+  const warnings: string[] = [];
+  const facts = new Map(factList(first));
+  rest.forEach((r, i) => {
+    for (const [k, v] of factList(r)) {
+      // The load average and the time change from run to run by nature; these facts should not.
+      if (facts.get(k) !== v) warnings.push(`${files[i + 1]}: ${k} differs from ${files[0]} (${facts.get(k)} vs ${v}): pooled anyway`);
+    }
+  });
+  const figures = { ...first.figures } as BenchResult['figures'];
+  for (const k of ['pp', 'tg', 'bandwidth'] as const) {
+    const all = runs.map((r) => r.figures[k]);
+    if (all.some((f) => !f)) {
+      if (all.some((f) => f)) warnings.push(`${k}: missing in some of ${files.join(', ')}: not pooled`);
+      delete (figures as Record<string, unknown>)[k];
+      continue;
+    }
+    (figures as Record<string, unknown>)[k] = { ...all[0]!, samples: all.flatMap((f) => f!.samples) };
+  }
+  const when = runs.map((r) => r.when).sort();
+  return { result: { ...first, figures, when: when.length > 1 ? `${when[0]} – ${when.at(-1)}, ${runs.length} runs` : when[0]! }, warnings };
+}
+
+/** One side of `compare`: a file, or several separated by commas (pooled, see poolResults). */
+export async function loadSide(arg: string): Promise<{ result: BenchResult; warnings: string[] }> {
+  const files = arg.split(',').filter(Boolean);
+  const runs = [];
+  for (const f of files) runs.push(await loadResult(f));
+  return poolResults(runs, files);
+}
+
 export function verdictOf(ci: [number, number]): Verdict {
   if (ci[0] > 0) return 'better';
   if (ci[1] < 0) return 'worse';

@@ -309,4 +309,4 @@ export async function bench(o: BenchOptions = {}): Promise<BenchResult> {
 }
 
 export { formatReport } from './report.js';
-export { compareResults, formatCompare, loadResult } from './compare.js';
+export { compareResults, formatCompare, loadResult, loadSide, poolResults } from './compare.js';

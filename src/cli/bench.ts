@@ -3,7 +3,7 @@ import { Option, type Command, type CommanderError } from 'commander';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import ora from 'ora';
-import { bench, compareResults, formatCompare, formatReport, loadResult, type BenchResult } from '../bench/index.js';
+import { bench, compareResults, formatCompare, formatReport, loadSide, type BenchResult } from '../bench/index.js';
 import { benchFromLog, benchImage } from '../bench/image.js';
 import { UserError } from '../util/errors.js';
 
@@ -150,8 +150,8 @@ Examples:
 
   b.command('compare')
     .description("compare two `aios bench` results: difference of means with a 95 % CI (Welch's t), ratio of standard deviations, a verdict per figure")
-    .argument('<a.json>', 'the baseline result (aios bench --out)')
-    .argument('<b.json>', 'the result judged against it')
+    .argument('<a.json>', 'the baseline result (aios bench --out); several separated by commas are pooled (runs taken in turns with b\'s: a1,b1,a2,b2…, so that drift falls on both alike)')
+    .argument('<b.json>', 'the result judged against it (several: commas, as for a)')
     .option('--markdown', 'print a Markdown table (the default)')
     .option('--json', 'print JSON for scripts')
     .exitOverride(usageErrorsExit2)
@@ -160,7 +160,9 @@ Examples:
       // `bench` has its own --json: without positional options commander gives it to the parent, so read both.
       const o = cmd.optsWithGlobals<{ markdown?: boolean; json?: boolean }>();
       if (o.markdown && o.json) throw new UserError('--markdown and --json are alternatives: give one', 2);
-      const c = compareResults(await loadResult(fa), await loadResult(fb), [fa, fb]);
+      const [a, b] = [await loadSide(fa), await loadSide(fb)];
+      const c = compareResults(a.result, b.result, [fa, fb]);
+      c.warnings.unshift(...a.warnings, ...b.warnings);
       if (o.json) out(JSON.stringify(c, null, 2));
       else out(formatCompare(c));
     });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compareResults, compareFigures, formatCompare, verdictOf } from '../../src/bench/compare.js';
+import { compareResults, compareFigures, formatCompare, poolResults, verdictOf } from '../../src/bench/compare.js';
 import { BENCH_SCHEMA, type BenchResult } from '../../src/bench/index.js';
 import { summarize } from '../../src/bench/stats.js';
 
@@ -40,6 +40,22 @@ function result(o: { pp: number[]; tg: number[]; bw: number[]; threads?: number;
 }
 
 describe('bench compare', () => {
+  it('pools several runs of one side (interleaved rounds): samples concatenated, facts of the first, a differing fact warned', () => {
+    const r1 = { ...result({ pp: [100, 102], tg: [50, 51], bw: [30, 31] }), when: '2026-12-02T00:00:00.000Z' };
+    const r2 = { ...result({ pp: [98, 97], tg: [49, 48], bw: [29, 28] }), when: '2026-12-02T00:05:00.000Z' };
+    const { result: pooled, warnings } = poolResults([r1, r2], ['a1.json', 'a2.json']);
+    expect(pooled.figures.pp!.samples).toEqual([100, 102, 98, 97]);
+    expect(pooled.figures.tg!.samples).toEqual([50, 51, 49, 48]);
+    expect(pooled.figures.bandwidth.samples).toEqual([30, 31, 29, 28]);
+    expect(pooled.when).toBe('2026-12-02T00:00:00.000Z – 2026-12-02T00:05:00.000Z, 2 runs');
+    expect(warnings).toEqual([]);
+    const other = result({ pp: [1, 2], tg: [1, 2], bw: [1, 2], threads: 4 });
+    expect(poolResults([r1, other], ['a1.json', 'x.json']).warnings).toEqual([expect.stringMatching(/^x\.json: threads differs from a1\.json \(2 vs 4\): pooled anyway$/)]);
+    // A pooled side compares like a single run, with n the pooled count.
+    const c = compareResults(pooled, result({ pp: noisy(110), tg: noisy(46), bw: noisy(30) }));
+    expect(c.figures.find((f) => f.figure === 'pp')!.a.n).toBe(4);
+  });
+
   it('verdicts follow the sign of the interval', () => {
     expect(verdictOf([0.1, 2])).toBe('better');
     expect(verdictOf([-2, -0.1])).toBe('worse');
