@@ -17,6 +17,7 @@ APT_PACKAGES=(
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
   zstd xz-utils util-linux  # aios flash: .raw.zst/.raw.xz images, losetup/blkid/blockdev
   shellcheck gnupg          # release: lint scripts/release.sh, sign SHA256SUMS
+  tmux                      # aios top's end-to-end test drives the panel in a real terminal (send-keys, capture-pane)
   openssl                   # per-image certificates (runtime.tls): CA, server and client certificates
   ca-certificates
 )

@@ -8,6 +8,7 @@ import { registerBuild } from './build.js';
 import { registerModels } from './models.js';
 import { registerKernel } from './kernel.js';
 import { registerRuntime } from './runtime.js';
+import { registerTop } from './top.js';
 import { registerQemu } from './qemu.js';
 import { registerFlash } from './flash.js';
 import { registerBench } from './bench.js';
@@ -24,6 +25,7 @@ export function program(): Command {
   registerModels(p);
   registerKernel(p);
   registerRuntime(p);
+  registerTop(p);
   registerQemu(p);
   registerFlash(p);
   registerDoctor(p);

@@ -27,6 +27,7 @@ import type { ApiKey } from './generated/aios/runtime/ApiKey.js';
 import { listenMutualTls, type TlsListener, type TlsMaterial } from './tls.js';
 import { hostOf } from './config.js';
 import type { Log } from './log.js';
+import { RecentGenerations } from './recent.js';
 
 /** proto/ beside the bundle (in the image: /usr/lib/aios-runtime/proto), else the repository's. */
 export const PROTO_DIR = existsSync(fileURLToPath(new URL('./proto/runtime.proto', import.meta.url)))
@@ -123,6 +124,7 @@ function keyStore(keys: KeyStore | undefined): KeyStore {
 }
 
 export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } = {}): AIRuntimeHandlers {
+  const recent = new RecentGenerations(svc.events); // tokens/s now, time-to-first-token p50 (ListModels)
   return {
     CreateKey: unary(async (r) => {
       const scope = (r.scope || 'infer') as KeyScope;
@@ -188,7 +190,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       await svc.unload(r.model_name);
       return { ok: true, message: `unloaded ${r.model_name}` };
     }),
-    ListModels: unary(async () => ({ models: svc.models().map(toStatus) })),
+    ListModels: unary(async () => ({ models: svc.models().map((m) => ({ ...toStatus(m), ...recent.of(m.name) })) })),
     HealthCheck: unary(async () => {
       const h = svc.health();
       return {

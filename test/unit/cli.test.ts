@@ -57,6 +57,7 @@ describe('the CLI', () => {
       'runtime keys revoke',
       'runtime spend',
       'ps',
+      'top',
       'qemu-test',
       'qemu',
       'flash',

@@ -1,0 +1,198 @@
+/**
+ * `aios top` end to end: the compiled CLI in a real terminal (tmux: send-keys, capture-pane) against
+ * a real aios-runtime daemon (its own process, so that it can be stopped and started again) with a
+ * synthesized tiny model and a real llama-server. Assertions are on the captured text.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runtimeFixture } from './runtime-fixture.js';
+import { connectRuntime, streamInfer, unary, waitReady, type RuntimeClient } from '../../src/runtime/client.js';
+import { REPO, cli, tmp } from '../helpers.js';
+
+const dir = tmp('aios-top-');
+const sock = join(dir, 'runtime.sock');
+const address = `unix:${sock}`;
+const config = join(dir, 'config.toml');
+const TMUX = ['-L', `aios-top-test-${process.pid}`, '-f', '/dev/null'];
+let daemon: ChildProcess | undefined;
+let client: RuntimeClient;
+let daemonLog = '';
+
+const tmux = (...args: string[]) => execFileSync('tmux', [...TMUX, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const capture = (session = 'top', escapes = false) => tmux('capture-pane', '-p', ...(escapes ? ['-e'] : []), '-t', session);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Captures until `pred` holds (returns that capture) or fails with the last one. */
+async function screenUntil(pred: (s: string) => boolean, what: string, timeoutMs = 20_000, session = 'top'): Promise<string> {
+  const end = Date.now() + timeoutMs;
+  let s = '';
+  while (Date.now() < end) {
+    s = capture(session);
+    if (pred(s)) return s;
+    await sleep(200);
+  }
+  throw new Error(`screen never showed ${what}; last capture:\n${s}`);
+}
+const row = (s: string, name: string) => s.split('\n').find((l) => new RegExp(`^[> ] ${name} `).test(l)) ?? '';
+
+async function startDaemon(): Promise<void> {
+  daemon = spawn('node', [join(REPO, 'bin/aios.js'), 'runtime', 'serve', '-c', config], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon.stdout!.on('data', (d: Buffer) => (daemonLog += d.toString()));
+  daemon.stderr!.on('data', (d: Buffer) => (daemonLog += d.toString()));
+  client?.close();
+  client = connectRuntime(address);
+  if (!(await waitReady(client, 60_000))) throw new Error(`the runtime did not become ready:\n${daemonLog}`);
+}
+async function stopDaemon(): Promise<void> {
+  const d = daemon;
+  if (!d || d.exitCode !== null) return;
+  const gone = new Promise((r) => d.once('exit', r));
+  d.kill('SIGTERM');
+  await gone;
+}
+
+describe('aios top in a terminal', () => {
+  beforeAll(async () => {
+    const fx = await runtimeFixture(dir);
+    writeFileSync(
+      config,
+      [
+        '[runtime]',
+        `llama_server = "${fx.llamaServer}"`,
+        `socket = "${sock}"`,
+        'listen = ""',
+        'health_interval = "1s"',
+        'load_timeout = "60s"',
+        '[models]',
+        `model_dir = "${dir}"`,
+        '[models.operational]',
+        'name = "tiny.gguf"',
+        'parallel = 1',
+        'ctx_size = 512',
+        '',
+      ].join('\n'),
+    );
+    await startDaemon();
+    // the panel at 100×30 first, colours on (tmux is a colour terminal)
+    tmux('new-session', '-d', '-s', 'top', '-x', '100', '-y', '30', '-e', 'NO_COLOR=', `node ${join(REPO, 'bin/aios.js')} top -a ${address} -n 0.5`);
+  }, 20 * 60_000);
+
+  afterAll(async () => {
+    try {
+      tmux('kill-server');
+    } catch {
+      /* already gone */
+    }
+    await stopDaemon();
+    client?.close();
+  });
+
+  it('shows the model, its state and the machine', async () => {
+    // (the first frame has no CPU figures yet: they need two samples)
+    const s = await screenUntil((x) => /ready/.test(row(x, 'tiny')) && /^cpu {3}0\[[#.]{5}\] *\d+%/m.test(x), 'tiny ready and the CPU figures');
+    expect(s.split('\n')[0]).toMatch(new RegExp(`^aios top ${address.replace(/[/.]/g, '\\$&')} +SERVING +up \\S+ +1 ready +0 waiting`));
+    expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready +0\/1 +0\/0\/0\/0 .* pinned$/);
+    expect(s).toMatch(/^mem {2}\[[#.]+\] \S+ used \/ \S+ budget \/ \S+ total, \S+ available$/m);
+    expect(s).toMatch(/^cpu {3}0\[[#.]{5}\] *\d+%/m);
+    expect(s).toMatch(/^load \d+\.\d\d \d+\.\d\d \d+\.\d\d/m);
+    expect(s).toMatch(/^l load {2}u unload {2}r restart {2}p pin {2}\/ filter {2}\? help {2}q quit/m);
+    // colours: the state is green, the chosen row inverse
+    expect(capture('top', true)).toMatch(/\x1b\[(\d+;)*32m/);
+  });
+
+  it('u unloads the model (asks first; the runtime confirms), l loads it back', async () => {
+    tmux('send-keys', '-t', 'top', 'u');
+    await screenUntil((x) => x.includes('unload tiny? requests on it fail (y/n)'), 'the unload question');
+    tmux('send-keys', '-t', 'top', 'y');
+    let s = await screenUntil((x) => x.includes('unloaded tiny (runtime confirmed)') && /unloaded/.test(row(x, 'tiny')), 'tiny unloaded', 30_000);
+    expect(row(s, 'tiny')).toMatch(/^> tiny +oper +unloaded /);
+    expect((await unary(client, 'ListModels', {})).models).toEqual([]);
+
+    tmux('send-keys', '-t', 'top', 'l');
+    await screenUntil((x) => /^load model: tiny_/m.test(x), 'the load prompt with the chosen name');
+    tmux('send-keys', '-t', 'top', 'Enter');
+    s = await screenUntil((x) => /loaded tiny: ready \(pid \d+\)/.test(x) && /ready/.test(row(x, 'tiny')), 'tiny loaded again', 60_000);
+    expect((await unary(client, 'ListModels', {})).models.map((m) => [m.name, m.state])).toEqual([['tiny', 'ready']]);
+  });
+
+  it('a request running while the panel is open shows in slots, tokens/s and TTFT', async () => {
+    let stop = false;
+    const load = (async () => {
+      while (!stop) await streamInfer(client, { prompt: 'Tell me a long story about a lighthouse.', max_tokens: 400, temperature: 1 }, () => {}).catch(() => sleep(100));
+    })();
+    try {
+      const busy = await screenUntil((x) => /^> tiny +oper +ready +1\/1 /m.test(x), 'the slot busy (1/1)', 30_000);
+      expect(row(busy, 'tiny')).toMatch(/ 1\/1 /);
+      const rate = await screenUntil((x) => /^> tiny +oper +ready +[01]\/1 +\S+ +(\d+\.\d) +(\d+ms|\d+(\.\d)?s) /m.test(x) && Number(/ [01]\/1 +\S+ +(\d+\.\d) /.exec(row(x, 'tiny'))?.[1]) > 0, 'tokens/s above 0 and a TTFT', 60_000);
+      expect(row(rate, 'tiny')).toMatch(/ \d+\.\d +\d+(ms|\.\ds|s) /);
+    } finally {
+      stop = true;
+      await load;
+    }
+  });
+
+  it('stays readable when the terminal is resized to 80×24', async () => {
+    tmux('resize-window', '-t', 'top', '-x', '80', '-y', '24');
+    const s = await screenUntil((x) => x.split('\n').length >= 24 && /^ {2}MODEL +LEVEL STATE +SLOTS +QUEUE +TOK\/S +TTFT RAM est\/meas +IDLE$/m.test(x) && / 0\/1 /.test(row(x, 'tiny')), 'the 80-column table, the request over');
+    const lines = s.split('\n');
+    for (const l of lines) expect(l.length).toBeLessThanOrEqual(80);
+    expect(lines[0]).toMatch(/^aios top unix:.* SERVING/);
+    expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready +0\/1 .* pinned$/);
+    expect(s).toMatch(/^mem {2}\[/m);
+    expect(lines[23]).toMatch(/^l load {2}u unload {2}r restart {2}p pin {2}\/ filter {2}\? help {2}q quit/);
+    // help and back
+    tmux('send-keys', '-t', 'top', '?');
+    await screenUntil((x) => x.includes('aios top: a live view of aios-runtime, and its controls'), 'the help');
+    tmux('send-keys', '-t', 'top', 'x');
+    await screenUntil((x) => /^ {2}MODEL /m.test(x), 'the table again');
+  });
+
+  it('p says the runtime has no pin API, in the status line, and the panel goes on', async () => {
+    tmux('send-keys', '-t', 'top', 'p');
+    const s = await screenUntil((x) => x.includes('pin/unpin: the runtime has no API for it'), 'the pin message');
+    expect(row(s, 'tiny')).toMatch(/ready/);
+  });
+
+  it('says "disconnected, retrying" when the runtime goes away, and recovers when it returns', { timeout: 120_000 }, async () => {
+    await stopDaemon();
+    let s = await screenUntil((x) => x.split('\n')[0]!.includes('disconnected, retrying'), '"disconnected, retrying"');
+    expect(s.split('\n')[0]).toMatch(/^aios top unix:\S+ +disconnected, retrying/);
+    await startDaemon();
+    s = await screenUntil((x) => /SERVING/.test(x.split('\n')[0]!) && /ready/.test(row(x, 'tiny')), 'the runtime back', 30_000);
+    expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready /);
+  });
+
+  it('q quits and gives the terminal back; NO_COLOR gives no colours', async () => {
+    tmux('send-keys', '-t', 'top', 'q');
+    const end = Date.now() + 10_000;
+    while (Date.now() < end) {
+      try {
+        tmux('has-session', '-t', 'top');
+      } catch {
+        break;
+      }
+      await sleep(200);
+    }
+    expect(() => tmux('has-session', '-t', 'top')).toThrow();
+    tmux('new-session', '-d', '-s', 'plain', '-x', '80', '-y', '24', '-e', 'NO_COLOR=1', `node ${join(REPO, 'bin/aios.js')} top -a ${address}`);
+    await screenUntil((x) => /ready/.test(row(x, 'tiny')), 'tiny ready without colours', 20_000, 'plain');
+    expect(capture('plain', true)).not.toMatch(/\x1b\[(\d+;)*3\dm/);
+    tmux('send-keys', '-t', 'plain', 'q');
+  });
+
+  it('--once --json prints one snapshot; --once without a runtime exits 1 saying why', async () => {
+    const r = await cli(['top', '--once', '--json', '-a', address]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout) as { connected: boolean; models: { name: string; state: string; slots: { total: number } }[]; machine: { cpuBusyPct: number[] } };
+    expect(j.connected).toBe(true);
+    expect(j.models[0]).toMatchObject({ name: 'tiny', state: 'ready', slots: { total: 1 } });
+    expect(j.machine.cpuBusyPct.length).toBeGreaterThan(0);
+    const gone = await cli(['top', '--once', '-a', `unix:${join(dir, 'nothing.sock')}`]);
+    expect(gone.exitCode).toBe(1);
+    expect(gone.stdout).toMatch(/disconnected, retrying/);
+    expect(existsSync(sock)).toBe(true);
+  });
+});
