@@ -157,6 +157,24 @@ describe('strategic requests: each provider, streamed and not, gRPC and HTTP', (
     expect(usage).toMatchObject({ completion_tokens: 5 });
   });
 
+  it('HTTP: a client that disconnects mid-stream cancels the upstream call; it is charged what was used', async () => {
+    const c = config({}, { only: 'claude' });
+    const s = await daemon(c);
+    anthropic.reset({ tokenDelayMs: 20, outputTokens: 64 });
+    const ctrl = new AbortController();
+    const st = await s.openai.chat.completions.create({ model: 'strategic', messages: [{ role: 'user', content: 'x' }], stream: true }, { signal: ctrl.signal });
+    let n = 0;
+    await (async () => {
+      for await (const ch of st) if (ch.choices[0]?.delta?.content && ++n === 3) ctrl.abort();
+    })().catch(() => {});
+    await new Promise((r) => setTimeout(r, 300));
+    expect(anthropic.calls[0]!.aborted).toBe(true);
+    const settle = ledgerLines(c).find((l) => l.kind === 'settle')!;
+    expect(settle.outcome).toBe('cancelled');
+    expect(settle.tokens.output).toBeLessThan(64);
+    expect(settle.cost_usd).toBeLessThan(worstCase(promptTokenBound([{ content: 'x' }]), 64, tablePrices(SONNET)!));
+  });
+
   it('OpenAI provider by its model name: cached and reasoning tokens priced at their own rates, streamed and not', async () => {
     const c = config({}, { only: 'openai', openai: { fallback_only: false, model: 'o4-mini' } });
     const s = await daemon(c);
@@ -219,6 +237,13 @@ describe('fallback', () => {
     expect((await unary(s.grpc, 'Infer', { prompt: 'x', intelligence_level: 'strategic' })).provider).toBe('openai');
     expect((await unary(s.grpc, 'Infer', { prompt: 'x', intelligence_level: 'strategic' })).provider).toBe('openai');
     expect(anthropic.calls).toHaveLength(1);
+  });
+
+  it('primary over its budget → served by the fallback without calling the primary', async () => {
+    const s = await daemon(config({}, { claude: { monthly_budget_usd: 0.0001 } }));
+    const r = await unary(s.grpc, 'Infer', { prompt: 'x', intelligence_level: 'strategic' });
+    expect(r).toMatchObject({ provider: 'openai', model_used: 'gpt-4o' });
+    expect(anthropic.calls).toHaveLength(0);
   });
 
   it('every provider failing: UNAVAILABLE with each reason; never a silent local answer', async () => {
@@ -374,6 +399,18 @@ describe('rate limit', () => {
     }
     await Promise.all(ws);
     expect(order).toEqual(['system2', 'realtime3', 'default1', 'default4', 'batch0']);
+  });
+
+  it('tokens per minute: a request takes its worst case (prompt bound + max_tokens) from the bucket', () => {
+    let now = 0;
+    const g = new RateGate(0, 1000, () => now);
+    expect(g.tryTake(600)).toBe(true);
+    expect(g.tryTake(600)).toBe(false);
+    expect(g.retryAfterS(600)).toBe(12); // 200 more tokens at 1000/min
+    now += 12_000;
+    expect(g.tryTake(600)).toBe(true);
+    g.giveBack(600); // not sent: given back
+    expect(g.tryTake(600)).toBe(true);
   });
 });
 
