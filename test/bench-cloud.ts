@@ -8,7 +8,7 @@
  */
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
-import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RuntimeConfigSchema } from '../src/runtime/config.js';
@@ -76,6 +76,8 @@ for (let i = 0; i < 100; i++) {
   sync.push(performance.now() - s);
 }
 closeSync(probe);
+rmSync(ledgerDir, { recursive: true, force: true });
+rmSync(dir, { recursive: true, force: true });
 
 const q = (xs: number[], f: number) => {
   const s = [...xs].sort((a, b) => a - b);
