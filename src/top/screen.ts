@@ -203,9 +203,9 @@ function header(s: Snapshot, width: number): Line {
     left.push({ t: h.status, s: h.ready ? 'green' : 'yellow' }, { t: `  up ${duration(Number(h.uptime_ms))}  ${h.models_ready} ready  ${h.queued} waiting` });
   }
   // the time goes first when the line is too long, then a long address gives way (its end is kept:
-  // the socket's or host's name), never the figures
+  // the socket's or host's name), never the figures; disconnected, the reason is what gets cut
   const over = plain(left).length - width;
-  if (over > 0 && s.address.length > 12) left[1] = { t: '…' + s.address.slice(Math.min(s.address.length - 11, over + 1)) + '  ' };
+  if (over > 0 && s.connected && s.address.length > 12) left[1] = { t: '…' + s.address.slice(Math.min(s.address.length - 11, over + 1)) + '  ' };
   const used = plain(left).length;
   if (used + time.length + 1 <= width) left.push({ t: ' '.repeat(width - used - time.length) + time });
   return left;

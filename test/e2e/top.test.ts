@@ -11,6 +11,10 @@ import { join } from 'node:path';
 import { runtimeFixture } from './runtime-fixture.js';
 import { connectRuntime, streamInfer, unary, waitReady, type RuntimeClient } from '../../src/runtime/client.js';
 import { REPO, cli, tmp } from '../helpers.js';
+import { execa } from 'execa';
+import { readFileSync } from 'node:fs';
+import { bundleRuntime } from '../../src/build/runtime-bundle.js';
+import { bundleCli, installCliLauncher } from '../../src/build/cli-bundle.js';
 
 const dir = tmp('aios-top-');
 const sock = join(dir, 'runtime.sock');
@@ -139,7 +143,7 @@ describe('aios top in a terminal', () => {
     const s = await screenUntil((x) => x.split('\n').length >= 24 && /^ {2}MODEL +LEVEL STATE +SLOTS +QUEUE +TOK\/S +TTFT RAM est\/meas +IDLE$/m.test(x) && / 0\/1 /.test(row(x, 'tiny')), 'the 80-column table, the request over');
     const lines = s.split('\n');
     for (const l of lines) expect(l.length).toBeLessThanOrEqual(80);
-    expect(lines[0]).toMatch(/^aios top unix:.* SERVING/);
+    expect(lines[0]).toMatch(/^aios top \S+ +SERVING/); // (a long socket path is shortened from the left)
     expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready +0\/1 .* pinned$/);
     expect(s).toMatch(/^mem {2}\[/m);
     expect(lines[23]).toMatch(/^l load {2}u unload {2}r restart {2}p pin {2}\/ filter {2}\? help {2}q quit/);
@@ -159,7 +163,7 @@ describe('aios top in a terminal', () => {
   it('says "disconnected, retrying" when the runtime goes away, and recovers when it returns', { timeout: 120_000 }, async () => {
     await stopDaemon();
     let s = await screenUntil((x) => x.split('\n')[0]!.includes('disconnected, retrying'), '"disconnected, retrying"');
-    expect(s.split('\n')[0]).toMatch(/^aios top unix:\S+ +disconnected, retrying/);
+    expect(s.split('\n')[0]).toMatch(/^aios top \S+ +disconnected, retrying/);
     await startDaemon();
     s = await screenUntil((x) => /SERVING/.test(x.split('\n')[0]!) && /ready/.test(row(x, 'tiny')), 'the runtime back', 30_000);
     expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready /);
@@ -194,5 +198,24 @@ describe('aios top in a terminal', () => {
     expect(gone.exitCode).toBe(1);
     expect(gone.stdout).toMatch(/disconnected, retrying/);
     expect(existsSync(sock)).toBe(true);
+  });
+
+  it("the image's aios command, bundled, runs on its own (no node_modules): --help, ps, top --once --json", async () => {
+    const b = tmp('aios-cli-bundle-'); // outside the repository: nothing to resolve from node_modules
+    await bundleRuntime(b); // proto/ beside the bundle, as in the image's /usr/lib/aios-runtime
+    const entry = await bundleCli(b);
+    const run = (args: string[]) => execa('node', [entry, ...args], { reject: false, cwd: b });
+    const help = await run(['--help']);
+    expect(help.exitCode, help.stderr).toBe(0);
+    for (const verb of ['runtime', 'ps', 'top', 'bench']) expect(help.stdout).toMatch(new RegExp(`^  ${verb} `, 'm'));
+    expect(help.stdout).not.toMatch(/^  (build|flash|qemu|kernel|models) /m);
+    const ps = await run(['ps', '-a', address]);
+    expect(ps.exitCode, ps.stderr).toBe(0);
+    expect(ps.stdout).toMatch(/^tiny +ready /m);
+    const top = await run(['top', '--once', '--json', '-a', address]);
+    expect(top.exitCode, top.stderr).toBe(0);
+    expect((JSON.parse(top.stdout) as { models: { name: string }[] }).models.map((m) => m.name)).toEqual(['tiny']);
+    const bin = await installCliLauncher(b);
+    expect(readFileSync(bin, 'utf8')).toContain('exec node /usr/lib/aios-runtime/aios-cli.mjs "$@"');
   });
 });

@@ -2,7 +2,8 @@
  * overlay: the image's root tree. A copy of the rootfs stage's root (the cached rootfs is never
  * changed), then templates/root rendered with the recipe (boot-time kernel wishes folded into the
  * command line), the rootfs/ overlay, the time zone, the aios-runtime bundle, units enabled and
- * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models.
+ * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models;
+ * with the runtime also the image's `aios` command (/usr/bin/aios: ps, top, runtime …, bench).
  * With a custom kernel (kernel.build): the stock linux-image packages purged, the kernel stage's
  * kernel and modules copied in, depmod and a fresh initramfs inside the root.
  * Needs: rootfs, llama, models; uses: kernel (when the recipe builds one). Output: root/,
@@ -17,6 +18,7 @@ import type { ResolvedRecipe } from '../../config/schema.js';
 import { sourceDateEpoch } from '../context.js';
 import { renderTree, writeRendered } from '../render.js';
 import { bundleRuntime } from '../runtime-bundle.js';
+import { bundleCli, CLI_SOURCES, installCliLauncher } from '../cli-bundle.js';
 import { RuntimeConfigSchema } from '../../runtime/config.js';
 import { run } from '../../util/exec.js';
 import { hashTree, sha256 } from '../../util/hash.js';
@@ -28,7 +30,7 @@ import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 5;
+const VERSION = 6;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
@@ -57,6 +59,8 @@ export const overlayStage = defineStage({
       // Only with a custom kernel, so that every other recipe keeps its cache key.
       ...(io.use('kernel') ? { kernel: io.use('kernel')!.key } : {}),
       runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
+      // The image's `aios` command (ps, top, runtime …, bench), bundled beside the runtime.
+      cli: r.runtime.enabled ? (await Promise.all(CLI_SOURCES.map((d) => hashTree(join(PKG_ROOT, d))))).join('') : null,
       files: filesDigest(files),
       wishSymbols: await wishSymbols(ctx),
       overlay: await hashTree(paths.rootfsOverlay),
@@ -111,6 +115,7 @@ export const overlayStage = defineStage({
       ctx.progress('bundling aios-runtime');
       await bundleRuntime(join(root, 'usr/lib/aios-runtime'));
       await installRuntimeAccess(ctx, root);
+      await installCli(ctx, root);
     }
     ctx.progress('enabling and masking units');
     for (const u of unitsToEnable(r)) await run(['chroot', root, 'systemctl', 'enable', u], { log: ctx.log });
@@ -138,6 +143,18 @@ export const overlayStage = defineStage({
 });
 
 /** sha256 of the image's certificates and hashed API keys (what the overlay's cache key needs of them). */
+/**
+ * `/usr/bin/aios` in the image: the running machine's verbs (src/cli/machine.ts: ps, top, runtime …,
+ * bench), bundled beside aios-runtime (it reads the same proto/ dir), checked by running
+ * `aios --help` with the image's own Node.js inside the root.
+ */
+async function installCli(ctx: BuildContext, root: string): Promise<void> {
+  ctx.progress('bundling the aios command');
+  await bundleCli(join(root, 'usr/lib/aios-runtime'));
+  await installCliLauncher(root);
+  if (existsSync(join(root, 'usr/bin/node'))) await run(['chroot', root, '/usr/bin/aios', '--help'], { log: ctx.log });
+}
+
 async function credentialsDigest(pki: Pki): Promise<string> {
   return sha256(Buffer.concat(await Promise.all([pki.caCert, pki.serverCert, pki.httpKeys].map((f) => readFile(f)))));
 }
