@@ -1,5 +1,6 @@
 /** Values derived from the recipe that templates and stages share (one place, computed once). */
-import { isLoopback } from '../config/load.js';
+import { apiCredentials, isLoopback } from '../config/load.js';
+import { stringify as stringifyToml } from 'smol-toml';
 import { randomUUID } from 'node:crypto';
 import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
@@ -126,6 +127,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     tacticalModel: r.models.find((m) => m.level === 'tactical'),
     // Bearer keys on the HTTP API only when it is reachable from other machines (loopback stays open to local processes).
     httpAuth: r.runtime.enabled && r.runtime.tls && !isLoopback(r.runtime.http_listen),
+    // The strategic layer: [api] tables as TOML, and the credentials the unit imports for their keys.
+    apiToml: Object.keys(r.api).length ? stringifyToml({ api: r.api }) : '',
+    apiCredentials: apiCredentials(r),
     ...extra,
   };
 }

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { RecipeError } from '../util/errors.js';
 import { paths } from '../util/paths.js';
 import { RecipeSchema, type ResolvedRecipe } from './schema.js';
+import { RuntimeConfigSchema, cloudProviders } from '../runtime/config.js';
 import { distroFor } from '../distros/index.js';
 import { catalog, catalogEntry } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
@@ -121,6 +122,16 @@ export function zodProblems(err: z.ZodError, schema: z.ZodTypeAny = RecipeSchema
   return out;
 }
 
+/**
+ * The systemd credentials the recipe's cloud providers read their keys from (key_file, or the
+ * table's name when it is ""), for ImportCredential= in the unit; absolute paths are not credentials.
+ */
+export function apiCredentials(r: { api: Record<string, unknown> }): string[] {
+  const parsed = RuntimeConfigSchema.safeParse({ api: r.api });
+  if (!parsed.success) return [];
+  return [...new Set(cloudProviders(parsed.data).map(([name, p]) => p.key_file || name).filter((k) => !k.startsWith('/')))];
+}
+
 /** 127.0.0.0/8, ::1 or localhost: a listener only this machine can reach. */
 export function isLoopback(hostPort: string): boolean {
   const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
@@ -157,6 +168,11 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
         out.push({ path: `runtime.${key}`, message: `"${r.runtime[key]}" is reachable from the network, and runtime.tls = false leaves it without authentication: set runtime.tls = true (mutual TLS, the default), a loopback address such as 127.0.0.1:${r.runtime[key].split(':').pop()}, or runtime.insecure_listen = true to accept that anyone on the network can use it` });
       }
     }
+  }
+  if (Object.keys(r.api).length) {
+    if (!r.runtime.enabled) out.push({ path: 'api', message: 'the strategic layer is part of aios-runtime: set runtime.enabled = true (or remove [api])' });
+    const parsed = RuntimeConfigSchema.safeParse({ api: r.api });
+    if (!parsed.success) for (const p of zodProblems(parsed.error, RuntimeConfigSchema)) out.push(p);
   }
   if (r.kernel.build && r.base.distro !== 'debian') {
     out.push({ path: 'kernel.build', message: `a custom kernel is built from Debian's linux-source package; base.distro = "${r.base.distro}" has no kernel source or mirror reachable from here: use its stock kernel (kernel.build = false)` });

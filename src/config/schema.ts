@@ -306,6 +306,10 @@ export const RecipeSchema = z.strictObject({
     .describe('[[models]] tables: GGUF models installed into /var/lib/aios/models. source = synth | catalog | url | file'),
   runtime: RuntimeSchema.prefault({}),
   kernel: KernelSchema.prefault({}),
+  api: z
+    .record(z.string(), z.unknown())
+    .default({})
+    .describe('The strategic layer: [api] and one [api.<name>] table per cloud provider, copied into /etc/aios/config.toml and checked with aios-runtime\'s own schema (docs/runtime.md#strategic-layer). Never a key: key_file names a systemd credential, which the image imports from /etc/credstore/<name> (README "Strategic layer")'),
 });
 
 export type RecipeInput = z.input<typeof RecipeSchema>;

@@ -40,6 +40,31 @@ async function golden(caseName: string, sets: string[], distroRecipe = 'default'
   }
 }
 
+describe('the strategic layer in the image (recipe [api])', () => {
+  const sets = ['api.claude={provider="anthropic", model="claude-sonnet-4-5-20250929", monthly_budget_usd=100.0, rate_limit_rpm=50}', 'api.openai={provider="openai", model="gpt-4o", key_file="openai-key", monthly_budget_usd=50.0, fallback_only=true}', 'api.local={provider="openai", model="m", base_url="http://10.0.0.2:8080/v1", key_file="/etc/aios/remote.key", monthly_budget_usd=0}'];
+  it('copies [api] into config.toml (valid for the runtime) and imports each provider\'s credential in the unit', async () => {
+    const r = await loadRecipe('default', { sets });
+    const files = await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r), { kernel }));
+    const cfg = files.find((f) => f.path === 'etc/aios/config.toml')!.content;
+    const parsed = RuntimeConfigSchema.parse(parseToml(cfg));
+    expect(Object.keys(parsed.api)).toEqual(['local_fallback', 'ledger_dir', 'claude', 'openai', 'local'].filter((k) => k in parsed.api));
+    expect(parsed.api.claude).toMatchObject({ provider: 'anthropic', monthly_budget_usd: 100, rate_limit_rpm: 50, key_file: '' });
+    expect(parsed.api.openai).toMatchObject({ fallback_only: true, key_file: 'openai-key' });
+    const unit = files.find((f) => f.path === 'usr/lib/systemd/system/aios-runtime.service')!.content;
+    // key_file "" = a credential named like the table; an absolute path is read directly, not imported.
+    expect(unit.match(/^ImportCredential=.*$/gm)).toEqual(['ImportCredential=claude', 'ImportCredential=openai-key']);
+  });
+  it('refuses a key in the recipe, and [api] without the runtime (exit 2, naming the key)', async () => {
+    const e = await loadRecipe('default', { sets: ['api.claude={provider="anthropic", model="m", monthly_budget_usd=1, api_key="sk-ant-123"}'] }).catch((x) => x);
+    expect(e.exitCode).toBe(2);
+    expect(e.problems).toEqual([{ path: 'api.claude.api_key', message: expect.stringMatching(/a key never goes into the config/) }]);
+    const f = await loadRecipe('default', { sets: ['runtime.enabled=false', ...sets.slice(0, 1)] }).catch((x) => x);
+    expect(f.problems.map((p: { path: string }) => p.path)).toEqual(['api']);
+    const g = await loadRecipe('default', { sets: ['api.x={provider="gemini", model="m", monthly_budget_usd=-1}'] }).catch((x) => x);
+    expect(g.problems.map((p: { path: string }) => p.path).sort()).toEqual(['api.x.monthly_budget_usd', 'api.x.provider']);
+  });
+});
+
 describe('templates (golden files)', () => {
   it('default recipe', () => golden('default', []));
   it('xfs root, no zram, no network, no autologin, mitigations off', () =>
