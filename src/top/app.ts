@@ -67,8 +67,14 @@ class Poller {
     }
     try {
       const c = this.connect();
-      const [health, list] = await Promise.all([this.api.unary(c, 'HealthCheck', {}, POLL_DEADLINE_MS), this.api.unary(c, 'ListModels', {}, POLL_DEADLINE_MS)]);
-      this.snap = { at: Date.now(), address: this.o.address, connected: true, health, models: mergeModels(this.snap.models, list.models), machine, intervalMs: this.o.intervalMs };
+      const [health, list, spend] = await Promise.all([
+        this.api.unary(c, 'HealthCheck', {}, POLL_DEADLINE_MS),
+        this.api.unary(c, 'ListModels', {}, POLL_DEADLINE_MS),
+        // cloud spend: a runtime without the Spend call, or a certificate without its scope, just has no line
+        this.api.unary(c, 'Spend', { month: '' }, POLL_DEADLINE_MS).catch(() => undefined),
+      ]);
+      const cloud = spend?.providers.map((p) => ({ name: p.name, spentUsd: p.spent_usd, budgetUsd: p.budget_usd, unavailable: p.unavailable }));
+      this.snap = { at: Date.now(), address: this.o.address, connected: true, health, models: mergeModels(this.snap.models, list.models), machine, spend: cloud, intervalMs: this.o.intervalMs };
     } catch (e) {
       this.drop();
       this.snap = { ...this.snap, at: Date.now(), connected: false, error: this.explain(e), machine: machine ?? this.snap.machine };

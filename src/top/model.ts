@@ -20,7 +20,17 @@ export interface Snapshot {
   models: TopModel[];
   /** This host's figures; absent for a remote runtime. */
   machine?: Machine;
+  /** The strategic layer's spend this month per cloud provider (Spend); absent or empty = none configured. */
+  spend?: CloudSpend[];
   intervalMs: number;
+}
+
+export interface CloudSpend {
+  name: string;
+  spentUsd: number;
+  budgetUsd: number;
+  /** Why it cannot be used now; "" = usable. */
+  unavailable: string;
 }
 
 export type Mode =
@@ -104,6 +114,7 @@ export function snapshotJson(s: Snapshot): object {
         restarts: m.restarts,
         ...(m.error ? { error: m.error } : {}),
       })),
+    spend: s.spend ?? [],
     machine: s.machine
       ? {
           cpuBusyPct: s.machine.cpuBusy.map((c) => (c == null ? null : Math.round(c * 1000) / 10)),

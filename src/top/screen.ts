@@ -163,6 +163,15 @@ export function machineLines(s: Snapshot, width: number): Line[] {
   const n = Math.max(10, Math.min(50, width - 7 - text.length));
   const f = budget ? used / budget : 0;
   lines.push([{ t: 'mem  [' }, { t: bar(f, n), s: level(f) }, { t: ']' + text }]);
+  if (s.spend?.length) {
+    const line: Line = [{ t: 'cloud' }];
+    for (const p of s.spend) {
+      const frac = p.budgetUsd ? p.spentUsd / p.budgetUsd : 0;
+      line.push({ t: `  ${p.name} ` }, { t: `$${p.spentUsd.toFixed(2)}`, s: level(frac) }, { t: ` of $${p.budgetUsd.toFixed(2)}` });
+      if (p.unavailable) line.push({ t: ` (${p.unavailable})`, s: 'yellow' });
+    }
+    lines.push(line);
+  }
   const m = s.machine;
   if (!m) {
     lines.push([{ t: 'cpu, load, zram: not shown for a remote runtime (this host\'s /proc would be the wrong machine)', s: 'dim' }]);

@@ -211,3 +211,13 @@ describe('aios top: the header', () => {
     expect(screen(snap([model()]), initialView(), 100)[0]).toMatch(/^aios top unix:\/run\/aios\/runtime\.sock {2}SERVING .* 2 waiting +\d\d:\d\d:\d\d$/);
   });
 });
+
+describe('aios top: cloud spend', () => {
+  it('adds a line per month spend vs budget only when cloud providers are configured', () => {
+    expect(screen(snap([model()])).some((l) => l.startsWith('cloud'))).toBe(false);
+    const lines = screen(snap([model()], { spend: [{ name: 'anthropic', spentUsd: 12.345, budgetUsd: 50, unavailable: '' }, { name: 'openai', spentUsd: 10, budgetUsd: 10, unavailable: 'monthly budget spent' }] }));
+    expect(lines).toHaveLength(24);
+    expect(lines.find((l) => l.startsWith('cloud'))).toBe('cloud  anthropic $12.35 of $50.00  openai $10.00 of $10.00 (monthly budget spent)');
+    expect((snapshotJson(snap([model()], { spend: [{ name: 'anthropic', spentUsd: 1, budgetUsd: 5, unavailable: '' }] })) as { spend: object[] }).spend).toEqual([{ name: 'anthropic', spentUsd: 1, budgetUsd: 5, unavailable: '' }]);
+  });
+});
