@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import type { ResolvedRecipe } from '../config/schema.js';
+import { isLoopback } from '../config/load.js';
 import { isaFor, sourceIdentity, type Isa } from '../build/llama.js';
 import { baseKind, DISK_BYTES } from '../kernel/build.js';
 import { cpuFor, OVMF_CANDIDATES } from '../qemu/index.js';
@@ -379,6 +380,27 @@ export function hostChecks(o: HostCheckOptions): Check[] {
           };
         }
         return { status: 'ok', detail: `${head}; this recipe's ${r.llama.cpu}: ${recipeTcg.length ? 'runs under KVM' : 'TCG can run it'}`, facts };
+      },
+    },
+    {
+      id: 'access',
+      title: 'access to the image',
+      async run() {
+        const rt = r.runtime;
+        if (!rt.enabled) return { status: 'ok', detail: 'no aios-runtime in this recipe: nothing listens', facts: { runtime: false } };
+        const open = (['listen', 'http_listen'] as const).filter((k) => !isLoopback(rt[k]));
+        const facts = { listen: rt.listen, http_listen: rt.http_listen, tls: rt.tls, insecure_listen: rt.insecure_listen, beyondLoopback: open };
+        if (open.length && !rt.tls) {
+          return {
+            status: 'warning',
+            detail: `runtime.insecure_listen: ${open.map((k) => `${rt[k]} (runtime.${k})`).join(' and ')} will accept anyone on the network without authentication`,
+            fix: 'remove runtime.tls = false and runtime.insecure_listen from the recipe (mutual TLS with per-image certificates is the default), or listen on 127.0.0.1',
+            blocks: [],
+            facts,
+          };
+        }
+        const detail = open.length ? `${open.map((k) => rt[k]).join(', ')} beyond loopback with mutual TLS${open.includes('http_listen') ? ' / API keys' : ''}; credentials in ${rt.pki || `${o.outDir}/${r.name}.pki`}` : 'listeners on loopback only';
+        return { status: 'ok', detail, facts };
       },
     },
   ];

@@ -320,6 +320,19 @@ describe('CPU ISA level', () => {
   });
 });
 
+describe('access to the image', () => {
+  it('the default: mutual TLS beyond loopback; a listener open on purpose (insecure_listen) is a warning with the fix', async () => {
+    const ok = await find({}, 'access');
+    expect(ok.status).toBe('ok');
+    expect(ok.detail).toMatch(/^0\.0\.0\.0:50051 beyond loopback with mutual TLS; credentials in .*\/aios-default\.pki$/);
+    const open = await find({ sets: ['runtime.tls=false', 'runtime.insecure_listen=true'] }, 'access');
+    expect(open).toMatchObject({ status: 'warning', blocks: [] });
+    expect(open.detail).toBe('runtime.insecure_listen: 0.0.0.0:50051 (runtime.listen) will accept anyone on the network without authentication');
+    expect(open.fix).toMatch(/mutual TLS with per-image certificates is the default/);
+    expect((await find({ sets: ['runtime.listen="127.0.0.1:50051"'] }, 'access')).detail).toBe('listeners on loopback only');
+  });
+});
+
 describe('verdict and output', () => {
   const check = (id: string, status: 'ok' | 'warning' | 'problem', blocks: Result['blocks'] = []): Check => ({ id, title: id, run: async () => ({ status, detail: `${id} detail`, fix: `fix ${id}`, blocks }) });
 
