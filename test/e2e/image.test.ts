@@ -213,13 +213,14 @@ describe('aios build image + qemu-test (default recipe)', () => {
     child.kill('SIGINT');
     const r = await child;
     expect(r.exitCode).toBe(130);
-    expect(readdirSync(dir)).toEqual([]);
+    // Only the image's credentials, made before the stages run (kept: the rerun reuses them).
+    expect(readdirSync(dir)).toEqual(['aios-default.pki']);
     const stageDir = join(defaultCacheDir(), 'stages', 'image');
     expect(readdirSync(stageDir).filter((d) => d.endsWith(`.tmp-${child.pid}`))).toEqual([]);
     const rerun = await cli(['build', 'image', '--out', dir, '--set', 'system.hostname=interrupted', '--json']);
     expect(rerun.exitCode).toBe(0);
     const res = JSON.parse(rerun.stdout);
     expect(res.stages.find((s: { name: string }) => s.name === 'rootfs').cached).toBe(true);
-    expect(readdirSync(dir).sort()).toEqual(['aios-default.manifest.json', 'aios-default.raw']);
+    expect(readdirSync(dir).sort()).toEqual(['aios-default.manifest.json', 'aios-default.pki', 'aios-default.raw']);
   });
 });
