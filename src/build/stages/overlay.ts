@@ -30,7 +30,7 @@ import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 6;
+const VERSION = 8;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
@@ -139,6 +139,8 @@ export const overlayStage = defineStage({
       await run(['find', root, '-newermt', `@${sde}`, '-exec', 'touch', '-h', '-d', `@${sde}`, '{}', '+'], { log: ctx.log });
     }
     await markUpdated(ctx, root);
+    // Writing /etc/.updated and /var/.updated (whose mtimes are /usr's, clamped) touched /etc and /var.
+    if (sde !== undefined) await run(['touch', '-h', '-d', `@${sde}`, join(root, 'etc'), join(root, 'var')], { log: ctx.log });
   },
 });
 
@@ -195,7 +197,14 @@ async function installRuntimeAccess(ctx: BuildContext, root: string): Promise<vo
  */
 async function firstBootWorkAtBuild(ctx: BuildContext, root: string): Promise<void> {
   ctx.progress('rebuilding the linker cache and journal catalog');
-  if (existsSync(join(root, 'usr/sbin/ldconfig')) || existsSync(join(root, 'sbin/ldconfig'))) await run(['chroot', root, 'ldconfig'], { log: ctx.log });
+  if (existsSync(join(root, 'usr/sbin/ldconfig')) || existsSync(join(root, 'sbin/ldconfig'))) {
+    const aux = existsSync(join(root, 'var/cache/ldconfig'));
+    await run(['chroot', root, 'ldconfig'], { log: ctx.log });
+    // ldconfig's aux-cache records inode numbers and times: it would make two builds differ (and
+    // is only a speed-up for the next run). Left as the rootfs had it.
+    if (!aux) await rm(join(root, 'var/cache/ldconfig'), { recursive: true, force: true });
+    else await rm(join(root, 'var/cache/ldconfig/aux-cache'), { force: true });
+  }
   if (existsSync(join(root, 'usr/bin/journalctl'))) await run(['chroot', root, 'journalctl', '--update-catalog'], { log: ctx.log });
 }
 
