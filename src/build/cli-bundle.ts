@@ -7,6 +7,7 @@ import { build } from 'esbuild';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PKG_ROOT } from '../util/paths.js';
+import { imageBundleOptions } from './runtime-bundle.js';
 
 /** Source trees the bundle is made from (the overlay stage's cache key hashes them). */
 export const CLI_SOURCES = ['src/cli', 'src/top', 'src/util'];
@@ -15,30 +16,10 @@ export const CLI_SOURCES = ['src/cli', 'src/top', 'src/util'];
 export async function bundleCli(outDir: string): Promise<string> {
   await mkdir(outDir, { recursive: true });
   await build({
+    ...imageBundleOptions('aios-cli', outDir),
     entryPoints: { 'aios-cli': join(PKG_ROOT, 'src/cli/machine-main.ts') },
-    bundle: true,
-    splitting: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outdir: outDir,
-    outExtension: { '.js': '.mjs' },
-    chunkNames: 'aios-cli-[name]-[hash]',
-    minify: false,
-    legalComments: 'none',
-    logLevel: 'silent',
     // `runtime serve` is not in the image's command (the daemon is aios-runtime.mjs): its import stays unresolved
     external: ['../runtime/entry.js'],
-    banner: {
-      js: [
-        "import { createRequire as __aiosCreateRequire } from 'node:module';",
-        "import { fileURLToPath as __aiosFileURLToPath } from 'node:url';",
-        "import { dirname as __aiosDirname } from 'node:path';",
-        'const require = __aiosCreateRequire(import.meta.url);',
-        'const __filename = __aiosFileURLToPath(import.meta.url);',
-        "const __dirname = __aiosDirname(__filename) + '/lib/bundle';",
-      ].join(' '),
-    },
   });
   return join(outDir, 'aios-cli.mjs');
 }

@@ -3,16 +3,17 @@
  * start of the operational model) and the chunk it imports afterwards (the daemon), with the proto
  * files and the model catalog beside them. Chunk names carry a content hash (reproducible).
  */
-import { build } from 'esbuild';
+import { build, type BuildOptions } from 'esbuild';
 import { cp, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PKG_ROOT } from '../util/paths.js';
 
-export async function bundleRuntime(outDir: string): Promise<string> {
-  await mkdir(outDir, { recursive: true });
-  const outfile = join(outDir, 'aios-runtime.mjs');
-  await build({
-    entryPoints: { 'aios-runtime': join(PKG_ROOT, 'src/runtime/main.ts') },
+/**
+ * esbuild settings every bundle for the image's Node.js shares (the runtime's, the `aios` command's):
+ * ESM with chunks named `<prefix>-[name]-[hash]` (reproducible), for Node 20, not minified.
+ */
+export function imageBundleOptions(prefix: string, outDir: string): BuildOptions {
+  return {
     bundle: true,
     splitting: true,
     platform: 'node',
@@ -20,7 +21,7 @@ export async function bundleRuntime(outDir: string): Promise<string> {
     target: 'node20',
     outdir: outDir,
     outExtension: { '.js': '.mjs' },
-    chunkNames: 'aios-runtime-[name]-[hash]',
+    chunkNames: `${prefix}-[name]-[hash]`,
     minify: false,
     legalComments: 'none',
     logLevel: 'silent',
@@ -36,7 +37,13 @@ export async function bundleRuntime(outDir: string): Promise<string> {
         "const __dirname = __aiosDirname(__filename) + '/lib/bundle';",
       ].join(' '),
     },
-  });
+  };
+}
+
+export async function bundleRuntime(outDir: string): Promise<string> {
+  await mkdir(outDir, { recursive: true });
+  const outfile = join(outDir, 'aios-runtime.mjs');
+  await build({ ...imageBundleOptions('aios-runtime', outDir), entryPoints: { 'aios-runtime': join(PKG_ROOT, 'src/runtime/main.ts') } });
   await cp(join(PKG_ROOT, 'proto'), join(outDir, 'proto'), { recursive: true });
   await cp(join(PKG_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc'), join(outDir, 'proto/grpc'), { recursive: true });
   // The model catalog for auto-install and `aios runtime pull` (runtime.catalog = "" reads this one).

@@ -77,31 +77,20 @@ export async function accessChecks(address: string, pkiDir: string): Promise<Acc
       }),
     );
 
-    // plain text: refused.
-    out.push(
-      await withClient(undefined, async (c) => {
+    // A client the listener must refuse: a HealthCheck that is answered fails the check.
+    const refused = (name: 'plain-text' | 'foreign-ca', tlsDir: string | undefined, what: string) =>
+      withClient(tlsDir, async (c): Promise<AccessCheck> => {
         try {
           await unary(c, 'HealthCheck', {}, DEADLINE);
-          return { name: 'plain-text' as const, ok: false, detail: 'a plain-text HealthCheck was answered' };
+          return { name, ok: false, detail: `${what} was answered` };
         } catch (e) {
-          return { name: 'plain-text' as const, ok: true, detail: `refused: ${code(e)}` };
+          return { name, ok: true, detail: `refused: ${code(e)}` };
         }
-      }),
-    );
-
-    // another CA: refused.
+      });
+    out.push(await refused('plain-text', undefined, 'a plain-text HealthCheck'));
     const foreign = await createPki(join(tmp, 'foreign'), { hostname: 'elsewhere', days: 1 });
     const foreignDir = writeClientDir(join(tmp, 'foreign-dir'), { ca: join(pkiDir, 'ca.crt'), cert: foreign.clientCert, key: foreign.clientKey });
-    out.push(
-      await withClient(foreignDir, async (c) => {
-        try {
-          await unary(c, 'HealthCheck', {}, DEADLINE);
-          return { name: 'foreign-ca' as const, ok: false, detail: 'a certificate from another CA was accepted' };
-        } catch (e) {
-          return { name: 'foreign-ca' as const, ok: true, detail: `refused: ${code(e)}` };
-        }
-      }),
-    );
+    out.push(await refused('foreign-ca', foreignDir, 'a HealthCheck with a certificate from another CA'));
   } finally {
     await safeRemove(tmp);
   }
