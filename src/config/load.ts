@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { RecipeError } from '../util/errors.js';
 import { paths } from '../util/paths.js';
 import { RecipeSchema, type ResolvedRecipe } from './schema.js';
-import { RuntimeConfigSchema, cloudProviders } from '../runtime/config.js';
+import { RuntimeConfigSchema, cloudProviders, hostOf, isLoopbackHost } from '../runtime/config.js';
 import { distroFor } from '../distros/index.js';
 import { catalog, catalogEntry } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
@@ -132,10 +132,9 @@ export function apiCredentials(r: { api: Record<string, unknown> }): string[] {
   return [...new Set(cloudProviders(parsed.data).map(([name, p]) => p.key_file || name).filter((k) => !k.startsWith('/')))];
 }
 
-/** 127.0.0.0/8, ::1 or localhost: a listener only this machine can reach. */
+/** 127.0.0.0/8, ::1 or localhost: a listener only this machine can reach (the runtime's own rule). */
 export function isLoopback(hostPort: string): boolean {
-  const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+  return isLoopbackHost(hostOf(hostPort));
 }
 
 /** Checks that involve more than one key. */

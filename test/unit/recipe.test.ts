@@ -130,9 +130,9 @@ describe('recipe loading', () => {
     expect((await loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.insecure_listen=true'] })).runtime.insecure_listen).toBe(true);
   });
 
-  it('isLoopback: 127.0.0.0/8, ::1 and localhost only', () => {
-    expect(['127.0.0.1:1', '127.1.2.3:80', '[::1]:5', 'localhost:8080'].map(isLoopback)).toEqual([true, true, true, true]);
-    expect(['0.0.0.0:1', '[::]:5', '10.0.0.1:80', '128.0.0.1:80', '[::ffff:127.0.0.1]:80'].map(isLoopback)).toEqual([false, false, false, false, false]);
+  it('isLoopback: 127.0.0.0/8 (also IPv4-mapped), ::1 and localhost only', () => {
+    expect(['127.0.0.1:1', '127.1.2.3:80', '[::1]:5', 'localhost:8080', '[::ffff:127.0.0.1]:80'].map(isLoopback)).toEqual([true, true, true, true, true]);
+    expect(['0.0.0.0:1', '[::]:5', '10.0.0.1:80', '128.0.0.1:80', ':50051'].map(isLoopback)).toEqual([false, false, false, false, false]);
   });
 
   it('deepMerge does not share nested objects with its inputs', () => {
