@@ -19,6 +19,11 @@ import { triadElements, type TriadResult } from './triad.js';
 /** The schema the entry point announces in its AIOS-BENCH-BEGIN line. */
 export const GUEST_SCHEMA = 'aios-bench-guest/1';
 export const ENTRY_POINT = '/usr/libexec/aios/bench';
+/**
+ * The virtio-serial port (/dev/virtio-ports/<name> in the guest) to which the entry point also
+ * writes its lines when `aios bench --image` boots it: a channel that nothing else writes to.
+ */
+export const BENCH_PORT = 'org.aios.bench';
 
 /** The raw readings of the `facts` line (all strings as read, numbers where the script checked them). */
 export interface GuestFacts {
@@ -63,7 +68,16 @@ export interface GuestBenchLog {
   garbled: string[];
 }
 
-const clean = (log: string) => log.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
+/**
+ * Terminal control sequences removed (CSI with any parameters and intermediates, e.g. the getty's
+ * `ESC[!p` and `ESC[?7h`; OSC strings; two-byte escapes), and carriage returns.
+ */
+const clean = (log: string) =>
+  log
+    .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '')
+    .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
+    .replace(/\x1b[()][0-9A-Za-z]|\x1b[=>78cDEHM]/g, '')
+    .replace(/\r/g, '');
 
 /** Progress lines of the entry point so far (`AIOS-BENCH-PROGRESS …`), for the host to pass on while it runs. */
 export function guestProgress(log: string): string[] {
@@ -164,7 +178,11 @@ export function rawFromGuest(f: GuestFacts): RawFacts {
 /** What the log lacks for a result, or undefined when it is complete. */
 export function guestProblem(g: GuestBenchLog): string | undefined {
   if (g.error) return `the image's bench entry point failed: ${g.error}`;
-  if (!g.begin) return `no AIOS-BENCH-BEGIN line: ${ENTRY_POINT} did not run (an image built before it existed?)`;
+  if (!g.begin) {
+    const broken = g.garbled.find((l) => l.includes('AIOS-BENCH-BEGIN'));
+    if (broken) return `the AIOS-BENCH-BEGIN line did not parse (something else wrote into it on the console): ${broken}`;
+    return `no AIOS-BENCH-BEGIN line: ${ENTRY_POINT} did not run (an image built before it existed?)`;
+  }
   if (g.begin.schema !== GUEST_SCHEMA) return `the entry point speaks ${g.begin.schema}, this aios reads ${GUEST_SCHEMA}`;
   const missing = (['settings', 'model', 'facts', 'triad'] as const).filter((k) => !g[k]);
   if (!g.llamaBench.length) missing.push('llama-bench' as never);

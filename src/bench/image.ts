@@ -20,7 +20,7 @@ import { run, which } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { defaultCacheDir } from '../util/paths.js';
 import { GPT_TYPES } from '../util/gpt.js';
-import { ENTRY_POINT, findModelOnHost, guestDone, guestProblem, guestProgress, guestResult, parseGuestBench } from './guest.js';
+import { BENCH_PORT, ENTRY_POINT, findModelOnHost, guestDone, guestProblem, guestProgress, guestResult, parseGuestBench } from './guest.js';
 import type { BenchResult } from './index.js';
 
 export interface ImageBenchOptions {
@@ -134,6 +134,9 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
   if (accel === 'tcg') say('NO KVM: the image runs under QEMU\'s TCG emulation; its figures will be meaningless for performance (a functional check of the benchmark only)');
   const cmdlineExtra = benchCmdline({ reps, pp, tg, threads, model: modelInGuest });
   const serialLog = resolve(o.serialLog ?? `${image}.bench.serial.log`);
+  // The entry point writes its lines to a virtio-serial port as well (an image with the port code):
+  // the console shares them with kernel messages and the getty, which can break a line.
+  const portLog = serialLog.endsWith('.serial.log') ? `${serialLog.slice(0, -'.serial.log'.length)}.port.log` : `${serialLog}.port`;
   const when = new Date().toISOString();
   say(`booting ${basename(image)} with ${accel.toUpperCase()}, ${vcpus} vCPUs, ${memory} MiB (timeout ${timeout} s); serial log ${serialLog}`);
 
@@ -148,10 +151,11 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
     memory: String(memory),
     cmdlineExtra,
     serialLog,
+    dataPort: { name: BENCH_PORT, file: portLog },
     timeout,
     requiredFlags: isa?.flags,
     isaText: isa?.description,
-    done: guestDone,
+    done: (log, data) => guestDone(log) || guestDone(data),
     onProgress: say,
     onLog: (log) => {
       const p = guestProgress(log);
@@ -167,7 +171,9 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
       return loginSince !== undefined && s - loginSince > limit ? `the guest reached its login prompt ${limit} s ago and aios-bench.service never started: the image has no bench entry point (rebuild it with this aios)` : undefined;
     },
   });
-  const g = parseGuestBench(boot.log);
+  const fromPort = parseGuestBench(boot.data);
+  const channel = fromPort.begin && (fromPort.end || fromPort.error) ? 'port' : 'console';
+  const g = channel === 'port' ? fromPort : parseGuestBench(boot.log);
   if (!boot.done) {
     const why = boot.panic
       ? `the guest kernel panicked: ${boot.panic}${boot.retried ? ` (${boot.retried})` : ''}`
@@ -199,6 +205,8 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
       hostSeconds: Math.round(boot.hostSeconds * 10) / 10,
       ...(boot.retried ? { retried: boot.retried } : {}),
       serialLog,
+      channel,
+      ...(channel === 'port' ? { portLog } : {}),
     },
   });
 }

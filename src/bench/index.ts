@@ -102,6 +102,13 @@ export interface ImageRun {
   hostSeconds?: number;
   retried?: string;
   serialLog?: string;
+  /**
+   * Where the result lines were read (via qemu): the virtio-serial data port (`port`, its file in
+   * portLog), or the serial console (`console`: an image from before the port, or a guest that
+   * could not open it).
+   */
+  channel?: 'port' | 'console';
+  portLog?: string;
   /** The saved output (via log). */
   log?: string;
   /** aios-runtime's state while the benchmark ran ("inactive" when masked for the run). */

@@ -19,13 +19,18 @@ export interface WatchedBootOptions extends Omit<QemuOptions, 'serial' | 'cmdlin
   cmdlineExtra: string;
   /** The serial log (written from the start of each boot). */
   serialLog: string;
+  /**
+   * A virtio-serial data port for the guest's machine-readable output (see QemuOptions.dataPort);
+   * its file is emptied at the start of each boot and read like the serial log.
+   */
+  dataPort?: { name: string; file: string };
   /** Seconds before QEMU is ended. */
   timeout: number;
   /** CPU flags the image's binaries need (from its manifest), for the CPU model. */
   requiredFlags?: string[];
   isaText?: string;
-  /** True once the serial log shows that the guest has finished what it was booted for. */
-  done: (log: string) => boolean;
+  /** True once the serial log (or the data port's output) shows that the guest has finished what it was booted for. */
+  done: (log: string, data: string) => boolean;
   /** Called with the serial log after each read (about once a second). */
   onLog?: (log: string) => void;
   /**
@@ -42,6 +47,8 @@ export interface WatchedBootOptions extends Omit<QemuOptions, 'serial' | 'cmdlin
 
 export interface WatchedBoot {
   log: string;
+  /** What the guest wrote to the data port ('' without one, or when the guest never opened it). */
+  data: string;
   accel: 'kvm' | 'tcg';
   cpu: string;
   media: Media;
@@ -70,6 +77,9 @@ export async function watchedBoot(image: string, o: WatchedBootOptions): Promise
     const vars = join(tmp, 'OVMF_VARS.fd');
     await copyFile(findOvmf().vars, vars);
     await writeFile(serialLog, '');
+    const dataFile = o.dataPort ? resolve(o.dataPort.file) : undefined;
+    if (dataFile) await writeFile(dataFile, '');
+    const readData = async () => (dataFile ? await readFile(dataFile, 'utf8').catch(() => '') : '');
     const accel = o.accel ?? ((await kvmWorks()) ? 'kvm' : 'tcg');
     const cpu = o.cpu ?? (await cpuFor(o.requiredFlags ?? [], accel, o.isaText));
     const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
@@ -79,13 +89,15 @@ export async function watchedBoot(image: string, o: WatchedBootOptions): Promise
     let exited = false;
     void child.then(() => (exited = true));
     let log = '';
+    let data = '';
     let done = false;
     let panic: string | undefined;
     let stalled: string | undefined;
     while (!exited) {
       log = await readFile(serialLog, 'utf8');
+      data = await readData();
       o.onLog?.(log);
-      if (o.done(log)) {
+      if (o.done(log, data)) {
         done = true;
         break;
       }
@@ -107,7 +119,8 @@ export async function watchedBoot(image: string, o: WatchedBootOptions): Promise
     }
     const res = await child;
     log = await readFile(serialLog, 'utf8');
-    if (!done && o.done(log)) done = true;
+    data = await readData();
+    if (!done && o.done(log, data)) done = true;
     const hostSeconds = (Date.now() - t0) / 1000;
     const panics = [...(o.afterPanic ?? []), ...(panic ? [panic] : [])];
     if (panic && accel === 'tcg' && panics.length < TCG_PANIC_BOOTS) {
@@ -117,6 +130,7 @@ export async function watchedBoot(image: string, o: WatchedBootOptions): Promise
     }
     return {
       log,
+      data,
       accel,
       cpu,
       media,

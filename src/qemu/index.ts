@@ -77,6 +77,12 @@ export interface QemuOptions {
   snapshot?: boolean;
   /** Serial console: a file path, or "stdio" for interactive use. */
   serial: string | 'stdio';
+  /**
+   * A data channel beside the console: a virtio-serial port named `name` (in the guest
+   * /dev/virtio-ports/<name>) whose output QEMU writes to `file`. Nothing else writes there: no
+   * kernel messages, no getty, no journald prefixes.
+   */
+  dataPort?: { name: string; file: string };
   /** Host TCP port forwarded to a guest port (user networking). */
   forwards?: { host: number; guest: number }[];
   /**
@@ -135,6 +141,10 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
     '-device', 'virtio-net-pci,netdev=n0',
     '-device', 'virtio-rng-pci',
   ];
+  if (o.dataPort) {
+    if (!/^[A-Za-z0-9._-]+$/.test(o.dataPort.name) || o.dataPort.file.includes(',')) throw new Error(`bad data port ${o.dataPort.name} → ${o.dataPort.file}`);
+    argv.push('-device', 'virtio-serial-pci,id=vser0', '-chardev', `file,id=aiosdata,path=${resolve(o.dataPort.file)}`, '-device', `virtserialport,bus=vser0.0,chardev=aiosdata,name=${o.dataPort.name}`);
+  }
   if (o.cmdlineExtra) argv.push('-smbios', `type=11,value=io.systemd.boot.kernel-cmdline-extra=${o.cmdlineExtra}`);
   return { argv, accel };
 }

@@ -140,6 +140,9 @@ describe('aios bench --image (the default image, booted once)', () => {
     expect(f.llama.isa).toMatch(/^x86-64-v3/);
     expect(f.virtualization.hypervisorFlag).toBe(true);
     expect(img.image).toMatchObject({ via: 'qemu', name: 'aios-default', entry: '/usr/libexec/aios/bench', runtime: 'inactive', cpus: 2 });
+    // The result lines came through the virtio-serial data port, which nothing else writes to.
+    expect(img.image).toMatchObject({ channel: 'port', portLog: expect.stringMatching(/\.bench\.port\.log$/) });
+    expect(readFileSync(img.image!.portLog!, 'utf8')).toMatch(/^AIOS-BENCH-BEGIN \{[^\n]*\n(AIOS-BENCH [^\n]*\n)+AIOS-BENCH-END \{/);
     if (img.image!.accel === 'tcg') {
       expect(f.virtualization.emulated).toBe(true);
       expect(report.split('\n')[0]).toMatch(/EMULATED CPU \(QEMU TCG\): these figures are meaningless for performance/);

@@ -139,6 +139,12 @@ describe('the entry point\'s lines, parsed', () => {
     const gg = parseGuestBench(garbled);
     expect(gg.triad).toBeUndefined();
     expect(guestProblem(gg)).toMatch(/no triad line\).*1 line\(s\) did not parse/);
+    // The getty's terminal queries (ESC[!p ESC[?7h ESC[6n) inside the BEGIN line are removed, not misread.
+    const queried = LOG.replace('AIOS-BENCH-BEGIN {"schema"', 'AIOS-BENCH-BEGIN {\x1b[!p\x1b]104\x07\x1b[?7h\x1b[6n\x1b[32766;32766H"schema"');
+    expect(guestProblem(parseGuestBench(queried))).toBeUndefined();
+    // A broken BEGIN line is named as such, not as a missing entry point.
+    const brokenBegin = parseGuestBench(LOG.replace('AIOS-BENCH-BEGIN {"schema"', 'AIOS-BENCH-BEGIN {[  60.2] random: crng init done\n"schema"'));
+    expect(guestProblem(brokenBegin)).toMatch(/the AIOS-BENCH-BEGIN line did not parse \(something else wrote into it on the console\): .*AIOS-BENCH-BEGIN \{\[  60\.2\] random/);
     const other: GuestBenchLog = { ...parseGuestBench(LOG), begin: { schema: 'aios-bench-guest/9' } };
     expect(guestProblem(other)).toMatch(/speaks aios-bench-guest\/9/);
     return expect(guestResult(failed, { image: qemuRun })).rejects.toBeInstanceOf(UserError);
@@ -195,6 +201,33 @@ describe('the entry point (rootfs/usr/libexec/aios/bench) under dash', () => {
     writeFileSync(join(bin, 'triad'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
     const m = await sh(['--model', 'we"ird\\name'], { AIOS_LLAMA_BENCH: join(bin, 'llama-bench'), AIOS_TRIAD: join(bin, 'triad') });
     expect(errorOf(m.stdout)).toBe('no model "we"ird\\name" (looked for /var/lib/aios/models/we"ird\\name and /var/lib/aios/models/we"ird\\name.gguf)');
+  });
+
+  it('writes its result lines to the data port as well, where they parse complete and alone', async () => {
+    const g = parseGuestBench(LOG);
+    const bin = tmp();
+    // Stand-ins that print what the image's llama-bench and triad printed in the fixture's boot.
+    writeFileSync(join(bin, 'lb.jsonl'), `${g.llamaBench.join('\n')}\n`);
+    writeFileSync(join(bin, 'llama-bench'), `#!/bin/sh\n[ "$1" = --help ] && exit 0\ncat ${join(bin, 'lb.jsonl')}\n`, { mode: 0o755 });
+    writeFileSync(join(bin, 'triad.json'), JSON.stringify(g.triad!.result));
+    writeFileSync(join(bin, 'triad'), `#!/bin/sh\ncat ${join(bin, 'triad.json')}\n`, { mode: 0o755 });
+    writeFileSync(join(bin, 'm.gguf'), 'GGUF and not much else');
+    const port = join(bin, 'port');
+    writeFileSync(port, '');
+    const r = await sh(['--model', join(bin, 'm.gguf'), '--reps', '2', '--pp', '32', '--tg', '8'], { AIOS_LLAMA_BENCH: join(bin, 'llama-bench'), AIOS_TRIAD: join(bin, 'triad'), AIOS_BENCH_PORT: port });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const out = readFileSync(port, 'utf8');
+    // Exactly stdout's lines (nothing else writes there), complete for the host.
+    expect(out).toBe(r.stdout.endsWith('\n') ? r.stdout : `${r.stdout}\n`);
+    const p = parseGuestBench(out);
+    expect(p.garbled).toEqual([]);
+    expect(guestProblem(p)).toBeUndefined();
+    expect(p.llamaBench).toEqual(g.llamaBench);
+    // No port given, none opened: stdout alone, as before.
+    writeFileSync(port, '');
+    const plain = await sh(['--model', join(bin, 'm.gguf'), '--reps', '2'], { AIOS_LLAMA_BENCH: join(bin, 'llama-bench'), AIOS_TRIAD: join(bin, 'triad') });
+    expect(plain.exitCode).toBe(0);
+    expect(readFileSync(port, 'utf8')).toBe('');
   });
 
   it('is clean under shellcheck', async () => {

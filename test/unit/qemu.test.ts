@@ -77,5 +77,9 @@ AIOS-CHECK-END\r
     expect(s).toContain('-smbios type=11,value=io.systemd.boot.kernel-cmdline-extra=aios.check=1');
     expect(s).toMatch(/-drive if=pflash,format=raw,unit=0,file=\S+OVMF_CODE\S*\.fd,readonly=on/);
     expect(s).toContain('-serial file:/s.log');
+    expect(s).not.toContain('virtserialport');
+    const withPort = (await qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', dataPort: { name: 'org.aios.bench', file: '/d/port.log' } }, '/vars.fd')).argv.join(' ');
+    expect(withPort).toContain('-device virtio-serial-pci,id=vser0 -chardev file,id=aiosdata,path=/d/port.log -device virtserialport,bus=vser0.0,chardev=aiosdata,name=org.aios.bench');
+    await expect(qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', dataPort: { name: 'x', file: '/a,b' } }, '/vars.fd')).rejects.toThrow(/bad data port/);
   });
 });
