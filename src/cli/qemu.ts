@@ -1,7 +1,7 @@
 /** `aios qemu-test` (automated UEFI boot check) and `aios qemu` (interactive serial console). */
 import { Option, type Command } from 'commander';
 import ora from 'ora';
-import { qemuTest, qemuInteractive, type Media } from '../qemu/index.js';
+import { qemuTest, qemuInteractive, type BootCheck, type Media } from '../qemu/index.js';
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
 import { liveSummary } from '../kernel/live.js';
@@ -69,6 +69,7 @@ export function registerQemu(p: Command): void {
           for (const w of res.kernelWishes) out(`  ${w.live.padEnd(7)} CONFIG_${w.symbol}=${w.value}  ${w.evidence}`);
           out(`  ${liveSummary(res.kernelWishes)}`);
         }
+        if (g.doctor) for (const line of doctorLines(g.doctor)) out(line);
         out(`serial log:  ${res.serialLog}`);
       }
       if (!res.ok) process.exitCode = 1;
@@ -83,6 +84,14 @@ export function registerQemu(p: Command): void {
     .action(async (image: string, o: { memory: string; cpus: number; persist?: boolean }) => {
       process.exitCode = await qemuInteractive(image, { memory: o.memory, cpus: o.cpus, snapshot: !o.persist });
     });
+}
+
+/** The image's own `aios doctor`, as the boot check reported it: the verdict, then what is not ok. */
+export function doctorLines(d: NonNullable<BootCheck['guest']['doctor']>): string[] {
+  const lines = [`aios doctor (in the guest): ${d.verdict ? `${d.verdict.ok ? 'ok' : 'PROBLEM'}: ${d.verdict.text}` : 'no verdict (the doctor did not finish)'}`];
+  for (const f of d.findings) if (f.status !== 'ok') lines.push(`  ${f.status.padEnd(8)} ${f.title}: ${f.detail}`);
+  if (d.unparsed) lines.push(`  (${d.unparsed} line(s) of its output did not parse)`);
+  return lines;
 }
 
 /** Where the runtime's start-up went in the guest: systemd's moments, the daemon's own report, what it waited for. */

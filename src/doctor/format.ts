@@ -13,7 +13,7 @@ export function formatReport(r: Report, o: { colour?: boolean } = {}): string {
   const statusW = Math.max(...r.findings.map((f) => f.status.length));
   const titleW = Math.max(...r.findings.map((f) => f.title.length));
   const indent = ' '.repeat(statusW + titleW + 4);
-  const lines = [`aios doctor: ${r.target === 'host' ? 'build host' : r.target}, ${r.subject}`];
+  const lines = [`aios doctor: ${r.target === 'host' ? 'build host' : r.target === 'machine' ? 'this machine' : r.target}, ${r.subject}`];
   for (const f of r.findings) {
     lines.push(`${paint(f.status, f.status.padEnd(statusW))}  ${f.title.padEnd(titleW)}  ${f.detail}`);
     if (f.fix && f.status !== 'ok') lines.push(`${indent}${paint('dim', 'fix:')} ${f.fix}`);

@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { safeRemove, registerTemp } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
+import type { Result as DoctorResult, Verdict as DoctorVerdict } from '../doctor/types.js';
 import { freePort } from '../util/net.js';
 import { accessChecks, type AccessCheck } from './access.js';
 import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
@@ -200,6 +201,8 @@ export interface BootCheck {
     llamaVersion?: string;
     /** All other boot jobs had finished when the check ran. */
     settled?: boolean;
+    /** The image's own `aios doctor` (run by the boot check): its findings and verdict; lines that did not parse are counted. */
+    doctor?: { findings: DoctorResult[]; verdict?: DoctorVerdict; unparsed: number };
     failedUnits: string[];
     timing?: string;
     firmware?: number;
@@ -232,6 +235,19 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     if (chain) guest.runtimeChain.push(chain[1]!.trimEnd());
     const rtlog = /AIOS-CHECK-RTLOG (.*)$/.exec(line);
     if (rtlog) guest.runtimeLog.push(rtlog[1]!.trimEnd());
+    const doc = /AIOS-CHECK-DOCTOR (.*)$/.exec(line);
+    if (doc) {
+      const d = (guest.doctor ??= { findings: [], unparsed: 0 });
+      try {
+        const v = JSON.parse(doc[1]!) as { finding?: DoctorResult; verdict?: DoctorVerdict };
+        if (v.finding) d.findings.push(v.finding);
+        else if (v.verdict) d.verdict = v.verdict;
+        else d.unparsed++;
+      } catch {
+        d.unparsed++;
+      }
+      continue;
+    }
     const m = /AIOS-CHECK (\w+)=(.*)$/.exec(line);
     if (!m) continue;
     const [, k, v] = m as unknown as [string, string, string];

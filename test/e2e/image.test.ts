@@ -150,6 +150,12 @@ describe('aios build image + qemu-test (default recipe)', () => {
     ]);
     expect(res.access![0]!.detail).toMatch(/UnloadModel: PERMISSION_DENIED/);
     expect(res.warnings).toEqual([]);
+    // The image's own `aios doctor` ran in the guest: the runtime up and answering, the wish the stock kernel cannot honour named.
+    const doc = Object.fromEntries(res.guest.doctor!.findings.map((f) => [f.id, f]));
+    expect(res.guest.doctor!.unparsed).toBe(0);
+    for (const id of ['runtime.service', 'runtime.answers', 'models.failed', 'memory.thp', 'memory.zram', 'units.failed']) expect(doc[id]?.status, `${id}: ${doc[id]?.detail}`).toBe('ok');
+    expect(doc['kernel.wishes']).toMatchObject({ status: 'warning', detail: expect.stringMatching(/not live: CONFIG_HZ_300=y/) });
+    expect(res.guest.doctor!.verdict).toMatchObject({ ok: true, problems: 0 });
     // No private key or API key in the serial log (which holds the runtime's journal lines) or the build log.
     const secrets = ['ca.key', 'server.key', 'client.key', 'http-key'].map((f) => readFileSync(join(out, 'aios-default.pki', f), 'utf8'));
     const pemBody = (k: string) => k.split('\n').filter((l) => l && !l.startsWith('-----'));

@@ -207,7 +207,7 @@ describe('aios top in a terminal', () => {
     const run = (args: string[]) => execa('node', [entry, ...args], { reject: false, cwd: b });
     const help = await run(['--help']);
     expect(help.exitCode, help.stderr).toBe(0);
-    for (const verb of ['runtime', 'ps', 'top', 'bench']) expect(help.stdout).toMatch(new RegExp(`^  ${verb} `, 'm'));
+    for (const verb of ['runtime', 'ps', 'top', 'doctor', 'bench']) expect(help.stdout).toMatch(new RegExp(`^  ${verb} `, 'm'));
     expect(help.stdout).not.toMatch(/^  (build|flash|qemu|kernel|models) /m);
     const ps = await run(['ps', '-a', address]);
     expect(ps.exitCode, ps.stderr).toBe(0);
@@ -215,6 +215,13 @@ describe('aios top in a terminal', () => {
     const top = await run(['top', '--once', '--json', '-a', address]);
     expect(top.exitCode, top.stderr).toBe(0);
     expect((JSON.parse(top.stdout) as { models: { name: string }[] }).models.map((m) => m.name)).toEqual(['tiny']);
+    // The machine's doctor, bundled, asks this real runtime (the service unit is not on this host: a problem it names).
+    const doc = await run(['doctor', '--json', '-a', address]);
+    const report = JSON.parse(doc.stdout) as { target: string; findings: { id: string; status: string; detail: string }[] };
+    expect(report.target).toBe('machine');
+    expect(report.findings.find((f) => f.id === 'runtime.answers')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/models ready: tiny$/) });
+    expect(report.findings.find((f) => f.id === 'memory.budget')!.detail).toMatch(/\(tiny \d+ MiB\)$/);
+    expect(doc.exitCode).toBe(report.findings.some((f) => f.status === 'problem') ? 1 : 0);
     const bin = await installCliLauncher(b);
     expect(readFileSync(bin, 'utf8')).toContain('exec node /usr/lib/aios-runtime/aios-cli.mjs "$@"');
   });

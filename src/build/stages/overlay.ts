@@ -30,7 +30,7 @@ import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 8;
+const VERSION = 9;
 
 /** Units enabled in every image (systemctl enable inside the root). */
 function unitsToEnable(r: ResolvedRecipe): string[] {
@@ -94,11 +94,14 @@ export const overlayStage = defineStage({
       const parsed = RuntimeConfigSchema.safeParse(parseToml(cfg.content));
       if (!parsed.success) throw new Error(`templates/root/etc/aios/config.toml.hbs renders a file aios-runtime would reject: ${parsed.error.message}`);
     }
-    // The boot check reports the running kernel's value of each of these (aios qemu-test: live wishes).
+    // The boot check reports the running kernel's value of each of these (aios qemu-test: live wishes);
+    // the image's `aios doctor` checks the wishes themselves (kernel-wishes.json, as in the manifest).
     const symbols = await wishSymbols(ctx);
     if (symbols.length) {
       await mkdir(join(root, 'usr/lib/aios'), { recursive: true });
       await writeFile(join(root, 'usr/lib/aios/kernel-wishes'), symbols.join('\n') + '\n');
+      const wishes = (await kernelWishes(ctx)).results.map((w) => ({ symbol: w.symbol, value: w.value, fragment: w.fragment, line: w.line, reason: w.reason }));
+      await writeFile(join(root, 'usr/lib/aios/kernel-wishes.json'), JSON.stringify(wishes, null, 1) + '\n');
     }
     ctx.progress('copying rootfs/');
     await run(['cp', '-a', '--no-preserve=ownership', `${paths.rootfsOverlay}/.`, `${root}/`], { log: ctx.log });
