@@ -1,0 +1,529 @@
+/**
+ * Saved sessions: a conversation the runtime keeps by id (`session_id` on gRPC, `session` / the
+ * `X-Session` header on HTTP), with the model's KV state for it saved after every answer through
+ * llama-server's slot save, so that the next turn — after an idle unload, an eviction, a crash, a
+ * daemon restart or a reboot — restores the state into its slot and only the new turn is evaluated.
+ *
+ * On disk, in the sessions directory (runtime.sessions_dir; llama-server's --slot-save-path):
+ *   <model-sha256>/<session>        the KV state (llama-server's slot file), mode 0600
+ *   <model-sha256>/<session>.json   the record: messages, model, sampling fields, the key, the KV
+ *                                   file's size and sha256, the last turn's cache outcome
+ *   _save-* / _restore-*            llama-server's names for a file being saved or restored (it
+ *                                   takes only plain names inside --slot-save-path)
+ *   .model-hashes.json              sha256 of model files by (path, size, mtime, inode)
+ *
+ * Guarantees: a state is restored only under the key it was saved with (model file sha256, adapter
+ * set, per-slot context size) and only when the file's size and sha256 match its record; anything
+ * else discards the state (logged, and reported with the answer) and the whole conversation is
+ * evaluated again. After a restore, the answer's own figures (timings.cache_n) must show that the
+ * restored tokens were used; if not, the turn is reported as a miss with a warning (llama-server
+ * has then evaluated the full prompt itself, so the answer is still right). A failed save (disk
+ * full, llama-server error) is a logged warning; the request still succeeds.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, readdirSync, statSync } from 'node:fs';
+import { chmod, link, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Code, RuntimeError } from './errors.js';
+import { postChild, readAll } from './upstream.js';
+import type { Log } from './log.js';
+
+/** What a session id may be: no dots, no slashes, so never a path. */
+export const SESSION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function checkSessionId(id: unknown, field = 'session_id'): string {
+  if (typeof id !== 'string' || !SESSION_ID.test(id)) {
+    throw new RuntimeError(Code.INVALID_ARGUMENT, `${field}: must be 1-64 characters of A-Z a-z 0-9 _ - (got ${JSON.stringify(typeof id === 'string' ? id.slice(0, 80) : id)})`);
+  }
+  return id;
+}
+
+export interface ChatMsg {
+  role: string;
+  content: string;
+}
+
+/** What a saved KV state is valid for. */
+export interface SessionKey {
+  modelSha256: string;
+  /** The adapter set, as an opaque string (the adapters' names, files and scales); "" = none. */
+  adapters: string;
+  /** The slot's context size in tokens. */
+  ctxSize: number;
+}
+
+export type CacheOutcome = 'new' | 'hit' | 'miss' | 'discarded' | 'none';
+
+export interface SessionRecord {
+  version: 1;
+  id: string;
+  model: string;
+  modelPath: string;
+  key: SessionKey;
+  messages: ChatMsg[];
+  /** The sampling fields of the last turn (wire names). */
+  params: Record<string, unknown>;
+  /** The saved KV state, or null when none is saved (a failed save, or sessions_max_bytes = 0). */
+  kv: { bytes: number; sha256: string; tokens: number } | null;
+  /** Prompt tokens of the last turn: a restore must let the next turn reuse (nearly) all of them. */
+  promptTokens: number;
+  turns: number;
+  created: string;
+  updated: string;
+  lastCache: CacheOutcome;
+}
+
+/** A turn in progress: what begin() found and did. */
+export interface Turn {
+  id: string;
+  key: SessionKey;
+  model: string;
+  modelPath: string;
+  /** The conversation so far (the new turn's messages go after it). */
+  history: ChatMsg[];
+  /** Tokens restored into the slot (0 = nothing restored). */
+  restoredTokens: number;
+  restoreMs: number;
+  /** Prompt tokens of the previous turn (the least the restored cache must cover). */
+  expectCached: number;
+  status: CacheOutcome;
+  /** Why a saved state was discarded, or other news for the client ("" = none). */
+  note: string;
+  created: string;
+  turns: number;
+}
+
+export interface TurnResult {
+  status: CacheOutcome;
+  cachedTokens: number;
+  note: string;
+  saved: boolean;
+}
+
+export interface SessionInfo {
+  id: string;
+  model: string;
+  modelSha256: string;
+  adapters: string;
+  ctxSize: number;
+  turns: number;
+  messages: number;
+  kvBytes: number;
+  kvTokens: number;
+  created: string;
+  updated: string;
+  lastCache: CacheOutcome;
+}
+
+export interface SessionsOptions {
+  dir: string;
+  maxBytes: number;
+  log?: Log;
+  /** Why the directory cannot be used (sessions are then refused with this reason). */
+  problem?: string;
+}
+
+/** A completion's timings and usage as llama-server reports them. */
+export interface ReportedUse {
+  cacheN?: number;
+  promptN?: number;
+  promptTokens?: number;
+}
+
+/** Reads llama-server's cache figures from a chat completion answer (or its last stream event). */
+export function reportedUse(j: unknown): ReportedUse {
+  const o = (j ?? {}) as { timings?: { cache_n?: number; prompt_n?: number }; usage?: { prompt_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } } };
+  const cacheN = o.timings?.cache_n ?? o.usage?.prompt_tokens_details?.cached_tokens;
+  const promptN = o.timings?.prompt_n;
+  // The prompt's size: usage's, else the timings' two parts (a stream without include_usage).
+  return { cacheN, promptN, promptTokens: o.usage?.prompt_tokens ?? (cacheN !== undefined && promptN !== undefined ? cacheN + promptN : undefined) };
+}
+
+/**
+ * Was a restored state used? The previous turn's prompt is a prefix of this one, so llama-server
+ * must report at least 90 % of it as cached (the rest: the previous answer re-tokenized).
+ */
+export function cacheHit(expectCached: number, use: ReportedUse): boolean {
+  if (expectCached <= 0) return false;
+  const cached = use.cacheN ?? (use.promptTokens !== undefined && use.promptN !== undefined ? use.promptTokens - use.promptN : 0);
+  return cached >= Math.floor(expectCached * 0.9);
+}
+
+export const sameKey = (a: SessionKey, b: SessionKey) => a.modelSha256 === b.modelSha256 && a.adapters === b.adapters && a.ctxSize === b.ctxSize;
+
+function describeKeyChange(a: SessionKey, b: SessionKey): string {
+  const d: string[] = [];
+  if (a.modelSha256 !== b.modelSha256) d.push(`model file sha256 ${a.modelSha256.slice(0, 12)}… → ${b.modelSha256.slice(0, 12)}…`);
+  if (a.adapters !== b.adapters) d.push(`adapters "${a.adapters}" → "${b.adapters}"`);
+  if (a.ctxSize !== b.ctxSize) d.push(`context ${a.ctxSize} → ${b.ctxSize} tokens`);
+  return d.join(', ');
+}
+
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(path)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+let counter = 0;
+const tempName = (what: string) => `_${what}-${process.pid}-${++counter}-${randomBytes(4).toString('hex')}`;
+
+export class SessionStore {
+  readonly dir: string;
+  maxBytes: number;
+  readonly problem?: string;
+  private log: Log;
+  private hashes = new Map<string, Promise<string>>();
+  /** One turn at a time per session (a second waits), so two turns never fork a conversation. */
+  private locks = new Map<string, Promise<unknown>>();
+
+  constructor(o: SessionsOptions) {
+    this.dir = o.dir;
+    this.maxBytes = o.maxBytes;
+    this.problem = o.problem;
+    this.log = o.log ?? (() => {});
+  }
+
+  get enabled(): boolean {
+    return !this.problem;
+  }
+
+  /** Throws FAILED_PRECONDITION saying why, when sessions are off. */
+  need(): void {
+    if (this.problem) throw new RuntimeError(Code.FAILED_PRECONDITION, `sessions are not available: the sessions directory ${this.dir} cannot be used (${this.problem}); set runtime.sessions_dir to a writable directory`);
+  }
+
+  /** Runs `fn` while holding the session's lock. */
+  async exclusive<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(id) ?? Promise.resolve();
+    const run = before.catch(() => {}).then(fn);
+    const tail = run.catch(() => {});
+    this.locks.set(id, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(id) === tail) this.locks.delete(id);
+    }
+  }
+
+  /** sha256 of a model file, remembered by (path, size, mtime, inode) in memory and on disk. */
+  modelSha256(path: string): Promise<string> {
+    const st = statSync(path);
+    const id = `${path}\0${st.size}\0${st.mtimeMs}\0${st.ino}`;
+    let p = this.hashes.get(id);
+    if (!p) {
+      p = (async () => {
+        const file = join(this.dir, '.model-hashes.json');
+        const known = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')) as Record<string, string>;
+        if (known[id] && /^[0-9a-f]{64}$/.test(known[id]!)) return known[id]!;
+        const t0 = Date.now();
+        const h = await sha256File(path);
+        this.log(`sessions: sha256 of ${path} in ${Date.now() - t0} ms`, 'debug');
+        known[id] = h;
+        await this.writeAtomic(file, JSON.stringify(known)).catch((e) => this.log(`sessions: cannot remember model hashes in ${file}: ${(e as Error).message}`, 'warn'));
+        return h;
+      })();
+      p.catch(() => this.hashes.delete(id));
+      this.hashes.set(id, p);
+    }
+    return p;
+  }
+
+  private kvPath(sha: string, id: string): string {
+    return join(this.dir, sha, id);
+  }
+
+  private async writeAtomic(file: string, text: string): Promise<void> {
+    const tmp = `${file}.tmp-${process.pid}-${++counter}`;
+    try {
+      await writeFile(tmp, text, { mode: 0o600 });
+      await rename(tmp, file);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  /** The model-hash directories. */
+  private modelDirs(): string[] {
+    if (!existsSync(this.dir)) return [];
+    return readdirSync(this.dir, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && /^[0-9a-f]{64}$/.test(d.name))
+      .map((d) => d.name);
+  }
+
+  /** A session's record (the newest, should two model directories have one). */
+  async find(id: string): Promise<SessionRecord | undefined> {
+    let best: SessionRecord | undefined;
+    for (const sha of this.modelDirs()) {
+      const file = join(this.dir, sha, `${id}.json`);
+      if (!existsSync(file)) continue;
+      try {
+        const r = JSON.parse(await readFile(file, 'utf8')) as SessionRecord;
+        if (r.version !== 1 || r.id !== id || !Array.isArray(r.messages)) throw new Error('not a session record');
+        if (!best || r.updated > best.updated) best = r;
+      } catch (e) {
+        this.log(`sessions: ${file} is unreadable (${(e as Error).message}); removing it`, 'warn');
+        await rm(file, { force: true });
+      }
+    }
+    return best;
+  }
+
+  async list(): Promise<SessionInfo[]> {
+    const out: SessionInfo[] = [];
+    for (const sha of this.modelDirs()) {
+      for (const f of readdirSync(join(this.dir, sha))) {
+        if (!f.endsWith('.json') || !SESSION_ID.test(f.slice(0, -5))) continue;
+        const r = await this.find(f.slice(0, -5));
+        if (r && r.key.modelSha256 === sha) out.push(this.info(r));
+      }
+    }
+    return out.sort((a, b) => (a.updated < b.updated ? 1 : -1));
+  }
+
+  info(r: SessionRecord): SessionInfo {
+    return {
+      id: r.id,
+      model: r.model,
+      modelSha256: r.key.modelSha256,
+      adapters: r.key.adapters,
+      ctxSize: r.key.ctxSize,
+      turns: r.turns,
+      messages: r.messages.length,
+      kvBytes: r.kv?.bytes ?? 0,
+      kvTokens: r.kv?.tokens ?? 0,
+      created: r.created,
+      updated: r.updated,
+      lastCache: r.lastCache,
+    };
+  }
+
+  /** Removes a session (record and state); false when there was none. */
+  async delete(id: string): Promise<boolean> {
+    checkSessionId(id);
+    let found = false;
+    for (const sha of this.modelDirs()) {
+      for (const f of [join(this.dir, sha, `${id}.json`), this.kvPath(sha, id)]) {
+        if (existsSync(f)) {
+          found = true;
+          await rm(f, { force: true });
+        }
+      }
+    }
+    return found;
+  }
+
+  /** The saved state's file, when it is there and matches its record (size, sha256); else why not. */
+  async checkState(r: SessionRecord): Promise<{ ok: true; path: string } | { ok: false; why: string }> {
+    if (!r.kv) return { ok: false, why: 'no saved state' };
+    const path = this.kvPath(r.key.modelSha256, r.id);
+    const st = await stat(path).catch(() => undefined);
+    if (!st) return { ok: false, why: `the state file ${path} is missing` };
+    if (st.size !== r.kv.bytes) return { ok: false, why: `the state file is ${st.size} bytes, ${r.kv.bytes} were saved (truncated or replaced)` };
+    const sum = await sha256File(path);
+    if (sum !== r.kv.sha256) return { ok: false, why: `the state file's sha256 ${sum.slice(0, 12)}… differs from the saved ${r.kv.sha256.slice(0, 12)}… (corrupt)` };
+    return { ok: true, path };
+  }
+
+  /** Restores a checked state file into `slot` of the child on `port`; the tokens restored. */
+  async restore(path: string, port: number | string | string, slot: number, signal: AbortSignal): Promise<{ tokens: number; ms: number }> {
+    const name = tempName('restore');
+    const tmp = join(this.dir, name);
+    await link(path, tmp); // llama-server reads only plain names in its --slot-save-path
+    try {
+      const res = await postChild(port, `/slots/${slot}?action=restore`, Buffer.from(JSON.stringify({ filename: name })), signal);
+      const text = (await readAll(res)).toString('utf8');
+      if (res.statusCode !== 200) throw new Error(`llama-server refused the restore (${res.statusCode}): ${text.slice(0, 300)}`);
+      const j = JSON.parse(text) as { n_restored?: number; timings?: { restore_ms?: number } };
+      return { tokens: j.n_restored ?? 0, ms: j.timings?.restore_ms ?? 0 };
+    } finally {
+      await unlink(tmp).catch(() => {});
+    }
+  }
+
+  /**
+   * Before a session's turn, with its slot held: the conversation so far, and its KV state
+   * restored into the slot when the saved state is valid for this model, adapter set and context.
+   */
+  async begin(o: { id: string; model: string; modelPath: string; adapters: string; ctxSize: number; port: number | string | string; slot: number; signal: AbortSignal; systemPrompt?: string }): Promise<Turn> {
+    this.need();
+    const key: SessionKey = { modelSha256: await this.modelSha256(o.modelPath), adapters: o.adapters, ctxSize: o.ctxSize };
+    const now = new Date().toISOString();
+    const r = await this.find(o.id);
+    const turn: Turn = { id: o.id, key, model: o.model, modelPath: o.modelPath, history: r?.messages ?? [], restoredTokens: 0, restoreMs: 0, expectCached: 0, status: 'new', note: '', created: r?.created ?? now, turns: r?.turns ?? 0 };
+    if (o.systemPrompt !== undefined && o.systemPrompt !== '' && turn.history.length) {
+      const had = turn.history[0]?.role === 'system' ? turn.history[0].content : '';
+      if (had !== o.systemPrompt) {
+        throw new RuntimeError(Code.INVALID_ARGUMENT, `session ${o.id}: its system prompt was set by its first turn and cannot change; send none (or the same), or delete the session (aios runtime sessions rm ${o.id})`);
+      }
+    }
+    if (!r) return turn;
+    const discard = async (why: string) => {
+      turn.status = 'discarded';
+      turn.note = `the saved state of session ${o.id} was discarded: ${why}; the whole conversation (${r.messages.length} messages) is evaluated again`;
+      this.log(`sessions: ${turn.note}`, 'warn');
+      await this.dropState(r.key.modelSha256, r.id);
+    };
+    if (!r.kv) {
+      turn.status = 'none';
+      turn.note = `session ${o.id} has no saved state (its last save failed or states are not kept); the conversation is evaluated again`;
+      this.log(`sessions: ${turn.note}`, 'warn');
+      return turn;
+    }
+    if (!sameKey(r.key, key)) {
+      await discard(`it was saved for ${r.model} with a different key (${describeKeyChange(r.key, key)})`);
+      return turn;
+    }
+    const checked = await this.checkState(r);
+    if (!checked.ok) {
+      await discard(checked.why);
+      return turn;
+    }
+    try {
+      const t0 = performance.now();
+      const got = await this.restore(checked.path, o.port, o.slot, o.signal);
+      turn.restoredTokens = got.tokens;
+      turn.restoreMs = got.ms || performance.now() - t0;
+      turn.expectCached = r.promptTokens > 0 ? Math.min(r.promptTokens, got.tokens) : Math.floor(got.tokens / 2);
+      this.log(`sessions: ${o.id}: restored ${got.tokens} tokens into ${o.model} slot ${o.slot} in ${turn.restoreMs.toFixed(1)} ms`, 'debug');
+    } catch (e) {
+      if (o.signal.aborted) throw e;
+      await discard((e as Error).message);
+    }
+    return turn;
+  }
+
+  /**
+   * After a session's answer, with its slot still held: checks that a restored state was used,
+   * appends the turn to the conversation, saves the slot's KV state and the record, and keeps the
+   * directory under sessions_max_bytes. Never throws for a failed save: it is logged.
+   */
+  async finish(turn: Turn, o: { added: ChatMsg[]; answer: string; params: Record<string, unknown>; use: ReportedUse; port: number | string | string; slot: number; signal: AbortSignal }): Promise<TurnResult> {
+    let status = turn.status;
+    let note = turn.note;
+    const cachedTokens = o.use.cacheN ?? 0;
+    if (turn.restoredTokens > 0) {
+      if (cacheHit(turn.expectCached, o.use)) status = 'hit';
+      else {
+        status = 'miss';
+        note = `session ${turn.id}: ${turn.restoredTokens} tokens were restored but llama-server reused only ${cachedTokens} of the prompt (expected at least ${Math.floor(turn.expectCached * 0.9)}): it evaluated the full prompt`;
+        this.log(`sessions: ${note}`, 'warn');
+      }
+    }
+    const now = new Date().toISOString();
+    const rec: SessionRecord = {
+      version: 1,
+      id: turn.id,
+      model: turn.model,
+      modelPath: turn.modelPath,
+      key: turn.key,
+      messages: [...turn.history, ...o.added, { role: 'assistant', content: o.answer }],
+      params: o.params,
+      kv: null,
+      promptTokens: o.use.promptTokens ?? 0,
+      turns: turn.turns + 1,
+      created: turn.created,
+      updated: now,
+      lastCache: status,
+    };
+    const sub = join(this.dir, turn.key.modelSha256);
+    let saved = false;
+    try {
+      await mkdir(sub, { recursive: true, mode: 0o700 });
+      if (this.maxBytes > 0) rec.kv = await this.saveSlot(turn, o.port, o.slot, o.signal);
+      saved = true;
+    } catch (e) {
+      this.log(`sessions: ${turn.id}: the KV state was not saved (${(e as Error).message}); the request succeeds, the next turn evaluates the conversation again`, 'warn');
+      await rm(this.kvPath(turn.key.modelSha256, turn.id), { force: true }).catch(() => {});
+    }
+    try {
+      await this.writeAtomic(join(sub, `${turn.id}.json`), JSON.stringify(rec));
+      // The same id under another model's directory is an older state of this conversation.
+      for (const sha of this.modelDirs()) {
+        if (sha === turn.key.modelSha256) continue;
+        await rm(join(this.dir, sha, `${turn.id}.json`), { force: true });
+        await rm(this.kvPath(sha, turn.id), { force: true });
+      }
+    } catch (e) {
+      saved = false;
+      this.log(`sessions: ${turn.id}: the conversation was not saved (${(e as Error).message}); the request succeeds`, 'warn');
+    }
+    if (saved) await this.enforceCap(turn.id).catch((e) => this.log(`sessions: size cap: ${(e as Error).message}`, 'warn'));
+    return { status, cachedTokens, note, saved };
+  }
+
+  /**
+   * SaveSession for a conversation whose state is not saved (an earlier save failed, or it was
+   * discarded): the caller has evaluated the conversation's prompt in `slot`; this saves it.
+   */
+  async saveEvaluated(r: SessionRecord, key: SessionKey, o: { promptTokens: number; port: number | string | string; slot: number; signal: AbortSignal }): Promise<SessionRecord> {
+    this.need();
+    const sub = join(this.dir, key.modelSha256);
+    await mkdir(sub, { recursive: true, mode: 0o700 });
+    const turn = { id: r.id, key } as Turn;
+    const rec: SessionRecord = { ...r, key, kv: await this.saveSlot(turn, o.port, o.slot, o.signal), promptTokens: o.promptTokens, updated: new Date().toISOString() };
+    await this.writeAtomic(join(sub, `${r.id}.json`), JSON.stringify(rec));
+    await this.enforceCap(r.id);
+    return rec;
+  }
+
+  /** POST /slots/<slot>?action=save into a temporary name, then the file goes to <sha>/<id>, 0600. */
+  private async saveSlot(turn: Turn, port: number | string | string, slot: number, signal: AbortSignal): Promise<SessionRecord['kv']> {
+    const name = tempName('save');
+    const tmp = join(this.dir, name);
+    try {
+      const res = await postChild(port, `/slots/${slot}?action=save`, Buffer.from(JSON.stringify({ filename: name })), signal);
+      const text = (await readAll(res)).toString('utf8');
+      if (res.statusCode !== 200) throw new Error(`llama-server could not save slot ${slot} (${res.statusCode}): ${text.slice(0, 300)}`);
+      const j = JSON.parse(text) as { n_saved?: number; n_written?: number };
+      await chmod(tmp, 0o600);
+      const st = await stat(tmp);
+      if (j.n_written !== undefined && st.size !== j.n_written) throw new Error(`the saved file has ${st.size} bytes, llama-server wrote ${j.n_written} (disk full?)`);
+      const sha256 = await sha256File(tmp);
+      await rename(tmp, this.kvPath(turn.key.modelSha256, turn.id));
+      return { bytes: st.size, sha256, tokens: j.n_saved ?? 0 };
+    } finally {
+      await rm(tmp, { force: true }).catch(() => {});
+    }
+  }
+
+  /**
+   * Removes saved states, least recently updated first, until the total fits sessions_max_bytes;
+   * `keep` (the session just saved) goes last, only if it alone is over the cap.
+   */
+  async enforceCap(keep?: string): Promise<string[]> {
+    const files: { id: string; sha: string; bytes: number; updated: number }[] = [];
+    for (const sha of this.modelDirs()) {
+      for (const f of readdirSync(join(this.dir, sha))) {
+        if (!SESSION_ID.test(f)) continue;
+        const st = statSync(join(this.dir, sha, f), { throwIfNoEntry: false });
+        if (st) files.push({ id: f, sha, bytes: st.size, updated: st.mtimeMs });
+      }
+    }
+    let total = files.reduce((a, f) => a + f.bytes, 0);
+    const removed: string[] = [];
+    const order = files.sort((a, b) => a.updated - b.updated).sort((a, b) => Number(a.id === keep) - Number(b.id === keep));
+    for (const f of order) {
+      if (total <= this.maxBytes) break;
+      await this.dropState(f.sha, f.id);
+      total -= f.bytes;
+      removed.push(f.id);
+      this.log(`sessions: removed the saved state of ${f.id} (${f.bytes} bytes, ${f.id === keep ? 'alone larger than the cap' : 'least recently used'}) to stay under runtime.sessions_max_bytes (${this.maxBytes} bytes); its conversation is kept`, f.id === keep ? 'warn' : 'info');
+    }
+    return removed;
+  }
+
+  /** Deletes a state file and marks its record as having none (the conversation stays). */
+  private async dropState(sha: string, id: string): Promise<void> {
+    await rm(this.kvPath(sha, id), { force: true });
+    const file = join(this.dir, sha, `${id}.json`);
+    try {
+      const r = JSON.parse(await readFile(file, 'utf8')) as SessionRecord;
+      r.kv = null;
+      await this.writeAtomic(file, JSON.stringify(r));
+    } catch {
+      // no record: nothing to mark
+    }
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Saved sessions (src/runtime/sessions.ts) without llama-server: id checks, the cache-hit rule,
+ * llama-server's reported figures, and the store's files (records, checks of the state file, the
+ * size cap, model hashes). The turns themselves (slot save/restore on a real llama-server) are in
+ * test/e2e/runtime-sessions.test.ts.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cacheHit, checkSessionId, reportedUse, SessionStore, type SessionRecord } from '../../src/runtime/sessions.js';
+import { RuntimeError } from '../../src/runtime/errors.js';
+import { prepareSessionsDir, sessionsDirOf } from '../../src/runtime/defaults.js';
+import { launchArgs } from '../../src/runtime/launch.js';
+
+const dirs: string[] = [];
+const tmp = () => {
+  const d = mkdtempSync(join(tmpdir(), 'aios-sessions-'));
+  dirs.push(d);
+  return d;
+};
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+const SHA = 'a'.repeat(64);
+const OTHER = 'b'.repeat(64);
+
+/** A session on disk as the store writes it: a state file of `bytes` bytes and its record. */
+function put(dir: string, id: string, bytes: number, o: { sha?: string; mtime?: number; corrupt?: boolean } = {}): SessionRecord {
+  const sha = o.sha ?? SHA;
+  mkdirSync(join(dir, sha), { recursive: true });
+  const data = Buffer.alloc(bytes, 7);
+  writeFileSync(join(dir, sha, id), o.corrupt ? Buffer.alloc(bytes, 8) : data);
+  const rec: SessionRecord = {
+    version: 1,
+    id,
+    model: 'tiny',
+    modelPath: '/m/tiny.gguf',
+    key: { modelSha256: sha, adapters: '', ctxSize: 2048 },
+    messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }],
+    params: {},
+    kv: { bytes, sha256: createHash('sha256').update(data).digest('hex'), tokens: 10 },
+    promptTokens: 8,
+    turns: 1,
+    created: '2026-12-01T00:00:00.000Z',
+    updated: new Date(o.mtime ?? Date.now()).toISOString(),
+    lastCache: 'new',
+  };
+  writeFileSync(join(dir, sha, `${id}.json`), JSON.stringify(rec));
+  if (o.mtime) utimesSync(join(dir, sha, id), o.mtime / 1000, o.mtime / 1000);
+  return rec;
+}
+
+describe('session ids', () => {
+  it('takes [A-Za-z0-9_-]{1,64} and nothing else (no path tricks)', () => {
+    for (const ok of ['a', 'chat-42', 'A_b-C', 'x'.repeat(64)]) expect(checkSessionId(ok)).toBe(ok);
+    for (const bad of ['', '../etc', 'a/b', '.', '..', 'a.b', 'x'.repeat(65), 'ä', 'a b', 'a\0b', 42, null]) {
+      expect(() => checkSessionId(bad)).toThrow(RuntimeError);
+    }
+    try {
+      checkSessionId('../x', 'session');
+    } catch (e) {
+      expect((e as RuntimeError).code).toBe(3); // INVALID_ARGUMENT
+      expect((e as Error).message).toMatch(/^session: must be 1-64 characters of A-Z a-z 0-9 _ - \(got "\.\.\/x"\)/);
+    }
+  });
+});
+
+describe('the cache-hit rule', () => {
+  it('reads timings.cache_n / prompt_n, else usage', () => {
+    expect(reportedUse({ timings: { cache_n: 1500, prompt_n: 12 }, usage: { prompt_tokens: 1512 } })).toEqual({ cacheN: 1500, promptN: 12, promptTokens: 1512 });
+    expect(reportedUse({ usage: { prompt_tokens: 30, prompt_tokens_details: { cached_tokens: 20 } } })).toEqual({ cacheN: 20, promptN: undefined, promptTokens: 30 });
+    // A stream without include_usage: the prompt's size from the timings' two parts.
+    expect(reportedUse({ timings: { cache_n: 100, prompt_n: 5 } })).toEqual({ cacheN: 100, promptN: 5, promptTokens: 105 });
+    expect(reportedUse(undefined)).toEqual({ cacheN: undefined, promptN: undefined, promptTokens: undefined });
+  });
+  it('is a hit only when at least 90 % of the previous prompt was reused', () => {
+    expect(cacheHit(1000, { cacheN: 1000 })).toBe(true);
+    expect(cacheHit(1000, { cacheN: 900 })).toBe(true);
+    expect(cacheHit(1000, { cacheN: 899 })).toBe(false);
+    expect(cacheHit(1000, { cacheN: 0, promptN: 1012, promptTokens: 1012 })).toBe(false); // restored, then re-processed: the trap
+    expect(cacheHit(1000, { promptN: 12, promptTokens: 1012 })).toBe(true); // no cache_n: prompt − processed
+    expect(cacheHit(0, { cacheN: 5 })).toBe(false); // nothing restored: never a hit
+  });
+});
+
+describe('the sessions directory', () => {
+  it('is runtime.sessions_dir, else $STATE_DIRECTORY/sessions, else /var/lib/aios/sessions', () => {
+    expect(sessionsDirOf('/x/s', { STATE_DIRECTORY: '/var/lib/aios-runtime' })).toBe('/x/s');
+    expect(sessionsDirOf('', { STATE_DIRECTORY: '/var/lib/aios-runtime:/other' })).toBe('/var/lib/aios-runtime/sessions');
+    expect(sessionsDirOf('', {})).toBe('/var/lib/aios/sessions');
+  });
+  it('is made with mode 0700; an unusable one says why', () => {
+    const d = join(tmp(), 'a', 'sessions');
+    expect(prepareSessionsDir(d)).toBeUndefined();
+    expect(statSync(d).mode & 0o777).toBe(0o700);
+    const file = join(tmp(), 'f');
+    writeFileSync(file, '');
+    expect(prepareSessionsDir(join(file, 'sessions'))).toMatch(/ENOTDIR/);
+  });
+  it("is llama-server's --slot-save-path (never for an embedding child)", () => {
+    const p = { name: 'tiny', path: '/m/tiny.gguf', level: 'operational' as const, ctxSize: 2048, threads: 2, gpuLayers: 0, parallel: 2, mmap: true };
+    const a = launchArgs(p, 1234, '/s');
+    expect(a.slice(a.indexOf('--slot-save-path'), a.indexOf('--slot-save-path') + 2)).toEqual(['--slot-save-path', '/s']);
+    expect(launchArgs(p, 1234)).not.toContain('--slot-save-path');
+    expect(launchArgs({ ...p, embeddings: { pooling: 'mean' } }, 1234, '/s')).not.toContain('--slot-save-path');
+  });
+});
+
+describe('SessionStore on disk', () => {
+  it('lists records newest first and deletes a session with its state', async () => {
+    const dir = tmp();
+    put(dir, 'old', 100, { mtime: Date.now() - 60_000 });
+    put(dir, 'new', 200);
+    const s = new SessionStore({ dir, maxBytes: 1 << 30 });
+    const l = await s.list();
+    expect(l.map((x) => [x.id, x.kvBytes, x.turns, x.model])).toEqual([
+      ['new', 200, 1, 'tiny'],
+      ['old', 100, 1, 'tiny'],
+    ]);
+    expect(await s.delete('old')).toBe(true);
+    expect(existsSync(join(dir, SHA, 'old'))).toBe(false);
+    expect(existsSync(join(dir, SHA, 'old.json'))).toBe(false);
+    expect(await s.delete('old')).toBe(false);
+    await expect(s.delete('../new')).rejects.toThrow(/session_id: must be/);
+  });
+
+  it('accepts a state file only when its size and sha256 match the record', async () => {
+    const dir = tmp();
+    const s = new SessionStore({ dir, maxBytes: 1 << 30 });
+    const good = put(dir, 'good', 64);
+    expect(await s.checkState(good)).toEqual({ ok: true, path: join(dir, SHA, 'good') });
+    const bad = put(dir, 'bad', 64, { corrupt: true });
+    expect(await s.checkState(bad)).toMatchObject({ ok: false, why: expect.stringMatching(/sha256 .* differs .* \(corrupt\)/) });
+    const cut = put(dir, 'cut', 64);
+    writeFileSync(join(dir, SHA, 'cut'), Buffer.alloc(10, 7));
+    expect(await s.checkState(cut)).toMatchObject({ ok: false, why: 'the state file is 10 bytes, 64 were saved (truncated or replaced)' });
+    rmSync(join(dir, SHA, 'cut'));
+    expect(await s.checkState(cut)).toMatchObject({ ok: false, why: expect.stringMatching(/is missing$/) });
+  });
+
+  it('removes the least recently used states past sessions_max_bytes, keeping their conversations', async () => {
+    const dir = tmp();
+    const t = Date.now();
+    put(dir, 's1', 400, { mtime: t - 30_000 });
+    put(dir, 's2', 400, { mtime: t - 20_000, sha: OTHER });
+    put(dir, 's3', 400, { mtime: t - 10_000 });
+    const lines: string[] = [];
+    const s = new SessionStore({ dir, maxBytes: 500, log: (l) => lines.push(l) });
+    expect(await s.enforceCap('s1')).toEqual(['s2', 's3']); // s1 was just saved: it goes last, even though it is the oldest
+    expect(existsSync(join(dir, SHA, 's1'))).toBe(true);
+    const r3 = JSON.parse(readFileSync(join(dir, SHA, 's3.json'), 'utf8')) as SessionRecord;
+    expect(r3.kv).toBeNull();
+    expect(r3.messages).toHaveLength(2);
+    expect(lines.join('\n')).toMatch(/removed the saved state of s2 \(400 bytes, least recently used\)/);
+    // Alone over the cap: even the one just saved goes.
+    s.maxBytes = 100;
+    expect(await s.enforceCap('s1')).toEqual(['s1']);
+    expect((await s.list()).every((x) => x.kvBytes === 0)).toBe(true);
+  });
+
+  it('hashes a model file once per (path, size, mtime, inode), remembered across stores', async () => {
+    const dir = tmp();
+    const model = join(tmp(), 'm.gguf');
+    writeFileSync(model, 'GGUF model bytes');
+    const want = createHash('sha256').update('GGUF model bytes').digest('hex');
+    expect(await new SessionStore({ dir, maxBytes: 0 }).modelSha256(model)).toBe(want);
+    const remembered = JSON.parse(readFileSync(join(dir, '.model-hashes.json'), 'utf8')) as Record<string, string>;
+    expect(Object.values(remembered)).toEqual([want]);
+    // A changed file (new size and mtime) is hashed again.
+    writeFileSync(model, 'other bytes!');
+    utimesSync(model, 1, 1);
+    expect(await new SessionStore({ dir, maxBytes: 0 }).modelSha256(model)).toBe(createHash('sha256').update('other bytes!').digest('hex'));
+  });
+
+  it('refuses to work when its directory cannot be used, saying why', async () => {
+    const s = new SessionStore({ dir: '/nonexistent/sessions', maxBytes: 0, problem: 'EACCES: permission denied' });
+    expect(s.enabled).toBe(false);
+    expect(() => s.need()).toThrow(/sessions are not available: the sessions directory \/nonexistent\/sessions cannot be used \(EACCES: permission denied\); set runtime.sessions_dir/);
+  });
+
+  it('an unreadable record is removed with a warning, not served', async () => {
+    const dir = tmp();
+    mkdirSync(join(dir, SHA));
+    writeFileSync(join(dir, SHA, 'x.json'), '{not json');
+    const lines: string[] = [];
+    const s = new SessionStore({ dir, maxBytes: 0, log: (l) => lines.push(l) });
+    expect(await s.find('x')).toBeUndefined();
+    expect(existsSync(join(dir, SHA, 'x.json'))).toBe(false);
+    expect(lines[0]).toMatch(/x\.json is unreadable .* removing it/);
+  });
+});
