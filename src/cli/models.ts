@@ -1,10 +1,12 @@
-/** `aios models list|pull|verify|rm|inspect|synth`: the models dir on this host, GGUF headers, synthesized test models. */
+/** `aios models list|pull|verify|rm|inspect|synth|synth-lora`: the models dir on this host, GGUF headers, synthesized test models. */
 import { Option, type Command } from 'commander';
 import { join } from 'node:path';
 import ora from 'ora';
 import { buildLlamaStage } from '../build/index.js';
 import { listModels, pullModel, removeModel, verifyModels } from '../models/store.js';
-import { inspectModel } from '../models/gguf.js';
+import { inspectModel, readGguf } from '../models/gguf.js';
+import { adapterProblem } from '../models/lora.js';
+import { synthLora } from '../models/synth-lora.js';
 import { QUANTS, SHAPES, synthModel, type Quant } from '../models/synth.js';
 import { formatSize } from '../util/size.js';
 import { defaultCacheDir } from '../util/paths.js';
@@ -100,5 +102,24 @@ export function registerModels(p: Command): void {
     }).finally(() => spinner?.stop());
     const i = await inspectModel(o.out);
     out(`${o.out}: ${i.architecture}, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.fileType}, ${formatSize(i.weightsBytes)}`);
+  });
+  recipeOptions(
+    m
+      .command('synth-lora')
+      .description('write a LoRA adapter GGUF with random weights for a base model (general.type = adapter, adapter.type = lora, a .lora_a/.lora_b pair per attention and feed-forward weight); checked against the base the way llama.cpp checks it')
+      .requiredOption('--base <gguf>', 'the base model')
+      .requiredOption('--out <file>', 'output .gguf file')
+      .option('--rank <n>', 'LoRA rank', (v) => Number(v), 8)
+      .option('--alpha <n>', 'adapter.lora.alpha (default: the rank, i.e. scale 1)', (v) => Number(v))
+      .option('--std <x>', 'standard deviation of the random A and B entries', (v) => Number(v), 0.05)
+      .option('--zero-b', 'every lora_b zero: applying the adapter changes nothing (a freshly initialised LoRA)')
+      .option('--seed <n>', 'random seed', (v) => Number(v), 1),
+  ).action(async (o: { base: string; out: string; rank: number; alpha?: number; std: number; zeroB?: boolean; seed: number; recipe: string; set: string[] }) => {
+    const llama = await buildLlamaStage({ recipe: o.recipe, sets: o.set, renderer: 'silent' });
+    await synthLora({ base: o.base, out: o.out, rank: o.rank, alpha: o.alpha, std: o.std, zeroB: o.zeroB, seed: o.seed, ggufPy: join(llama.shareDir, 'gguf-py') });
+    const problem = adapterProblem(await readGguf(o.out), await readGguf(o.base));
+    if (problem) throw new UserError(`${o.out}: llama.cpp would refuse it for ${o.base}: ${problem}`, 1);
+    const g = await readGguf(o.out);
+    out(`${o.out}: LoRA for ${g.metadata['general.architecture']}, ${g.tensors.length / 2} pairs, rank ${o.rank}, alpha ${g.metadata['adapter.lora.alpha']}${o.zeroB ? ', lora_b = 0' : ''}`);
   });
 }
