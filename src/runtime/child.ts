@@ -51,13 +51,19 @@ export interface LaunchProfile {
   pinned?: boolean;
   /** Unload after this long without requests (0 = never). */
   idleUnloadMs?: number;
+  /** memory.max of its cgroup: the budgeted footprint + runtime.child_memory_margin (supervisor; 0/absent = no limit). */
+  memoryLimitBytes?: number;
+  /** LoRA adapters loaded unapplied (`--lora`; the index is llama-server's adapter id; adapters.ts). */
+  adapters?: { name: string; path: string }[];
+  /** An embedding child ([models.embedding]: `--embeddings --pooling <pooling>`). */
+  embeddings?: { pooling: string };
 }
 
 /** A running process as the machine sees it. */
 export interface ProcessHandle {
   readonly pid: number;
-  /** Settles once, when the process has exited. */
-  readonly exited: Promise<{ code: number | null; signal: string | null }>;
+  /** Settles once, when the process has exited; `oom` when its cgroup's OOM killer ended it ("out of memory: limit N MiB"). */
+  readonly exited: Promise<{ code: number | null; signal: string | null; oom?: string }>;
   kill(signal: 'SIGTERM' | 'SIGKILL'): void;
   /** The last lines it wrote to stderr (for error messages). */
   tail(): string;
@@ -67,11 +73,14 @@ export interface ProcessHandle {
 
 /** Starts processes and asks them whether they are healthy: the real one runs llama-server. */
 export interface Launcher {
-  /** Starts the process for `profile` on a loopback port it chooses. */
-  start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }>;
-  healthy(port: number): Promise<boolean>;
-  /** Bytes the process uses once ready (0 if unknown). */
-  measure(h: ProcessHandle): number;
+  /** Starts the process for `profile` on a loopback port it chooses, or on a unix socket (sandboxed: `socket`). */
+  start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle; socket?: string }>;
+  /** /health of a child: its port, or its unix socket's path. */
+  healthy(target: number | string): Promise<boolean>;
+  /** Bytes the process uses once ready (0 if unknown); `name`: the model, whose cgroup is measured when it has one. */
+  measure(h: ProcessHandle, name?: string): number;
+  /** The model's cgroup figures, when it runs in one of its own (cgroup.ts). */
+  cgroupStats?(name: string): { currentBytes: number; peakBytes: number; limitBytes: number; oomKills: number } | undefined;
 }
 
 export interface ChildOptions {
@@ -90,6 +99,8 @@ export interface ChildOptions {
   stopGraceMs?: number;
   now?: () => number;
   log?: (s: string) => void;
+  /** Told when the kernel's OOM killer ended the child in its cgroup ("out of memory: limit N MiB"). */
+  onOom?: (child: ModelChild, message: string) => void;
   /** Told about every transition, after it happened. */
   onTransition?: (child: ModelChild, from: ChildState, to: ChildState) => void;
 }
@@ -112,6 +123,10 @@ class Gate {
 
 export interface Lease {
   port: number;
+  /** The child's unix socket when it is sandboxed without a network ("" = talk to `port`). */
+  socket: string;
+  /** The llama-server slot this request uses (`id_slot`): the lowest not held by another lease. */
+  slot: number;
   /** Aborted when the child dies or is stopped during the request. */
   signal: AbortSignal;
   release(): void;
@@ -120,7 +135,12 @@ export interface Lease {
 export class ModelChild {
   private _state: ChildState = 'stopped';
   port = 0;
+  /** Its unix socket when sandboxed ("" = loopback `port`). */
+  socket = '';
   pid = 0;
+  /** Times its cgroup's OOM killer ended it, and the last such message (shown as its error while it has no other). */
+  oomKills = 0;
+  lastOom = '';
   restarts = 0;
   error = '';
   startedAt = 0;
@@ -139,6 +159,8 @@ export class ModelChild {
   private restartTimer?: NodeJS.Timeout;
   private stopping?: Promise<void>;
   private inflight = new Set<AbortController>();
+  /** Slots held by leases (llama-server slot ids, 0 … parallel − 1). */
+  private slotsHeld = new Set<number>();
   private now: () => number;
 
   constructor(
@@ -222,8 +244,9 @@ export class ModelChild {
   /** One start: a port, the process, /health until it answers (or the process exits, or time runs out). */
   private async run(): Promise<void> {
     try {
-      const { port, proc } = await this.o.launcher.start(this.profile);
+      const { port, proc, socket } = await this.o.launcher.start(this.profile);
       this.port = port;
+      this.socket = socket ?? '';
       this.proc = proc;
       if (this._state !== 'starting') {
         proc.kill('SIGKILL'); // stopped while the port was being chosen
@@ -233,15 +256,22 @@ export class ModelChild {
       this.startedAt = this.now();
       this.misses = 0;
       let exited = false;
+      let oom: string | undefined;
       void proc.exited.then((e) => {
         exited = true;
-        this.onExit(proc, e.code, e.signal);
+        oom = e.oom;
+        if (oom) {
+          this.oomKills++;
+          this.lastOom = oom;
+          this.o.onOom?.(this, oom);
+        }
+        this.onExit(proc, e.code, e.signal, e.oom);
       });
       const deadline = this.now() + this.o.loadTimeoutMs;
       for (;;) {
         if (this._state !== 'starting') return; // stopped meanwhile; stop() ends the process
-        if (exited) throw new RuntimeError(Code.FAILED_PRECONDITION, `llama-server exited while loading ${this.name}: ${lastLines(proc.tail(), 3) || 'no output'}`);
-        if (await this.o.launcher.healthy(this.port)) break;
+        if (exited) throw new RuntimeError(Code.FAILED_PRECONDITION, `llama-server exited while loading ${this.name}: ${oom ? `${oom}; ` : ''}${lastLines(proc.tail(), 3) || 'no output'}`);
+        if (await this.o.launcher.healthy(this.socket || this.port)) break;
         if (this.now() > deadline) {
           proc.kill('SIGKILL');
           await proc.exited;
@@ -252,7 +282,7 @@ export class ModelChild {
       if (this._state !== 'starting') return;
       this.error = '';
       this.buffers = proc.buffers;
-      this.actualBytes = this.o.launcher.measure(proc);
+      this.actualBytes = this.o.launcher.measure(proc, this.name);
       this.transition('ready');
       this.log(`${this.name} ready on port ${this.port} (pid ${proc.pid})`);
     } catch (e) {
@@ -263,12 +293,12 @@ export class ModelChild {
     }
   }
 
-  private onExit(proc: ProcessHandle, code: number | null, signal: string | null): void {
+  private onExit(proc: ProcessHandle, code: number | null, signal: string | null, oom?: string): void {
     if (proc !== this.proc) return;
     this.proc = undefined;
     this.pid = 0;
     if (this._state !== 'ready') return; // starting: run() reports it; stopping: stop() waits for it
-    const how = signal ?? `exit ${code}`;
+    const how = oom ?? signal ?? `exit ${code}`;
     for (const a of this.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, `llama-server for ${this.name} died (${how}) during the request; it is being restarted`));
     this.inflight.clear();
     const now = this.now();
@@ -296,7 +326,7 @@ export class ModelChild {
   async checkHealth(): Promise<void> {
     if (this._state !== 'ready' || !this.proc) return;
     const proc = this.proc;
-    if (await this.o.launcher.healthy(this.port)) {
+    if (await this.o.launcher.healthy(this.socket || this.port)) {
       this.misses = 0;
       return;
     }
@@ -313,10 +343,19 @@ export class ModelChild {
     if (this._state !== 'ready') throw new RuntimeError(Code.UNAVAILABLE, `model ${this.name} is ${this._state}`);
     const ctrl = new AbortController();
     this.inflight.add(ctrl);
+    // Every request names its slot, so a session's restored state is never handed to another request.
+    let slot = 0;
+    while (this.slotsHeld.has(slot)) slot++;
+    this.slotsHeld.add(slot);
+    let held = true;
     return {
       port: this.port,
+      socket: this.socket,
+      slot,
       signal: ctrl.signal,
       release: () => {
+        if (held) this.slotsHeld.delete(slot);
+        held = false;
         if (!this.inflight.delete(ctrl)) return;
         // "Least recently used" means idle the longest: the clock moves when a request ends.
         this.lastUsed = this.now();

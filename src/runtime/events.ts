@@ -16,7 +16,7 @@ export function parsePriority(p: string | undefined): PriorityName {
 }
 
 /** Why a model left memory. */
-export type UnloadReason = 'idle' | 'evict' | 'request' | 'shutdown';
+export type UnloadReason = 'idle' | 'evict' | 'request' | 'shutdown' | 'reload';
 
 /** How a request ended, from the queue's point of view. */
 export type RequestStatus = 'ok' | 'rejected' | 'cancelled' | 'expired' | 'error';
@@ -25,6 +25,8 @@ export interface RuntimeEventMap {
   /** A model load finished (ok or not); bytes are the estimate before and the measurement after. */
   load: [{ model: string; ms: number; ok: boolean; estimateBytes: number; actualBytes: number }];
   unload: [{ model: string; reason: UnloadReason }];
+  /** The kernel's OOM killer ended a model's child inside its cgroup (issue 16): "out of memory: limit N MiB". */
+  oom: [{ model: string; message: string }];
   /** Every request that entered withSlot(), once, when it ends. */
   request: [{ model: string; priority: PriorityName; status: RequestStatus; code: number; queuedMs: number }];
   /** A generation that produced output: time to first token and decode rate, from the front end that streamed it. */

@@ -142,7 +142,8 @@ export class Isolation {
     let socket: string | undefined;
     if (this.sandbox) {
       const dir = join(this.settings.childDir, cgroupName(p.name));
-      const ro: string[] = [];
+      // The binary itself when it is not under /usr (a llama.cpp build in the aios cache, by hand).
+      const ro: string[] = binary.startsWith('/usr/') ? [] : [binary];
       const rw: string[] = [];
       for (let i = 0; i < args.length - 1; i++) {
         if (args[i] === '--lora' || args[i] === '--mmproj') ro.push(args[i + 1]!);

@@ -8,9 +8,11 @@ import type { Launcher, LaunchProfile, ProcessHandle } from './child.js';
 import { addBufferLine, emptyBuffers, PROCESS_OVERHEAD, rssOf } from './memory.js';
 import { freePort } from '../util/net.js';
 import { physicalCores } from '../util/cpu.js';
+import { Isolation, type IsolationSettings } from './isolation.js';
+import { getChildStatus, type ChildAddress } from './upstream.js';
 
 /** llama-server's command line for a profile. */
-export function launchArgs(p: LaunchProfile, port: number): string[] {
+export function launchArgs(p: LaunchProfile, port: number, slotSavePath = ''): string[] {
   const args = [
     '-m', p.path,
     // The name clients use: llama-server reports it as "model" in every answer, so the relay can
@@ -30,12 +32,30 @@ export function launchArgs(p: LaunchProfile, port: number): string[] {
     '-lv', '4',
   ];
   if (!p.mmap) args.push('--no-mmap');
+  // Saved sessions (sessions.ts): POST /slots/<id>?action=save|restore reads and writes files here.
+  if (slotSavePath && !p.embeddings) args.push('--slot-save-path', slotSavePath);
+  // Every adapter loaded at scale 0; each request applies its own set (adapters.ts).
+  for (const a of p.adapters ?? []) args.push('--lora', a.path);
+  if (p.adapters?.length) args.push('--lora-init-without-apply');
+  if (p.embeddings) args.push('--embeddings', '--pooling', p.embeddings.pooling);
   return args;
 }
 
 export class LlamaServerLauncher implements Launcher {
   /** A child started before the daemon was loaded (prelaunch()), waiting to be taken by the first start() it matches. */
-  private early?: { args: string[]; port: number; proc: ProcessHandle };
+  private early?: { args: string[]; port: number; proc: ProcessHandle; socket?: string };
+
+  /** llama-server's --slot-save-path for every child (the sessions directory; "" = sessions off). */
+  slotSavePath = '';
+  /** Per-model cgroups and the sandbox (isolation.ts); none until isolate() is called. */
+  isolation?: Isolation;
+
+  /** Turns on per-model cgroups and the sandbox as far as this host allows (once; later calls update the layers' CPU settings). */
+  isolate(s: IsolationSettings): Isolation {
+    if (this.isolation) this.isolation.settings.layers = s.layers;
+    else this.isolation = new Isolation(s);
+    return this.isolation;
+  }
 
   constructor(
     readonly binary: string,
@@ -49,7 +69,8 @@ export class LlamaServerLauncher implements Launcher {
    */
   async prelaunch(profile: LaunchProfile): Promise<void> {
     const port = await freePort();
-    this.early = { args: launchArgs(profile, port), port, proc: this.launch(profile, port) };
+    const { proc, socket } = this.launch(profile, port);
+    this.early = { args: launchArgs(profile, port, this.slotSavePath), port, proc, socket };
   }
 
   /** Ends a prelaunched child that no start() took (the validated profile differed). */
@@ -58,21 +79,25 @@ export class LlamaServerLauncher implements Launcher {
     this.early = undefined;
   }
 
-  async start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }> {
+  async start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle; socket?: string }> {
     const e = this.early;
-    if (e && launchArgs(profile, e.port).join('\0') === e.args.join('\0')) {
+    if (e && launchArgs(profile, e.port, this.slotSavePath).join('\0') === e.args.join('\0')) {
       this.early = undefined;
-      this.log(`${profile.name}: taking over llama-server pid ${e.proc.pid}, started early on port ${e.port}`);
-      return { port: e.port, proc: e.proc };
+      this.log(`${profile.name}: taking over llama-server pid ${e.proc.pid}, started early on ${e.socket ?? `port ${e.port}`}`);
+      // Started before its footprint was estimated: its cgroup gets the budgeted limit now.
+      this.isolation?.updateLimits(profile);
+      return { port: e.port, proc: e.proc, socket: e.socket };
     }
     const port = await freePort();
-    return { port, proc: this.launch(profile, port) };
+    return { port, ...this.launch(profile, port) };
   }
 
-  private launch(profile: LaunchProfile, port: number): ProcessHandle {
-    const args = launchArgs(profile, port);
-    this.log(`starting ${profile.name}: ${this.binary} ${args.join(' ')}`);
-    const proc = spawn(this.binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  private launch(profile: LaunchProfile, port: number): { proc: ProcessHandle; socket?: string } {
+    const plain = launchArgs(profile, port, this.slotSavePath);
+    // Its own cgroup (entered before exec) and sandbox, as far as this host allows (isolation.ts).
+    const { argv, socket, cgroup } = this.isolation?.wrap(profile, this.binary, plain) ?? { argv: [this.binary, ...plain] };
+    this.log(`starting ${profile.name}: ${argv.join(' ')}`);
+    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     const buffers = emptyBuffers();
     let tail = '';
     let partial = '';
@@ -90,8 +115,13 @@ export class LlamaServerLauncher implements Launcher {
         if (line.includes('listening on')) parsing = false;
       }
     });
-    const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
-      proc.once('exit', (code, signal) => resolve({ code, signal }));
+    const exited = new Promise<{ code: number | null; signal: string | null; oom?: string }>((resolve) => {
+      proc.once('exit', (code, signal) => {
+        // An OOM kill in its cgroup: the kernel's memory.events says so (not the exit status, which bwrap turns into 137).
+        const oom = cgroup ? this.isolation?.oomSince(profile.name, cgroup.oomBefore) : undefined;
+        if (oom) this.log(`${profile.name}: killed by the kernel in its cgroup: ${oom}`);
+        resolve({ code, signal, oom });
+      });
       // A binary that cannot be started at all ("error" without "exit").
       proc.once('error', (e) => {
         tail += `\n${e.message}`;
@@ -99,23 +129,26 @@ export class LlamaServerLauncher implements Launcher {
       });
     });
     return {
-      pid: proc.pid ?? 0,
-      exited,
-      buffers,
-      tail: () => tail,
-      kill: (sig) => {
-        if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+      socket,
+      proc: {
+        pid: proc.pid ?? 0,
+        exited,
+        buffers,
+        tail: () => tail,
+        kill: (sig) => {
+          if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+        },
       },
     };
   }
 
-  async healthy(port: number): Promise<boolean> {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(2000) });
-      return r.status === 200;
-    } catch {
-      return false;
-    }
+  async healthy(target: ChildAddress): Promise<boolean> {
+    return (await getChildStatus(target, '/health', 2000)) === 200;
+  }
+
+  /** Its cgroup's figures (memory.current/peak, limit, OOM kills), when it has one. */
+  cgroupStats(name: string) {
+    return this.isolation?.cgroups?.stats(name);
   }
 
   /**
@@ -123,7 +156,9 @@ export class LlamaServerLauncher implements Launcher {
    * (warm-up touches only part of the compute buffer; a full micro-batch touches all of it) plus the
    * process's own code and heap.
    */
-  measure(h: ProcessHandle): number {
-    return Math.max(rssOf(h.pid), h.buffers.hostBytes ? h.buffers.hostBytes + PROCESS_OVERHEAD : 0);
+  measure(h: ProcessHandle, name?: string): number {
+    // With a cgroup, memory.current (anonymous memory and the weights' page cache it faulted in) replaces the RSS.
+    const cg = name ? this.cgroupStats(name)?.currentBytes : undefined;
+    return Math.max(cg || rssOf(h.pid), h.buffers.hostBytes ? h.buffers.hostBytes + PROCESS_OVERHEAD : 0);
   }
 }

@@ -115,7 +115,8 @@ export class Metrics {
   private queueWait = new Histogram('aios_request_queue_seconds', 'Time a request waited for a slot (queue and model load)', SECONDS_BUCKETS);
   private loads = new Series('aios_model_loads_total', 'counter', 'Model loads, by result (ok or error)');
   private loadSeconds = new Histogram('aios_model_load_seconds', 'Time from starting llama-server to the model answering /health', SECONDS_BUCKETS);
-  private unloads = new Series('aios_model_unloads_total', 'counter', 'Models that left memory, by reason (idle, evict, request, shutdown)');
+  private unloads = new Series('aios_model_unloads_total', 'counter', 'Models that left memory, by reason (idle, evict, request, shutdown, reload)');
+  private oomKills = new Series('aios_model_oom_kills_total', 'counter', 'Model children the kernel killed for exceeding their cgroup\'s memory.max (budgeted footprint + runtime.child_memory_margin)');
   private evictions = new Series('aios_model_evictions_total', 'counter', 'Models unloaded to make room for another (memory budget)');
   private lastLoad = new Map<string, { estimateBytes: number; actualBytes: number }>();
   private ttft = new Histogram('aios_time_to_first_token_seconds', 'From sending the request to llama-server to the first generated token', TTFT_BUCKETS);
@@ -149,6 +150,7 @@ export class Metrics {
         this.lastLoad.set(l.model, { estimateBytes: l.estimateBytes, actualBytes: l.actualBytes });
       }
     });
+    ev.on('oom', (o) => this.oomKills.inc({ model: o.model }));
     ev.on('unload', (u) => {
       this.unloads.inc({ model: u.model, reason: u.reason });
       if (u.reason === 'evict') this.evictions.inc({ model: u.model });
@@ -200,6 +202,16 @@ export class Metrics {
     const restarts = new Series('aios_model_restarts', 'gauge', 'Times the model\'s llama-server was restarted after a crash or hang');
     const vramEstimate = new Series('aios_model_vram_estimated_bytes', 'gauge', 'GPU memory the model was expected to take (0 without offload)');
     const vramActual = new Series('aios_model_vram_actual_bytes', 'gauge', 'GPU memory llama-server reported for the model (0 without offload)');
+    const cgCurrent = new Series('aios_model_cgroup_memory_bytes', 'gauge', 'memory.current of the model\'s cgroup (anonymous memory + page cache of the weights it faulted in)');
+    const cgPeak = new Series('aios_model_cgroup_memory_peak_bytes', 'gauge', 'memory.peak of the model\'s cgroup');
+    const cgLimit = new Series('aios_model_memory_limit_bytes', 'gauge', 'memory.max of the model\'s cgroup');
+    for (const m of models) {
+      if (m.memoryLimitBytes || m.cgroupMemoryBytes) {
+        cgCurrent.set({ model: m.name }, m.cgroupMemoryBytes);
+        cgPeak.set({ model: m.name }, m.cgroupPeakBytes);
+        cgLimit.set({ model: m.name }, m.memoryLimitBytes);
+      }
+    }
     for (const m of models) {
       const l = { model: m.name };
       state.set({ ...l, state: m.state }, 1);
@@ -212,7 +224,8 @@ export class Metrics {
       vramEstimate.set(l, m.vramEstimateBytes);
       vramActual.set(l, m.vramActualBytes);
     }
-    for (const s of [state, inflight, estimate, actual, vramEstimate, vramActual, restarts]) add(s, 'gauge');
+    for (const s of [state, inflight, estimate, actual, vramEstimate, vramActual, restarts, cgCurrent, cgPeak, cgLimit]) add(s, 'gauge');
+    add(this.oomKills, 'counter');
     add(this.loads, 'counter');
     add(this.loadSeconds, 'histogram');
     add(this.unloads, 'counter');

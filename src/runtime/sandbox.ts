@@ -5,9 +5,10 @@
  * - no network: a private network namespace (only its own loopback, which nothing outside
  *   reaches); the daemon talks to llama-server over a unix socket in the child's directory
  *   (llama-server binds a unix socket when `--host` ends in `.sock`);
- * - a file system of its own: /usr (read-only), the model file (read-only), its own directory
- *   (read-write: the socket, slot saves), an empty /tmp, a minimal /dev, /proc, the CPU topology
- *   in /sys; nothing else (no /etc but the loader cache, no /home, no /var, no /run);
+ * - a file system of its own, read-only but for its own directory (the socket; also its TMPDIR)
+ *   and the sessions directory (slot saves): /usr, the model file and adapters, a minimal /dev
+ *   (its /dev/shm is a private tmpfs), /proc, the CPU topology in /sys; nothing else (no /etc but
+ *   the loader cache, no /home, no /var, no /run, no /tmp);
  * - its own PID namespace (it sees and can signal no other process, though it runs as the daemon's
  *   user), no_new_privs (bwrap sets it), every capability dropped, its own session (no TIOCSTI),
  *   killed with its parent;
@@ -48,6 +49,7 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--clearenv',
     '--setenv', 'PATH', '/usr/bin',
     '--setenv', 'HOME', s.dir,
+    '--setenv', 'TMPDIR', s.dir,
     '--ro-bind', '/usr', '/usr',
     // merged /usr: the loader and libraries are found under the usual names
     '--symlink', 'usr/lib', '/lib',
@@ -56,7 +58,6 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--symlink', 'usr/sbin', '/sbin',
     '--ro-bind-try', '/etc/ld.so.cache', '/etc/ld.so.cache',
     '--dev', '/dev',
-    '--tmpfs', '/tmp',
     '--ro-bind-try', '/sys/devices/system/cpu', '/sys/devices/system/cpu',
     '--ro-bind-try', '/sys/devices/system/node', '/sys/devices/system/node',
   ];
@@ -65,7 +66,9 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
   a.push('--bind', s.dir, s.dir);
   for (const p of s.readWrite ?? []) a.push('--bind', p, p);
   for (const p of [s.model, ...(s.readOnly ?? [])]) a.push('--ro-bind', p, p);
-  a.push('--chdir', s.dir, '--');
+  // Everything not bound read-write above is read-only: the root bwrap built (and the mount points it
+  // made for the binds) is remounted read-only, so a write anywhere else fails with EROFS.
+  a.push('--remount-ro', '/', '--chdir', s.dir, '--');
   return a;
 }
 

@@ -13,6 +13,8 @@ import { ModelChild, type ChildOptions, type ChildState, type Launcher, type Lau
 import { decideAdmission, evictable, idleExpired, idleUntil, type Resident } from './policy.js';
 import { estimateFootprint, mib, rssOf, type Budget, type Footprint } from './memory.js';
 import { isGgufFile } from '../models/gguf.js';
+import { childMemoryLimit } from './cgroup.js';
+import { treeRss } from './isolation.js';
 
 export interface ModelInfo {
   name: string;
@@ -46,6 +48,12 @@ export interface ModelInfo {
   queued: number;
   /** llama-server slots. */
   parallel: number;
+  /** Its cgroup (issue 16): memory.current and memory.peak (page cache of the weights it faulted in included), memory.max; 0 without one. */
+  cgroupMemoryBytes: number;
+  cgroupPeakBytes: number;
+  memoryLimitBytes: number;
+  /** Times the kernel's OOM killer ended it inside its cgroup (since the daemon started). */
+  oomKills: number;
 }
 
 export interface SupervisorOptions {
@@ -63,6 +71,8 @@ export interface SupervisorOptions {
   onReady?: (name: string) => void;
   /** A model ended in "failed": its waiters cannot be served. */
   onFailed?: (name: string, error: string) => void;
+  /** memory.max of a child's cgroup = its estimated footprint × (1 + this) (runtime.child_memory_margin). */
+  childMemoryMargin?: number;
   /** Passed to every child (tests shorten backoff and polling). */
   child?: Partial<ChildOptions>;
   now?: () => number;
@@ -97,6 +107,7 @@ export class Supervisor {
       log: this.o.log,
       now: this.o.now,
       ...this.o.child,
+      onOom: (c, message) => this.o.events?.emit('oom', { model: c.name, message }),
       onTransition: (c, _from, to) => {
         if (to === 'ready') this.o.onReady?.(c.name);
         if (to === 'failed') this.o.onFailed?.(c.name, c.error);
@@ -132,6 +143,8 @@ export class Supervisor {
       this.log(`${p.name}: no footprint estimate (${(err as Error).message}); llama-server decides`);
     }
     const t0 = this.now();
+    // Its cgroup's memory.max: the footprint the budget admits, plus the margin (isolation.ts applies it).
+    if (estimate?.ramBytes) p = { ...p, memoryLimitBytes: childMemoryLimit(estimate.ramBytes, this.o.childMemoryMargin ?? 0.1) };
     const entry: Entry = { child: this.newChild(p), estimate };
     const failed = (err: unknown) => {
       this.o.events?.emit('load', { model: p.name, ms: this.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });
@@ -151,7 +164,7 @@ export class Supervisor {
   private charge(e: Entry): { ram: number; vram: number } {
     const c = e.child;
     if (c.state === 'failed' || c.state === 'stopped') return { ram: 0, vram: 0 };
-    const live = c.pid && c.state === 'ready' ? rssOf(c.pid) : 0;
+    const live = c.pid && c.state === 'ready' ? this.liveBytes(c) : 0;
     const ram = c.actualBytes ? Math.max(c.actualBytes, live) : (e.estimate?.ramBytes ?? 0);
     const vram = c.buffers.deviceBytes || (e.estimate?.vramBytes ?? 0);
     return { ram, vram };
@@ -245,8 +258,14 @@ export class Supervisor {
     return this.entries.get(name)?.child.profile;
   }
 
+  /** What a child uses now: its cgroup's memory.current when it has one, else the resident set of its process tree. */
+  private liveBytes(c: ModelChild): number {
+    return this.o.launcher.cgroupStats?.(c.name)?.currentBytes || (c.pid ? treeRss(c.pid) : 0);
+  }
+
   private info(e: Entry): ModelInfo {
     const c = e.child;
+    const cg = this.o.launcher.cgroupStats?.(c.name);
     const estimateBytes = e.estimate?.ramBytes ?? 0;
     const queued = this.o.queued?.(c.name) ?? 0;
     return {
@@ -255,12 +274,12 @@ export class Supervisor {
       state: c.state,
       pid: c.pid,
       port: c.port,
-      memoryBytes: c.pid ? rssOf(c.pid) : 0,
+      memoryBytes: c.pid ? treeRss(c.pid) : 0,
       lastUsed: c.lastUsed,
       uptimeMs: c.state === 'ready' ? this.now() - c.startedAt : 0,
       path: c.profile.path,
       restarts: c.restarts,
-      error: c.error,
+      error: c.error || c.lastOom,
       estimateBytes,
       actualBytes: c.actualBytes,
       estimateErrorPct: c.actualBytes && estimateBytes ? ((estimateBytes - c.actualBytes) / c.actualBytes) * 100 : 0,
@@ -272,6 +291,10 @@ export class Supervisor {
       inflight: c.busy,
       queued,
       parallel: c.profile.parallel,
+      cgroupMemoryBytes: cg?.currentBytes ?? 0,
+      cgroupPeakBytes: cg?.peakBytes ?? 0,
+      memoryLimitBytes: cg?.limitBytes ?? 0,
+      oomKills: c.oomKills,
     };
   }
 

@@ -9,13 +9,18 @@ import { StringDecoder } from 'node:string_decoder';
 
 const agent = new Agent({ keepAlive: true, maxSockets: 1024 });
 
-export async function postChild(port: number, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
+/** Where a child listens: its loopback port, or the path of its unix socket (a sandboxed child has no network). */
+export type ChildAddress = number | string;
+
+const target = (to: ChildAddress) => (typeof to === 'string' ? { socketPath: to } : { host: '127.0.0.1', port: to });
+
+export async function postChild(to: ChildAddress, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
   for (let attempt = 0; ; attempt++) {
     let reused = false;
     try {
       return await new Promise<IncomingMessage>((resolve, reject) => {
         const r = httpRequest(
-          { host: '127.0.0.1', port, path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
+          { ...target(to), path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
           resolve,
         );
         r.on('socket', (s) => {
@@ -51,4 +56,17 @@ export async function* sseData(s: IncomingMessage): AsyncGenerator<string> {
       if (line.startsWith('data:')) yield line.slice(5).trim();
     }
   }
+}
+
+/** GET a child's path (its /health): the status code, 0 when it did not answer within `timeoutMs`. */
+export function getChildStatus(to: ChildAddress, path: string, timeoutMs: number): Promise<number> {
+  return new Promise((resolve) => {
+    const r = httpRequest({ ...target(to), path, method: 'GET', agent, timeout: timeoutMs }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    r.on('timeout', () => r.destroy(new Error('timeout')));
+    r.on('error', () => resolve(0));
+    r.end();
+  });
 }
