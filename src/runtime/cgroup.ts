@@ -53,7 +53,8 @@ const MiB = 1024 * 1024;
 /** memory.max for a footprint: + margin, rounded up to a whole MiB; 0 footprint = no limit. */
 export function childMemoryLimit(footprintBytes: number, margin: number): number {
   if (!(footprintBytes > 0)) return 0;
-  return Math.ceil((footprintBytes * (1 + Math.max(0, margin))) / MiB) * MiB;
+  // (the small epsilon keeps 100 MiB × 1.1 at 110 MiB, not 111, despite floating point)
+  return Math.ceil((footprintBytes * (1 + Math.max(0, margin))) / MiB - 1e-9) * MiB;
 }
 
 /** "out of memory: limit N MiB" — how an OOM-killed child is reported everywhere. */

@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LaunchProfile } from './child.js';
-import { ModelCgroups, cgroupName, oomMessage, physicalCoreSets, spreadCpus, type CgroupLimits } from './cgroup.js';
+import { ModelCgroups, cgroupName, oomMessage, parseCpuList, physicalCoreSets, spreadCpus, type CgroupLimits } from './cgroup.js';
 import { bwrapArgs, childSocket, probeSandbox, type SandboxMode } from './sandbox.js';
 import { rssOf } from './memory.js';
 
@@ -51,7 +51,7 @@ export function childDirOf(configured: string, env: NodeJS.ProcessEnv = process.
  * The isolation settings from the config's [runtime] and [models] tables: the validated config, or
  * the raw TOML for the early start (entry.ts), with the schema's defaults.
  */
-export function isolationSettings(runtime: unknown, models: unknown, warn: (s: string) => void = () => {}): IsolationSettings {
+export function isolationSettings(runtime: unknown, models: unknown, warn: (s: string) => void = () => {}, cores: () => number[][] = physicalCoreSets): IsolationSettings {
   const rt = table(runtime);
   const m = table(models);
   const layers = new Map<string, LayerIsolation>();
@@ -65,8 +65,9 @@ export function isolationSettings(runtime: unknown, models: unknown, warn: (s: s
     if (cpus === 'auto') auto.push({ name, threads: typeof l.threads === 'number' ? l.threads : 0 });
   }
   if (auto.length) {
-    const cores = physicalCoreSets();
-    const spread = spreadCpus(cores, auto);
+    // "auto" layers share out the cores no fixed list names.
+    const fixed = new Set([...layers.values()].flatMap((l) => (l.cpus ? parseCpuList(l.cpus) : [])));
+    const spread = spreadCpus(cores().filter((core) => !core.some((cpu) => fixed.has(cpu))), auto);
     if (spread.why && auto.length > 1) warn(spread.why);
     for (const [name, cpus] of spread.cpus) layers.get(name)!.cpus = cpus;
   }
