@@ -6,7 +6,7 @@
 import { Option, type Command } from 'commander';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient, SpendReport } from '../runtime/client.js';
+import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient, SessionList, SpendReport } from '../runtime/client.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
@@ -60,8 +60,12 @@ const until = (t: number, now = Date.now()): string => {
 
 /** The table `aios ps` prints (exported for tests). */
 export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memory_budget_bytes' | 'memory_used_bytes' | 'queued'>, now = Date.now()): string {
-  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL']];
+  // Models in cgroups of their own (model sandbox): memory.current, memory.peak, memory.max and OOM kills too.
+  const cg = models.some((m) => Number(m.memory_limit_bytes) > 0 || Number(m.cgroup_memory_bytes) > 0);
+  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL', ...(cg ? ['CGROUP', 'PEAK', 'LIMIT', 'OOM'] : [])]];
+  const problems: string[] = [];
   for (const m of models) {
+    if (m.error) problems.push(`${m.name}: ${m.error}`);
     const q = Object.entries(m.queued_by_priority ?? {})
       .filter(([, n]) => n > 0)
       .map(([p, n]) => `${p}:${n}`)
@@ -76,11 +80,20 @@ export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memor
       `${m.inflight}/${m.parallel}`,
       q || '0',
       m.pinned ? 'pinned' : until(Number(m.idle_until_unix_ms), now),
+      ...(cg
+        ? [
+            Number(m.cgroup_memory_bytes) ? formatSize(Number(m.cgroup_memory_bytes)) : '-',
+            Number(m.cgroup_peak_bytes) ? formatSize(Number(m.cgroup_peak_bytes)) : '-',
+            Number(m.memory_limit_bytes) ? formatSize(Number(m.memory_limit_bytes)) : '-',
+            String(m.oom_kills ?? 0),
+          ]
+        : []),
     ]);
   }
   const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd());
   const budget = Number(health.memory_budget_bytes);
+  if (problems.length) lines.push('', ...problems);
   lines.push('', `memory: ${formatSize(Number(health.memory_used_bytes))} of ${budget ? formatSize(budget) : 'unlimited'} budget; ${health.queued} request(s) waiting`);
   return lines.join('\n');
 }
@@ -221,8 +234,11 @@ export function registerRuntime(p: Command): void {
       .option('-n, --max-tokens <n>', "most tokens to generate (default: the model layer's max_tokens)", (v) => Number(v))
       .option('-t, --temperature <t>', "sampling temperature (default: the model layer's temperature)", (v) => Number(v))
       .option('--system <text>', 'system prompt', '')
-      .option('--grammar <gbnf>', 'GBNF grammar for the answer', ''),
-  ).action(async (prompt: string, o: Conn & { model: string; level: string; maxTokens?: number; temperature?: number; system: string; grammar: string }) => {
+      .option('--grammar <gbnf>', 'GBNF grammar for the answer', '')
+      .option('--adapter <name[:scale]>', "apply a LoRA adapter configured for the model (repeatable; scale default: the adapter's)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+      .option('--task <text>', 'with no --adapter: apply the adapters whose description is most similar to this task ([models.embedding])', '')
+      .option('--session <id>', 'a saved session: the runtime keeps the conversation (and its KV state) under this id; send only the new turn', ''),
+  ).action(async (prompt: string, o: Conn & { model: string; level: string; maxTokens?: number; temperature?: number; system: string; grammar: string; session: string; adapter: string[]; task: string }) => {
     // max_tokens / temperature only when given: an absent (0) field means the layer's configured value.
     const req = {
       prompt,
@@ -232,6 +248,13 @@ export function registerRuntime(p: Command): void {
       ...(o.temperature !== undefined ? { temperature: o.temperature } : {}),
       system_prompt: o.system,
       grammar: o.grammar,
+      session_id: o.session,
+      adapters: o.adapter.map((a) => {
+        const m = /^([^:]+)(?::(-?[\d.]+))?$/.exec(a);
+        if (!m) throw new UserError(`--adapter ${a}: expected NAME or NAME:SCALE`, 2);
+        return { name: m[1]!, ...(m[2] !== undefined ? { scale: Number(m[2]) } : {}) };
+      }),
+      task: o.task,
     };
     await withRuntimeClient(o.address, async (c, { streamInfer }) => {
       const last = await streamInfer(c, req, (t) => process.stdout.write(t));
@@ -239,6 +262,20 @@ export function registerRuntime(p: Command): void {
       process.stderr.write(`[${last.model_used}, ${last.tokens_used} tokens]\n`);
     }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`infer: ${e.message}`, 1);
+    });
+  });
+
+  addressOption(
+    rt
+      .command('reload')
+      .description("read the runtime's config file again and apply its adapter lists ([[models.<layer>.adapters]]): a model whose adapter files changed is restarted after its running requests finish (SIGHUP does the same)")
+      .option('--json', 'print JSON'),
+  ).action(async (o: Conn & { json?: boolean }) => {
+    await withRuntimeClient(o.address, async (c, { unary }) => {
+      const r = await unary(c, 'Reload', {}, 300_000);
+      out(o.json ? JSON.stringify(r, null, 2) : r.models.map((m) => `${m.model}: ${m.restarted ? 'restarted' : 'not restarted'} (${m.note})`).join('\n') || 'no configured models');
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`reload: ${e.message}`, 1);
     });
   });
 
@@ -288,4 +325,42 @@ export function registerRuntime(p: Command): void {
       throw new UserError(`keys revoke ${id}: ${e.message}`, 1);
     });
   });
+
+  const sessions = rt.command('sessions').description('saved sessions on a running aios-runtime: conversations kept by id with their KV state (admin)');
+  const sessionsLs = (o: Conn & { json?: boolean }) =>
+    withRuntimeClient(o.address, async (c, { unary }) => {
+      const r = await unary(c, 'ListSessions', {}, 10_000);
+      out(o.json ? JSON.stringify(r, null, 2) : sessionsTable(r));
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`sessions ls: ${e.message}`, 1);
+    });
+  addressOption(sessions.command('ls', { isDefault: true }).description('the saved sessions, most recent first: model, turns, saved state size, last cache outcome').option('--json', 'print JSON')).action(sessionsLs);
+  addressOption(sessions.command('rm').description('delete saved sessions (conversation and state)').argument('<id...>', 'session ids').option('--json', 'print JSON')).action(async (ids: string[], o: Conn & { json?: boolean }) => {
+    await withRuntimeClient(o.address, async (c, { unary }) => {
+      const done: { id: string; ok: boolean; message: string }[] = [];
+      for (const id of ids) {
+        try {
+          done.push({ id, ok: true, message: (await unary(c, 'DeleteSession', { session_id: id }, 10_000)).message });
+        } catch (e) {
+          done.push({ id, ok: false, message: (e as { details?: string }).details ?? (e as Error).message });
+        }
+      }
+      const failed = done.filter((d) => !d.ok);
+      if (o.json) out(JSON.stringify(done, null, 2));
+      else if (done.length > failed.length) out(done.filter((d) => d.ok).map((d) => d.message).join('\n'));
+      if (failed.length) throw new Error(failed.map((d) => `${d.id}: ${d.message}`).join('; '));
+    }, tlsOf(o)).catch((e: Error) => {
+      throw new UserError(`sessions rm: ${e.message}`, 1);
+    });
+  });
+}
+
+/** The table `aios runtime sessions ls` prints (exported for tests). */
+export function sessionsTable(r: SessionList): string {
+  const mib = (b: number) => (b ? `${(b / 1048576).toFixed(1)} MiB` : '-');
+  const rows = [['ID', 'MODEL', 'TURNS', 'TOKENS', 'STATE', 'LAST', 'UPDATED'], ...r.sessions.map((x) => [x.id, x.model, String(x.turns), String(x.kv_tokens), mib(Number(x.kv_bytes)), x.last_cache, x.updated])];
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  const lines = rows.map((row) => row.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd());
+  lines.push(`${r.sessions.length} session(s), ${mib(Number(r.total_bytes))} of ${mib(Number(r.max_bytes))} (runtime.sessions_max_bytes) in ${r.dir}`);
+  return lines.join('\n');
 }

@@ -15,6 +15,7 @@ import type { PullProgress__Output } from './generated/aios/runtime/PullProgress
 import type { LoadModelRequest } from './generated/aios/runtime/LoadModelRequest.js';
 import type { UnloadModelRequest } from './generated/aios/runtime/UnloadModelRequest.js';
 import type { Empty } from './generated/aios/runtime/Empty.js';
+import type { ReloadReply__Output } from './generated/aios/runtime/ReloadReply.js';
 import type { ModelStatus__Output } from './generated/aios/runtime/ModelStatus.js';
 import type { Status__Output } from './generated/aios/runtime/Status.js';
 import type { ModelList__Output } from './generated/aios/runtime/ModelList.js';
@@ -26,6 +27,9 @@ import type { KeyList__Output } from './generated/aios/runtime/KeyList.js';
 import type { RevokeKeyRequest } from './generated/aios/runtime/RevokeKeyRequest.js';
 import type { SpendRequest } from './generated/aios/runtime/SpendRequest.js';
 import type { SpendReport__Output } from './generated/aios/runtime/SpendReport.js';
+import type { SessionRequest } from './generated/aios/runtime/SessionRequest.js';
+import type { SessionReply__Output } from './generated/aios/runtime/SessionReply.js';
+import type { SessionList__Output } from './generated/aios/runtime/SessionList.js';
 
 export type RuntimeClient = AIRuntimeClient;
 export type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -35,6 +39,8 @@ export type { HealthStatus__Output as HealthStatus } from './generated/aios/runt
 export type PullProgress = PullProgress__Output;
 export type { ApiKey__Output as ApiKey } from './generated/aios/runtime/ApiKey.js';
 export type { SpendReport__Output as SpendReport } from './generated/aios/runtime/SpendReport.js';
+export type { SessionList__Output as SessionList } from './generated/aios/runtime/SessionList.js';
+export type { SessionInfo__Output as SessionInfo } from './generated/aios/runtime/SessionInfo.js';
 
 /** The files a TLS dir holds (`aios build` writes them into out/<name>.pki/; `--tls-dir`, AIOS_TLS_DIR). */
 export const TLS_DIR_FILES = { ca: 'ca.crt', cert: 'client.crt', key: 'client.key', httpKey: 'http-key' } as const;
@@ -133,6 +139,11 @@ interface Unary {
   ListKeys: { req: Empty; res: KeyList__Output };
   RevokeKey: { req: RevokeKeyRequest; res: Status__Output };
   Spend: { req: SpendRequest; res: SpendReport__Output };
+  SaveSession: { req: SessionRequest; res: SessionReply__Output };
+  RestoreSession: { req: SessionRequest; res: SessionReply__Output };
+  ListSessions: { req: Empty; res: SessionList__Output };
+  DeleteSession: { req: SessionRequest; res: Status__Output };
+  Reload: { req: Empty; res: ReloadReply__Output };
 }
 
 /** One unary call with a deadline. */

@@ -20,6 +20,14 @@ const Probe = z.strictObject({
   expect: z.string().default('OK'),
 });
 
+/** One LoRA adapter of a layer ([[models.<layer>.adapters]]; src/runtime/adapters.ts). */
+const Adapter = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, { message: 'must be 1-64 of A-Z a-z 0-9 _ . -' }).describe('what requests call it'),
+  file: z.string().regex(/^[^,/][^,]*$/, { message: 'must be a file name in model_dir (no leading "/", no comma)' }).describe('LoRA adapter GGUF in model_dir'),
+  description: z.string().default('').describe('what it is for: matched against a request\'s task (cosine similarity of embeddings) when the request names no adapters'),
+  scale: z.number().min(-4).max(4).default(1).describe('scale applied when a request does not give one'),
+});
+
 const ModelLayer = z.strictObject({
   name: z.string().describe('GGUF file name in model_dir'),
   ctx_size: z.number().int().min(64).default(DEFAULTS.ctx_size),
@@ -34,6 +42,36 @@ const ModelLayer = z.strictObject({
   max_tokens_limit: z.number().int().positive().optional().describe('most tokens a request may ask for (more is refused: INVALID_ARGUMENT / HTTP 400); default: ctx_size'),
   temperature: z.number().min(0).max(2).default(0.2).describe('temperature when a request sets none'),
   unload_after_idle: z.string().regex(/^\d+(ms|s|m|h)$/).default('5m'),
+  cpus: z
+    .string()
+    .regex(/^(auto|\d+(-\d+)?(,\d+(-\d+)?)*)?$/, { message: 'must be "auto", "" or a CPU list such as "0-3" or "0,2,4"' })
+    .default('auto')
+    .describe('cpuset.cpus of its cgroup: "auto" = its own physical cores (threads of them, 0 = an equal share), without overlap, when the machine has enough for every auto layer (else not pinned); "" = every CPU; or a list such as "0-3"'),
+  cpu_weight: z.number().int().min(1).max(10000).default(100).describe('cpu.weight of its cgroup (1–10000; 100 = an equal share when CPUs are contended)'),
+  adapters: z
+    .array(Adapter)
+    .default([])
+    .superRefine((a, ctx) => {
+      const seen = new Set<string>();
+      a.forEach((x, i) => {
+        if (seen.has(x.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `adapter "${x.name}" is configured twice` });
+        seen.add(x.name);
+      });
+    })
+    .describe('LoRA adapters loaded (unapplied) with the model; a request applies some by name or by task'),
+});
+
+/** [models.embedding]: the model that embeds tasks and adapter descriptions for adapter selection (llama-server --embeddings). */
+const EmbeddingLayer = z.strictObject({
+  name: z.string().describe('GGUF file name in model_dir'),
+  ctx_size: z.number().int().min(64).default(512),
+  threads: z.number().int().min(0).default(DEFAULTS.threads).describe('0 = physical cores'),
+  parallel: z.number().int().min(1).max(64).default(1),
+  mmap: z.boolean().default(DEFAULTS.mmap),
+  pooling: z.enum(['mean', 'cls', 'last']).default('mean').describe('how token embeddings become one vector (llama-server --pooling)'),
+  min_similarity: z.number().min(-1).max(1).default(0.7).describe('an adapter is selected for a task when the cosine similarity of their embeddings is at least this'),
+  max_adapters: z.number().int().min(1).max(16).default(3).describe('most adapters selected for one task'),
+  unload_after_idle: duration.default('5m'),
 });
 
 /** A string that looks like an API key rather than a credential name or a path. */
@@ -127,7 +165,16 @@ export const RuntimeConfigSchema = z.strictObject({
       http_tls: z.enum(['auto', 'on', 'off']).default('auto').describe('TLS on the HTTP API with tls_cert/tls_key: auto = when http_listen is not loopback'),
       metrics_auth: z.enum(['api', 'open', 'metrics']).default('api').describe('/metrics: api = the same rule as the API (any valid key when keys are on), open = no key, metrics = a key with the metrics (or admin) scope'),
       socket_group: z.string().default('').describe('group the unix socket is given (mode 0660): its members have admin access; "" = the daemon\'s own group'),
+      // Model isolation (issue 16; README "Model sandbox").
+      sandbox: z.enum(['auto', 'off']).default('auto').describe('each llama-server in a bubblewrap sandbox (no network: a unix socket; read-only model; writes only to its own directory): auto = when bwrap works here (else one warning), off = never'),
+      cgroup: z.string().default('auto').describe('per-model cgroups: auto = the daemon\'s own cgroup v2 when delegated (systemd Delegate=yes), off = none, or a writable cgroup directory (v2, or a v1 memory hierarchy)'),
+      child_memory_margin: z.number().min(0).max(10).default(0.1).describe('memory.max of a model\'s cgroup = its budgeted footprint × (1 + this)'),
+      child_swap_max: size.default('0').describe('memory.swap.max of each model\'s cgroup (zram counts as swap): 0 = a model that outgrows its limit is OOM-killed instead of paging to zram'),
+      child_dir: z.string().default('').describe('parent of each model child\'s own directory (its unix socket); "" = $RUNTIME_DIRECTORY/models, else a private dir under /tmp'),
       state_dir: z.string().default('').describe('where keys made with `aios runtime keys create` and revocations are kept (http-keys.json); "" = $STATE_DIRECTORY (systemd StateDirectory=), else none'),
+      // Saved sessions (src/runtime/sessions.ts; docs/runtime.md#sessions).
+      sessions_dir: z.string().default('').describe('saved sessions (conversation + KV state per model file): "" = $STATE_DIRECTORY/sessions (systemd StateDirectory=), else /var/lib/aios/sessions; also llama-server\'s --slot-save-path'),
+      sessions_max_bytes: size.default('2G').describe('most bytes all saved sessions may take; past it the least recently used are removed (0 = no saved KV state, conversations only)'),
     })
     .prefault({}),
   system: z
@@ -142,6 +189,7 @@ export const RuntimeConfigSchema = z.strictObject({
       model_dir: z.string().default(DEFAULTS.model_dir),
       operational: ModelLayer.optional(),
       tactical: ModelLayer.optional(),
+      embedding: EmbeddingLayer.optional(),
     })
     // A model is named by its file (clients ask for "tiny" or "tiny.gguf"): two layers of one file
     // would be one name for two launch profiles, so one would silently replace the other.
@@ -153,6 +201,11 @@ export const RuntimeConfigSchema = z.strictObject({
           path: ['tactical', 'name'],
           message: `"${m.tactical.name}" is also [models.operational]'s file: a model is named by its file, so each layer needs its own (copy or link the file under another name to serve it with two settings)`,
         });
+      }
+      for (const l of ['operational', 'tactical'] as const) {
+        if (m.embedding && m[l] && stem(m[l].name) === stem(m.embedding.name)) {
+          ctx.addIssue({ code: 'custom', path: ['embedding', 'name'], message: `"${m.embedding.name}" is also [models.${l}]'s file: the embedding child runs with --embeddings, so it needs its own file name` });
+        }
       }
     })
     .prefault({}),

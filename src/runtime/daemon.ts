@@ -1,7 +1,8 @@
 /** aios-runtime as a process: config → gRPC server → operational model loaded and probed → READY=1. */
-import { execFile } from 'node:child_process';
 import { exposureProblems, httpTls, type RuntimeConfig } from './config.js';
 import { LlamaServerLauncher } from './launch.js';
+import { notifyReady } from './notify.js';
+import { isolationSettings } from './isolation.js';
 import { RuntimeService, type ServiceOptions } from './service.js';
 import { leveledLog } from './log.js';
 import { serve, type Listening } from './server.js';
@@ -10,11 +11,6 @@ import { AuthGuard, type BackoffOptions } from './auth.js';
 import { KeyStore } from './keys.js';
 import { loadTls, resolveCredential } from './tls.js';
 
-/** Tells systemd we are ready (Type=notify). Node has no unix datagram sockets: systemd-notify does it. */
-function notifyReady(): Promise<void> {
-  if (!process.env.NOTIFY_SOCKET) return Promise.resolve();
-  return new Promise((resolve) => execFile('systemd-notify', ['--ready', `--status=serving`], () => resolve()));
-}
 
 export interface Daemon {
   service: RuntimeService;
@@ -62,7 +58,13 @@ export async function startDaemon(config: RuntimeConfig, o: DaemonOptions = {}):
   }
 
   const launcher = o.service?.launcher ?? new LlamaServerLauncher(config.runtime.llama_server);
-  if (launcher instanceof LlamaServerLauncher) launcher.log = (s) => log(s, 'debug');
+  if (launcher instanceof LlamaServerLauncher) {
+    launcher.log = (s) => log(s, 'debug');
+    // Per-model cgroups and the sandbox (isolation.ts): each thing this host cannot do is one warning, never a refusal.
+    const iso = launcher.isolate(isolationSettings(rt, config.models, (w) => log(w, 'warn')));
+    for (const w of iso.warnings.splice(0)) log(w, 'warn');
+    log(iso.describe());
+  }
   let service: RuntimeService;
   try {
     // Reads the strategic layer's keys and ledger too: a missing credential refuses the start.
@@ -126,6 +128,10 @@ export async function runDaemon(config: RuntimeConfig, o: Pick<DaemonOptions, 'o
       process.stderr.write(`aios-runtime: ${sig}: stopping\n`);
       resolve();
     };
+    // SIGHUP: the config file's adapter lists again (service.reload; `aios runtime reload` is the same over gRPC).
+    process.on('SIGHUP', () => {
+      d.service.reloadFile().catch((e: Error) => process.stderr.write(`aios-runtime: SIGHUP: ${e.message}\n`));
+    });
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });

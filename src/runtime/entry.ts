@@ -9,9 +9,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
-import { DEFAULTS } from './defaults.js';
+import { DEFAULTS, prepareSessionsDir, sessionsDirOf } from './defaults.js';
 import type { LaunchProfile } from './child.js';
 import { LlamaServerLauncher } from './launch.js';
+import { isolationSettings } from './isolation.js';
 
 type Table = Record<string, unknown>;
 const table = (v: unknown): Table => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Table) : {});
@@ -41,10 +42,17 @@ export async function serveConfigFile(file: string, overrides: { listen?: string
   let launcher: LlamaServerLauncher | undefined;
   let early: number | undefined;
   try {
-    const e = earlyProfile(parse(readFileSync(file, 'utf8')));
+    const raw = parse(readFileSync(file, 'utf8'));
+    const e = earlyProfile(raw);
     // Only a model and a binary that are there: anything else is for the daemon to install or refuse.
     if (e && existsSync(e.profile.path) && existsSync(e.binary)) {
       launcher = new LlamaServerLauncher(e.binary);
+      // The same --slot-save-path the daemon gives its children (service.ts), or the early child is not taken over.
+      const sd = table(table(raw).runtime).sessions_dir;
+      const sessions = sessionsDirOf(typeof sd === 'string' ? sd : '');
+      if (prepareSessionsDir(sessions) === undefined) launcher.slotSavePath = sessions;
+      // Its cgroup and sandbox as the daemon will set them up (the daemon logs the warnings).
+      launcher.isolate(isolationSettings(table(raw).runtime, table(raw).models));
       await launcher.prelaunch(e.profile);
       early = Math.round(performance.now());
     }
@@ -62,5 +70,5 @@ export async function serveConfigFile(file: string, overrides: { listen?: string
     launcher = undefined;
   }
   const { runDaemon } = await import('./daemon.js');
-  return runDaemon(config, { overrides, marks: { ...marks, config: configRead, early }, service: launcher ? { launcher } : {} });
+  return runDaemon(config, { overrides, marks: { ...marks, config: configRead, early }, service: { ...(launcher ? { launcher } : {}), configFile: file } });
 }

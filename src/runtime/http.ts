@@ -26,6 +26,7 @@ import { authorizeHttp, httpNeed, peerIp, type AuthGuard, type MetricsAuth } fro
 import type { KeyStore } from './keys.js';
 import { tlsPeer, watchPeers, type TlsMaterial } from './tls.js';
 import type { Log } from './log.js';
+import { checkSessionId, reportedUse, type ChatMsg, type ReportedUse } from './sessions.js';
 const MAX_BODY = 32 * 1024 * 1024;
 const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -103,6 +104,32 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   }
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw new RuntimeError(Code.INVALID_ARGUMENT, 'request body must be a JSON object');
   return body as Record<string, unknown>;
+}
+
+/**
+ * The body's `adapters` ([{name, scale?}]) and `task` (a string): checked, and taken out of the body
+ * (llama-server gets its own `lora` field instead; a client's `lora` is refused: ids are the runtime's).
+ */
+export function adapterFields(body: Record<string, unknown>): { adapters?: { name: string; scale?: number }[]; task?: string } {
+  if ('lora' in body) throw new RuntimeError(Code.INVALID_ARGUMENT, 'lora: not accepted; name adapters with "adapters": [{"name": …, "scale": …}] (the runtime maps them to llama-server\'s ids)');
+  const a = body.adapters;
+  const t = body.task;
+  delete body.adapters;
+  delete body.task;
+  if (t !== undefined && t !== null && typeof t !== 'string') throw new RuntimeError(Code.INVALID_ARGUMENT, 'task: must be a string');
+  if (a === undefined || a === null) return { task: (t as string | null) ?? undefined };
+  if (!Array.isArray(a)) throw new RuntimeError(Code.INVALID_ARGUMENT, 'adapters: must be a list of {"name": string, "scale": number}');
+  const adapters = a.map((x, i) => {
+    if (typeof x === 'string') return { name: x };
+    if (!x || typeof x !== 'object' || Array.isArray(x)) throw new RuntimeError(Code.INVALID_ARGUMENT, `adapters[${i}]: must be {"name": string, "scale": number} or a name`);
+    const o = x as Record<string, unknown>;
+    const extra = Object.keys(o).filter((k) => k !== 'name' && k !== 'scale');
+    if (extra.length) throw new RuntimeError(Code.INVALID_ARGUMENT, `adapters[${i}]: unknown field ${extra.map((k) => `"${k}"`).join(', ')} (name, scale)`);
+    if (typeof o.name !== 'string') throw new RuntimeError(Code.INVALID_ARGUMENT, `adapters[${i}].name: must be a string`);
+    if (o.scale !== undefined && o.scale !== null && typeof o.scale !== 'number') throw new RuntimeError(Code.INVALID_ARGUMENT, `adapters[${i}].scale: must be a number`);
+    return { name: o.name, scale: (o.scale as number | null) ?? undefined };
+  });
+  return { adapters, task: (t as string | null) ?? undefined };
 }
 
 /** Marks an error whose answer (llama-server's own status and body) was already sent. */
@@ -263,6 +290,13 @@ export class HttpFront {
       throw new RuntimeError(Code.INVALID_ARGUMENT, `priority: ${(e as Error).message}`);
     }
     delete body.priority;
+    const { adapters, task } = adapterFields(body);
+    // A saved session (sessions.ts): the body's "session", else the X-Session header.
+    const sessionHeader = req.headers['x-session'];
+    const sessionRaw = body.session ?? (Array.isArray(sessionHeader) ? sessionHeader[0] : sessionHeader);
+    delete body.session;
+    const sessionId = sessionRaw === undefined || sessionRaw === null || sessionRaw === '' ? '' : checkSessionId(sessionRaw, 'session');
+    if (sessionId && path !== '/v1/chat/completions') throw new RuntimeError(Code.INVALID_ARGUMENT, `session: saved sessions are kept for /v1/chat/completions only (got ${path})`);
     // The generation fields the runtime checks (the same rules as gRPC's), by their names in the body.
     const params: Record<string, unknown> = {};
     for (const k of Object.keys(PARAM_RULES)) if (k in body) params[k] = body[k];
@@ -282,13 +316,17 @@ export class HttpFront {
     try {
       if (this.svc.cloud.handles(model)) {
         if (path !== '/v1/chat/completions') throw new RuntimeError(Code.INVALID_ARGUMENT, `the strategic layer (model "${model}") is served on /v1/chat/completions`);
+        if (sessionId) throw new RuntimeError(Code.INVALID_ARGUMENT, 'session: saved sessions are kept for local models only, not the strategic layer');
         return await this.cloudChat(body, stream, priority, model, params, res, cancel.signal, path);
       }
-      await this.svc.withSlot(
-        { model: isLevel ? '' : model, level: isLevel ? model : '', priority, deadline: 0, params, onProgress: progress },
-        cancel.signal,
-        (slot) => this.relay(slot, path, body, stream, res),
-      );
+      const go = () =>
+        this.svc.withSlot(
+          { model: isLevel ? '' : model, level: isLevel ? model : '', priority, deadline: 0, params, onProgress: progress, adapters, task },
+          cancel.signal,
+          (slot) => (sessionId ? this.sessionTurn(slot, sessionId, body, params, stream, res) : this.relay(slot, path, body, stream, res)),
+        );
+      // One turn at a time per session: a second waits (holding no slot) until the first is saved.
+      await (sessionId ? this.svc.sessions.exclusive(sessionId, go) : go());
     } catch (e) {
       if (e instanceof Relayed || res.destroyed) return;
       const err = e instanceof RuntimeError ? e : new RuntimeError(Code.INTERNAL, `internal error: ${(e as Error)?.message ?? String(e)}`);
@@ -356,19 +394,45 @@ export class HttpFront {
   }
 
   /**
+   * A session's turn (sessions.ts): the body's messages are the new turn; the conversation so far
+   * goes before them and its KV state is restored into the slot first. The answer is relayed as
+   * usual (x-aios-session-state says what was restored: restored | new | discarded | none), then
+   * checked (was the restored cache used?) and the turn saved while the slot is still held.
+   */
+  private async sessionTurn(slot: Slot, id: string, body: Record<string, unknown>, params: Record<string, unknown>, stream: boolean, res: ServerResponse): Promise<void> {
+    const msgs = body.messages;
+    if (!Array.isArray(msgs) || !msgs.length) throw new RuntimeError(Code.INVALID_ARGUMENT, 'messages: with a session, must be a non-empty list: the new turn (the runtime keeps the conversation)');
+    const added: ChatMsg[] = msgs.map((m, i) => {
+      const o = (m ?? {}) as { role?: unknown; content?: unknown };
+      if (typeof o.role !== 'string' || typeof o.content !== 'string') throw new RuntimeError(Code.INVALID_ARGUMENT, `messages[${i}]: with a session, each message must be {"role": string, "content": string}`);
+      return { role: o.role, content: o.content };
+    });
+    const system = added.find((m) => m.role === 'system')?.content;
+    const turn = await this.svc.sessions.begin({ ...this.svc.sessionTarget(slot), id, port: slot.port, slot: slot.slot, signal: slot.signal, systemPrompt: system });
+    const fresh = turn.history.length ? added.filter((m) => m.role !== 'system') : added;
+    const collected: { text: string; use: ReportedUse } = { text: '', use: {} };
+    const state = turn.restoredTokens > 0 ? 'restored' : turn.status;
+    await this.relay(slot, '/v1/chat/completions', { ...body, messages: [...turn.history, ...fresh] }, stream, res, { 'x-aios-session': id, 'x-aios-session-state': state, 'x-aios-session-restored-tokens': String(turn.restoredTokens) }, collected);
+    await this.svc.sessions.finish(turn, { added: fresh, answer: collected.text, params, use: collected.use, port: slot.port, slot: slot.slot, signal: slot.signal });
+  }
+
+  /**
    * One completion on a child's slot: the body (with the model's defaults where the client set
    * none) goes to the same endpoint, and the answer's bytes come back unchanged as they arrive —
    * llama-server already names the model as clients know it (--alias) — so relaying costs no
    * parsing per token; only the final usage is read, from the last bytes.
    */
-  private async relay(slot: Slot, path: string, body: Record<string, unknown>, stream: boolean, res: ServerResponse, extra: Record<string, string> = {}): Promise<void> {
+  private async relay(slot: Slot, path: string, body: Record<string, unknown>, stream: boolean, res: ServerResponse, extra: Record<string, string> = {}, collect?: { text: string; use: ReportedUse }): Promise<void> {
     const payload: Record<string, unknown> = { ...body };
     delete payload.model; // one model per child: llama-server answers with its alias, the name clients use
     if (payload.max_tokens == null && payload.max_completion_tokens == null && payload.n_predict == null) payload.max_tokens = slot.maxTokens;
     if (payload.temperature == null) payload.temperature = slot.temperature;
+    if (slot.lora) payload.lora = slot.lora; // the adapters this request applies (adapters.ts)
+    // Every request names its slot (the runtime's lease), so a session's restored state is never given to another.
+    payload.id_slot = slot.slot;
     const g0 = performance.now();
     const up = await postChild(slot.port, path, Buffer.from(JSON.stringify(payload)), slot.signal);
-    const headers = { 'x-aios-model': slot.model, 'x-aios-queued-ms': String(slot.queuedMs), ...extra };
+    const headers: Record<string, string> = { 'x-aios-model': slot.model, 'x-aios-queued-ms': String(slot.queuedMs), ...(slot.lora ? { 'x-aios-adapters': JSON.stringify(slot.adapters) } : {}), ...extra };
 
     if (up.statusCode !== 200) {
       const text = await readAll(up);
@@ -386,6 +450,11 @@ export class HttpFront {
       const buf = await readAll(up);
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': buf.length, ...headers });
       res.end(buf);
+      if (collect) {
+        const j = JSON.parse(buf.toString('utf8')) as { choices?: { message?: { content?: string } }[] };
+        collect.text = j.choices?.[0]?.message?.content ?? '';
+        collect.use = reportedUse(j);
+      }
       const genMs = performance.now() - g0;
       const n = usageTokens(buf.toString('utf8'));
       if (n > 0) this.svc.events.emit('generation', { model: slot.model, ttftMs: genMs, completionTokens: n, genMs });
@@ -395,8 +464,10 @@ export class HttpFront {
     if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...headers });
     else res.write(`: aios-model ${slot.model}\n\n`);
     const tap: Tap = { firstAt: 0, events: 0, tail: Buffer.alloc(0) };
+    const all: Buffer[] = []; // a session's answer, read once it is relayed
     for await (const chunk of up as AsyncIterable<Buffer>) {
       if (res.destroyed) throw new Error('the client went away');
+      if (collect) all.push(chunk);
       const ok = res.write(chunk);
       const n = contentEvents(chunk);
       if (n && !tap.firstAt) tap.firstAt = performance.now();
@@ -405,6 +476,15 @@ export class HttpFront {
       if (!ok) await drained(res);
     }
     res.end();
+    if (collect) {
+      for (const line of Buffer.concat(all).toString('utf8').split('\n')) {
+        const data = line.startsWith('data:') ? line.slice(5).trim() : '';
+        if (!data || data === '[DONE]') continue;
+        const j = JSON.parse(data) as { choices?: { delta?: { content?: string } }[]; timings?: unknown };
+        collect.text += j.choices?.[0]?.delta?.content ?? '';
+        if (j.timings) collect.use = reportedUse(j);
+      }
+    }
     const genMs = performance.now() - g0;
     const usage = usageTokens(tap.tail.toString('utf8'));
     const n = usage >= 0 ? usage : tap.events;

@@ -4,6 +4,7 @@
  * `llamacpp:*` metrics re-exported with a `model` label. A scrape reads state only: it loads
  * nothing and does not count as use (idle models still unload). Imports nothing from the build side.
  */
+import { getChild } from './upstream.js';
 import { PRIORITIES } from './events.js';
 import type { RuntimeService } from './service.js';
 
@@ -258,12 +259,13 @@ export class Metrics {
     const children = new Map<string, Family>();
     await Promise.all(
       models
-        .filter((m) => m.state === 'ready' && m.port > 0)
+        .filter((m) => m.state === 'ready' && (m.socket || m.port > 0))
         .map(async (m) => {
           try {
-            const r = await fetch(`http://127.0.0.1:${m.port}/metrics`, { signal: AbortSignal.timeout(2000) });
-            if (!r.ok) throw new Error(String(r.status));
-            return { name: m.name, text: await r.text() };
+            // Its unix socket when sandboxed, else its loopback port.
+            const r = await getChild(m.socket || m.port, '/metrics', 2000);
+            if (r.status !== 200) throw new Error(String(r.status));
+            return { name: m.name, text: r.body };
           } catch {
             return { name: m.name, text: undefined };
           }

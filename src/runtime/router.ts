@@ -11,6 +11,7 @@ import { ms } from './defaults.js';
 import type { LaunchProfile } from './child.js';
 import type { GenerationDefaults } from './params.js';
 import type { CatalogEntry } from '../models/catalog.js';
+import { launchAdapters } from './adapters.js';
 
 /** Intelligence levels a request may name; only the first two are served locally. */
 export const LEVELS = ['operational', 'tactical', 'strategic'] as const;
@@ -57,6 +58,25 @@ export class Router {
       mmap: l.mmap,
       pinned,
       idleUnloadMs: pinned ? 0 : ms(l.unload_after_idle),
+      ...(l.adapters.length ? { adapters: launchAdapters(this.config.models.model_dir, l.adapters) } : {}),
+    };
+  }
+
+  /** Launch profile of [models.embedding] (adapter selection by task), if configured. */
+  embeddingProfile(): LaunchProfile | undefined {
+    const e = this.config.models.embedding;
+    if (!e) return undefined;
+    return {
+      name: modelName(e.name),
+      path: join(this.config.models.model_dir, e.name),
+      level: '',
+      ctxSize: e.ctx_size,
+      threads: e.threads,
+      gpuLayers: 0,
+      parallel: e.parallel,
+      mmap: e.mmap,
+      idleUnloadMs: ms(e.unload_after_idle),
+      embeddings: { pooling: e.pooling },
     };
   }
 
@@ -95,6 +115,8 @@ export class Router {
       for (const { level: lvl, profile: p } of this.configured()) {
         if (p.name === model || `${p.name}.gguf` === model || lvl === model) return this.layerTarget(lvl, p);
       }
+      const emb = this.embeddingProfile();
+      if (emb && (emb.name === model || `${emb.name}.gguf` === model)) return { name: emb.name, profile: emb };
       if (this.loaded(model)) return { name: model };
       const e = this.catalog().find((x) => x.id === model || x.file === model);
       if (e) return { name: e.id, profile: this.catalogProfile(e), entry: e };

@@ -22,6 +22,33 @@ export interface SchedulerOptions {
 
 export const AGING_STEP = 10;
 
+/**
+ * Which waiter a free slot of a model goes to (pure). The highest effective priority, oldest first —
+ * except that among the waiters of that same effective priority, the oldest one whose adapter set
+ * (`group`) is the set the model ran last goes first, so that llama-server does not switch LoRA sets
+ * (and drop its slot's cache) between every two requests. The rule that bounds it: the waiter first
+ * in line may be passed over this way only during one aging period (`agingMs`) from the first time it
+ * was passed over (`passedAt`); after that it is served next. So grouping delays no request by more
+ * than one aging period plus one request's run (with aging off, grouping is off).
+ * Returns the waiter to serve and, when it is not the first in line, the one passed over.
+ */
+export function pickWaiter<W extends { seq: number; group: string; passedAt?: number }>(q: readonly W[], effective: (w: W) => number, now: number, lastGroup: string | undefined, agingMs: number): { w: W; passedOver?: W } {
+  let best = q[0]!;
+  let bestP = effective(best);
+  for (let i = 1; i < q.length; i++) {
+    const w = q[i]!;
+    const p = effective(w);
+    if (p > bestP || (p === bestP && w.seq < best.seq)) {
+      best = w;
+      bestP = p;
+    }
+  }
+  if (lastGroup === undefined || best.group === lastGroup || !agingMs || now - (best.passedAt ?? now) >= agingMs) return { w: best };
+  let same: W | undefined;
+  for (const w of q) if (w.group === lastGroup && effective(w) === bestP && (!same || w.seq < same.seq)) same = w;
+  return same ? { w: same, passedOver: best } : { w: best };
+}
+
 /** A granted slot: release it exactly once when the request is done. */
 export interface Ticket {
   model: string;
@@ -42,6 +69,10 @@ export interface Waiting {
 
 interface Waiter {
   seq: number;
+  /** The adapter set (adapters.ts adapterSetKey; "" = none): waiters of the set last run are preferred (pickWaiter). */
+  group: string;
+  /** When it was first passed over for a waiter of the last-run adapter set (pickWaiter). */
+  passedAt?: number;
   model: string;
   priority: PriorityName;
   base: number;
@@ -57,6 +88,8 @@ interface Waiter {
 export class Scheduler {
   private queues = new Map<string, Waiter[]>();
   private running = new Map<string, number>();
+  /** The adapter set each model was given last (pickWaiter). */
+  private lastGroup = new Map<string, string>();
   private total = 0;
   private seq = 0;
   private now: () => number;
@@ -77,7 +110,7 @@ export class Scheduler {
    * Joins model's queue. Throws RESOURCE_EXHAUSTED synchronously when the model's queue or the
    * global queue is full. `deadline` is absolute (now() based; 0 = none); `cancel` is the client.
    */
-  enter(model: string, priority: PriorityName, o: { deadline?: number; cancel?: AbortSignal } = {}): Waiting {
+  enter(model: string, priority: PriorityName, o: { deadline?: number; cancel?: AbortSignal; group?: string } = {}): Waiting {
     const q = this.queues.get(model) ?? [];
     if (q.length >= this.o.maxQueuePerModel) {
       throw new RuntimeError(Code.RESOURCE_EXHAUSTED, `the queue for ${model} is full (${q.length} waiting, max_queue_per_model = ${this.o.maxQueuePerModel}); retry later`);
@@ -93,7 +126,7 @@ export class Scheduler {
       reject = rej;
     });
     granted.catch(() => {}); // the caller may be awaiting something else when it is dropped
-    const w: Waiter = { seq: ++this.seq, model, priority, base: PRIORITIES[priority], enqueuedAt: this.now(), deadline: o.deadline ?? 0, resolve, reject, detach: () => {}, state: 'queued' };
+    const w: Waiter = { seq: ++this.seq, group: o.group ?? '', model, priority, base: PRIORITIES[priority], enqueuedAt: this.now(), deadline: o.deadline ?? 0, resolve, reject, detach: () => {}, state: 'queued' };
     const onAbort = () => this.drop(w, new RuntimeError(Code.CANCELLED, 'the client went away while the request was queued'), 'cancelled');
     o.cancel?.addEventListener('abort', onAbort, { once: true });
     let timer: NodeJS.Timeout | undefined;
@@ -147,21 +180,15 @@ export class Scheduler {
       const running = this.running.get(model) ?? 0;
       if (running >= this.o.capacity(model)) break;
       const now = this.now();
-      let best = q[0]!;
-      let bestP = this.effective(best, now);
-      for (let i = 1; i < q.length; i++) {
-        const w = q[i]!;
-        const p = this.effective(w, now);
-        if (p > bestP || (p === bestP && w.seq < best.seq)) {
-          best = w;
-          bestP = p;
-        }
-      }
+      const pick = pickWaiter(q, (w) => this.effective(w, now), now, this.lastGroup.get(model), this.o.agingMs);
+      const best = pick.w;
+      if (pick.passedOver) pick.passedOver.passedAt ??= now;
       if (best.deadline && best.deadline <= now) {
         this.drop(best, new RuntimeError(Code.DEADLINE_EXCEEDED, `the deadline passed after ${now - best.enqueuedAt} ms in the queue for ${model}; not run`), 'expired');
         continue;
       }
       best.state = 'granted';
+      this.lastGroup.set(model, best.group);
       best.detach();
       this.remove(best);
       this.running.set(model, running + 1);

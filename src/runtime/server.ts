@@ -20,7 +20,8 @@ import type { AIRuntimeHandlers } from './generated/aios/runtime/AIRuntime.js';
 import type { HealthHandlers } from './generated/grpc/health/v1/Health.js';
 import type { ModelStatus } from './generated/aios/runtime/ModelStatus.js';
 import type { InferRequest__Output } from './generated/aios/runtime/InferRequest.js';
-import type { InferInput } from './service.js';
+import type { InferInput, SessionOutcome } from './service.js';
+import type { SessionInfo } from './sessions.js';
 import { authorizeGrpc, type AuthGuard } from './auth.js';
 import { KEY_SCOPES, UnknownKeyError, type KeyInfo, type KeyScope, type KeyStore } from './keys.js';
 import type { ApiKey } from './generated/aios/runtime/ApiKey.js';
@@ -65,6 +66,11 @@ const toStatus = (m: ModelView): ModelStatus => ({
   queued_by_priority: m.queuedByPriority,
   reported_bytes: m.reportedBytes,
   parallel: m.parallel,
+  cgroup_memory_bytes: m.cgroupMemoryBytes,
+  cgroup_peak_bytes: m.cgroupPeakBytes,
+  memory_limit_bytes: m.memoryLimitBytes,
+  oom_kills: m.oomKills,
+  socket: m.socket,
 });
 
 function grpcError(e: unknown): Partial<grpc.StatusObject> {
@@ -93,7 +99,32 @@ const inferInput = (r: InferRequest__Output): InferInput => ({
   grammar: r.grammar,
   timeoutMs: r.timeout_ms,
   priority: priorityOf(r.priority),
+  adapters: (r.adapters ?? []).map((a) => ({ name: a.name, scale: a.scale ?? undefined })),
+  task: r.task ?? '',
+  sessionId: r.session_id ?? '',
 });
+
+/** A session turn's outcome as the API reports it (sessions.ts). */
+const sessionOut = (x: SessionOutcome | undefined) =>
+  x ? { id: x.id, cache: x.cache, restored_tokens: x.restoredTokens, cached_tokens: x.cachedTokens, restore_ms: x.restoreMs, saved: x.saved, note: x.note } : undefined;
+
+const sessionInfoOut = (i: SessionInfo) => ({
+  id: i.id,
+  model: i.model,
+  model_sha256: i.modelSha256,
+  adapters: i.adapters,
+  ctx_size: i.ctxSize,
+  turns: i.turns,
+  messages: i.messages,
+  kv_bytes: i.kvBytes,
+  kv_tokens: i.kvTokens,
+  created: i.created,
+  updated: i.updated,
+  last_cache: i.lastCache,
+});
+
+/** The adapters an answer reports (InferResponse / the last InferChunk). */
+const appliedOut = (a: { name: string; scale: number; score?: number }[] | undefined) => (a ?? []).map((x) => ({ name: x.name, scale: x.scale, ...(x.score !== undefined ? { score: x.score } : {}) }));
 
 export interface Listening {
   server: grpc.Server;
@@ -140,6 +171,31 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       return { info: toApiKey(made.info), key: made.key };
     }),
     ListKeys: unary(async () => ({ keys: keyStore(o.keys).list().map(toApiKey) })),
+    SaveSession: (call, cb) => {
+      const ctrl = new AbortController();
+      call.on('cancelled', () => ctrl.abort());
+      svc.saveSession(call.request.session_id, ctrl.signal).then(
+        (r) => cb(null, { info: sessionInfoOut(r.info), outcome: sessionOut(r.outcome) }),
+        (e) => cb(grpcError(e)),
+      );
+    },
+    RestoreSession: (call, cb) => {
+      const ctrl = new AbortController();
+      call.on('cancelled', () => ctrl.abort());
+      svc.restoreSession(call.request.session_id, ctrl.signal).then(
+        (r) => cb(null, { info: sessionInfoOut(r.info), outcome: sessionOut(r.outcome) }),
+        (e) => cb(grpcError(e)),
+      );
+    },
+    ListSessions: unary(async () => {
+      const list = await svc.listSessions();
+      return { sessions: list.map(sessionInfoOut), dir: svc.sessions.dir, total_bytes: list.reduce((a, x) => a + x.kvBytes, 0), max_bytes: svc.sessions.maxBytes };
+    }),
+    DeleteSession: unary(async (r) => {
+      await svc.deleteSession(r.session_id);
+      o.log?.(`session ${r.session_id} deleted`);
+      return { ok: true, message: `deleted session ${r.session_id}` };
+    }),
     Spend: unary(async (r) => {
       if (r.month && !/^\d{4}-(0[1-9]|1[0-2])$/.test(r.month)) throw new RuntimeError(Code.INVALID_ARGUMENT, `month: must be YYYY-MM (got "${r.month}")`);
       const view = svc.cloud.view(r.month || undefined);
@@ -186,6 +242,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       if (!m) throw new RuntimeError(Code.INTERNAL, `${r.model_name} was loaded but is not listed`);
       return toStatus(m);
     }),
+    Reload: unary(async () => ({ models: await svc.reloadFile() })),
     UnloadModel: unary(async (r) => {
       await svc.unload(r.model_name);
       return { ok: true, message: `unloaded ${r.model_name}` };
@@ -219,7 +276,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       Promise.resolve()
         .then(() => svc.infer(inferInput(call.request), ctrl.signal))
         .then(
-          (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0 }),
+          (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0, adapters_applied: appliedOut(o.adapters), session: sessionOut(o.session) }),
           (e) => cb(grpcError(e)),
         );
     },
@@ -231,7 +288,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
         .then(() => svc.infer(inferInput(call.request), ctrl.signal, (t) => call.write({ text: t, done: false }), progress))
         .then(
           (o) => {
-            call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0 });
+            call.write({ text: '', done: true, model_used: o.modelUsed, tokens_used: o.tokensUsed, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0, adapters_applied: appliedOut(o.adapters), session: sessionOut(o.session) });
             call.end();
           },
           (e) => call.emit('error', grpcError(e)),

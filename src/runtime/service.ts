@@ -11,7 +11,7 @@ import { Code, RuntimeError } from './errors.js';
 import type { Launcher, LaunchProfile } from './child.js';
 import { LlamaServerLauncher } from './launch.js';
 import { Supervisor, type ModelInfo, type SupervisorOptions } from './supervisor.js';
-import type { RuntimeConfig } from './config.js';
+import { readRuntimeConfig, type RuntimeConfig } from './config.js';
 import { ms } from './defaults.js';
 import { RuntimeEvents, type PriorityName, type RequestStatus } from './events.js';
 import { Scheduler, type Ticket } from './scheduler.js';
@@ -24,6 +24,9 @@ import type { Log } from './log.js';
 import { catalog, type CatalogEntry } from '../models/catalog.js';
 import { parseSize } from '../util/size.js';
 import { CloudGateway, CloudUnavailable, type ChatMessage, type CloudAnswer, type GatewayOptions } from './cloud.js';
+import { Adapters, adapterSetKey, type AdapterRef, type AppliedAdapter } from './adapters.js';
+import { SessionStore, checkSessionId, reportedUse, type CacheOutcome, type ChatMsg, type ReportedUse, type SessionInfo, type Turn } from './sessions.js';
+import { prepareSessionsDir, sessionsDirOf } from './defaults.js';
 
 export type { LoadProgress, ProgressPhase } from './install.js';
 export type { ModelInfo } from './supervisor.js';
@@ -43,6 +46,11 @@ export interface InferInput {
   grammar: string;
   timeoutMs: number;
   priority?: PriorityName;
+  /** LoRA adapters to apply by name (adapters.ts); none and a task = selection by similarity. */
+  adapters?: AdapterRef[];
+  task?: string;
+  /** A saved session (sessions.ts): the conversation so far goes before this turn; "" / absent = none. */
+  sessionId?: string;
 }
 
 /** What a front end asks for: a model (name, level or "auto"), a priority, and a deadline. */
@@ -56,14 +64,17 @@ export interface SlotRequest {
   params?: Record<string, unknown>;
   /** Progress while the model is being downloaded (auto-install) or loaded, for front ends that can show it. */
   onProgress?: (p: LoadProgress) => void;
+  /** LoRA adapters by name, or a task to select them by (adapters.ts). */
+  adapters?: AdapterRef[];
+  task?: string;
 }
 
 /** One of a child's parallel slots, held for the duration of withSlot()'s callback. */
 export interface Slot {
   /** Resolved model name. */
   model: string;
-  /** llama-server's loopback port. */
-  port: number;
+  /** llama-server's loopback port, or its unix socket's path when it is sandboxed (postChild takes either). */
+  port: number | string;
   /** Aborts when the client goes away, the deadline passes, or the child dies. */
   signal: AbortSignal;
   /** Milliseconds spent waiting for the slot (queue + load). */
@@ -71,6 +82,22 @@ export interface Slot {
   /** The tokens to generate and the temperature: the client's, else the model's defaults. */
   maxTokens: number;
   temperature: number;
+  /** The adapters this request applies ([] = none) and llama-server's `lora` field for them (undefined: the model has no adapters). */
+  adapters: AppliedAdapter[];
+  lora?: { id: number; scale: number }[];
+  /** llama-server's slot id for this request (`id_slot`): every request names its slot. */
+  slot: number;
+}
+
+/** How a session's turn went (sessions.ts): the cache outcome, the tokens reused, news for the client. */
+export interface SessionOutcome {
+  id: string;
+  cache: CacheOutcome;
+  restoredTokens: number;
+  cachedTokens: number;
+  restoreMs: number;
+  saved: boolean;
+  note: string;
 }
 
 export interface InferOutput {
@@ -84,6 +111,10 @@ export interface InferOutput {
   provider?: string;
   /** Strategic requests: the settled cost in USD. */
   costUsd?: number;
+  /** LoRA adapters applied (with their similarity when selected by task). */
+  adapters?: AppliedAdapter[];
+  /** Session requests: what happened to the saved state. */
+  session?: SessionOutcome;
 }
 
 /** A model as the front ends list it: its state and memory, and its queue per priority. */
@@ -107,6 +138,8 @@ export interface ServiceOptions {
   supervisor?: Partial<SupervisorOptions>;
   /** The cloud gateway's clock and environment (tests inject a month; credentials). */
   cloud?: Pick<GatewayOptions, 'now' | 'env'>;
+  /** The config file the runtime was started from (Reload / SIGHUP read it again). */
+  configFile?: string;
 }
 
 export class RuntimeService {
@@ -122,6 +155,13 @@ export class RuntimeService {
   private readonly installer: Installer;
   /** The strategic layer (cloud.ts); no [api.<name>] table = disabled. */
   readonly cloud: CloudGateway;
+  /** LoRA adapters: checks at load, selection, the per-request field (adapters.ts). */
+  readonly adapters: Adapters;
+  /** Models being drained for a restart (reload): no new request is given a slot. */
+  private readonly draining = new Set<string>();
+  private readonly configFile?: string;
+  /** Saved sessions: conversations and their KV state (sessions.ts). */
+  readonly sessions: SessionStore;
 
   constructor(
     readonly config: RuntimeConfig,
@@ -146,15 +186,23 @@ export class RuntimeService {
       maxQueuePerModel: r.max_queue_per_model,
       maxQueueTotal: r.max_queue_total,
       agingMs: ms(r.queue_aging),
-      capacity: (m) => this.supervisor.capacity(m),
+      capacity: (m) => (this.draining.has(m) ? 0 : this.supervisor.capacity(m)),
     });
+    const sessionsDir = sessionsDirOf(r.sessions_dir);
+    const sessionsProblem = prepareSessionsDir(sessionsDir);
+    if (sessionsProblem) log(`sessions are off: ${sessionsDir} cannot be used (${sessionsProblem})`, 'warn');
+    this.sessions = new SessionStore({ dir: sessionsDir, maxBytes: parseSize(r.sessions_max_bytes), log, problem: sessionsProblem });
+    const launcher = o.launcher ?? new LlamaServerLauncher(r.llama_server, (s) => log(s, 'debug'));
+    // llama-server's slot files (save/restore) live in the sessions directory.
+    if (launcher instanceof LlamaServerLauncher && !sessionsProblem) launcher.slotSavePath = sessionsDir;
     this.supervisor = new Supervisor({
-      launcher: o.launcher ?? new LlamaServerLauncher(r.llama_server, (s) => log(s, 'debug')),
+      launcher,
       loadTimeoutMs: ms(r.load_timeout),
       healthIntervalMs: ms(r.health_interval),
       maxRestarts: r.max_restarts,
       log,
       budget: this.budget,
+      childMemoryMargin: r.child_memory_margin,
       events: this.events,
       queued: (m) => this.scheduler.queued(m),
       onReady: (m) => this.scheduler.pump(m),
@@ -164,6 +212,18 @@ export class RuntimeService {
     this.router = new Router(config, () => this.catalog(), (name) => (this.supervisor.has(name) ? this.supervisor.profileOf(name) : undefined));
     this.installer = new Installer(config.models.model_dir, this.events, log);
     this.cloud = new CloudGateway(config, { log, events: this.events, ...o.cloud });
+    this.configFile = o.configFile;
+    const emb = config.models.embedding;
+    this.adapters = new Adapters({
+      configured: (m) => {
+        const c = this.router.configured().find((x) => x.profile.name === m);
+        return c ? config.models[c.level]!.adapters : undefined;
+      },
+      embed: emb ? (texts) => this.embed(texts) : undefined,
+      minSimilarity: emb?.min_similarity ?? 0.7,
+      maxAdapters: emb?.max_adapters ?? 3,
+      log,
+    });
     this.events.on('unload', ({ model, reason }) => {
       if (reason === 'request' || reason === 'shutdown') this.scheduler.failAll(model, new RuntimeError(Code.UNAVAILABLE, `model ${model} was unloaded while the request was queued`));
     });
@@ -245,7 +305,7 @@ export class RuntimeService {
       const est = await estimateFootprint(p.path, p).catch(() => undefined);
       onProgress({ model: t.name, phase: 'load', bytes: 0, total: est?.ramBytes ?? 0 });
     }
-    const loaded = await this.supervisor.load(p);
+    const loaded = await this.supervisor.load(await this.adapters.vet(p));
     onProgress?.({ model: t.name, phase: 'load', bytes: loaded.actualBytes, total: loaded.estimateBytes });
   }
 
@@ -308,9 +368,11 @@ export class RuntimeService {
       const target = this.router.resolve(req.model, req.level);
       model = target.name;
       const params = resolveParams(req.params ?? {}, this.router.defaults(target));
+      // The adapters by name (checked now), or selected by task (the embedding child), before waiting.
+      const applied = await this.adapters.choose(model, req.adapters, req.task);
       // Join the model's priority queue first (full → RESOURCE_EXHAUSTED now), then get the model
       // into memory (download, budget, load) while waiting; a dropped waiter is never dispatched.
-      const waiting = this.scheduler.enter(model, req.priority, { deadline, cancel });
+      const waiting = this.scheduler.enter(model, req.priority, { deadline, cancel, group: adapterSetKey(applied) });
       try {
         ticket = await Promise.race([this.ensureLoaded(target, req.onProgress, true).then(() => waiting.granted), waiting.granted]);
       } catch (e) {
@@ -318,11 +380,18 @@ export class RuntimeService {
         throw e;
       }
       const lease = await this.supervisor.lease(model);
+      let lora: Slot['lora'];
+      try {
+        lora = this.adapters.lora(this.supervisor.profileOf(model), applied);
+      } catch (e) {
+        lease.release();
+        throw e;
+      }
       queuedMs = Date.now() - t0;
       const left = deadline - Date.now();
       const signal = AbortSignal.any([lease.signal, AbortSignal.timeout(Math.max(1, left)), ...(cancel ? [cancel] : [])]);
       try {
-        const r = await fn({ model, port: lease.port, signal, queuedMs, ...params });
+        const r = await fn({ model, port: lease.socket || lease.port, signal, queuedMs, ...params, adapters: applied, lora, slot: lease.slot });
         status = 'ok';
         return r;
       } catch (e) {
@@ -356,22 +425,36 @@ export class RuntimeService {
     if (!Number.isInteger(i.timeoutMs) || i.timeoutMs < 0) throw new RuntimeError(Code.INVALID_ARGUMENT, `timeout_ms: must be 0 (the server's request_timeout) or a positive number of milliseconds (got ${i.timeoutMs})`);
     const t0 = Date.now();
     const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
+    if (i.sessionId) checkSessionId(i.sessionId);
     if (i.intelligenceLevel === 'strategic' || (i.model && this.cloud.handles(i.model))) {
+      if (i.sessionId) throw new RuntimeError(Code.INVALID_ARGUMENT, 'session_id: saved sessions are kept for local models only (operational, tactical, or a model by name), not the strategic layer');
       const messages: ChatMessage[] = [...(i.systemPrompt ? [{ role: 'system' as const, content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
       return this.strategic({ messages, params: i.params, priority: i.priority ?? 'default', deadline, only: this.cloud.handles(i.model) ? i.model : '' }, cancel, onText, () => this.infer({ ...i, model: '', intelligenceLevel: this.config.api.local_fallback }, cancel, onText, onProgress));
     }
-    return this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, params: i.params, onProgress }, cancel, async (slot) => {
-      const g0 = Date.now();
+    const run = () => this.withSlot({ model: i.model, level: i.intelligenceLevel, priority: i.priority ?? 'default', deadline, params: i.params, onProgress, adapters: i.adapters, task: i.task }, cancel, async (slot) => {
       let ttft = 0;
-      const messages = [...(i.systemPrompt ? [{ role: 'system', content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
+      // This turn's messages; with a session, the conversation so far goes first and its KV state
+      // is restored into the slot, so llama-server evaluates only this turn (sessions.ts).
+      const added: ChatMsg[] = [{ role: 'user', content: i.prompt }];
+      let turn: Turn | undefined;
+      if (i.sessionId) {
+        turn = await this.sessions.begin({ ...this.sessionTarget(slot), id: i.sessionId, port: slot.port, slot: slot.slot, signal: slot.signal, systemPrompt: i.systemPrompt });
+        if (!turn.history.length && i.systemPrompt) added.unshift({ role: 'system', content: i.systemPrompt });
+      } else if (i.systemPrompt) added.unshift({ role: 'system', content: i.systemPrompt });
+      const messages = [...(turn?.history ?? []), ...added];
+      let use: ReportedUse = {};
+      const g0 = Date.now();
       const stream = !!onText;
       const body = JSON.stringify({
         messages,
+        id_slot: slot.slot,
+        cache_prompt: true,
         max_tokens: slot.maxTokens,
         temperature: slot.temperature,
         stream,
         ...(stream ? { stream_options: { include_usage: true } } : {}),
         ...(i.grammar ? { grammar: i.grammar } : {}),
+        ...(slot.lora ? { lora: slot.lora } : {}),
       });
       const res = await postChild(slot.port, '/v1/chat/completions', Buffer.from(body), slot.signal);
       if (res.statusCode !== 200) {
@@ -384,6 +467,7 @@ export class RuntimeService {
         const j = JSON.parse((await readAll(res)).toString('utf8')) as { choices: { message: { content: string } }[]; usage?: typeof usage };
         text = j.choices[0]?.message.content ?? '';
         usage = j.usage ?? usage;
+        use = reportedUse(j);
         ttft = Date.now() - g0;
       } else {
         for await (const data of sseData(res)) {
@@ -396,9 +480,15 @@ export class RuntimeService {
             onText(piece);
           }
           if (j.usage) usage = j.usage;
+          if ((j as { timings?: unknown }).timings || j.usage) use = { ...use, ...Object.fromEntries(Object.entries(reportedUse(j)).filter(([, v]) => v !== undefined)) };
         }
       }
       if (usage.completion_tokens > 0) this.events.emit('generation', { model: slot.model, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0 });
+      let session: SessionOutcome | undefined;
+      if (turn) {
+        const r = await this.sessions.finish(turn, { added, answer: text, params: i.params, use, port: slot.port, slot: slot.slot, signal: slot.signal });
+        session = { id: turn.id, cache: r.status, restoredTokens: turn.restoredTokens, cachedTokens: r.cachedTokens, restoreMs: turn.restoreMs, saved: r.saved, note: r.note };
+      }
       return {
         text,
         promptTokens: usage.prompt_tokens,
@@ -406,7 +496,98 @@ export class RuntimeService {
         tokensUsed: usage.prompt_tokens + usage.completion_tokens,
         latencyMs: Date.now() - t0,
         modelUsed: slot.model,
+        adapters: slot.adapters,
+        session,
       };
+    });
+    // One turn at a time per session: a second waits (without holding a slot) for the first to be saved.
+    return i.sessionId ? this.sessions.exclusive(i.sessionId, run) : run();
+  }
+
+  /** What a session's saved state is keyed on for the model in `slot` (sessions.ts). */
+  sessionTarget(slot: Slot): { model: string; modelPath: string; adapters: string; ctxSize: number } {
+    const p = this.supervisor.profileOf(slot.model);
+    if (!p) throw new RuntimeError(Code.UNAVAILABLE, `model ${slot.model} is not loaded`);
+    return { model: slot.model, modelPath: p.path, adapters: adapterSetKey(slot.adapters), ctxSize: p.ctxSize };
+  }
+
+  /** ListSessions. */
+  async listSessions(): Promise<SessionInfo[]> {
+    return this.sessions.list();
+  }
+
+  /** DeleteSession: NOT_FOUND when there is none. */
+  async deleteSession(id: string): Promise<void> {
+    checkSessionId(id);
+    if (!(await this.sessions.delete(id))) throw new RuntimeError(Code.NOT_FOUND, `no saved session ${id}`);
+  }
+
+  /** A saved session's record, or NOT_FOUND. */
+  private async sessionRecord(id: string) {
+    checkSessionId(id);
+    this.sessions.need();
+    const r = await this.sessions.find(id);
+    if (!r) throw new RuntimeError(Code.NOT_FOUND, `no saved session ${id}`);
+    return r;
+  }
+
+  /**
+   * RestoreSession: loads the session's model (if needed) and restores its saved state into a free
+   * slot now, checking it as a turn would (key, size, sha256, llama-server's acceptance); a state
+   * that fails a check is discarded and the answer says why.
+   */
+  async restoreSession(id: string, cancel?: AbortSignal): Promise<{ info: SessionInfo; outcome: SessionOutcome }> {
+    const r = await this.sessionRecord(id);
+    return this.sessions.exclusive(id, () =>
+      this.withSlot({ model: r.model, level: '', priority: 'default', deadline: 0 }, cancel, async (slot) => {
+        const turn = await this.sessions.begin({ ...this.sessionTarget(slot), id, port: slot.port, slot: slot.slot, signal: slot.signal });
+        const cache: CacheOutcome = turn.restoredTokens > 0 ? 'hit' : turn.status;
+        const now = (await this.sessions.find(id)) ?? r;
+        return { info: this.sessions.info(now), outcome: { id, cache, restoredTokens: turn.restoredTokens, cachedTokens: 0, restoreMs: turn.restoreMs, saved: !!now.kv, note: turn.note } };
+      }),
+    );
+  }
+
+  /**
+   * SaveSession: states are saved after every answer; this saves one that is not there (an earlier
+   * save failed, it was discarded or removed by the size cap) by evaluating the conversation again.
+   */
+  async saveSession(id: string, cancel?: AbortSignal): Promise<{ info: SessionInfo; outcome: SessionOutcome }> {
+    const r = await this.sessionRecord(id);
+    return this.sessions.exclusive(id, () =>
+      this.withSlot({ model: r.model, level: '', priority: 'default', deadline: 0 }, cancel, async (slot) => {
+        const target = this.sessionTarget(slot);
+        const key = { modelSha256: await this.sessions.modelSha256(target.modelPath), adapters: target.adapters, ctxSize: target.ctxSize };
+        const checked = r.kv && r.key.modelSha256 === key.modelSha256 && r.key.ctxSize === key.ctxSize ? await this.sessions.checkState(r) : undefined;
+        if (checked?.ok) return { info: this.sessions.info(r), outcome: { id, cache: 'none' as CacheOutcome, restoredTokens: 0, cachedTokens: 0, restoreMs: 0, saved: true, note: 'already saved after its last answer' } };
+        // Evaluate the conversation (one token generated: llama-server needs a completion) and save that.
+        const body = { messages: r.messages, id_slot: slot.slot, cache_prompt: true, max_tokens: 1, temperature: 0, ...(slot.lora ? { lora: slot.lora } : {}) };
+        const res = await postChild(slot.port, '/v1/chat/completions', Buffer.from(JSON.stringify(body)), slot.signal);
+        const text = (await readAll(res)).toString('utf8');
+        if (res.statusCode !== 200) throw new RuntimeError(Code.INTERNAL, `llama-server answered ${res.statusCode}: ${text.slice(0, 300)}`);
+        const use = reportedUse(JSON.parse(text));
+        const rec = await this.sessions.saveEvaluated(r, key, { promptTokens: use.promptTokens ?? 0, port: slot.port, slot: slot.slot, signal: slot.signal });
+        return { info: this.sessions.info(rec), outcome: { id, cache: 'new' as CacheOutcome, restoredTokens: 0, cachedTokens: 0, restoreMs: 0, saved: true, note: `saved again: ${use.promptTokens ?? 0} prompt tokens evaluated` } };
+      }),
+    );
+  }
+
+  /**
+   * Embeddings of texts from the [models.embedding] child (loaded on demand under the same budget
+   * and queue as any model): adapter selection by task.
+   */
+  async embed(texts: string[]): Promise<number[][]> {
+    const p = this.router.embeddingProfile();
+    if (!p) throw new RuntimeError(Code.FAILED_PRECONDITION, 'no [models.embedding] in the config');
+    return this.withSlot({ model: p.name, level: '', priority: 'realtime', deadline: 0 }, undefined, async (slot) => {
+      const res = await postChild(slot.port, '/v1/embeddings', Buffer.from(JSON.stringify({ input: texts })), slot.signal);
+      const text = (await readAll(res)).toString('utf8');
+      if (res.statusCode !== 200) throw new RuntimeError(Code.INTERNAL, `the embedding model ${p.name} answered ${res.statusCode}: ${text.slice(0, 300)}`);
+      const j = JSON.parse(text) as { data: { index: number; embedding: number[] }[] };
+      const out: number[][] = [];
+      for (const d of j.data) out[d.index] = d.embedding;
+      if (out.length !== texts.length || out.some((v) => !Array.isArray(v))) throw new RuntimeError(Code.INTERNAL, `the embedding model ${p.name} returned ${j.data.length} embeddings for ${texts.length} texts`);
+      return out;
     });
   }
 
@@ -447,12 +628,73 @@ export class RuntimeService {
     if (!name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
     if (o.port) throw new RuntimeError(Code.INVALID_ARGUMENT, `port: the runtime chooses each llama-server's loopback port itself; send 0 (got ${o.port})`);
     for (const { profile } of this.router.configured()) {
-      if (profile.name === name) return this.supervisor.load(profile); // configured: its fixed launch profile
+      if (profile.name === name) return this.supervisor.load(await this.adapters.vet(profile)); // configured: its fixed launch profile
     }
     if (!path) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: required for "${name}", which is not in the config`);
     if (!path.startsWith(this.config.models.model_dir + '/')) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: must be inside ${this.config.models.model_dir}`);
     // Loaded on purpose: it stays until it is unloaded (or evicted under memory pressure).
     return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true });
+  }
+
+  /**
+   * Reload (`aios runtime reload`, SIGHUP): takes the new config's adapter lists
+   * ([[models.<layer>.adapters]]) for the configured layers. A loaded child whose list of adapter
+   * files changed is restarted with the new list, after the requests running on it have finished
+   * (new ones wait in its queue meanwhile and are served by the new child); a change of description
+   * or scale only applies to the next request. Other settings need a restart of the runtime (named
+   * in the answer).
+   */
+  /** Reload from the config file the runtime was started from (Reload RPC, SIGHUP). */
+  async reloadFile(): Promise<{ model: string; restarted: boolean; note: string }[]> {
+    if (!this.configFile) throw new RuntimeError(Code.FAILED_PRECONDITION, 'this runtime was not started from a config file: nothing to reload');
+    let next: RuntimeConfig;
+    try {
+      next = await readRuntimeConfig(this.configFile);
+    } catch (e) {
+      throw new RuntimeError(Code.INVALID_ARGUMENT, `reload: ${(e as Error).message}; nothing changed`);
+    }
+    const r = await this.reload(next);
+    for (const x of r) this.log(`reload: ${x.model}: ${x.note}`);
+    return r;
+  }
+
+  async reload(next: RuntimeConfig): Promise<{ model: string; restarted: boolean; note: string }[]> {
+    const out: { model: string; restarted: boolean; note: string }[] = [];
+    for (const level of ['operational', 'tactical'] as const) {
+      const cur = this.config.models[level];
+      const nxt = next.models[level];
+      if (!cur || !nxt) continue;
+      const name = cur.name.replace(/\.gguf$/, '');
+      if (nxt.name !== cur.name) {
+        out.push({ model: name, restarted: false, note: `[models.${level}] names another file (${nxt.name}): restart the runtime for that` });
+        continue;
+      }
+      const files = (a: typeof cur.adapters) => JSON.stringify(a.map((x) => [x.name, x.file]));
+      const changed = files(cur.adapters) !== files(nxt.adapters);
+      cur.adapters = nxt.adapters;
+      if (!changed) {
+        out.push({ model: name, restarted: false, note: 'adapter files unchanged' });
+        continue;
+      }
+      if (!this.supervisor.has(name) || this.supervisor.failure(name) !== undefined) {
+        out.push({ model: name, restarted: false, note: `adapters now ${nxt.adapters.map((a) => a.name).join(', ') || 'none'}; not loaded, applies at its next load` });
+        continue;
+      }
+      this.draining.add(name);
+      try {
+        const t0 = Date.now();
+        while (this.scheduler.runningOf(name) > 0) await new Promise((r) => setTimeout(r, 20));
+        this.log(`reload: ${name} drained in ${Date.now() - t0} ms; restarting it with adapters ${nxt.adapters.map((a) => a.name).join(', ') || '(none)'}`);
+        await this.supervisor.unload(name, 'reload');
+        await this.ensureLoaded(this.router.resolve('', level));
+      } finally {
+        this.draining.delete(name);
+        this.scheduler.pump(name);
+      }
+      out.push({ model: name, restarted: true, note: `restarted with adapters ${nxt.adapters.map((a) => a.name).join(', ') || 'none'}` });
+    }
+    if (JSON.stringify(next.models.embedding ?? null) !== JSON.stringify(this.config.models.embedding ?? null)) out.push({ model: 'embedding', restarted: false, note: '[models.embedding] changed: restart the runtime for that' });
+    return out;
   }
 
   /** UnloadModel: requests in flight on it fail (UNAVAILABLE), its queue is dropped. */

@@ -1,0 +1,188 @@
+/**
+ * LoRA adapters per request, end to end: the real daemon with a real llama-server child started with
+ * every configured adapter loaded unapplied, adapters synthesized by `synthLora` (what
+ * `aios models synth-lora` runs) for the synthesized tiny model, requests through the real gRPC
+ * client (client.ts) and HTTP (fetch), compared with fresh llama-server processes started with the
+ * adapter applied from the start. Greedy decoding (temperature 0) throughout.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, writeFileSync } from 'node:fs';
+import { stringify } from 'smol-toml';
+import { join } from 'node:path';
+import { runtimeFixture, type RuntimeFixture } from './runtime-fixture.js';
+import { synthLora } from '../../src/models/synth-lora.js';
+import { RuntimeConfigSchema } from '../../src/runtime/config.js';
+import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
+import { connectRuntime, unary, type RuntimeClient } from '../../src/runtime/client.js';
+import { freePort } from '../../src/util/net.js';
+import { postChild, readAll } from '../../src/runtime/upstream.js';
+import { tmp } from '../helpers.js';
+
+const dir = tmp('aios-runtime-adapters-');
+let fx: RuntimeFixture;
+let daemon: Daemon;
+let client: RuntimeClient;
+let http = '';
+let zeroText = '';
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+let raw: any;
+const PROMPT = 'Tell me a story about a lighthouse keeper.';
+const MAX = 24;
+const DESCRIPTIONS = { a: 'writes SQL queries for a sales database', b: 'summarises legal contracts in plain words', zero: 'does nothing at all' };
+
+type Applied = { name: string; scale: number; score?: number };
+async function infer(o: { adapters?: { name: string; scale?: number }[]; task?: string; prompt?: string } = {}): Promise<{ text: string; adapters_applied: Applied[] }> {
+  const r = await unary(client, 'Infer', { prompt: o.prompt ?? PROMPT, max_tokens: MAX, temperature: 0, adapters: o.adapters ?? [], task: o.task ?? '' } as never);
+  return r as unknown as { text: string; adapters_applied: Applied[] };
+}
+
+/** A fresh llama-server on the tiny model with `lora` applied at scale 1 from the start (no adapter: none), its greedy answer to PROMPT. */
+async function fresh(lora?: string): Promise<string> {
+  const port = await freePort();
+  const args = ['-m', join(dir, 'tiny.gguf'), '--host', '127.0.0.1', '--port', String(port), '-c', '512', '-t', '2', '--parallel', '1', '--no-webui', ...(lora ? ['--lora', join(dir, lora)] : [])];
+  const p: ChildProcess = spawn(fx.llamaServer, args, { stdio: 'ignore' });
+  try {
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.status === 200, () => false);
+      if (ok) break;
+      if (i > 600) throw new Error('fresh llama-server did not become ready');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const r = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX, temperature: 0, seed: 1 }),
+    });
+    const j = (await r.json()) as { choices: { message: { content: string } }[] };
+    return j.choices[0]!.message.content;
+  } finally {
+    p.kill('SIGKILL');
+  }
+}
+
+describe('aios-runtime LoRA adapters', () => {
+  beforeAll(async () => {
+    fx = await runtimeFixture(dir);
+    const base = join(dir, 'tiny.gguf');
+    await synthLora({ base, out: join(dir, 'zero.gguf'), rank: 8, zeroB: true, seed: 3, ggufPy: fx.tools.ggufPy });
+    await synthLora({ base, out: join(dir, 'a.gguf'), rank: 8, seed: 1, ggufPy: fx.tools.ggufPy });
+    await synthLora({ base, out: join(dir, 'b.gguf'), rank: 8, seed: 2, ggufPy: fx.tools.ggufPy });
+    await synthLora({ base, out: join(dir, 'wrong.gguf'), rank: 8, seed: 4, arch: 'qwen2', ggufPy: fx.tools.ggufPy });
+    copyFileSync(base, join(dir, 'embed.gguf'));
+    raw = {
+      system: { log_level: 'debug' },
+      runtime: { llama_server: fx.llamaServer, socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '1s', load_timeout: '60s', request_timeout: '60s' },
+      models: {
+        model_dir: dir,
+        operational: {
+          name: 'tiny.gguf',
+          parallel: 1,
+          threads: 2,
+          ctx_size: 512,
+          adapters: [
+            { name: 'zero', file: 'zero.gguf', description: DESCRIPTIONS.zero },
+            { name: 'a', file: 'a.gguf', description: DESCRIPTIONS.a },
+            { name: 'b', file: 'b.gguf', description: DESCRIPTIONS.b },
+            { name: 'wrong', file: 'wrong.gguf', description: 'an adapter for another architecture' },
+          ],
+        },
+        // A random model embeds deterministically: a task with an adapter's exact description matches it (cosine 1).
+        embedding: { name: 'embed.gguf', threads: 2, min_similarity: 0.999, max_adapters: 1 },
+      },
+    };
+    writeFileSync(join(dir, 'config.toml'), stringify(raw));
+    const { appendFileSync } = await import('node:fs');
+    daemon = await startDaemon(RuntimeConfigSchema.parse(raw), { log: (l) => appendFileSync(join(dir, 'daemon.log'), `${new Date().toISOString()} ${l}\n`), service: { configFile: join(dir, 'config.toml') } });
+    client = connectRuntime(`127.0.0.1:${daemon.listening.tcpPort}`);
+    http = `http://127.0.0.1:${daemon.http!.port}`;
+  }, 20 * 60_000);
+
+  afterAll(async () => {
+    client?.close();
+    await daemon?.stop();
+  });
+
+  it('a zero lora_b adapter leaves greedy output byte-identical; a non-zero one changes it; the answer reports what was applied', async () => {
+    const none = await infer();
+    expect(none.text.length).toBeGreaterThan(0);
+    expect(none.adapters_applied).toEqual([]);
+    const zero = await infer({ adapters: [{ name: 'zero' }] });
+    expect(zero.text).toBe(none.text);
+    zeroText = zero.text;
+    expect(zero.adapters_applied).toEqual([{ name: 'zero', scale: 1 }]);
+    const a = await infer({ adapters: [{ name: 'a' }] });
+    expect(a.text).not.toBe(none.text);
+    expect(a.adapters_applied).toEqual([{ name: 'a', scale: 1 }]);
+  }, 120_000);
+
+  it('A, then B, then none on consecutive requests (one slot) equal three fresh llama-server processes configured that way', async () => {
+    const seq = [await infer({ adapters: [{ name: 'a' }] }), await infer({ adapters: [{ name: 'b' }] }), await infer()].map((r) => r.text);
+    const want = [await fresh('a.gguf'), await fresh('b.gguf'), await fresh()];
+    expect(seq).toEqual(want);
+    expect(new Set(want).size).toBe(3);
+  }, 180_000);
+
+  it('an unknown adapter is INVALID_ARGUMENT naming it (gRPC) and 400 (HTTP); an adapter for another architecture was refused at load with the reason', async () => {
+    const e = await infer({ adapters: [{ name: 'nope' }] }).catch((x: { code: number; details: string }) => x);
+    expect((e as { code: number }).code).toBe(3);
+    expect((e as { details: string }).details).toBe('adapters: unknown adapter "nope" for model tiny (configured: zero, a, b, wrong)');
+    const r = await fetch(`${http}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], adapters: [{ name: 'nope' }] }) });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/unknown adapter "nope"/);
+    const w = await infer({ adapters: [{ name: 'wrong' }] }).catch((x: { code: number; details: string }) => x);
+    expect((w as { code: number }).code).toBe(9); // FAILED_PRECONDITION
+    expect((w as { details: string }).details).toMatch(/"wrong" was refused when tiny was loaded: .*wrong\.gguf: it is for architecture "qwen2", the base model is "llama"/);
+  }, 60_000);
+
+  it('HTTP: body "adapters" applied (same bytes as gRPC), reported in x-aios-adapters', async () => {
+    const body = (adapters?: unknown) => JSON.stringify({ messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX, temperature: 0, ...(adapters ? { adapters } : {}) });
+    const r = await fetch(`${http}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body([{ name: 'b', scale: 1 }]) });
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.headers.get('x-aios-adapters')!)).toEqual([{ name: 'b', scale: 1 }]);
+    const j = (await r.json()) as { choices: { message: { content: string } }[] };
+    expect(j.choices[0]!.message.content).toBe((await infer({ adapters: [{ name: 'b' }] })).text);
+  }, 60_000);
+
+  it('selection by task through the embedding child: the adapter whose description matches, with its score; same output as naming it', async () => {
+    const sel = await infer({ task: DESCRIPTIONS.b });
+    expect(sel.adapters_applied.map((x) => x.name)).toEqual(['b']);
+    expect(sel.adapters_applied[0]!.score).toBeGreaterThan(0.999);
+    expect(sel.text).toBe((await infer({ adapters: [{ name: 'b' }] })).text);
+    // the embedding model was loaded by the runtime, under its budget, like any model
+    expect(daemon.service.models().map((m) => m.name)).toContain('embed');
+  }, 120_000);
+
+  it('reload: a changed adapter list restarts the child after the request running on it finishes; an unchanged one does not', async () => {
+    const op = () => daemon.service.models().find((m) => m.name === 'tiny')!;
+    const pid0 = op().pid;
+    // unchanged: nothing restarts
+    const same = await unary(client, 'Reload', {});
+    expect(same.models).toEqual([{ model: 'tiny', restarted: false, note: 'adapter files unchanged' }]);
+    expect(op().pid).toBe(pid0);
+    // A request holding the child's slot while the list changes: the reload waits for it (the old child
+    // keeps serving it), then restarts the child.
+    raw.models.operational.adapters = [raw.models.operational.adapters[1], raw.models.operational.adapters[2], { name: 'a2', file: 'a.gguf', description: 'the same as a' }];
+    writeFileSync(join(dir, 'config.toml'), stringify(raw));
+    let reloaded = false;
+    const held = await daemon.service.withSlot({ model: 'tiny', level: '', priority: 'default', deadline: 0, adapters: [{ name: 'zero' }] }, undefined, async (slot) => {
+      const reload = unary(client, 'Reload', {}, 120_000).then((x) => ((reloaded = true), x));
+      await new Promise((r) => setTimeout(r, 1500));
+      const during = { reloaded, pid: op().pid };
+      // the held slot still works: a completion on it (the child's port, or its socket when sandboxed)
+      const res = await postChild(slot.port, '/v1/chat/completions', Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX, temperature: 0, lora: slot.lora })), slot.signal);
+      const j = JSON.parse((await readAll(res)).toString('utf8')) as { choices: { message: { content: string } }[] };
+      return { reload: { p: reload }, during, status: res.statusCode, text: j.choices[0]!.message.content };
+    });
+    expect(held.during).toEqual({ reloaded: false, pid: pid0 });
+    expect(held.status).toBe(200);
+    expect(held.text).toBe(zeroText);
+    const changed = await held.reload.p;
+    expect(changed.models).toEqual([{ model: 'tiny', restarted: true, note: 'restarted with adapters a, b, a2' }]);
+    expect(op().pid).not.toBe(pid0);
+    expect(op().state).toBe('ready');
+    // the new list is what requests see: a2 (the same file as a) answers as a did; zero is gone
+    expect((await infer({ adapters: [{ name: 'a2' }] })).text).toBe((await infer({ adapters: [{ name: 'a' }] })).text);
+    await expect(infer({ adapters: [{ name: 'zero' }] })).rejects.toMatchObject({ code: 3, details: 'adapters: unknown adapter "zero" for model tiny (configured: a, b, a2)' });
+  }, 240_000);
+});
