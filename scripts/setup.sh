@@ -19,6 +19,7 @@ APT_PACKAGES=(
   shellcheck gnupg          # release: lint scripts/release.sh, sign SHA256SUMS
   tmux                      # aios top's end-to-end test drives the panel in a real terminal (send-keys, capture-pane)
   openssl                   # per-image certificates (runtime.tls): CA, server and client certificates
+  bubblewrap                # the model sandbox around each llama-server (aios-runtime; its tests run it for real)
   ca-certificates
 )
 

@@ -21,6 +21,7 @@ import { stringify } from 'smol-toml';
 import { buildLlamaStage } from '../build/index.js';
 import { synthModel } from '../models/synth.js';
 import { connect, unary, waitReady, type RuntimeClient } from '../runtime/client.js';
+import { postChild, readAll } from '../runtime/upstream.js';
 import { physicalCores } from '../util/cpu.js';
 import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
@@ -64,9 +65,12 @@ interface Run {
 async function openaiStream(base: string): Promise<Run> {
   const body = JSON.stringify({ model: 'operational', messages: [{ role: 'user', content: PROMPT }], max_tokens: TOKENS, temperature: 0, ignore_eos: true, stream: true });
   const t0 = performance.now();
-  const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).catch((e: Error & { cause?: Error }) => {
-    throw new Error(`${base}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}`);
-  });
+  // unix:<path>: a sandboxed child's socket (it has no network), through the runtime's own client code.
+  const res = base.startsWith('unix:')
+    ? await postChild(base.slice(5), '/v1/chat/completions', Buffer.from(body), AbortSignal.timeout(600_000)).then((m) => ({ ok: m.statusCode === 200, status: m.statusCode, body: m, text: async () => (await readAll(m)).toString() }))
+    : await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).catch((e: Error & { cause?: Error }) => {
+        throw new Error(`${base}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}`);
+      });
   if (!res.ok) throw new Error(`${base}: ${res.status} ${await res.text()}`);
   let first = 0;
   let last = 0;
@@ -163,7 +167,7 @@ async function main(): Promise<void> {
   }
   const child = (await unary(client, 'ListModels', {})).models[0]!;
   const paths: { name: string; run: () => Promise<Run> }[] = [
-    { name: 'direct', run: () => openaiStream(`http://127.0.0.1:${child.port}`) },
+    { name: 'direct', run: () => openaiStream(child.socket ? `unix:${child.socket}` : `http://127.0.0.1:${child.port}`) },
     { name: 'http', run: () => openaiStream(`http://127.0.0.1:${httpPort}`) },
     { name: 'grpc', run: () => grpcStream(client) },
   ];
@@ -173,7 +177,7 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   const retries: string[] = [];
   try {
-    log(`daemon ${DAEMON} (pid ${proc.pid}); model ${model}; llama-server pid ${child.pid} on port ${child.port}; ${REPS} repetitions of ${TOKENS} tokens per path`);
+    log(`daemon ${DAEMON} (pid ${proc.pid}); model ${model}; llama-server pid ${child.pid} on ${child.socket ? `unix:${child.socket} (sandboxed)` : `port ${child.port}`}; ${REPS} repetitions of ${TOKENS} tokens per path`);
     for (const p of paths) await p.run(); // warm-up (prompt cache, connections), not counted
     for (let r = 0; r < REPS; r++) {
       for (let k = 0; k < paths.length; k++) {

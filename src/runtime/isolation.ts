@@ -80,6 +80,16 @@ export function isolationSettings(runtime: unknown, models: unknown, warn: (s: s
   };
 }
 
+/** Seccomp mode of this process (/proc/self/status: 0 none, 2 filter), -1 unknown. */
+export function seccompMode(status?: string): number {
+  try {
+    const m = /^Seccomp:\s+(\d+)/m.exec(status ?? readFileSync('/proc/self/status', 'utf8'));
+    return m ? Number(m[1]) : -1;
+  } catch {
+    return -1;
+  }
+}
+
 /** Resident set of a process and its descendants (a sandboxed llama-server is bwrap's child). */
 export function treeRss(pid: number): number {
   let sum = rssOf(pid);
@@ -113,6 +123,8 @@ export class Isolation {
     this.sandbox = probe.mode;
     this.sandboxStartMs = probe.startMs;
     this.warnings.push(...probe.warnings);
+    // The children's seccomp filter is the unit's (SystemCallFilter=, inherited); started by hand there is none.
+    if (seccompMode() !== 2) warn('no seccomp filter for the children: the daemon is not running under one (aios-runtime.service\'s SystemCallFilter= is what filters them); started by hand, they may make any system call the sandbox does not prevent');
   }
 
   /** A one-line summary for the start-up log. */

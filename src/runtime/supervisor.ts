@@ -48,6 +48,8 @@ export interface ModelInfo {
   queued: number;
   /** llama-server slots. */
   parallel: number;
+  /** Its unix socket when sandboxed without a network ("" = it listens on `port`). */
+  socket: string;
   /** Its cgroup (issue 16): memory.current and memory.peak (page cache of the weights it faulted in included), memory.max; 0 without one. */
   cgroupMemoryBytes: number;
   cgroupPeakBytes: number;
@@ -291,6 +293,7 @@ export class Supervisor {
       inflight: c.busy,
       queued,
       parallel: c.profile.parallel,
+      socket: c.socket,
       cgroupMemoryBytes: cg?.currentBytes ?? 0,
       cgroupPeakBytes: cg?.peakBytes ?? 0,
       memoryLimitBytes: cg?.limitBytes ?? 0,

@@ -70,3 +70,19 @@ export function getChildStatus(to: ChildAddress, path: string, timeoutMs: number
     r.end();
   });
 }
+
+/** GET a child's path with its body (its /metrics); status 0 when it did not answer within `timeoutMs`. */
+export function getChild(to: ChildAddress, path: string, timeoutMs: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve) => {
+    const r = httpRequest({ ...target(to), path, method: 'GET', agent, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', () => resolve({ status: 0, body: '' }));
+    });
+    r.on('timeout', () => r.destroy(new Error('timeout')));
+    r.on('error', () => resolve({ status: 0, body: '' }));
+    r.end();
+  });
+}

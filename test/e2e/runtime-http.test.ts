@@ -5,6 +5,7 @@
  * with the reference Prometheus client's text-format parser (Debian's python3-prometheus-client).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getChild } from '../../src/runtime/upstream.js';
 import OpenAI from 'openai';
 import { execa } from 'execa';
 import { copyFileSync, writeFileSync } from 'node:fs';
@@ -34,9 +35,13 @@ async function scrape(): Promise<{ families: Family[]; byName: Map<string, Famil
   const samples = (name: string, labels: Record<string, string> = {}) => all.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
   return { families, byName: new Map(families.map((f) => [f.name, f])), samples };
 }
-const port = (name: string) => daemon.service.models().find((m) => m.name === name)?.port ?? 0;
-async function busy(p: number): Promise<boolean> {
-  const slots = (await (await fetch(`http://127.0.0.1:${p}/slots`)).json()) as { is_processing: boolean }[];
+/** Where the model's llama-server listens: its unix socket when sandboxed, else its port. */
+const port = (name: string): number | string => {
+  const m = daemon.service.models().find((x) => x.name === name);
+  return m?.socket || m?.port || 0;
+};
+async function busy(p: number | string): Promise<boolean> {
+  const slots = JSON.parse((await getChild(p, '/slots', 5000)).body) as { is_processing: boolean }[];
   return slots.some((x) => x.is_processing);
 }
 function collect<K extends keyof RuntimeEventMap>(name: K): RuntimeEventMap[K][0][] {

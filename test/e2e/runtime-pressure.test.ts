@@ -5,6 +5,7 @@
  * HTTP server on 127.0.0.1 (shared download, progress, checksum).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getChild } from '../../src/runtime/upstream.js';
 import * as grpc from '@grpc/grpc-js';
 import { copyFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -115,9 +116,10 @@ describe('priority queue', () => {
   });
 
   it('a cancelled queued request and an expired one are never sent to llama-server', { timeout: 120_000 }, async () => {
-    const port = d.service.models().find((m) => m.name === 'tiny')!.port;
+    const m = d.service.models().find((x) => x.name === 'tiny')!;
     const promptTokens = async () => {
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      // the child itself: its unix socket when sandboxed, else its port
+      const text = (await getChild(m.socket || m.port, '/metrics', 5000)).body;
       const v = (n: string) => Number(new RegExp(`^llamacpp:${n} (\\S+)`, 'm').exec(text)?.[1] ?? NaN);
       return v('prompt_tokens_total') + v('prompt_tokens_cached_total');
     };

@@ -12,6 +12,7 @@ import { runtimeFixture } from './runtime-fixture.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { PROTO_DIR } from '../../src/runtime/server.js';
+import { getChild } from '../../src/runtime/upstream.js';
 import { REPO, tmp } from '../helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
@@ -160,9 +161,10 @@ describe('aios-runtime', () => {
   });
 
   it('a client that goes away cancels the generation in llama-server', { timeout: 60_000 }, async () => {
-    const port = (await call<{ models: { name: string; port: number }[] }>('ListModels', {})).models.find((m) => m.name === 'tiny')!.port;
+    // The child itself: its unix socket when sandboxed (the default where bwrap works), else its port.
+    const m = (await call<{ models: { name: string; port: number; socket: string }[] }>('ListModels', {})).models.find((x) => x.name === 'tiny')!;
     const busy = async () => {
-      const slots = (await (await fetch(`http://127.0.0.1:${port}/slots`)).json()) as { is_processing: boolean }[];
+      const slots = JSON.parse((await getChild(m.socket || m.port, '/slots', 5000)).body) as { is_processing: boolean }[];
       return slots.some((x) => x.is_processing);
     };
     const s = (client.StreamInfer as (r: object) => grpc.ClientReadableStream<{ text: string }>).call(client, { prompt: 'Write a very long story.', max_tokens: 512, temperature: 1 });

@@ -24,7 +24,7 @@ import {
   v2PathOf,
 } from '../../src/runtime/cgroup.js';
 import { bwrapArgs, probeSandbox } from '../../src/runtime/sandbox.js';
-import { Isolation, isolationSettings } from '../../src/runtime/isolation.js';
+import { Isolation, isolationSettings, seccompMode } from '../../src/runtime/isolation.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { REPO, tmp } from '../helpers.js';
 
@@ -141,7 +141,9 @@ describe('the sandbox', () => {
     const iso = new Isolation({ sandbox: 'off', cgroup: 'off', childDir: tmp('children-'), swapMax: 0, layers: new Map() });
     const p = { name: 'm', path: '/m.gguf', level: '' as const, ctxSize: 512, threads: 0, gpuLayers: 0, parallel: 1, mmap: true };
     expect(iso.wrap(p, '/usr/bin/llama-server', ['-m', '/m.gguf', '--host', '127.0.0.1'])).toEqual({ argv: ['/usr/bin/llama-server', '-m', '/m.gguf', '--host', '127.0.0.1'], socket: undefined });
-    expect(iso.warnings).toEqual([expect.stringMatching(/model sandbox off/)]);
+    expect(iso.warnings).toEqual([expect.stringMatching(/model sandbox off/), expect.stringMatching(/no seccomp filter for the children/)]);
+    expect(seccompMode('Name:\tnode\nSeccomp:\t2\nSeccomp_filters:\t1\n')).toBe(2);
+    expect(seccompMode('Name:\tnode\n')).toBe(-1);
     expect(iso.describe()).toBe('model isolation: no per-model cgroups; no sandbox');
   });
 });
