@@ -35,7 +35,11 @@ export function earlyProfile(raw: unknown): { binary: string; profile: LaunchPro
   const parallel = pick<number>(op, 'parallel', 'number');
   const mmap = pick<boolean>(op, 'mmap', 'boolean');
   if (!binary || !dir || !name || ctxSize === undefined || threads === undefined || gpuLayers === undefined || parallel === undefined || mmap === undefined) return undefined;
-  return { binary, profile: { name: name.replace(/\.gguf$/, ''), path: join(dir, name), level: 'operational', ctxSize, threads, gpuLayers, parallel, mmap } };
+  // Its LoRA adapters, as the router lists them (the daemon discards the early child if a check at load leaves one out).
+  const list = Array.isArray(op.adapters) ? op.adapters.map(table) : [];
+  if (list.some((a) => typeof a.name !== 'string' || typeof a.file !== 'string')) return undefined;
+  const adapters = list.map((a) => ({ name: a.name as string, path: join(dir, a.file as string) }));
+  return { binary, profile: { name: name.replace(/\.gguf$/, ''), path: join(dir, name), level: 'operational', ctxSize, threads, gpuLayers, parallel, mmap, ...(adapters.length ? { adapters } : {}) } };
 }
 
 export async function serveConfigFile(file: string, overrides: { listen?: string; socket?: string; http?: string } = {}, marks: { modules?: number } = {}): Promise<number> {

@@ -11,6 +11,7 @@ describe('early start of the operational model', () => {
   for (const [what, raw] of [
     ['defaults only', { models: { operational: { name: 'tiny.gguf' } } }],
     ['everything explicit', { runtime: { llama_server: '/opt/ls' }, models: { model_dir: '/m', operational: { name: 'x.gguf', ctx_size: 512, threads: 3, gpu_layers: -1, parallel: 4, mmap: false } } }],
+    ['LoRA adapters', { models: { operational: { name: 'tiny.gguf', adapters: [{ name: 'a', file: 'a.gguf', description: 'x' }, { name: 'b', file: 'b.gguf', scale: 0.5 }] } } }],
   ] as const) {
     it(`${what}: the same command line as the validated config`, () => {
       const e = earlyProfile(raw)!;
