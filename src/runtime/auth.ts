@@ -18,7 +18,8 @@ import type { KeyCheck, KeyScope } from './keys.js';
 
 export type GrpcScope = 'admin' | 'infer';
 
-const INFER_METHODS = new Set(['Infer', 'StreamInfer', 'ListModels', 'HealthCheck'].map((m) => `/aios.runtime.AIRuntime/${m}`));
+// Sessions: a client that knows a session's id may save or restore it; listing and deleting all of them is admin.
+const INFER_METHODS = new Set(['Infer', 'StreamInfer', 'ListModels', 'HealthCheck', 'SaveSession', 'RestoreSession'].map((m) => `/aios.runtime.AIRuntime/${m}`));
 
 /** The scope a gRPC method needs, from its path (`/package.Service/Method`). */
 export function grpcScopeNeeded(path: string): GrpcScope {

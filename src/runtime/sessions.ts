@@ -359,6 +359,8 @@ export class SessionStore {
       }
     }
     if (!r) return turn;
+    // A turn that restores nothing starts from an empty slot: the whole conversation is evaluated.
+    const empty = () => this.erase(o.port, o.slot, o.signal);
     const discard = async (why: string) => {
       turn.status = 'discarded';
       turn.note = `the saved state of session ${o.id} was discarded: ${why}; the whole conversation (${r.messages.length} messages) is evaluated again`;
@@ -369,15 +371,18 @@ export class SessionStore {
       turn.status = 'none';
       turn.note = `session ${o.id} has no saved state (its last save failed or states are not kept); the conversation is evaluated again`;
       this.log(`sessions: ${turn.note}`, 'warn');
+      await empty();
       return turn;
     }
     if (!sameKey(r.key, key)) {
       await discard(`it was saved for ${r.model} with a different key (${describeKeyChange(r.key, key)})`);
+      await empty();
       return turn;
     }
     const checked = await this.checkState(r);
     if (!checked.ok) {
       await discard(checked.why);
+      await empty();
       return turn;
     }
     try {
@@ -390,8 +395,16 @@ export class SessionStore {
     } catch (e) {
       if (o.signal.aborted) throw e;
       await discard((e as Error).message);
+      await empty();
     }
     return turn;
+  }
+
+  /** Empties a slot (llama-server clears it after a refused restore too; this makes it certain). */
+  private async erase(port: number | string, slot: number, signal: AbortSignal): Promise<void> {
+    const res = await postChild(port, `/slots/${slot}?action=erase`, Buffer.from('{}'), signal);
+    const text = (await readAll(res)).toString('utf8');
+    if (res.statusCode !== 200) this.log(`sessions: llama-server could not erase slot ${slot} (${res.statusCode}): ${text.slice(0, 200)}`, 'warn');
   }
 
   /**
