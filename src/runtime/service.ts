@@ -189,10 +189,11 @@ export class RuntimeService {
       capacity: (m) => (this.draining.has(m) ? 0 : this.supervisor.capacity(m)),
     });
     const sessionsDir = sessionsDirOf(r.sessions_dir);
-    const sessionsProblem = prepareSessionsDir(sessionsDir);
+    const launcher = o.launcher ?? new LlamaServerLauncher(r.llama_server, (s) => log(s, 'debug'));
+    // Made (0700) before any llama-server starts with it as --slot-save-path; not for other launchers (tests).
+    const sessionsProblem = launcher instanceof LlamaServerLauncher ? prepareSessionsDir(sessionsDir) : undefined;
     if (sessionsProblem) log(`sessions are off: ${sessionsDir} cannot be used (${sessionsProblem})`, 'warn');
     this.sessions = new SessionStore({ dir: sessionsDir, maxBytes: parseSize(r.sessions_max_bytes), log, problem: sessionsProblem });
-    const launcher = o.launcher ?? new LlamaServerLauncher(r.llama_server, (s) => log(s, 'debug'));
     // llama-server's slot files (save/restore) live in the sessions directory.
     if (launcher instanceof LlamaServerLauncher && !sessionsProblem) launcher.slotSavePath = sessionsDir;
     this.supervisor = new Supervisor({
