@@ -259,7 +259,11 @@ export function registerRuntime(p: Command): void {
     await withRuntimeClient(o.address, async (c, { streamInfer }) => {
       const last = await streamInfer(c, req, (t) => process.stdout.write(t));
       process.stdout.write('\n');
-      process.stderr.write(`[${last.model_used}, ${last.tokens_used} tokens]\n`);
+      const ss = last.session;
+      // A session turn: what happened to its saved state (restored and reused, discarded and why…).
+      const sess = ss ? `, session ${ss.id}: ${ss.cache}${ss.restored_tokens ? ` (${ss.restored_tokens} tokens restored, ${ss.cached_tokens} reused)` : ''}${ss.saved ? '' : ', state not saved'}` : '';
+      process.stderr.write(`[${last.model_used}, ${last.tokens_used} tokens${sess}]\n`);
+      if (ss?.note) process.stderr.write(`${ss.note}\n`);
     }, tlsOf(o)).catch((e: Error) => {
       throw new UserError(`infer: ${e.message}`, 1);
     });

@@ -30,6 +30,7 @@ import type { SpendReport__Output } from './generated/aios/runtime/SpendReport.j
 import type { SessionRequest } from './generated/aios/runtime/SessionRequest.js';
 import type { SessionReply__Output } from './generated/aios/runtime/SessionReply.js';
 import type { SessionList__Output } from './generated/aios/runtime/SessionList.js';
+import type { SessionOutcome__Output } from './generated/aios/runtime/SessionOutcome.js';
 
 export type RuntimeClient = AIRuntimeClient;
 export type { InferRequest } from './generated/aios/runtime/InferRequest.js';
@@ -155,13 +156,13 @@ export function unary<M extends keyof Unary>(c: RuntimeClient, method: M, req: U
 }
 
 /** StreamInfer: `onText` gets each piece; resolves with the last chunk's model and token count. */
-export function streamInfer(c: RuntimeClient, req: InferRequest, onText: (t: string) => void): Promise<{ model_used: string; tokens_used: number }> {
+export function streamInfer(c: RuntimeClient, req: InferRequest, onText: (t: string) => void): Promise<{ model_used: string; tokens_used: number; session?: SessionOutcome__Output | null }> {
   return new Promise((resolve, reject) => {
     const s = c.StreamInfer(req);
-    let last = { model_used: '', tokens_used: 0 };
+    let last: { model_used: string; tokens_used: number; session?: SessionOutcome__Output | null } = { model_used: '', tokens_used: 0 };
     s.on('data', (d) => {
       if (d.text) onText(d.text);
-      if (d.done) last = { model_used: d.model_used, tokens_used: d.tokens_used };
+      if (d.done) last = { model_used: d.model_used, tokens_used: d.tokens_used, session: d.session };
     });
     s.on('error', reject);
     s.on('end', () => resolve(last));

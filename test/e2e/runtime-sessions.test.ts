@@ -243,6 +243,13 @@ describe('saved sessions', () => {
     expect(again.exitCode).toBe(1);
     expect(again.stderr).toMatch(/sessions rm: web: no saved session web/);
     expect((await grpcCode(unary(client, 'RestoreSession', { session_id: 'nope' }))).code).toBe(5);
+    // `aios runtime infer --session`: the outcome on stderr.
+    const one = await cli(['runtime', 'infer', '--session', 'cli1', '-n', '4', '-t', '0', '-a', address, LONG]);
+    expect(one.exitCode, one.stderr).toBe(0);
+    expect(one.stderr).toMatch(/\[tiny, \d+ tokens, session cli1: new\]/);
+    const two = await cli(['runtime', 'infer', '--session', 'cli1', '-n', '4', '-t', '0', '-a', address, 'More.']);
+    expect(two.stderr).toMatch(/\[tiny, \d+ tokens, session cli1: hit \(\d+ tokens restored, \d+ reused\)\]/);
+    expect((await cli(['runtime', 'sessions', 'rm', 'cli1', '-a', address])).exitCode).toBe(0);
   });
 
   it('survives a daemon restart (SIGTERM, a new process): the next turn restores and reuses the state', async () => {
