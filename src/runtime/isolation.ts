@@ -130,7 +130,7 @@ export class Isolation {
   /** A one-line summary for the start-up log. */
   describe(): string {
     const cg = this.cgroups ? `per-model cgroups under ${this.cgroups.root} (${[...this.cgroups.controllers].join(', ')})` : 'no per-model cgroups';
-    const sb = this.sandbox ? `sandbox: bwrap${this.sandbox.pidns ? '' : ' without a PID namespace'} (${this.sandboxStartMs?.toFixed(0)} ms for /bin/true)` : 'no sandbox';
+    const sb = this.sandbox ? `sandbox: bwrap${this.sandbox.freshProc ? '' : ' with the daemon\'s /proc'} (${this.sandboxStartMs?.toFixed(0)} ms for /bin/true)` : 'no sandbox';
     return `model isolation: ${cg}; ${sb}`;
   }
 

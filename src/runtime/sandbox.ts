@@ -34,8 +34,8 @@ export interface SandboxSpec {
 
 export interface SandboxMode {
   bwrap: string;
-  /** A private PID namespace with its own /proc (else the host's /proc, read-only). */
-  pidns: boolean;
+  /** A /proc of its own PID namespace (else the daemon's /proc bound read-only: it lists the daemon's processes, but the child still cannot signal them, as they have no PID in its namespace). */
+  freshProc: boolean;
 }
 
 /** bwrap's argv (without the program to run) for one child. */
@@ -45,6 +45,7 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--new-session',
     '--unshare-user',
     '--unshare-net',
+    '--unshare-pid',
     '--cap-drop', 'ALL',
     '--clearenv',
     '--setenv', 'PATH', '/usr/bin',
@@ -61,7 +62,7 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--ro-bind-try', '/sys/devices/system/cpu', '/sys/devices/system/cpu',
     '--ro-bind-try', '/sys/devices/system/node', '/sys/devices/system/node',
   ];
-  if (mode.pidns) a.push('--unshare-pid', '--proc', '/proc');
+  if (mode.freshProc) a.push('--proc', '/proc');
   else a.push('--ro-bind', '/proc', '/proc');
   a.push('--bind', s.dir, s.dir);
   for (const p of s.readWrite ?? []) a.push('--bind', p, p);
@@ -89,8 +90,8 @@ export function probeSandbox(setting: 'auto' | 'off', dir: string, bwrapPath?: s
   if (!bwrap) return { warnings: ['no model sandbox: bubblewrap (bwrap) is not installed (apt-get install bubblewrap): children can open network connections and write wherever the daemon can'] };
   const self = process.execPath;
   let last = '';
-  for (const pidns of [true, false]) {
-    const mode = { bwrap, pidns };
+  for (const freshProc of [true, false]) {
+    const mode = { bwrap, freshProc };
     const times: number[] = [];
     let ok = true;
     for (let i = 0; i < 1 && ok; i++) {
@@ -104,7 +105,7 @@ export function probeSandbox(setting: 'auto' | 'off', dir: string, bwrapPath?: s
     }
     if (ok) {
       times.sort((x, y) => x - y);
-      const warnings = pidns ? [] : [`model sandbox without a PID namespace (bwrap could not mount a /proc of its own here: ${last}); children see the daemon's /proc read-only`];
+      const warnings = freshProc ? [] : [`model sandbox without a /proc of its own (bwrap could not mount one here: ${last}): children see the daemon's /proc read-only (they still cannot signal processes outside their PID namespace)`];
       return { mode, warnings, startMs: times[0] };
     }
   }

@@ -236,7 +236,7 @@ describe('model sandbox: bubblewrap (real, this host)', () => {
   }, 60_000);
 
   it('start-up cost of the sandbox: bwrap + /bin/true against /bin/true alone (median of 15, logged)', () => {
-    const mode = { bwrap: '/usr/bin/bwrap', pidns: true };
+    const mode = { bwrap: '/usr/bin/bwrap', freshProc: true };
     const child = join(dir, 'bench-child');
     mkdirSync(child, { recursive: true });
     writeFileSync(join(child, 'x'), '');

@@ -116,7 +116,7 @@ describe('cgroup files', () => {
 
 describe('the sandbox', () => {
   it('bubblewrap: no network, read-only root, the model read-only, its own directory and the sessions directory writable', () => {
-    const a = bwrapArgs({ bwrap: '/usr/bin/bwrap', pidns: true }, { model: '/m/x.gguf', dir: '/run/aios/models/model-x', readOnly: ['/m/lora.gguf'], readWrite: ['/var/lib/aios-runtime/sessions'] });
+    const a = bwrapArgs({ bwrap: '/usr/bin/bwrap', freshProc: true }, { model: '/m/x.gguf', dir: '/run/aios/models/model-x', readOnly: ['/m/lora.gguf'], readWrite: ['/var/lib/aios-runtime/sessions'] });
     const pairs = (flag: string) => a.flatMap((v, i) => (v === flag ? [a[i + 1]] : []));
     for (const f of ['--unshare-net', '--unshare-user', '--unshare-pid', '--die-with-parent', '--new-session', '--clearenv']) expect(a).toContain(f);
     expect(a.slice(a.indexOf('--cap-drop'), a.indexOf('--cap-drop') + 2)).toEqual(['--cap-drop', 'ALL']);
@@ -125,9 +125,11 @@ describe('the sandbox', () => {
     expect(pairs('--remount-ro')).toEqual(['/']);
     expect(a).not.toContain('--share-net');
     expect(a.at(-1)).toBe('--');
-    // Without a PID namespace of its own /proc is the daemon's, read-only.
-    const b = bwrapArgs({ bwrap: '/usr/bin/bwrap', pidns: false }, { model: '/m/x.gguf', dir: '/d' });
-    expect(b).not.toContain('--unshare-pid');
+    expect(pairs('--proc')).toEqual(['/proc']);
+    // Where no procfs can be mounted (inside the unit): the daemon's /proc, read-only, and still a PID namespace of its own.
+    const b = bwrapArgs({ bwrap: '/usr/bin/bwrap', freshProc: false }, { model: '/m/x.gguf', dir: '/d' });
+    expect(b).toContain('--unshare-pid');
+    expect(b).not.toContain('--proc');
     expect(b.join(' ')).toContain('--ro-bind /proc /proc');
   });
   it('"off": no sandbox, one warning that says so; a missing bwrap: one warning with the fix', () => {
