@@ -204,3 +204,21 @@ print(pid, msg.decode().replace("\\n", " "), flush=True)`, sock]);
     expect(out).toContain(`${pid} READY=1 STATUS=serving`);
   }, 30_000);
 });
+
+describe('aios ps', () => {
+  it('shows each model\'s cgroup memory, peak, limit and OOM kills, and the out-of-memory reason, when models have cgroups', async () => {
+    const { psTable } = await import('../../src/cli/runtime.js');
+    const base = { level: 'tactical', pid: 1, port: 0, memory_bytes: 50 * MiB, last_used_unix_ms: 0, uptime_ms: 1, path: '/m', restarts: 1, estimate_bytes: 122 * MiB, actual_bytes: 60 * MiB, estimate_error_pct: 1, pinned: false, idle_until_unix_ms: 0, inflight: 0, queued: 0, queued_by_priority: {}, reported_bytes: 0, parallel: 1, tokens_per_second: 0, ttft_p50_ms: 0 };
+    const models = [
+      { ...base, name: 'hog', state: 'ready', error: 'out of memory: limit 134 MiB', cgroup_memory_bytes: 48 * MiB, cgroup_peak_bytes: 134 * MiB, memory_limit_bytes: 134 * MiB, oom_kills: 1, socket: '/run/aios/models/model-hog/llama.sock' },
+      { ...base, name: 'steady', state: 'ready', error: '', cgroup_memory_bytes: 47 * MiB, cgroup_peak_bytes: 49 * MiB, memory_limit_bytes: 134 * MiB, oom_kills: 0, socket: '' },
+    ];
+    const out = psTable(models as never, { memory_budget_bytes: 0, memory_used_bytes: 0, queued: 0 } as never).split('\n');
+    expect(out[0]).toMatch(/^NAME\s+STATE\s+ESTIMATE\s+ACTUAL\s+RSS\s+ERROR\s+SLOTS\s+QUEUE\s+IDLE UNTIL\s+CGROUP\s+PEAK\s+LIMIT\s+OOM$/);
+    expect(out.find((l) => l.startsWith('hog '))).toMatch(/48\.0 MiB\s+134\.0 MiB\s+134\.0 MiB\s+1$/);
+    expect(out).toContain('hog: out of memory: limit 134 MiB');
+    // Without cgroups the table keeps its columns.
+    const plain = psTable(models.map((m) => ({ ...m, cgroup_memory_bytes: 0, memory_limit_bytes: 0 })) as never, { memory_budget_bytes: 0, memory_used_bytes: 0, queued: 0 } as never).split('\n');
+    expect(plain[0]).toMatch(/IDLE UNTIL$/);
+  });
+});
