@@ -167,6 +167,32 @@ export function v2PathOf(procCgroup: string): string | undefined {
   return m?.[1];
 }
 
+/** PIDs in a cgroup (v2) that are neither this process nor its descendants. */
+export function foreignProcesses(dir: string, self = process.pid): number[] {
+  const parentOf = (pid: number): number => {
+    try {
+      // /proc/<pid>/stat: "pid (comm) state ppid …" — comm may hold spaces and parentheses
+      const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      return 0;
+    }
+  };
+  const ours = (pid: number): boolean => {
+    for (let p = pid, n = 0; p > 1 && n < 64; p = parentOf(p), n++) if (p === self) return true;
+    return false;
+  };
+  const pids: number[] = [];
+  for (const f of ['cgroup.procs', 'supervisor/cgroup.procs']) {
+    try {
+      pids.push(...readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean).map(Number));
+    } catch {
+      // no supervisor leaf yet
+    }
+  }
+  return pids.filter((p) => !ours(p));
+}
+
 /** A model name as a cgroup directory name (no slashes, no dots at the start). */
 export const cgroupName = (model: string) => `model-${model.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_')}`;
 
@@ -214,6 +240,13 @@ export class ModelCgroups {
       root = join(CGROUP_ROOT, own);
       // Already moved into our leaf (a re-open in the same process): manage its parent.
       if (own.endsWith('/supervisor')) root = join(CGROUP_ROOT, own.slice(0, -'/supervisor'.length));
+      // Delegated to us means ours alone (aios-runtime.service): a cgroup shared with processes that
+      // are not ours (a login session, a container's init) is left alone.
+      const strangers = foreignProcesses(root);
+      if (strangers.length) {
+        warn(`no per-model cgroups: this process's cgroup ${root} also holds ${strangers.length} process(es) that are not the daemon's (e.g. PID ${strangers[0]}), so it was not delegated to it (under systemd: Delegate=yes; by hand: runtime.cgroup = a cgroup of its own)`);
+        return undefined;
+      }
     }
     const version: Version | undefined = existsSync(join(root, 'cgroup.controllers')) ? 'v2' : existsSync(join(root, 'memory.limit_in_bytes')) ? 'v1-memory' : undefined;
     if (!version) {

@@ -79,6 +79,8 @@ export interface Launcher {
   healthy(target: number | string): Promise<boolean>;
   /** Bytes the process uses once ready (0 if unknown); `name`: the model, whose cgroup is measured when it has one. */
   measure(h: ProcessHandle, name?: string): number;
+  /** Cleans up after the last child (the model cgroups). */
+  release?(): void;
   /** The model's cgroup figures, when it runs in one of its own (cgroup.ts). */
   cgroupStats?(name: string): { currentBytes: number; peakBytes: number; limitBytes: number; oomKills: number } | undefined;
 }

@@ -146,6 +146,11 @@ export class LlamaServerLauncher implements Launcher {
     return (await getChildStatus(target, '/health', 2000)) === 200;
   }
 
+  /** After the last child stopped: the empty model cgroups go. */
+  release(): void {
+    this.isolation?.cgroups?.removeAll();
+  }
+
   /** Its cgroup's figures (memory.current/peak, limit, OOM kills), when it has one. */
   cgroupStats(name: string) {
     return this.isolation?.cgroups?.stats(name);

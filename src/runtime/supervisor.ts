@@ -341,5 +341,6 @@ export class Supervisor {
       }),
     );
     this.entries.clear();
+    this.o.launcher.release?.();
   }
 }

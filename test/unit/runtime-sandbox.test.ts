@@ -13,6 +13,7 @@ import {
   ModelCgroups,
   cgroupName,
   childMemoryLimit,
+  foreignProcesses,
   formatCpuList,
   oomKillsIn,
   oomMessage,
@@ -103,6 +104,15 @@ describe('cgroup files', () => {
     expect(cgroupName('tiny')).toBe('model-tiny');
     expect(cgroupName('../../etc')).toBe('model-__.._etc');
     expect(cgroupName('a/b c')).toBe('model-a_b_c');
+  });
+  it('"auto" takes only a cgroup whose processes are all the daemon\'s own (delegated), never a shared one', () => {
+    const dir = tmp('aios-cg-');
+    const child = spawn('/bin/sleep', ['5']);
+    writeFileSync(join(dir, 'cgroup.procs'), `${process.pid}\n${child.pid}\n`);
+    expect(foreignProcesses(dir)).toEqual([]);
+    writeFileSync(join(dir, 'cgroup.procs'), `${process.pid}\n1\n${process.ppid}\n`);
+    expect(foreignProcesses(dir)).toEqual([1, process.ppid]);
+    child.kill();
   });
   it('"off" makes no cgroups; a directory that is not a cgroup is one warning, never an error', () => {
     const warnings: string[] = [];
