@@ -13,6 +13,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { runtimeFixture, type RuntimeFixture } from './runtime-fixture.js';
 import { connectRuntime, unary, waitReady, type RuntimeClient, type InferResponse } from '../../src/runtime/client.js';
 import { freePort } from '../../src/util/net.js';
+import { estimateFootprint } from '../../src/runtime/memory.js';
 import { REPO, cli, tmp } from '../helpers.js';
 
 const dir = tmp('aios-sessions-');
@@ -33,6 +34,8 @@ interface Settings {
   ctx?: number;
   maxBytes?: string;
   dir?: string;
+  budget?: number;
+  tacticalIdle?: string;
 }
 
 async function start(s: Settings = {}): Promise<void> {
@@ -48,6 +51,7 @@ async function start(s: Settings = {}): Promise<void> {
       'load_timeout = "60s"',
       `sessions_dir = "${s.dir ?? sessions}"`,
       `sessions_max_bytes = "${s.maxBytes ?? '64M'}"`,
+      ...(s.budget ? [`memory_budget = "${s.budget}"`] : []),
       '[models]',
       `model_dir = "${dir}"`,
       '[models.operational]',
@@ -58,7 +62,7 @@ async function start(s: Settings = {}): Promise<void> {
       'name = "tactical.gguf"',
       'parallel = 1',
       'ctx_size = 1024',
-      'unload_after_idle = "2s"',
+      `unload_after_idle = "${s.tacticalIdle ?? '2s'}"`,
       '',
     ].join('\n'),
   );
@@ -332,5 +336,23 @@ describe('saved sessions', () => {
     expect(readdirSync(full).filter((f) => f.startsWith('_'))).toEqual([]);
     await stop();
     execFileSync('umount', [full]);
+  });
+
+  it('a model evicted under memory pressure gets the state back when a request loads it again', async () => {
+    // Room for the pinned operational model, tactical and half of a third model: loading the third evicts tactical.
+    copyFileSync(join(dir, 'tiny.gguf'), join(dir, 'third.gguf'));
+    const est = async (ctxSize: number, parallel: number) => (await estimateFootprint(join(dir, 'tiny.gguf'), { ctxSize, parallel, gpuLayers: 0 })).ramBytes;
+    await start({ budget: Math.round((await est(1024, 2)) + (await est(1024, 1)) + 0.5 * (await est(2048, 2))), tacticalIdle: '10m' });
+    const a = await infer({ intelligence_level: 'tactical', prompt: LONG, session_id: 'ev' });
+    expect(a.session.cache).toBe('new');
+    await unary(client, 'LoadModel', { model_name: 'third', model_path: join(dir, 'third.gguf') });
+    const loaded = (await unary(client, 'ListModels', {})).models.map((m) => m.name).sort();
+    expect(loaded, log).toEqual(['third', 'tiny']);
+    expect(log).toMatch(/evicting tactical \(idle since/);
+    const b = await infer({ intelligence_level: 'tactical', prompt: 'Continue.', session_id: 'ev' });
+    expect(b.session.cache, b.session.note).toBe('hit');
+    expect(b.session.cached_tokens).toBeGreaterThanOrEqual(a.prompt_tokens);
+    expect((await unary(client, 'ListModels', {})).models.map((m) => m.name).sort()).toEqual(['tactical', 'tiny']); // and third made room
+    await stop();
   });
 });
