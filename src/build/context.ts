@@ -112,6 +112,13 @@ export function initramfsModules(r: ResolvedRecipe): string[] {
   return [...new Set([...r.boot.initramfs_modules, r.filesystem.root, ...LIVE_MODULES])];
 }
 
+/** A layer's adapters as aios-runtime's config lists them ("" = none). */
+function adaptersToml(r: ResolvedRecipe, level: 'operational' | 'tactical'): string {
+  const m = r.models.find((x) => x.level === level);
+  if (!m?.adapters.length) return '';
+  return stringifyToml({ models: { [level]: { adapters: m.adapters.map((a) => ({ name: a.name, file: `${m.name}.lora-${a.name}.gguf`, description: a.description, scale: a.scale })) } } });
+}
+
 /** Everything the templates can refer to. */
 export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
@@ -125,6 +132,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     mountOptions: mountOptions(r),
     operationalModel: r.models.find((m) => m.level === 'operational'),
     tacticalModel: r.models.find((m) => m.level === 'tactical'),
+    // Each layer's LoRA adapters as [[models.<level>.adapters]] tables (files installed by the models stage).
+    operationalAdaptersToml: adaptersToml(r, 'operational'),
+    tacticalAdaptersToml: adaptersToml(r, 'tactical'),
     // Bearer keys on the HTTP API only when it is reachable from other machines (loopback stays open to local processes).
     httpAuth: r.runtime.enabled && r.runtime.tls && !isLoopback(r.runtime.http_listen),
     // The strategic layer: [api] tables as TOML, and the credentials the unit imports for their keys.

@@ -199,8 +199,35 @@ export const LlamaSchema = z
 const modelName = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'must be lowercase letters, digits, . _ - (it becomes <name>.gguf)' });
+const adapterCommon = {
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, { message: 'must be 1-64 of A-Z a-z 0-9 _ . -' }).describe('what requests call it'),
+  description: z.string().default('').describe('what it is for (selection by task compares it with the task)'),
+  scale: z.number().min(-4).max(4).default(1).describe('scale when a request gives none'),
+};
+/** A LoRA adapter of a model ([[models.adapters]]): installed as <model>.lora-<name>.gguf and listed in the runtime's config. */
+const AdapterSpecSchema = z.discriminatedUnion('source', [
+  z.strictObject({
+    ...adapterCommon,
+    source: z.literal('synth'),
+    rank: z.number().int().min(1).max(256).default(8),
+    seed: z.number().int().min(0).default(1),
+    zero_b: z.boolean().default(false).describe('lora_b all zero: applying it changes nothing'),
+  }),
+  z.strictObject({ ...adapterCommon, source: z.literal('file'), path: z.string().min(1).describe('a LoRA GGUF on the build host') }),
+]);
 const modelCommon = {
   name: modelName.describe('Installed as /var/lib/aios/models/<name>.gguf'),
+  adapters: z
+    .array(AdapterSpecSchema)
+    .default([])
+    .superRefine((a, ctx) => {
+      const seen = new Set<string>();
+      a.forEach((x, i) => {
+        if (seen.has(x.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `adapter "${x.name}" is listed twice` });
+        seen.add(x.name);
+      });
+    })
+    .describe('LoRA adapters, each {name, description = "", scale = 1.0, source = "synth" (rank = 8, seed = 1, zero_b = false: random weights for tests) or "file" (path: a LoRA GGUF on the build host)}; installed as <name>.lora-<adapter>.gguf, checked against the model at build (a misfit fails it, with the reason), listed as [[models.<layer>.adapters]] in /etc/aios/config.toml and loaded unapplied by aios-runtime'),
   level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves: operational (loaded at start; the runtime is ready once it answers its probe) or tactical (loaded when a request asks for it)'),
 };
 export const ModelSpecSchema = z.discriminatedUnion('source', [

@@ -92,6 +92,24 @@ describe('templates (golden files)', () => {
     expect(parsed.models.model_dir).toBe('/var/lib/aios/models');
   });
 
+  it("lists a model's LoRA adapters ([[models.adapters]]) as the runtime's [[models.<layer>.adapters]], valid for its schema", async () => {
+    const r = await loadRecipe('default');
+    const op = r.models.find((m) => m.level === 'operational')!;
+    const plain = (await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)))).find((f) => f.path === 'etc/aios/config.toml')!.content;
+    expect(plain).not.toMatch(/adapters/);
+    op.adapters = [
+      { name: 'sql', source: 'synth', description: 'writes "SQL"', scale: 0.5, rank: 8, seed: 1, zero_b: false },
+      { name: 'legal', source: 'file', path: '/x/legal.gguf', description: '', scale: 1 },
+    ];
+    const cfg = (await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)))).find((f) => f.path === 'etc/aios/config.toml')!.content;
+    const parsed = RuntimeConfigSchema.parse(parseToml(cfg));
+    expect(parsed.models.operational!.adapters).toEqual([
+      { name: 'sql', file: `${op.name}.lora-sql.gguf`, description: 'writes "SQL"', scale: 0.5 },
+      { name: 'legal', file: `${op.name}.lora-legal.gguf`, description: '', scale: 1 },
+    ]);
+    expect(parsed.models.operational!.always_loaded).toBe(true);
+  });
+
   it('fails with the template name when a template refers to a missing value', async () => {
     const dir = join(GOLDEN, '..', 'fixtures', 'bad-templates');
     mkdirSync(dir, { recursive: true });

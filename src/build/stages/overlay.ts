@@ -267,6 +267,7 @@ async function installModels(ctx: BuildContext, models: StageOutput, root: strin
     ctx.progress(`installing model ${m.name}`);
     const dest = join(root, 'var/lib/aios/models', m.file);
     await run(['cp', '--reflink=auto', join(models.dir, 'models', m.file), dest], { log: ctx.log });
+    for (const a of m.adapters ?? []) await run(['cp', '--reflink=auto', join(models.dir, 'models', a.file), join(root, 'var/lib/aios/models', a.file)], { log: ctx.log });
   }
   await writeFile(join(dir, 'models.json'), JSON.stringify(list, null, 2));
 }
