@@ -135,6 +135,21 @@ describe('aios-runtime LoRA adapters', () => {
     expect((w as { details: string }).details).toMatch(/"wrong" was refused when tiny was loaded: .*wrong\.gguf: it is for architecture "qwen2", the base model is "llama"/);
   }, 60_000);
 
+  it('StreamInfer: the same text as Infer with the adapter, and the last chunk reports it', async () => {
+    const chunks: { text: string; done: boolean; adapters_applied: Applied[] }[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const call = client.StreamInfer({ prompt: PROMPT, max_tokens: MAX, temperature: 0, adapters: [{ name: 'b', scale: 0.5 }] } as never);
+      call.on('data', (c: (typeof chunks)[number]) => chunks.push(c));
+      call.on('error', reject);
+      call.on('end', () => resolve());
+    });
+    expect(chunks.at(-1)!.done).toBe(true);
+    expect(chunks.at(-1)!.adapters_applied).toEqual([{ name: 'b', scale: 0.5 }]);
+    const half = await infer({ adapters: [{ name: 'b', scale: 0.5 }] });
+    expect(chunks.map((c) => c.text).join('')).toBe(half.text);
+    expect(half.text).not.toBe((await infer({ adapters: [{ name: 'b' }] })).text);
+  }, 60_000);
+
   it('HTTP: body "adapters" applied (same bytes as gRPC), reported in x-aios-adapters', async () => {
     const body = (adapters?: unknown) => JSON.stringify({ messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX, temperature: 0, ...(adapters ? { adapters } : {}) });
     const r = await fetch(`${http}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body([{ name: 'b', scale: 1 }]) });
