@@ -1,5 +1,5 @@
 /**
- * `aios runtime serve|pull|status|load|unload|infer|keys` and `aios ps`: run aios-runtime, or talk to
+ * `aios runtime serve|pull|status|load|unload|pin|unpin|infer|keys` and `aios ps`: run aios-runtime, or talk to
  * a running one over gRPC (src/runtime/client.ts, loaded only when a verb needs it): the unix socket,
  * or TCP with mutual TLS from `--tls-dir` / AIOS_TLS_DIR (out/<name>.pki/ of the image's build).
  */
@@ -223,6 +223,21 @@ export function registerRuntime(p: Command): void {
         });
       },
     );
+  }
+  for (const verb of ['pin', 'unpin'] as const) {
+    addressOption(
+      rt
+        .command(verb)
+        .description(verb === 'pin' ? 'pin a loaded model: never evicted nor unloaded for idleness (until unloaded or the runtime restarts)' : "unpin a model pinned with `aios runtime pin` (the config's pins stay)")
+        .argument('<name>', 'model name'),
+    ).action(async (name: string, o: Conn) => {
+      await withRuntimeClient(o.address, async (c, { unary }) => {
+        const r = await unary(c, 'PinModel', { model_name: name, pinned: verb === 'pin' }, 30_000);
+        out(`${r.name}: ${r.pinned ? `pinned (by ${r.pinned_by || 'config'})` : 'not pinned'}${r.pinned ? '' : r.idle_until_unix_ms ? `, unloads for idleness ${until(Number(r.idle_until_unix_ms))}` : ''}`);
+      }, tlsOf(o)).catch((e: Error) => {
+        throw new UserError(`${verb} ${name}: ${e.message}`, 1);
+      });
+    });
   }
   addressOption(
     rt

@@ -6,7 +6,7 @@
  * OU, or several, is no scope at all); a call without TLS (the unix socket, whose file mode and group
  * decide who connects; loopback TCP; a listener the config marks `insecure_listen`) is admin.
  * `infer` may call Infer, StreamInfer, ListModels, HealthCheck, the standard health service and
- * reflection; everything else (LoadModel, UnloadModel, PullModel, the key methods, methods added
+ * reflection; everything else (LoadModel, UnloadModel, PinModel, PullModel, the key methods, methods added
  * later) needs `admin`.
  *
  * HTTP: with `runtime.http_keys` set, every endpoint but /health needs `Authorization: Bearer <key>`;

@@ -14,6 +14,7 @@ import type { InferRequest } from './generated/aios/runtime/InferRequest.js';
 import type { PullProgress__Output } from './generated/aios/runtime/PullProgress.js';
 import type { LoadModelRequest } from './generated/aios/runtime/LoadModelRequest.js';
 import type { UnloadModelRequest } from './generated/aios/runtime/UnloadModelRequest.js';
+import type { PinModelRequest } from './generated/aios/runtime/PinModelRequest.js';
 import type { Empty } from './generated/aios/runtime/Empty.js';
 import type { ReloadReply__Output } from './generated/aios/runtime/ReloadReply.js';
 import type { ModelStatus__Output } from './generated/aios/runtime/ModelStatus.js';
@@ -145,6 +146,7 @@ interface Unary {
   ListSessions: { req: Empty; res: SessionList__Output };
   DeleteSession: { req: SessionRequest; res: Status__Output };
   Reload: { req: Empty; res: ReloadReply__Output };
+  PinModel: { req: PinModelRequest; res: ModelStatus__Output };
 }
 
 /** One unary call with a deadline. */

@@ -60,6 +60,7 @@ const toStatus = (m: ModelView): ModelStatus => ({
   actual_bytes: m.actualBytes,
   estimate_error_pct: m.estimateErrorPct,
   pinned: m.pinned,
+  pinned_by: m.pinnedBy,
   idle_until_unix_ms: m.idleUntil,
   inflight: m.inflight,
   queued: m.queued,
@@ -243,6 +244,10 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       return toStatus(m);
     }),
     Reload: unary(async () => ({ models: await svc.reloadFile() })),
+    PinModel: unary(async (r) => {
+      const m = svc.pin(r.model_name, r.pinned);
+      return { ...toStatus(m), ...recent.of(m.name) };
+    }),
     UnloadModel: unary(async (r) => {
       await svc.unload(r.model_name);
       return { ok: true, message: `unloaded ${r.model_name}` };

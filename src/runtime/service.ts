@@ -704,6 +704,20 @@ export class RuntimeService {
     await this.supervisor.unload(name, 'request');
   }
 
+  /**
+   * PinModel: pin (never evicted, never unloaded for idleness) or unpin a loaded model. Refused
+   * (FAILED_PRECONDITION) for a model that is not loaded — pinning does not load — and for unpinning
+   * a model the config pins (operational, always_loaded). The pin lasts until the model is unloaded
+   * by request or the runtime restarts; a reload's restart keeps it.
+   */
+  pin(name: string, on: boolean): ModelView {
+    if (!name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
+    this.supervisor.pin(name, on);
+    const m = this.models().find((x) => x.name === name);
+    if (!m) throw new RuntimeError(Code.INTERNAL, `${name} was ${on ? 'pinned' : 'unpinned'} but is not listed`);
+    return m;
+  }
+
   async stop(): Promise<void> {
     this.ready = false;
     await this.supervisor.stopAll();

@@ -40,6 +40,8 @@ export interface ModelInfo {
   /** Sum of the buffers llama-server reported (model, KV, compute, output), host side. */
   reportedBytes: number;
   pinned: boolean;
+  /** Who pinned it: "config" (the operational model, always_loaded), "request" (PinModel), "" = not pinned. */
+  pinnedBy: PinnedBy;
   /** When it will be unloaded for idleness (ms epoch), 0 = not idling or never. */
   idleUntil: number;
   /** Requests holding one of its slots. */
@@ -80,6 +82,8 @@ export interface SupervisorOptions {
   now?: () => number;
 }
 
+export type PinnedBy = 'config' | 'request' | '';
+
 interface Entry {
   child: ModelChild;
   estimate?: Footprint;
@@ -92,6 +96,8 @@ export class Supervisor {
   private admission: Promise<unknown> = Promise.resolve();
   private timer?: NodeJS.Timeout;
   private now: () => number;
+  /** Models pinned by PinModel (the config's pins are in their launch profiles); dropped when unloaded by request. */
+  private pins = new Set<string>();
 
   constructor(private o: SupervisorOptions) {
     this.now = o.now ?? Date.now;
@@ -175,7 +181,7 @@ export class Supervisor {
   private resident(e: Entry): Resident {
     const ch = this.charge(e);
     const c = e.child;
-    return { name: c.name, ramBytes: ch.ram, vramBytes: ch.vram, lastUsed: c.lastUsed, pinned: !!c.profile.pinned, busy: c.busy + (this.o.queued?.(c.name) ?? 0), ready: c.state === 'ready' };
+    return { name: c.name, ramBytes: ch.ram, vramBytes: ch.vram, lastUsed: c.lastUsed, pinned: this.pinnedBy(c) !== '', busy: c.busy + (this.o.queued?.(c.name) ?? 0), ready: c.state === 'ready' };
   }
 
   /** Memory in use and free under the budget. */
@@ -246,7 +252,34 @@ export class Supervisor {
     if (!e) throw new RuntimeError(Code.NOT_FOUND, `model ${name} is not loaded`);
     await e.child.stop(`model ${name} was unloaded (${reason}) during the request`);
     if (this.entries.get(name) === e) this.entries.delete(name);
+    if (reason === 'request') this.pins.delete(name); // a reload (restart) keeps it
     this.o.events?.emit('unload', { model: name, reason });
+  }
+
+  private pinnedBy(c: ModelChild): PinnedBy {
+    return c.profile.pinned ? 'config' : this.pins.has(c.name) ? 'request' : '';
+  }
+
+  /**
+   * PinModel: a pinned model is never evicted nor unloaded for idleness (policy.ts). Only a loaded
+   * model (starting, ready or restarting) can be pinned; the config's pins (the operational model,
+   * always_loaded layers) cannot be taken off. Pinning twice, or unpinning what is not pinned, is a no-op.
+   */
+  pin(name: string, on: boolean): ModelInfo {
+    const e = this.entries.get(name);
+    if (!e || e.child.state === 'failed' || e.child.state === 'stopped' || e.child.state === 'stopping') {
+      const why = !e ? 'is not loaded' : `is ${e.child.state}`;
+      throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${name} ${why}: ${on ? 'load it first (a pin keeps a loaded model in memory; it does not load one)' : 'nothing to unpin'}`);
+    }
+    const c = e.child;
+    if (!on && c.profile.pinned) {
+      const why = c.profile.level === 'operational' ? 'the operational model is always pinned' : `[models.${c.profile.level}] has always_loaded = true; set it to false and restart the runtime to unpin it`;
+      throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${name} is pinned by the config: ${why}`);
+    }
+    if (on && !c.profile.pinned) this.pins.add(name);
+    if (!on) this.pins.delete(name);
+    this.log(`${name}: ${on ? 'pinned' : 'unpinned'} (PinModel)`);
+    return this.info(e);
   }
 
   /** Slots a model can serve at once now: its `parallel` while ready or restarting (requests wait for it), else 0. */
@@ -288,7 +321,8 @@ export class Supervisor {
       vramEstimateBytes: e.estimate?.vramBytes ?? 0,
       vramActualBytes: c.buffers.deviceBytes,
       reportedBytes: c.buffers.hostBytes,
-      pinned: !!c.profile.pinned,
+      pinned: this.pinnedBy(c) !== '',
+      pinnedBy: this.pinnedBy(c),
       idleUntil: idleUntil(this.idleView(e)),
       inflight: c.busy,
       queued,
@@ -303,7 +337,7 @@ export class Supervisor {
 
   private idleView(e: Entry) {
     const c = e.child;
-    return { name: c.name, ready: c.state === 'ready', pinned: !!c.profile.pinned, busy: c.busy + (this.o.queued?.(c.name) ?? 0), lastUsed: c.lastUsed, idleMs: c.profile.idleUnloadMs ?? 0 };
+    return { name: c.name, ready: c.state === 'ready', pinned: this.pinnedBy(c) !== '', busy: c.busy + (this.o.queued?.(c.name) ?? 0), lastUsed: c.lastUsed, idleMs: c.profile.idleUnloadMs ?? 0 };
   }
 
   list(): ModelInfo[] {
@@ -341,6 +375,7 @@ export class Supervisor {
       }),
     );
     this.entries.clear();
+    this.pins.clear();
     this.o.launcher.release?.();
   }
 }

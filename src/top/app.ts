@@ -144,6 +144,9 @@ export async function runTop(o: TopOptions): Promise<void> {
       if (a.kind === 'load' || (a.kind === 'restart' && a.failed)) {
         const r = await api.unary(c, 'LoadModel', { model_name: a.model, model_path: '' }, ACTION_DEADLINE_MS);
         say(`${a.kind === 'load' ? 'loaded' : 'restarted'} ${r.name}: ${r.state} (pid ${r.pid})`, 'ok');
+      } else if (a.kind === 'pin') {
+        const r = await api.unary(c, 'PinModel', { model_name: a.model, pinned: a.pinned }, ACTION_DEADLINE_MS);
+        say(`${r.name}: ${r.pinned ? 'pinned' : 'unpinned'} (runtime confirmed)`, r.pinned === a.pinned ? 'ok' : 'error');
       } else if (a.kind === 'unload') {
         const r = await api.unary(c, 'UnloadModel', { model_name: a.model }, ACTION_DEADLINE_MS);
         say(`${r.message || `unloaded ${a.model}`} (runtime confirmed)`, 'ok');

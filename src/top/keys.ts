@@ -1,13 +1,13 @@
 /**
  * Keys of `aios top`, pure: a key and the view in, the next view and at most one action out. The
- * actions (load, unload, restart) are carried out by app.ts through the runtime's API; their result
+ * actions (load, unload, restart, pin) are carried out by app.ts through the runtime's API; their result
  * comes back as the status line.
  */
 import { selectedModel, visibleModels, type TopModel, type View } from './model.js';
 
 export type Key = string;
 
-export type Action = { kind: 'quit' } | { kind: 'load'; model: string } | { kind: 'unload'; model: string } | { kind: 'restart'; model: string; failed: boolean };
+export type Action = { kind: 'quit' } | { kind: 'load'; model: string } | { kind: 'unload'; model: string } | { kind: 'restart'; model: string; failed: boolean } | { kind: 'pin'; model: string; pinned: boolean };
 
 export const KEY = { up: 'up', down: 'down', enter: 'enter', esc: 'esc', backspace: 'backspace', ctrlC: 'ctrl-c', pageUp: 'pgup', pageDown: 'pgdn', home: 'home', end: 'end' } as const;
 
@@ -38,7 +38,8 @@ export const HELP = [
   '  l              load a model (asks for the name; the chosen one is filled in)',
   '  u              unload the chosen model (asks y/n; requests on it fail)',
   '  r              restart the chosen model: load a failed one again, or unload + load (asks y/n)',
-  '  p              pin/unpin: not offered by the runtime (pinned = always_loaded in its config)',
+  '  p              pin/unpin the chosen model (pinned: never evicted nor unloaded for idleness;',
+  '                 the operational model and always_loaded layers are pinned by the config)',
   '  /              filter by name, level or state (Enter keeps it, Esc clears it)',
   '  ?              this help (any key closes it)',
   '  q, Ctrl-C      quit',
@@ -111,7 +112,8 @@ export function onKey(view: View, key: Key, models: TopModel[]): { view: View; a
       if (sel.state === 'failed' || sel.gone) return { view: { ...view, selected: sel.name, status: { text: `loading ${sel.name}…`, kind: 'info' } }, action: { kind: 'restart', model: sel.name, failed: true } };
       return { view: { ...view, selected: sel.name, mode: { kind: 'confirm', action: 'restart', model: sel.name } } };
     case 'p':
-      return { view: { ...view, status: { text: `pin/unpin: the runtime has no API for it; ${sel?.name ?? 'a model'} is pinned by always_loaded in its config`, kind: 'error' } } };
+      if (!sel || sel.gone) return { view: { ...view, status: { text: sel ? `pin ${sel.name}: it is not loaded (load it with l first)` : 'no model to pin', kind: 'error' } } };
+      return { view: { ...view, selected: sel.name, status: { text: `${sel.pinned ? 'unpinning' : 'pinning'} ${sel.name}…`, kind: 'info' } }, action: { kind: 'pin', model: sel.name, pinned: !sel.pinned } };
     default:
       return { view };
   }

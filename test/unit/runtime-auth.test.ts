@@ -20,7 +20,7 @@ describe('gRPC scopes', () => {
     for (const m of ['Infer', 'StreamInfer', 'ListModels', 'HealthCheck']) expect(grpcScopeNeeded(`/aios.runtime.AIRuntime/${m}`)).toBe('infer');
     expect(grpcScopeNeeded('/grpc.health.v1.Health/Check')).toBe('infer');
     expect(grpcScopeNeeded('/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo')).toBe('infer');
-    for (const m of ['LoadModel', 'UnloadModel', 'PullModel', 'CreateKey', 'ListKeys', 'RevokeKey', 'SomethingNew']) expect(grpcScopeNeeded(`/aios.runtime.AIRuntime/${m}`)).toBe('admin');
+    for (const m of ['LoadModel', 'UnloadModel', 'PinModel', 'PullModel', 'CreateKey', 'ListKeys', 'RevokeKey', 'SomethingNew']) expect(grpcScopeNeeded(`/aios.runtime.AIRuntime/${m}`)).toBe('admin');
     expect(grpcScopeNeeded('/other.Service/Infer')).toBe('admin');
   });
 
@@ -37,6 +37,7 @@ describe('gRPC scopes', () => {
     const infer = ssl({ CN: 'ci', OU: 'infer' });
     expect(authorizeGrpc('/aios.runtime.AIRuntime/Infer', infer)).toEqual({ ok: true, scope: 'infer' });
     const d = authorizeGrpc('/aios.runtime.AIRuntime/UnloadModel', infer);
+    expect(authorizeGrpc('/aios.runtime.AIRuntime/PinModel', infer)).toMatchObject({ ok: false, reason: 'forbidden', message: 'PinModel needs the admin scope; this client certificate (CN=ci, OU=infer) has the infer scope' });
     expect(d).toMatchObject({ ok: false, reason: 'forbidden' });
     expect(!d.ok && d.message).toBe('UnloadModel needs the admin scope; this client certificate (CN=ci, OU=infer) has the infer scope');
     expect(authorizeGrpc('/aios.runtime.AIRuntime/UnloadModel', ssl({ CN: 'b', OU: 'admin' }))).toEqual({ ok: true, scope: 'admin' });

@@ -1,7 +1,8 @@
 /**
  * The runtime service and both front ends (real gRPC client, real HTTP) over fake llama-server
  * children (test/fake-child.ts): request validation and defaults, per-request timeouts,
- * max_restarts, always_loaded, load_on_demand, log_level, LoadModel.port, one model per file.
+ * max_restarts, always_loaded, load_on_demand, PinModel (idle unloading, eviction), log_level, LoadModel.port,
+ * one model per file.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
@@ -17,7 +18,7 @@ import { tmp } from '../helpers.js';
 
 const dir = tmp('aios-service-');
 writeTestGguf(join(dir, 'op.gguf'));
-copyFileSync(join(dir, 'op.gguf'), join(dir, 'tac.gguf'));
+for (const f of ['tac', 'x', 'y', 'z']) copyFileSync(join(dir, 'op.gguf'), join(dir, `${f}.gguf`));
 
 function config(o: { runtime?: object; system?: object; operational?: object; tactical?: object } = {}): RuntimeConfig {
   return RuntimeConfigSchema.parse({
@@ -140,6 +141,75 @@ describe('runtime service with fake children', () => {
     // an explicit load works, and then requests are served
     await unary(b.grpc, 'LoadModel', { model_name: 'tac' });
     expect((await unary(b.grpc, 'Infer', { prompt: 'hi', intelligence_level: 'tactical' })).model_used).toBe('tac');
+  });
+
+  it('PinModel: a pinned model is not unloaded for idleness; unpinned it is; the config\'s pins and models not loaded are refused with the reason', async () => {
+    const s = await daemon(config({ runtime: { health_interval: '100ms' }, tactical: { unload_after_idle: '500ms' } }));
+    const op = await grpcFailure(unary(s.grpc, 'PinModel', { model_name: 'op', pinned: false }));
+    expect(op?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(op?.details).toBe('model op is pinned by the config: the operational model is always pinned');
+    const absent = await grpcFailure(unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: true }));
+    expect(absent?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(absent?.details).toMatch(/^model tac is not loaded: load it first \(a pin keeps a loaded model in memory; it does not load one\)/);
+    expect((await grpcFailure(unary(s.grpc, 'PinModel', { model_name: '', pinned: true })))?.code).toBe(Code.INVALID_ARGUMENT);
+    // pinning op again is a no-op that says who pinned it
+    expect(await unary(s.grpc, 'PinModel', { model_name: 'op', pinned: true })).toMatchObject({ name: 'op', pinned: true, pinned_by: 'config' });
+
+    await unary(s.grpc, 'LoadModel', { model_name: 'tac' });
+    const pinned = await unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: true });
+    expect(pinned).toMatchObject({ name: 'tac', state: 'ready', pinned: true, pinned_by: 'request', idle_until_unix_ms: 0 });
+    await new Promise((r) => setTimeout(r, 1200)); // more than twice its idle timeout, several health ticks
+    const listed = (await unary(s.grpc, 'ListModels', {})).models.find((m) => m.name === 'tac');
+    expect(listed).toMatchObject({ state: 'ready', pinned: true, pinned_by: 'request' });
+
+    const t0 = Date.now();
+    const unpinned = await unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: false });
+    expect(unpinned).toMatchObject({ pinned: false, pinned_by: '' });
+    // idle time counts from its last use, pinned or not: 1.2 s idle > 500 ms, so it goes at the next health tick
+    expect(Number(unpinned.idle_until_unix_ms)).toBeGreaterThan(0);
+    expect(Number(unpinned.idle_until_unix_ms)).toBeLessThan(t0);
+    while (s.d.service.models().some((m) => m.name === 'tac')) {
+      expect(Date.now() - t0).toBeLessThan(5000);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+
+    // a pin ends when the model is unloaded by request: loaded again, it is not pinned
+    await unary(s.grpc, 'LoadModel', { model_name: 'tac' });
+    await unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: true });
+    await unary(s.grpc, 'UnloadModel', { model_name: 'tac' });
+    expect(await unary(s.grpc, 'LoadModel', { model_name: 'tac' })).toMatchObject({ pinned: false, pinned_by: '' });
+
+    const a = await daemon(config({ tactical: { always_loaded: true } }));
+    const al = await grpcFailure(unary(a.grpc, 'PinModel', { model_name: 'tac', pinned: false }));
+    expect(al?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(al?.details).toBe('model tac is pinned by the config: [models.tactical] has always_loaded = true; set it to false and restart the runtime to unpin it');
+  });
+
+  it('PinModel: under memory pressure a pinned model is not evicted; the least recently used unpinned one is', async () => {
+    // every child counts 100 MiB (the fake's measure and cgroup): op, tac, x = 300 MiB; a fourth
+    // (estimated ~20 MiB) does not fit in 310 MiB, so one idle unpinned model must go.
+    class Measured extends FakeLauncher {
+      cgroupStats() {
+        return { currentBytes: 100 * 1024 * 1024, peakBytes: 0, limitBytes: 0, oomKills: 0 };
+      }
+    }
+    const launcher = new Measured();
+    const d = await startDaemon(config({ runtime: { memory_budget: '310M' }, tactical: {} }), { log: () => {}, service: { launcher, supervisor: { child: { backoffMs: () => 1, pollMs: 5 } } } });
+    running.push(d);
+    const g = connect(`127.0.0.1:${d.listening.tcpPort}`);
+    const names = async () => (await unary(g, 'ListModels', {})).models.map((m) => m.name).sort();
+    await unary(g, 'LoadModel', { model_name: 'tac' });
+    await new Promise((r) => setTimeout(r, 5));
+    await unary(g, 'LoadModel', { model_name: 'x', model_path: join(dir, 'x.gguf') });
+    expect(await names()).toEqual(['op', 'tac', 'x']);
+    // tac is the least recently used: pinned, it stays and x goes
+    await unary(g, 'PinModel', { model_name: 'tac', pinned: true });
+    await unary(g, 'LoadModel', { model_name: 'y', model_path: join(dir, 'y.gguf') });
+    expect(await names()).toEqual(['op', 'tac', 'y']);
+    // unpinned, it is the one evicted next
+    await unary(g, 'PinModel', { model_name: 'tac', pinned: false });
+    await unary(g, 'LoadModel', { model_name: 'z', model_path: join(dir, 'z.gguf') });
+    expect(await names()).toEqual(['op', 'y', 'z']);
   });
 
   it('log_level filters what the daemon logs', async () => {

@@ -96,8 +96,8 @@ describe('aios top: models and keys', () => {
     expect(parseKeys('\x1b[A\x1b[Bq\r\x7f\x1b\x03/')).toEqual([KEY.up, KEY.down, 'q', KEY.enter, KEY.backspace, KEY.esc, KEY.ctrlC, '/']);
   });
 
-  it('u asks y/n and then unloads; n cancels; l prompts with the chosen name; r on a failed model loads it', () => {
-    const ms = mergeModels([], [model(), model({ name: 'mistral', level: 'tactical', state: 'failed', error: 'exited with code 1' })]);
+  it('u asks y/n and then unloads; n cancels; l prompts with the chosen name; r on a failed model loads it; p toggles the pin', () => {
+    const ms = mergeModels([], [model(), model({ name: 'mistral', level: 'tactical', state: 'failed', error: 'exited with code 1', pinned: false })]);
     let v = initialView();
     let r = onKey(v, 'u', ms);
     expect(r.view.mode).toEqual({ kind: 'confirm', action: 'unload', model: 'tiny' });
@@ -115,7 +115,13 @@ describe('aios top: models and keys', () => {
     expect(r.view.mode).toMatchObject({ text: 'tiny' });
     expect(onKey(r.view, KEY.enter, ms).action).toEqual({ kind: 'load', model: 'tiny' });
     expect(onKey(r.view, KEY.esc, ms).action).toBeUndefined();
-    expect(onKey(initialView(), 'p', ms).view.status?.kind).toBe('error');
+    // p toggles the chosen model's pin through the runtime (no confirmation: nothing is lost)
+    expect(onKey(initialView(), 'p', ms)).toMatchObject({ action: { kind: 'pin', model: 'tiny', pinned: false }, view: { status: { text: 'unpinning tiny…', kind: 'info' } } });
+    expect(onKey(v, 'p', ms).action).toEqual({ kind: 'pin', model: 'mistral', pinned: true });
+    const gone = mergeModels(ms, [model()]);
+    const goneView = onKey(onKey(initialView(), KEY.down, gone).view, 'p', gone);
+    expect(goneView.action).toBeUndefined();
+    expect(goneView.view.status).toEqual({ text: 'pin mistral: it is not loaded (load it with l first)', kind: 'error' });
     expect(onKey(initialView(), 'q', ms).action).toEqual({ kind: 'quit' });
     // filter: typed live, Enter keeps it, Esc clears it
     let f = onKey(initialView(), '/', ms).view;
