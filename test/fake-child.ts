@@ -16,6 +16,9 @@ export interface FakeBehaviour {
   answerDelayMs: number;
   /** /health polls answered 503 after a start before it turns healthy. */
   loadingPolls: number;
+  /** A streamed answer: this many pieces (one token each), `pieceDelayMs` apart (default 1, at once). */
+  streamPieces?: number;
+  pieceDelayMs?: number;
 }
 
 export class FakeProcess implements ProcessHandle {
@@ -86,8 +89,15 @@ export class FakeLauncher implements Launcher {
           const text = 'OK';
           if (j.stream) {
             res.writeHead(200, { 'content-type': 'text/event-stream' });
-            res.write(`data: ${JSON.stringify({ model: profile.name, choices: [{ delta: { content: text } }] })}\n\n`);
-            res.end(`data: ${JSON.stringify({ model: profile.name, choices: [], usage: { prompt_tokens: 3, completion_tokens: 1 } })}\n\ndata: [DONE]\n\n`);
+            const pieces = this.b.streamPieces ?? 1;
+            let sent = 0;
+            const piece = () => {
+              if (res.destroyed) return;
+              res.write(`data: ${JSON.stringify({ model: profile.name, choices: [{ delta: { content: text } }] })}\n\n`);
+              if (++sent < pieces) return void setTimeout(piece, this.b.pieceDelayMs ?? 0);
+              res.end(`data: ${JSON.stringify({ model: profile.name, choices: [], usage: { prompt_tokens: 3, completion_tokens: pieces } })}\n\ndata: [DONE]\n\n`);
+            };
+            piece();
           } else {
             res.writeHead(200, { 'content-type': 'application/json' });
             res.end(JSON.stringify({ model: profile.name, choices: [{ message: { content: text } }], usage: { prompt_tokens: 3, completion_tokens: 1 } }));

@@ -30,7 +30,9 @@ export interface RuntimeEventMap {
   /** Every request that entered withSlot(), once, when it ends. */
   request: [{ model: string; priority: PriorityName; status: RequestStatus; code: number; queuedMs: number }];
   /** A generation that produced output: time to first token and decode rate, from the front end that streamed it. */
-  generation: [{ model: string; ttftMs: number; completionTokens: number; genMs: number }];
+  generation: [{ model: string; ttftMs: number; completionTokens: number; genMs: number; streamedTokens?: number }];
+  /** Tokens of a streaming generation as they are produced (`generation`'s streamedTokens adds them up at its end): live tokens/s. */
+  generating: [{ model: string; tokens: number }];
   /** Auto-install progress of a catalog model. */
   download: [{ model: string; bytes: number; total: number; done: boolean }];
   /** A refused authentication or authorization (auth.ts's AuthGuard): which listener, and why (never the credentials). */

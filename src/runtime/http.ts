@@ -472,6 +472,7 @@ export class HttpFront {
       const n = contentEvents(chunk);
       if (n && !tap.firstAt) tap.firstAt = performance.now();
       tap.events += n;
+      if (n) this.svc.events.emit('generating', { model: slot.model, tokens: n }); // counted as produced: live tokens/s
       tap.tail = chunk.length >= 4096 ? chunk : Buffer.concat([tap.tail.subarray(Math.max(0, tap.tail.length + chunk.length - 4096)), chunk]);
       if (!ok) await drained(res);
     }
@@ -488,7 +489,7 @@ export class HttpFront {
     const genMs = performance.now() - g0;
     const usage = usageTokens(tap.tail.toString('utf8'));
     const n = usage >= 0 ? usage : tap.events;
-    if (n > 0) this.svc.events.emit('generation', { model: slot.model, ttftMs: (tap.firstAt || performance.now()) - g0, completionTokens: n, genMs });
+    if (n > 0) this.svc.events.emit('generation', { model: slot.model, ttftMs: (tap.firstAt || performance.now()) - g0, completionTokens: n, genMs, streamedTokens: tap.events });
   }
 }
 

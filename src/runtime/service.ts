@@ -463,6 +463,7 @@ export class RuntimeService {
         throw new RuntimeError(res.statusCode === 400 ? Code.INVALID_ARGUMENT : Code.INTERNAL, `llama-server answered ${res.statusCode}: ${text.slice(0, 300)}`);
       }
       let text = '';
+      let streamed = 0;
       let usage = { prompt_tokens: 0, completion_tokens: 0 };
       if (!onText) {
         const j = JSON.parse((await readAll(res)).toString('utf8')) as { choices: { message: { content: string } }[]; usage?: typeof usage };
@@ -479,12 +480,14 @@ export class RuntimeService {
             if (!ttft) ttft = Date.now() - g0;
             text += piece;
             onText(piece);
+            streamed++; // llama-server streams a token per event: counted now, for live tokens/s
+            this.events.emit('generating', { model: slot.model, tokens: 1 });
           }
           if (j.usage) usage = j.usage;
           if ((j as { timings?: unknown }).timings || j.usage) use = { ...use, ...Object.fromEntries(Object.entries(reportedUse(j)).filter(([, v]) => v !== undefined)) };
         }
       }
-      if (usage.completion_tokens > 0) this.events.emit('generation', { model: slot.model, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0 });
+      if (usage.completion_tokens > 0) this.events.emit('generation', { model: slot.model, ttftMs: ttft, completionTokens: usage.completion_tokens, genMs: Date.now() - g0, streamedTokens: streamed });
       let session: SessionOutcome | undefined;
       if (turn) {
         const r = await this.sessions.finish(turn, { added, answer: text, params: i.params, use, port: slot.port, slot: slot.slot, signal: slot.signal });

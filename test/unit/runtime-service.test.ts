@@ -1,8 +1,8 @@
 /**
  * The runtime service and both front ends (real gRPC client, real HTTP) over fake llama-server
  * children (test/fake-child.ts): request validation and defaults, per-request timeouts,
- * max_restarts, always_loaded, load_on_demand, PinModel (idle unloading, eviction), log_level, LoadModel.port,
- * one model per file.
+ * max_restarts, always_loaded, load_on_demand, PinModel (idle unloading, eviction), live tokens/s of
+ * streams (gRPC, HTTP), log_level, LoadModel.port, one model per file.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { RuntimeConfigSchema, type RuntimeConfig } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
-import { connect, unary, type RuntimeClient } from '../../src/runtime/client.js';
+import { connect, streamInfer, unary, type RuntimeClient } from '../../src/runtime/client.js';
 import { Code } from '../../src/runtime/errors.js';
 import { FakeLauncher } from '../fake-child.js';
 import { writeTestGguf } from '../gguf-writer.js';
@@ -211,6 +211,28 @@ describe('runtime service with fake children', () => {
     await unary(g, 'LoadModel', { model_name: 'z', model_path: join(dir, 'z.gguf') });
     expect(await names()).toEqual(['op', 'y', 'z']);
   });
+
+  for (const front of ['gRPC StreamInfer', 'HTTP stream'] as const) {
+    it(`tokens/s shows while a ${front} generation runs (tokens counted as produced), and its end does not count them twice`, async () => {
+      const s = await daemon(config());
+      s.launcher.b.streamPieces = 40;
+      s.launcher.b.pieceDelayMs = 50; // 40 tokens over ~2 s
+      const base = (await unary(s.grpc, 'ListModels', {})).models[0]!.tokens_per_second; // the start-up probe's token
+      const done =
+        front === 'gRPC StreamInfer'
+          ? streamInfer(s.grpc, { prompt: 'long' }, () => {})
+          : fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'long' }], stream: true }) }).then((r) => r.text());
+      await new Promise((r) => setTimeout(r, 1000));
+      const during = (await unary(s.grpc, 'ListModels', {})).models[0]!;
+      expect(during.inflight).toBe(1); // still generating
+      expect(during.tokens_per_second - base).toBeGreaterThan(0.5); // ~20 tokens in the 10 s window
+      expect(during.tokens_per_second - base).toBeLessThan(4);
+      await done;
+      const after = (await unary(s.grpc, 'ListModels', {})).models[0]!;
+      expect(after.inflight).toBe(0);
+      expect(after.tokens_per_second - base).toBeCloseTo(4, 1); // 40 tokens / 10 s, not 80
+    });
+  }
 
   it('log_level filters what the daemon logs', async () => {
     const info: string[] = [];

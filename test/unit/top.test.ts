@@ -59,6 +59,54 @@ describe('runtime: recent generations (ListModels tokens_per_second, ttft_p50_ms
     now += 70_000;
     expect(r.of('tiny')).toEqual({ tokens_per_second: 0, ttft_p50_ms: 0 });
   });
+
+  it('a streaming generation counts while it runs (tokens as produced); its end adds only what was not streamed', () => {
+    let now = NOW;
+    const ev = new RuntimeEvents();
+    const r = new RecentGenerations(ev, () => now);
+    // 20 tokens/s streamed for 30 s: the 10 s window fills up, then holds at 20 (nothing has ended yet)
+    const stream = (ms: number, model = 'tiny') => {
+      for (const end = now + ms; now < end; ) {
+        now += 50;
+        ev.emit('generating', { model, tokens: 1 });
+      }
+    };
+    stream(5000);
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(10, 0); // 100 tokens in the last 10 s
+    expect(r.of('tiny').ttft_p50_ms).toBe(0); // live tokens are no generation: no TTFT yet
+    stream(25_000);
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(20, 0);
+    // it ends having streamed 600 of 600 tokens: no double count, and its TTFT now shows
+    ev.emit('generation', { model: 'tiny', ttftMs: 80, completionTokens: 600, genMs: 30_000, streamedTokens: 600 });
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(20, 0);
+    expect(r.of('tiny').ttft_p50_ms).toBe(80);
+    // the usage says 30 more than the events (tokens without text): those are spread over its 30 s
+    ev.emit('generation', { model: 'tiny', ttftMs: 80, completionTokens: 630, genMs: 30_000, streamedTokens: 600 });
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(21, 0);
+    // 5 s after the stream stopped, half the window is empty
+    now += 5000;
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(10.5, 0);
+    // a stream cut off (no end event) still counted what it produced; 10 s later nothing is left
+    stream(2000, 'cut');
+    expect(r.of('cut').tokens_per_second).toBeCloseTo(4, 1);
+    now += 10_001;
+    expect(r.of('cut').tokens_per_second).toBe(0);
+  });
+
+  it('live tokens are kept in 100 ms records (a bounded list), counted exactly inside the window', () => {
+    let now = NOW;
+    const r = new RecentGenerations(undefined, () => now);
+    for (let i = 0; i < 1000; i++) {
+      now = NOW + i; // 1000 tokens in 1 s
+      r.add('tiny', { end: now, ttftMs: 0, tokens: 1, genMs: 0, live: true });
+    }
+    expect((r as unknown as { byModel: Map<string, unknown[]> }).byModel.get('tiny')!.length).toBe(10);
+    expect(r.of('tiny').tokens_per_second).toBeCloseTo(100); // 1000 tokens / 10 s
+    // a record counts whole while its moment is in the window, not at all after
+    expect(tokensPerSecond([{ end: NOW - 9999, ttftMs: 0, tokens: 50, genMs: 0, live: true }], NOW)).toBeCloseTo(5);
+    expect(tokensPerSecond([{ end: NOW - 10_000, ttftMs: 0, tokens: 50, genMs: 0, live: true }], NOW)).toBe(0);
+    expect(ttftMedian([{ end: NOW - 1, ttftMs: 0, tokens: 50, genMs: 0, live: true }], NOW)).toBe(0);
+  });
 });
 
 describe('aios top: machine figures', () => {
