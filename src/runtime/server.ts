@@ -44,6 +44,16 @@ export function loadProtos(dir = PROTO_DIR): protoLoader.PackageDefinition {
 
 export type Protos = RuntimeProto & HealthProto;
 
+/** The CPUs a process may run on (Cpus_allowed_list in /proc/<pid>/status: its cpuset and affinity), "" when it cannot be read. */
+export function cpusOf(pid: number): string {
+  if (!pid) return '';
+  try {
+    return /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
 const toStatus = (m: ModelView): ModelStatus => ({
   name: m.name,
   level: m.level,
@@ -61,6 +71,7 @@ const toStatus = (m: ModelView): ModelStatus => ({
   estimate_error_pct: m.estimateErrorPct,
   pinned: m.pinned,
   pinned_by: m.pinnedBy,
+  cpus: cpusOf(m.pid),
   idle_until_unix_ms: m.idleUntil,
   inflight: m.inflight,
   queued: m.queued,

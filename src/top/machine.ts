@@ -56,6 +56,20 @@ export function parseProcStat(text: string): CpuTimes[] {
   return out.filter(Boolean);
 }
 
+/** A kernel CPU list ("0-3,6", as in Cpus_allowed_list or cpuset.cpus) as CPU numbers; [] for "" or anything else. */
+export function parseCpuList(text: string): number[] {
+  const out = new Set<number>();
+  for (const part of text.trim().split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) return [];
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a || b - a > 4096) return [];
+    for (let i = a; i <= b; i++) out.add(i);
+  }
+  return [...out].sort((x, y) => x - y);
+}
+
 export function parseLoadavg(text: string): [number, number, number] {
   const [a, b, c] = text.trim().split(/\s+/).map(Number);
   return [a ?? 0, b ?? 0, c ?? 0];

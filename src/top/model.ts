@@ -4,7 +4,7 @@
  * terminal loop (app.ts) only fetches, calls these and draws.
  */
 import type { HealthStatus, ModelStatus } from '../runtime/client.js';
-import type { Machine } from './machine.js';
+import { parseCpuList, type Machine } from './machine.js';
 
 /** A model row: as the runtime lists it, or one seen earlier in this session that it no longer lists (unloaded). */
 export type TopModel = ModelStatus & { gone: boolean };
@@ -67,9 +67,14 @@ export function sortModels(models: TopModel[]): TopModel[] {
 export function mergeModels(previous: TopModel[], listed: ModelStatus[]): TopModel[] {
   const now = new Map(listed.map((m) => [m.name, { ...m, gone: false }]));
   for (const p of previous) {
-    if (!now.has(p.name)) now.set(p.name, { ...p, gone: true, state: 'unloaded', pid: 0, port: 0, memory_bytes: 0, actual_bytes: 0, inflight: 0, queued: 0, queued_by_priority: {}, tokens_per_second: 0, ttft_p50_ms: 0, idle_until_unix_ms: 0 });
+    if (!now.has(p.name)) now.set(p.name, { ...p, gone: true, state: 'unloaded', pid: 0, port: 0, memory_bytes: 0, actual_bytes: 0, inflight: 0, queued: 0, queued_by_priority: {}, tokens_per_second: 0, ttft_p50_ms: 0, idle_until_unix_ms: 0, cpus: '' });
   }
   return sortModels([...now.values()]);
+}
+
+/** The CPUs the loaded models' children may run on (their ModelStatus.cpus). */
+export function modelCpus(models: TopModel[]): Set<number> {
+  return new Set(models.filter((m) => !m.gone).flatMap((m) => parseCpuList(m.cpus ?? '')));
 }
 
 /** The rows the filter lets through (a case-insensitive part of the name, level or state). */
@@ -100,6 +105,8 @@ export function snapshotJson(s: Snapshot): object {
         level: m.level,
         state: m.state,
         pinned: m.pinned,
+        pinnedBy: m.pinned_by ?? '',
+        cpus: m.cpus ?? '',
         slots: { busy: m.inflight, total: m.parallel },
         queued: m.queued,
         queuedByPriority: m.queued_by_priority ?? {},
@@ -118,6 +125,7 @@ export function snapshotJson(s: Snapshot): object {
     machine: s.machine
       ? {
           cpuBusyPct: s.machine.cpuBusy.map((c) => (c == null ? null : Math.round(c * 1000) / 10)),
+          modelCpus: [...modelCpus(s.models)].sort((a, b) => a - b),
           load: s.machine.load,
           memTotalBytes: s.machine.memTotalBytes,
           memAvailableBytes: s.machine.memAvailableBytes,

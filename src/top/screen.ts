@@ -4,7 +4,7 @@
  * NO_COLOR). Nothing here touches the terminal.
  */
 import { HELP } from './keys.js';
-import { selectedModel, visibleModels, type Snapshot, type TopModel, type View } from './model.js';
+import { modelCpus, selectedModel, visibleModels, type Snapshot, type TopModel, type View } from './model.js';
 
 export type Style = 'bold' | 'dim' | 'green' | 'yellow' | 'red' | 'cyan' | 'inverse' | 'head';
 export interface Seg {
@@ -177,24 +177,31 @@ export function machineLines(s: Snapshot, width: number): Line[] {
     lines.push([{ t: 'cpu, load, zram: not shown for a remote runtime (this host\'s /proc would be the wrong machine)', s: 'dim' }]);
     return lines;
   }
-  // CPU: a bar per core when they fit on a line or two, else one level character per core
+  // CPU: a bar per core when they fit on a line or two, else one level character per core; the
+  // cores the model children may run on (their cpusets, from ListModels) are marked
   const cells = m.cpuBusy.map((c, i) => ({ i, c }));
+  const marked = modelCpus(s.models);
+  const legend = marked.size ? '  *: model cores' : '';
   const cell = 12; // "00[#####]99%"
   const perLine = Math.max(1, Math.floor((width - 5) / (cell + 1)));
   if (cells.length <= perLine * 2) {
     for (let k = 0; k < cells.length; k += perLine) {
       const line: Line = [{ t: k ? '     ' : 'cpu  ' }];
       for (const { i, c } of cells.slice(k, k + perLine)) {
-        line.push({ t: `${String(i).padStart(2)}[` }, { t: bar(c ?? 0, 5), s: level(c ?? 0) }, { t: `]${c == null ? '  -' : String(Math.round(c * 100)).padStart(3)}% `.slice(0, 6) });
+        const mark = marked.has(i) ? '*' : ' ';
+        line.push({ t: `${String(i).padStart(2)}[` }, { t: bar(c ?? 0, 5), s: level(c ?? 0) }, { t: `]${c == null ? '  -' : String(Math.round(c * 100)).padStart(3)}%` }, { t: mark, s: marked.has(i) ? 'cyan' : undefined });
       }
+      if (k + perLine >= cells.length && legend && plain(line).length + legend.length <= width) line.push({ t: legend, s: 'dim' });
       lines.push(line);
     }
   } else {
     const chars = ' .:-=+*#%@';
-    const line: Line = [{ t: `cpu ${cells.length} cores [` }];
+    const head = `cpu ${cells.length} cores [`;
+    const line: Line = [{ t: head }];
     for (const { c } of cells) line.push({ t: chars[Math.min(9, Math.round((c ?? 0) * 9))]!, s: level(c ?? 0) });
     line.push({ t: ']' });
     lines.push(line);
+    if (marked.size) lines.push([{ t: ' '.repeat(head.length) + cells.map(({ i }) => (marked.has(i) ? '*' : ' ')).join('') }, { t: legend.slice(1), s: 'dim' }]);
   }
   const zram = m.zram.length
     ? m.zram.map((z) => `${z.device} ${short(z.origBytes)} in ${short(z.usedBytes)} of ${short(z.diskBytes)}`).join(', ')

@@ -5,7 +5,10 @@
 import { describe, expect, it } from 'vitest';
 import { RecentGenerations, tokensPerSecond, ttftMedian } from '../../src/runtime/recent.js';
 import { RuntimeEvents } from '../../src/runtime/events.js';
-import { cpuBusy, machineView, parseLoadavg, parseMeminfo, parseMmStat, parseProcStat } from '../../src/top/machine.js';
+import { cpuBusy, machineView, parseCpuList, parseLoadavg, parseMeminfo, parseMmStat, parseProcStat } from '../../src/top/machine.js';
+import { cpusOf } from '../../src/runtime/server.js';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { initialView, mergeModels, selectedModel, snapshotJson, visibleModels, type Snapshot, type TopModel, type View } from '../../src/top/model.js';
 import { KEY, onKey, parseKeys } from '../../src/top/keys.js';
 import { plain, render, short, toAnsi } from '../../src/top/screen.js';
@@ -120,6 +123,45 @@ describe('aios top: machine figures', () => {
     expect(parseMeminfo('MemTotal:        8000 kB\nMemFree: 1 kB\nMemAvailable:    6000 kB\n')).toEqual({ totalBytes: 8000 * 1024, availableBytes: 6000 * 1024 });
     expect(parseMmStat('12582912  3145728  3407872        0  3407872        0        0        0        0\n')).toEqual({ origBytes: 12582912, usedBytes: 3407872 });
     expect(machineView(undefined, { cpus: a, load: [1, 2, 3], memTotalBytes: 1, memAvailableBytes: 1, zram: [] }).cpuBusy).toEqual([null, null]);
+  });
+
+  it('marks the cores the model children may run on (ModelStatus.cpus), in bars and in the compact row', () => {
+    expect(parseCpuList('0-3,6')).toEqual([0, 1, 2, 3, 6]);
+    expect(parseCpuList('1')).toEqual([1]);
+    expect(parseCpuList('')).toEqual([]);
+    expect(parseCpuList('3-1')).toEqual([]);
+    expect(parseCpuList('x')).toEqual([]);
+    // core 1 only (a cpuset), and a gone model's cores do not count
+    const gone = mergeModels([model({ name: 'old', cpus: '0' })], [model({ cpus: '1' })]);
+    let text = screen(snap([], { models: gone })).join('\n');
+    expect(text).toMatch(/^cpu {3}0\[##\.\.\.\] 45% {2}1\[#\.\.\.\.\] 20%\* {2}\*: model cores$/m);
+    expect(snapshotJson(snap([model({ cpus: '1' })])) as { machine: { modelCpus: number[] } }).toMatchObject({ machine: { modelCpus: [1] } });
+    // no cpus reported (an older runtime, nothing running): nothing marked, no legend
+    text = screen(snap([model()])).join('\n');
+    expect(text).toMatch(/^cpu {3}0\[##\.\.\.\] 45% {2}1\[#\.\.\.\.\] 20% *$/m);
+    expect(text).not.toContain('model cores');
+    // 40 cores: one character per core, the marks on the line below, under their cores
+    const many = snap([model({ cpus: '0-3,39' })], { machine: { ...snap([]).machine!, cpuBusy: Array.from({ length: 40 }, () => 0.5) } });
+    const lines = screen(many);
+    const i = lines.findIndex((l) => l.startsWith('cpu 40 cores ['));
+    expect(lines[i]).toMatch(/^cpu 40 cores \[[=+-]{40}\]/);
+    expect(lines[i + 1]!.trimEnd()).toBe(`${' '.repeat('cpu 40 cores ['.length)}****${' '.repeat(35)}* *: model cores`);
+  });
+
+  it('the runtime reports the CPUs a process may run on (Cpus_allowed_list): a child pinned with taskset', async () => {
+    const child = spawn('taskset', ['-c', '0', 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      const end = Date.now() + 5000;
+      while (readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim() !== 'sleep') {
+        expect(Date.now()).toBeLessThan(end);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(cpusOf(child.pid!)).toBe('0');
+    } finally {
+      child.kill();
+    }
+    expect(cpusOf(0)).toBe('');
+    expect(cpusOf(2 ** 30)).toBe(''); // no such process
   });
 
   it('treats the unix socket and loopback as this host, anything else as remote', () => {
