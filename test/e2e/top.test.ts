@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runtimeFixture } from './runtime-fixture.js';
 import { connectRuntime, streamInfer, unary, waitReady, type RuntimeClient } from '../../src/runtime/client.js';
@@ -15,6 +15,7 @@ import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { bundleRuntime } from '../../src/build/runtime-bundle.js';
 import { bundleCli, installCliLauncher } from '../../src/build/cli-bundle.js';
+import { parseCpuList } from '../../src/top/machine.js';
 
 const dir = tmp('aios-top-');
 const sock = join(dir, 'runtime.sock');
@@ -101,6 +102,13 @@ describe('aios top in a terminal', () => {
     expect(row(s, 'tiny')).toMatch(/^> tiny +oper +ready +0\/1 +0\/0\/0\/0 .* pinned$/);
     expect(s).toMatch(/^mem {2}\[[#.]+\] \S+ used \/ \S+ budget \/ \S+ total, \S+ available$/m);
     expect(s).toMatch(/^cpu {3}0\[[#.]{5}\] *\d+%/m);
+    // the cores tiny's llama-server may run on (its Cpus_allowed_list, as ListModels reports it) are marked, the others not
+    const cpus = (await unary(client, 'ListModels', {})).models[0]!.cpus;
+    expect(cpus).toMatch(/^\d+(-\d+)?(,\d+(-\d+)?)*$/);
+    const marked = new Set(parseCpuList(cpus));
+    const cpuRows = s.split('\n').filter((l) => /^(cpu|    ) +\d+\[/.test(l)).join(' ');
+    for (const m of cpuRows.matchAll(/(\d+)\[[#.]{5}\] *\d+%(\*?)/g)) expect([m[1], m[2]]).toEqual([m[1], marked.has(Number(m[1])) ? '*' : '']);
+    expect(s).toMatch(/\*: model cores$/m);
     expect(s).toMatch(/^load \d+\.\d\d \d+\.\d\d \d+\.\d\d/m);
     expect(s).toMatch(/^l load {2}u unload {2}r restart {2}p pin {2}\/ filter {2}\? help {2}q quit/m);
     // colours: the state is green, the chosen row inverse
@@ -154,10 +162,29 @@ describe('aios top in a terminal', () => {
     await screenUntil((x) => /^ {2}MODEL /m.test(x), 'the table again');
   });
 
-  it('p says the runtime has no pin API, in the status line, and the panel goes on', async () => {
+  it('p pins and unpins the chosen model through the runtime (the mark toggles); the config\'s pin cannot be taken off', { timeout: 120_000 }, async () => {
+    // tiny is the operational model: pinned by the config, so the runtime refuses and says why
     tmux('send-keys', '-t', 'top', 'p');
-    const s = await screenUntil((x) => x.includes('pin/unpin: the runtime has no API for it'), 'the pin message');
-    expect(row(s, 'tiny')).toMatch(/ready/);
+    let s = await screenUntil((x) => x.includes('the operational model is always pinned'), "the runtime's refusal in the status line");
+    expect(row(s, 'tiny')).toMatch(/ready .* pinned$/);
+    // a second model loaded by request is not pinned: p pins it, p again unpins it, each confirmed by the runtime
+    copyFileSync(join(dir, 'tiny.gguf'), join(dir, 'tiny2.gguf'));
+    await unary(client, 'LoadModel', { model_name: 'tiny2', model_path: join(dir, 'tiny2.gguf'), context_length: 512 }, 120_000);
+    s = await screenUntil((x) => /ready/.test(row(x, 'tiny2')), 'tiny2 listed');
+    expect(row(s, 'tiny2')).toMatch(/ready .* -$/);
+    tmux('send-keys', '-t', 'top', 'j');
+    await screenUntil((x) => /^> tiny2 /m.test(x), 'tiny2 chosen');
+    tmux('send-keys', '-t', 'top', 'p');
+    s = await screenUntil((x) => x.includes('tiny2: pinned (runtime confirmed)') && / pinned$/.test(row(x, 'tiny2')), 'tiny2 pinned');
+    expect((await unary(client, 'ListModels', {})).models.find((m) => m.name === 'tiny2')).toMatchObject({ pinned: true, pinned_by: 'request' });
+    tmux('send-keys', '-t', 'top', 'p');
+    s = await screenUntil((x) => x.includes('tiny2: unpinned (runtime confirmed)') && / -$/.test(row(x, 'tiny2')), 'tiny2 unpinned');
+    expect((await unary(client, 'ListModels', {})).models.find((m) => m.name === 'tiny2')).toMatchObject({ pinned: false, pinned_by: '' });
+    expect(row(s, 'tiny')).toMatch(/ pinned$/);
+    // back to one model, tiny chosen, for the tests that follow
+    await unary(client, 'UnloadModel', { model_name: 'tiny2' }, 60_000);
+    tmux('send-keys', '-t', 'top', 'k');
+    await screenUntil((x) => /^> tiny +oper +ready /m.test(x) && /unloaded/.test(row(x, 'tiny2')), 'tiny chosen again, tiny2 unloaded');
   });
 
   it('says "disconnected, retrying" when the runtime goes away, and recovers when it returns', { timeout: 120_000 }, async () => {
