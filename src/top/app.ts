@@ -156,7 +156,9 @@ export async function runTop(o: TopOptions): Promise<void> {
         say(`restarted ${r.name}: ${r.state} (pid ${r.pid})`, 'ok');
       }
     } catch (e) {
-      say(`${a.kind} ${a.model}: ${poller.explain(e)}`, 'error');
+      // the runtime's own words, without grpc-js's "9 FAILED_PRECONDITION: " (the status line is short)
+      const why = poller.explain(e).replace(/^\d+ [A-Z_]+: /, '');
+      say(why.startsWith(`model ${a.model} `) ? `${a.kind}: ${why}` : `${a.kind} ${a.model}: ${why}`, 'error');
     }
     void tick();
   };
