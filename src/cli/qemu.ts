@@ -95,12 +95,13 @@ export function doctorLines(d: NonNullable<BootCheck['guest']['doctor']>): strin
 }
 
 /** Where the runtime's start-up went in the guest: systemd's moments, the daemon's own report, what it waited for. */
-export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtimeExecUsec?: number; runtimeReadyUsec?: number; runtimeStartup?: string; runtimeChain?: string[]; runtimeLog?: string[] }): string[] {
+export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtimeExecUsec?: number; runtimeReadyUsec?: number; runtimeStartup?: string; runtimeChain?: string[]; runtimeLog?: string[]; sandbox?: string[] }): string[] {
   const s = (us?: number) => (us === undefined ? '?' : `${(us / 1e6).toFixed(1)} s`);
   const out: string[] = [];
   if (g.runtimeActivatingUsec || g.runtimeExecUsec) out.push(`unit started ${s(g.runtimeActivatingUsec)}, process ${s(g.runtimeExecUsec)}, ready ${s(g.runtimeReadyUsec)} after kernel start`);
   if (g.runtimeStartup) out.push(`daemon (ms since its process started): ${g.runtimeStartup}`);
   if (g.runtimeLog?.length) out.push('journal:', ...g.runtimeLog.map((l) => `  ${l}`));
   if (g.runtimeChain?.length) out.push('waited for:', ...g.runtimeChain.map((l) => `  ${l}`));
+  if (g.sandbox?.length) out.push('model sandbox:', ...g.sandbox.map((l) => `  ${l}`));
   return out;
 }

@@ -193,6 +193,8 @@ export interface BootCheck {
     runtimeChain: string[];
     /** The runtime's journal lines that mark its start-up, with monotonic times. */
     runtimeLog: string[];
+    /** The model sandbox in the guest: the runtime's isolation line and warnings, one `cgroup model-<name> memory.max=… procs=…` per model. */
+    sandbox?: string[];
     /** What the running kernel does, for the kernel-wish report. */
     kernelFacts: KernelFacts;
     /** GGUF files found in /var/lib/aios/models, with their header and checksum. */
@@ -235,6 +237,8 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     if (chain) guest.runtimeChain.push(chain[1]!.trimEnd());
     const rtlog = /AIOS-CHECK-RTLOG (.*)$/.exec(line);
     if (rtlog) guest.runtimeLog.push(rtlog[1]!.trimEnd());
+    const sandbox = /AIOS-CHECK-SANDBOX (.*)$/.exec(line);
+    if (sandbox) (guest.sandbox ??= []).push(sandbox[1]!.trimEnd());
     const doc = /AIOS-CHECK-DOCTOR (.*)$/.exec(line);
     if (doc) {
       const d = (guest.doctor ??= { findings: [], unparsed: 0 });

@@ -139,6 +139,12 @@ describe('aios build image + qemu-test (default recipe)', () => {
     // aios-runtime came up in the guest and answered the probe over gRPC through port forwarding.
     expect(res.guest.runtimeState).toBe('active');
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
+    // The model sandbox in the image (README "Model sandbox"): the daemon manages its delegated cgroup,
+    // and the model runs in a cgroup of its own with memory.max from its budget (the early-started
+    // child gets it when the daemon takes it over), no swap, and the layer's CPU weight.
+    const sandbox = res.guest.sandbox ?? [];
+    expect(sandbox.join('\n')).toMatch(/model isolation: per-model cgroups under \/sys\/fs\/cgroup\/system\.slice\/aios-runtime\.service \(memory, cpu, cpuset, pids\);/);
+    expect(sandbox.find((l) => l.startsWith('cgroup model-aios-tiny '))).toMatch(/memory\.max=\d+ memory\.swap\.max=0 cpu\.weight=100 memory\.current=\d+ procs=[1-9]/);
     expect(res.runtime!.readySeconds).toBeGreaterThan(0);
     // ...over mutual TLS, with the scopes enforced and the wrong clients refused.
     expect(res.tlsDir).toBe(join(out, 'aios-default.pki'));
