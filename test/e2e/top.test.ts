@@ -131,6 +131,15 @@ describe('aios top in a terminal', () => {
   });
 
   it('a request running while the panel is open shows in slots, tokens/s and TTFT', async () => {
+    // one long streamed generation from a quiet start: tokens/s rises while it runs (slot 1/1), not only when it ends
+    const tps = (x: string, slots: string) => Number(new RegExp(` ${slots}/1 +\\S+ +(\\d+\\.\\d) `).exec(row(x, 'tiny'))?.[1] ?? NaN);
+    await screenUntil((x) => tps(x, '0') === 0, 'tokens/s at 0.0 before the generation', 30_000);
+    let ended = false;
+    const one = streamInfer(client, { prompt: 'Write a very long story about the sea.', max_tokens: 400, temperature: 1 }, () => {}).finally(() => (ended = true));
+    const running = await screenUntil((x) => tps(x, '1') > 0, 'tokens/s above 0 while the generation runs (1/1)', 30_000);
+    expect(row(running, 'tiny')).toMatch(/ 1\/1 /);
+    await one;
+    expect(ended).toBe(true);
     let stop = false;
     const load = (async () => {
       while (!stop) await streamInfer(client, { prompt: 'Tell me a long story about a lighthouse.', max_tokens: 400, temperature: 1 }, () => {}).catch(() => sleep(100));
