@@ -51,6 +51,8 @@ describe('the CLI', () => {
       'runtime status',
       'runtime load',
       'runtime unload',
+      'runtime pin',
+      'runtime unpin',
       'runtime infer',
       'runtime reload',
       'runtime keys',
