@@ -15,7 +15,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -57,12 +57,20 @@ function testCgroup(): { dir: string; v2: boolean } {
   return { dir, v2: false };
 }
 
-function removeCgroup(dir: string): void {
-  for (const d of readdirSync(dir, { withFileTypes: true })) if (d.isDirectory()) removeCgroup(join(dir, d.name));
-  try {
-    rmdirSync(dir);
-  } catch {
-    // a process still in it (reported by the test that left it)
+/** Removes a cgroup and the ones under it, waiting (up to 5 s) for exiting processes to leave them. */
+async function removeCgroup(dir: string): Promise<void> {
+  for (const name of readdirSync(dir)) {
+    const sub = join(dir, name);
+    if (statSync(sub).isDirectory()) await removeCgroup(sub);
+  }
+  for (let i = 0; ; i++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (e) {
+      if (i >= 50) throw new Error(`could not remove the test's cgroup ${dir}: ${(e as Error).message}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 }
 
@@ -106,7 +114,7 @@ describe('model sandbox: cgroups (real, this host)', () => {
   afterAll(async () => {
     c?.close();
     await daemon?.stop();
-    if (cg) removeCgroup(cg.dir);
+    if (cg) await removeCgroup(cg.dir);
   });
 
   const models = async () => (await call<{ models: ModelStatus[] }>(c, 'ListModels', {})).models;
