@@ -14,7 +14,7 @@ import { connect, streamInfer, unary, type RuntimeClient } from '../../src/runti
 import { Code } from '../../src/runtime/errors.js';
 import { FakeLauncher } from '../fake-child.js';
 import { writeTestGguf } from '../gguf-writer.js';
-import { tmp } from '../helpers.js';
+import { cli, tmp } from '../helpers.js';
 
 const dir = tmp('aios-service-');
 writeTestGguf(join(dir, 'op.gguf'));
@@ -144,7 +144,7 @@ describe('runtime service with fake children', () => {
   });
 
   it('PinModel: a pinned model is not unloaded for idleness; unpinned it is; the config\'s pins and models not loaded are refused with the reason', async () => {
-    const s = await daemon(config({ runtime: { health_interval: '100ms' }, tactical: { unload_after_idle: '500ms' } }));
+    const s = await daemon(config({ runtime: { health_interval: '100ms' }, tactical: { unload_after_idle: '1s' } }));
     const op = await grpcFailure(unary(s.grpc, 'PinModel', { model_name: 'op', pinned: false }));
     expect(op?.code).toBe(Code.FAILED_PRECONDITION);
     expect(op?.details).toBe('model op is pinned by the config: the operational model is always pinned');
@@ -158,14 +158,14 @@ describe('runtime service with fake children', () => {
     await unary(s.grpc, 'LoadModel', { model_name: 'tac' });
     const pinned = await unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: true });
     expect(pinned).toMatchObject({ name: 'tac', state: 'ready', pinned: true, pinned_by: 'request', idle_until_unix_ms: 0 });
-    await new Promise((r) => setTimeout(r, 1200)); // more than twice its idle timeout, several health ticks
+    await new Promise((r) => setTimeout(r, 2200)); // more than twice its idle timeout, many health ticks
     const listed = (await unary(s.grpc, 'ListModels', {})).models.find((m) => m.name === 'tac');
     expect(listed).toMatchObject({ state: 'ready', pinned: true, pinned_by: 'request' });
 
     const t0 = Date.now();
     const unpinned = await unary(s.grpc, 'PinModel', { model_name: 'tac', pinned: false });
     expect(unpinned).toMatchObject({ pinned: false, pinned_by: '' });
-    // idle time counts from its last use, pinned or not: 1.2 s idle > 500 ms, so it goes at the next health tick
+    // idle time counts from its last use, pinned or not: 2.2 s idle > 1 s, so it goes at the next health tick
     expect(Number(unpinned.idle_until_unix_ms)).toBeGreaterThan(0);
     expect(Number(unpinned.idle_until_unix_ms)).toBeLessThan(t0);
     while (s.d.service.models().some((m) => m.name === 'tac')) {
@@ -183,6 +183,18 @@ describe('runtime service with fake children', () => {
     const al = await grpcFailure(unary(a.grpc, 'PinModel', { model_name: 'tac', pinned: false }));
     expect(al?.code).toBe(Code.FAILED_PRECONDITION);
     expect(al?.details).toBe('model tac is pinned by the config: [models.tactical] has always_loaded = true; set it to false and restart the runtime to unpin it');
+
+    // the CLI: `aios runtime pin|unpin`; a refusal exits 1 with the runtime's reason
+    const addr = `127.0.0.1:${a.d.listening.tcpPort}`;
+    await unary(a.grpc, 'LoadModel', { model_name: 'x', model_path: join(dir, 'x.gguf') });
+    const run = async (args: string[]) => {
+      const r = await cli(['runtime', ...args, '-a', addr]);
+      return `${r.exitCode} ${r.stdout.trim()}${r.stderr.trim()}`;
+    };
+    expect(await run(['pin', 'x'])).toBe('0 x: pinned (by request)');
+    expect(await run(['pin', 'tac'])).toBe('0 tac: pinned (by config)');
+    expect(await run(['unpin', 'x'])).toBe('0 x: not pinned');
+    expect(await run(['unpin', 'tac'])).toMatch(/^1 aios: unpin tac: .*model tac is pinned by the config: \[models\.tactical\] has always_loaded = true/);
   });
 
   it('PinModel: under memory pressure a pinned model is not evicted; the least recently used unpinned one is', async () => {
