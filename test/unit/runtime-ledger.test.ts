@@ -98,7 +98,8 @@ http.createServer((req, res) => {
     const write = (port: number) =>
       writeFileSync(
         cfg,
-        `[runtime]\nllama_server = "${fake}"\nsocket = ""\nlisten = "127.0.0.1:${port}"\n\n[models]\nmodel_dir = "${dir}"\n[models.operational]\nname = "op.gguf"\nctx_size = 256\n\n` +
+        // sandbox = "off": the stand-in speaks TCP and lives in this test's temp dir, which a sandbox would not show it.
+        `[runtime]\nllama_server = "${fake}"\nsocket = ""\nsandbox = "off"\nlisten = "127.0.0.1:${port}"\n\n[models]\nmodel_dir = "${dir}"\n[models.operational]\nname = "op.gguf"\nctx_size = 256\n\n` +
           `[api]\nledger_dir = "${ledgerDir}"\n[api.claude]\nprovider = "anthropic"\nmodel = "claude-sonnet-4-5-20250929"\nbase_url = "${mock.url}"\nmonthly_budget_usd = 5.0\nmax_tokens = 32\n`,
       );
     const start = async () => {
