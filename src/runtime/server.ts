@@ -275,6 +275,8 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
         memory_budget_bytes: h.budgetBytes,
         memory_used_bytes: h.usedBytes,
         queued: h.queued,
+        vram_budget_bytes: h.vramBudgetBytes,
+        vram_used_bytes: h.vramUsedBytes,
       };
     }),
     PullModel: (call) => {

@@ -128,6 +128,9 @@ export interface Health {
   uptimeMs: number;
   budgetBytes: number;
   usedBytes: number;
+  /** GPU memory budget (0 = none) and what the loaded models hold there. */
+  vramBudgetBytes: number;
+  vramUsedBytes: number;
   queued: number;
 }
 
@@ -343,6 +346,8 @@ export class RuntimeService {
       uptimeMs: Date.now() - this.startedAt,
       budgetBytes: mem.budgetBytes,
       usedBytes: mem.usedBytes,
+      vramBudgetBytes: mem.vramBudgetBytes,
+      vramUsedBytes: mem.vramUsedBytes,
       queued: this.scheduler.totalQueued,
     };
   }

@@ -163,6 +163,14 @@ export function machineLines(s: Snapshot, width: number): Line[] {
   const n = Math.max(10, Math.min(50, width - 7 - text.length));
   const f = budget ? used / budget : 0;
   lines.push([{ t: 'mem  [' }, { t: bar(f, n), s: level(f) }, { t: ']' + text }]);
+  // GPU memory, where the runtime budgets it (a GPU configured or found).
+  const vbudget = Number(h?.vram_budget_bytes ?? 0);
+  if (vbudget > 0) {
+    const vused = Number(h?.vram_used_bytes ?? 0);
+    const vtext = ` ${short(vused)} used / ${short(vbudget)} budget`;
+    const vf = vused / vbudget;
+    lines.push([{ t: 'vram [' }, { t: bar(vf, Math.max(10, Math.min(50, width - 7 - vtext.length))), s: level(vf) }, { t: ']' + vtext }]);
+  }
   if (s.spend?.length) {
     const line: Line = [{ t: 'cloud' }];
     for (const p of s.spend) {

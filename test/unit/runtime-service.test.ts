@@ -113,6 +113,15 @@ describe('runtime service with fake children', () => {
     expect(s.d.service.models()[0]).toMatchObject({ inflight: 0, state: 'ready' });
   });
 
+  it('HealthCheck reports the GPU memory budget (vram_budget) and its use; none without a GPU budget', async () => {
+    const a = await daemon(config({ runtime: { vram_budget: '8G' } }));
+    expect(await unary(a.grpc, 'HealthCheck', {})).toMatchObject({ vram_budget_bytes: 8 * 2 ** 30, vram_used_bytes: 0 });
+    await a.d.stop();
+    const b = await daemon(config());
+    // "auto" with no NVIDIA GPU on this host (nvidia-smi absent): not budgeted.
+    expect(await unary(b.grpc, 'HealthCheck', {})).toMatchObject({ vram_budget_bytes: 0, vram_used_bytes: 0 });
+  });
+
   it('max_restarts reached: the model is failed, requests get FAILED_PRECONDITION with the reason', async () => {
     const s = await daemon(config({ runtime: { max_restarts: 1 } }));
     s.launcher.last.exit(1);

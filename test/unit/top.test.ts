@@ -309,6 +309,16 @@ describe('aios top: the header', () => {
 });
 
 describe('aios top: cloud spend', () => {
+  it('adds a VRAM line only when the runtime budgets GPU memory', () => {
+    expect(screen(snap([model()])).some((l) => l.startsWith('vram'))).toBe(false);
+    const base = snap([model()]);
+    const lines = screen({ ...base, health: { ...base.health!, vram_budget_bytes: 80 * 1024 * MiB, vram_used_bytes: 60 * 1024 * MiB } });
+    expect(lines).toHaveLength(24);
+    const v = lines.find((l) => l.startsWith('vram'))!;
+    expect(v).toMatch(/^vram \[#+\.+\] 60G used \/ 80G budget$/);
+    expect(v.split('#').length - 1).toBeGreaterThan(v.split('.').length - 1); // 75 %: more filled than empty
+  });
+
   it('adds a line per month spend vs budget only when cloud providers are configured', () => {
     expect(screen(snap([model()])).some((l) => l.startsWith('cloud'))).toBe(false);
     const lines = screen(snap([model()], { spend: [{ name: 'anthropic', spentUsd: 12.345, budgetUsd: 50, unavailable: '' }, { name: 'openai', spentUsd: 10, budgetUsd: 10, unavailable: 'monthly budget spent' }] }));
