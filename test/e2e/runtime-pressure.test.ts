@@ -342,7 +342,10 @@ describe('auto-install', () => {
     expect(gets['/synth-resume.gguf']).toBe(2);
     expect(ranges[0]).toBe('');
     const from = Number(/^bytes=(\d+)-$/.exec(ranges[1]!)?.[1]);
-    expect(from).toBeGreaterThanOrEqual(8 * MiB); // not from the start
+    // Not from the start: from about where the break came (8 MiB sent; the destroyed socket may drop
+    // what was still in flight, as seen in CI: 8 MiB − 129 bytes).
+    expect(from).toBeGreaterThan(4 * MiB);
+    expect(from).toBeLessThanOrEqual(8 * MiB);
     expect(await sha256File(join(dir, 'synth-resume.gguf'))).toBe(await sha256File(join(dir, 'tiny.gguf')));
   });
 
