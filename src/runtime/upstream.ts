@@ -1,5 +1,5 @@
 /**
- * Talking to a child: POST over pooled keep-alive connections on loopback, for every front end.
+ * Talking to a child: POST over a new connection per request (loopback or its unix socket), for every front end.
  * A pooled connection that llama-server closes just as it is reused fails before the request
  * reaches it: that (a reused socket, no response, not aborted) is retried on a fresh connection,
  * twice at most. Anything else is the caller's to report.
@@ -7,7 +7,11 @@
 import { Agent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { StringDecoder } from 'node:string_decoder';
 
-const agent = new Agent({ keepAlive: true, maxSockets: 1024 });
+// No keep-alive: an idle pooled connection holds one of llama-server's HTTP threads until its own
+// keep-alive timeout, and with 20 concurrent streams after a cancelled one, about 1 run in 4 of
+// test/e2e/runtime-http.test.ts lost a stream to "socket hang up" (0 in 8 without the pool). A new
+// connection on loopback or the child's unix socket costs well under a millisecond.
+const agent = new Agent({ keepAlive: false, maxSockets: 1024 });
 
 /** Where a child listens: its loopback port, or the path of its unix socket (a sandboxed child has no network). */
 export type ChildAddress = number | string;
