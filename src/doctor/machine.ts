@@ -14,6 +14,7 @@ import { gunzipSync } from 'node:zlib';
 import { liveWishes, type KernelFacts } from '../kernel/live.js';
 import type { Wish } from '../kernel/config.js';
 import type { Check, Finding } from './types.js';
+import { formatSize as size } from '../util/size.js';
 
 /** Where the overlay stage writes the recipe's kernel wishes (symbol, value, fragment) for this check. */
 export const WISHES_FILE = '/usr/lib/aios/kernel-wishes.json';
@@ -45,7 +46,6 @@ export interface MachineProbe {
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
-const size = (b: number) => (b >= GiB ? `${(b / GiB).toFixed(1)} GiB` : `${Math.round(b / MiB)} MiB`);
 const ok = (detail: string, facts?: Record<string, unknown>): Finding => ({ status: 'ok', detail, ...(facts ? { facts } : {}) });
 const warn = (detail: string, fix?: string, facts?: Record<string, unknown>): Finding => ({ status: 'warning', detail, ...(fix ? { fix } : {}), ...(facts ? { facts } : {}) });
 const problem = (detail: string, fix?: string, facts?: Record<string, unknown>): Finding => ({ status: 'problem', detail, ...(fix ? { fix } : {}), ...(facts ? { facts } : {}) });

@@ -120,7 +120,7 @@ describe('aios doctor on a running machine', () => {
     expect(f['memory.thp']).toMatchObject({ status: 'warning', fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled' });
     expect(f['memory.zram']).toMatchObject({ status: 'warning', detail: 'no zram swap active' });
     expect(f['time.sync']).toMatchObject({ status: 'warning', fix: expect.stringMatching(/timesyncd/) });
-    expect(f['space.state']).toMatchObject({ status: 'problem', detail: '50 MiB free of 4.0 GiB (models, sessions, the spend ledger)' });
+    expect(f['space.state']).toMatchObject({ status: 'problem', detail: '50.0 MiB free of 4.0 GiB (models, sessions, the spend ledger)' });
     expect(f['units.failed']).toMatchObject({ status: 'warning', detail: 'systemd-timesyncd.service', fix: 'journalctl -u systemd-timesyncd.service -b says why' });
     // A VM without cpufreq, and an image without recorded wishes: nothing to fix.
     const vm = await byId(fake({ files: { '/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor': undefined, '/sys/devices/system/cpu/cpu1/cpufreq/scaling_governor': undefined, [WISHES_FILE]: undefined } }));
