@@ -1,8 +1,6 @@
 /**
  * Talking to a child: POST over a new connection per request (loopback or its unix socket), for every front end.
- * A pooled connection that llama-server closes just as it is reused fails before the request
- * reaches it: that (a reused socket, no response, not aborted) is retried on a fresh connection,
- * twice at most. Anything else is the caller's to report.
+ * There is no connection pool (below), so no stale pooled socket to retry: an error is the caller's to report.
  */
 import { Agent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { StringDecoder } from 'node:string_decoder';
@@ -18,27 +16,16 @@ export type ChildAddress = number | string;
 
 const target = (to: ChildAddress) => (typeof to === 'string' ? { socketPath: to } : { host: '127.0.0.1', port: to });
 
-export async function postChild(to: ChildAddress, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
-  for (let attempt = 0; ; attempt++) {
-    let reused = false;
-    try {
-      return await new Promise<IncomingMessage>((resolve, reject) => {
-        const r = httpRequest(
-          { ...target(to), path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
-          resolve,
-        );
-        r.on('socket', (s) => {
-          reused = r.reusedSocket;
-          s.setNoDelay(true);
-        });
-        r.on('error', reject);
-        r.end(payload);
-      });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? '';
-      if (signal.aborted || attempt >= 2 || !reused || !['ECONNRESET', 'EPIPE'].includes(code)) throw e;
-    }
-  }
+export function postChild(to: ChildAddress, path: string, payload: Buffer, signal: AbortSignal): Promise<IncomingMessage> {
+  return new Promise<IncomingMessage>((resolve, reject) => {
+    const r = httpRequest(
+      { ...target(to), path, method: 'POST', agent, signal, headers: { 'content-type': 'application/json', 'content-length': payload.length } },
+      resolve,
+    );
+    r.on('socket', (s) => s.setNoDelay(true));
+    r.on('error', reject);
+    r.end(payload);
+  });
 }
 
 export async function readAll(s: IncomingMessage): Promise<Buffer> {
