@@ -662,6 +662,17 @@ function describe(e: unknown): string {
   const x = e as { status?: number; name?: string; message?: string; error?: { error?: { message?: string } } };
   if (x?.name === 'APIConnectionTimeoutError' || /timed out/i.test(x?.message ?? '')) return 'timed out';
   if (x?.status) return `answered ${x.status}${x.error?.error?.message ? `: ${x.error.error.message}` : x.message ? `: ${x.message.replace(/^\d+\s*/, '')}` : ''}`.slice(0, 300);
-  if (x?.name === 'APIConnectionError') return `connection failed${(e as { cause?: { code?: string } }).cause?.code ? ` (${(e as { cause: { code: string } }).cause.code})` : ''}`;
+  if (e instanceof Anthropic.APIConnectionError || e instanceof OpenAI.APIConnectionError) {
+    const code = errorCode(e);
+    return `connection failed${code ? ` (${code})` : ''}`;
+  }
   return (x?.message ?? String(e)).slice(0, 300);
+}
+
+/** The system error's code under a client's connection error (APIConnectionError → fetch's TypeError → ECONNREFUSED, …). */
+function errorCode(e: unknown): string {
+  for (let c = e as { code?: unknown; cause?: unknown } | undefined, i = 0; c && i < 5; c = c.cause as typeof c, i++) {
+    if (typeof c.code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(c.code)) return c.code;
+  }
+  return '';
 }
