@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { loadRecipe, parseSet, deepMerge, isLoopback } from '../../src/config/load.js';
 import { RecipeError } from '../../src/util/errors.js';
-import { recipes, cli } from '../helpers.js';
+import { recipes, cli, tmp } from '../helpers.js';
+import { readdirSync } from 'node:fs';
 import { recipeReference } from '../../src/config/docs.js';
 import { mountOptions } from '../../src/build/context.js';
 
@@ -128,6 +129,16 @@ describe('recipe loading', () => {
     expect(h.problems.map((p) => p.path)).toEqual(['runtime.http_listen']);
     expect((await loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.listen="127.0.0.1:50051"'] })).runtime.tls).toBe(false);
     expect((await loadRecipe('default', { sets: ['runtime.tls=false', 'runtime.insecure_listen=true'] })).runtime.insecure_listen).toBe(true);
+  });
+
+  it('aios build image refuses it too (exit 2, naming the keys) before anything is built', async () => {
+    const out = tmp('aios-build-refused-');
+    const cache = tmp('aios-build-refused-cache-');
+    const r = await cli(['build', 'image', '--set', 'runtime.tls=false', '-o', out, '--cache-dir', cache]);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/runtime\.listen: .*0\.0\.0\.0:50051.*runtime\.tls = true.*runtime\.insecure_listen = true/);
+    expect(readdirSync(out)).toEqual([]);
+    expect(readdirSync(cache)).toEqual([]);
   });
 
   it('isLoopback: 127.0.0.0/8 (also IPv4-mapped), ::1 and localhost only', () => {
