@@ -416,6 +416,13 @@ export function tlsDirFor(image: string, manifest: ImageManifest | undefined, gi
   return tls.pki ? resolve(tls.pki) : join(dirname(resolve(image)), `${manifest?.name ?? basename(image).replace(/\.(raw|iso)$/, '')}.pki`);
 }
 
+/** What qemu-test warns about an image's access (printed, and in BootCheck.warnings): listeners left open on purpose. */
+export function accessWarnings(manifest: ImageManifest | undefined): string[] {
+  const rt = manifest?.runtime?.enabled ? manifest.runtime : undefined;
+  if (!rt?.insecure_listen) return [];
+  return [`runtime.insecure_listen: the image's listeners beyond loopback accept anyone without authentication (${[rt.listen, rt.http_listen].filter(Boolean).join(', ')})`];
+}
+
 /** Boots the image with the check unit enabled (aios.check=1) and reports what it found. */
 export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<BootCheck> {
   if (!existsSync(image)) throw new UserError(`no such image: ${image}`, 2);
@@ -496,7 +503,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
     else if (access?.some((a) => !a.ok)) reason = `access control: ${access.filter((a) => !a.ok).map((a) => `${a.name}: ${a.detail}`).join('; ')}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
-    const warnings = rt?.insecure_listen ? [`runtime.insecure_listen: the image's listeners beyond loopback accept anyone without authentication (${[rt.listen, rt.http_listen].filter(Boolean).join(', ')})`] : [];
+    const warnings = accessWarnings(manifest);
     return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(tlsDir ? { tlsDir } : {}), warnings };
   } finally {
     unregister();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { kernelPanic, parseCheckLog, qemuArgs } from '../../src/qemu/index.js';
+import { accessWarnings, kernelPanic, parseCheckLog, qemuArgs } from '../../src/qemu/index.js';
 
 const LOG = `\x1b[0;32m  OK  \x1b[0m] Reached target multi-user.target\r
 AIOS-CHECK-BEGIN\r
@@ -81,5 +81,17 @@ AIOS-CHECK-END\r
     const withPort = (await qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', dataPort: { name: 'org.aios.bench', file: '/d/port.log' } }, '/vars.fd')).argv.join(' ');
     expect(withPort).toContain('-device virtio-serial-pci,id=vser0 -chardev file,id=aiosdata,path=/d/port.log -device virtserialport,bus=vser0.0,chardev=aiosdata,name=org.aios.bench');
     await expect(qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', dataPort: { name: 'x', file: '/a,b' } }, '/vars.fd')).rejects.toThrow(/bad data port/);
+  });
+});
+
+describe('qemu-test access warnings', () => {
+  it('an image open on purpose (runtime.insecure_listen in its manifest) is warned about, naming its listeners; a TLS image or one without the runtime is not', () => {
+    const rt = { enabled: true, listen: '0.0.0.0:50051', http_listen: '127.0.0.1:8080' };
+    expect(accessWarnings({ runtime: { ...rt, insecure_listen: true } })).toEqual([
+      "runtime.insecure_listen: the image's listeners beyond loopback accept anyone without authentication (0.0.0.0:50051, 127.0.0.1:8080)",
+    ]);
+    expect(accessWarnings({ runtime: { ...rt, tls: { ca: 'a', server: 'b', sans: [] } } })).toEqual([]);
+    expect(accessWarnings({ runtime: null })).toEqual([]);
+    expect(accessWarnings(undefined)).toEqual([]);
   });
 });
