@@ -21,7 +21,7 @@ import { costOf, promptTokenBound, tablePrices, worstCase } from '../../src/runt
 import { spendTable } from '../../src/cli/runtime.js';
 import { FakeLauncher } from '../fake-child.js';
 import { writeTestGguf } from '../gguf-writer.js';
-import { tmp } from '../helpers.js';
+import { cli, tmp } from '../helpers.js';
 import { MockCloud } from '../mock-cloud.js';
 
 const dir = tmp('aios-cloud-');
@@ -368,7 +368,7 @@ describe('budget: N concurrent requests never spend more than the budget', () =>
 });
 
 describe('month rollover and `aios runtime spend`', () => {
-  it('a new month (UTC) starts at zero; the old month stays in the ledger and in Spend --month', async () => {
+  it('a new month (UTC) starts at zero; the old month stays in the ledger, in Spend { month } and in `aios runtime spend --month`', async () => {
     clock = Date.parse('2026-01-31T23:59:30Z');
     const c = config({}, { only: 'claude' });
     const s = await daemon(c);
@@ -386,6 +386,13 @@ describe('month rollover and `aios runtime spend`', () => {
     expect((await unary(s.grpc, 'Spend', {})).months).toEqual(['2026-01', '2026-02']);
     expect(spendTable(old)).toMatch(/month 2026-01 \(UTC\)[\s\S]*claude\s+claude-sonnet-4-5-20250929\s+\$0\.00\s+\$100\.00\s+\$100\.00\s+1\s+0/);
     expect((await grpcFailure(unary(s.grpc, 'Spend', { month: '2026-13' })))?.code).toBe(Code.INVALID_ARGUMENT);
+    // The command itself: `aios runtime spend --month 2026-01 --json` against this runtime.
+    const cmd = await cli(['runtime', 'spend', '--month', '2026-01', '--json', '-a', `127.0.0.1:${s.d.listening.tcpPort}`]);
+    expect(cmd.exitCode, cmd.stderr).toBe(0);
+    const printed = JSON.parse(cmd.stdout) as { month: string; providers: { name: string; spent_usd: number; requests: number }[] };
+    expect(printed.month).toBe('2026-01');
+    expect(printed.providers[0]).toMatchObject({ name: 'claude', requests: 1 });
+    expect(printed.providers[0]!.spent_usd).toBeCloseTo(jan.providers[0]!.spent_usd, 12);
   });
 
   it('month totals are rebuilt from the ledger on start', async () => {
