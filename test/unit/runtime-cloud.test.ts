@@ -473,6 +473,15 @@ describe('configuration', () => {
     for (const r of [parse({ key_file: KEY_A }), parse({ api_key: KEY_A })]) expect(messages(r)).not.toContain(KEY_A);
   });
 
+  it('`aios runtime serve` with a literal key in its config.toml refuses to start, naming the key and how to give one, without echoing it', async () => {
+    const file = join(dir, 'literal-key.toml');
+    writeFileSync(file, `[runtime]\nllama_server = "/nonexistent"\nsocket = ""\nlisten = "127.0.0.1:0"\nhttp_listen = ""\n[models]\nmodel_dir = "${dir}"\n[api.claude]\nprovider = "anthropic"\nmodel = "${SONNET}"\nmonthly_budget_usd = 1\nkey_file = "${KEY_A}"\n`);
+    const r = await cli(['runtime', 'serve', '--config', file]);
+    expect(r.exitCode).not.toBe(0);
+    expect(r.stderr).toMatch(/api\.claude\.key_file: looks like a key itself: key_file names a systemd credential \(LoadCredential=\) or an absolute path with mode 0600 that holds the key/);
+    expect(r.stdout + r.stderr).not.toContain(KEY_A);
+  });
+
   it('an unpriced model refuses the start, naming the key', async () => {
     const m = await startDaemon(config({}, { only: 'claude', claude: { model: 'claude-next' } }), { log: () => {}, service: { launcher: new FakeLauncher(), cloud: { env } } }).then(
       (d) => (running.push({ d } as Running), ''),
