@@ -20,6 +20,7 @@ APT_PACKAGES=(
   tmux                      # aios top's end-to-end test drives the panel in a real terminal (send-keys, capture-pane)
   openssl                   # per-image certificates (runtime.tls): CA, server and client certificates
   bubblewrap                # the model sandbox around each llama-server (aios-runtime; its tests run it for real)
+  iproute2 nftables         # fleet tests: RPC workers in network namespaces (veth), the generated worker firewall applied in them
   ca-certificates
 )
 

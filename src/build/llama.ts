@@ -70,6 +70,8 @@ export function cmakeArgs(l: LlamaRecipe, src: string, build: string): string[] 
     '-DLLAMA_OPENSSL=OFF',
     '-DGGML_CCACHE=ON',
   ];
+  // The RPC backend: llama-server --rpc (a model split across workers) and ggml-rpc-server (the worker).
+  if (l.rpc) args.push('-DGGML_RPC=ON');
   if (l.cpu === 'native') args.push('-DGGML_NATIVE=ON');
   else {
     const v = l.cpu;
@@ -177,6 +179,12 @@ export async function toolchainId(l: LlamaRecipe): Promise<Record<string, string
   return id;
 }
 
+/** The RPC worker binary as the pinned llama.cpp names it (tools/rpc: target ggml-rpc-server). */
+export const RPC_SERVER = 'ggml-rpc-server';
+
+/** Every binary the build produces: the recipe's targets, and the RPC worker when llama.rpc is on. */
+export const llamaBinaries = (l: LlamaRecipe): string[] => [...l.targets, ...(l.rpc ? [RPC_SERVER] : [])];
+
 /** Configure, build and collect the binaries (stripped) into `binDir`. */
 export async function buildLlama(
   l: LlamaRecipe,
@@ -188,7 +196,7 @@ export async function buildLlama(
   await run(['cmake', ...cmakeArgs(l, o.src, o.build)], { env, log: o.log });
   const jobs = String(Math.max(1, cpus().length));
   let done = 0;
-  await run(['cmake', '--build', o.build, '--target', ...l.targets, '-j', jobs], {
+  await run(['cmake', '--build', o.build, '--target', ...llamaBinaries(l), '-j', jobs], {
     env,
     log: o.log,
     onLine: (line) => {
@@ -200,7 +208,7 @@ export async function buildLlama(
     },
   });
   await mkdir(o.binDir, { recursive: true });
-  for (const t of l.targets) {
+  for (const t of llamaBinaries(l)) {
     const bin = join(o.build, 'bin', t);
     if (!existsSync(bin)) throw new Error(`llama.cpp build finished but ${bin} is missing`);
     await copyFile(bin, join(o.binDir, t));

@@ -193,6 +193,10 @@ export const LlamaSchema = z
       .default(['llama-server', 'llama-bench', 'llama-quantize'])
       .describe('CMake targets built and installed to /usr/bin'),
     cmake_args: z.array(z.string().regex(/^-D[A-Za-z0-9_]+=.*$/, { message: 'must look like -DNAME=VALUE' })).default([]).describe('Extra -D options for CMake'),
+    rpc: z
+      .boolean()
+      .default(true)
+      .describe('llama.cpp\'s RPC backend (-DGGML_RPC=ON): llama-server takes --rpc host:port,… and ggml-rpc-server (the worker of a split model) is built and installed to /usr/bin (README "Fleets")'),
   })
   .describe('llama.cpp build');
 

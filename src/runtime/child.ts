@@ -57,6 +57,8 @@ export interface LaunchProfile {
   adapters?: { name: string; path: string }[];
   /** An embedding child ([models.embedding]: `--embeddings --pooling <pooling>`). */
   embeddings?: { pooling: string };
+  /** Split across these llama.cpp RPC workers (`--rpc host:port,…`; rpc.ts): host:port each. */
+  rpc?: string[];
 }
 
 /** A running process as the machine sees it. */
@@ -105,6 +107,17 @@ export interface ChildOptions {
   onOom?: (child: ModelChild, message: string) => void;
   /** Told about every transition, after it happened. */
   onTransition?: (child: ModelChild, from: ChildState, to: ChildState) => void;
+  /**
+   * A split model (profile.rpc): why it cannot start now (a worker unreachable), checked before each
+   * restart. While it says so the child stays "restarting" without counting crashes, requests fail
+   * at once with UNAVAILABLE and that reason, and it is asked again every `blockedPollMs`.
+   */
+  blockedBy?: (profile: LaunchProfile) => Promise<string | undefined>;
+  blockedPollMs?: number;
+  /** A split model: what its workers tell about why its llama-server ended (a worker gone), for the error message. */
+  exitCause?: (profile: LaunchProfile) => Promise<string | undefined>;
+  /** A split model, ready: the workers it lost meanwhile (their connection closed); the child is then restarted. */
+  lostWorkers?: (profile: LaunchProfile) => string[];
 }
 
 const defaultBackoff = (n: number) => Math.min(30_000, 500 * 2 ** (n - 1));
@@ -160,6 +173,8 @@ export class ModelChild {
   private failure?: RuntimeError;
   private restartTimer?: NodeJS.Timeout;
   private stopping?: Promise<void>;
+  /** Why a split model waits to restart (a worker unreachable); "" = it does not wait. */
+  blocked = '';
   private inflight = new Set<AbortController>();
   /** Slots held by leases (llama-server slot ids, 0 … parallel − 1). */
   private slotsHeld = new Set<number>();
@@ -259,20 +274,27 @@ export class ModelChild {
       this.misses = 0;
       let exited = false;
       let oom: string | undefined;
-      void proc.exited.then((e) => {
+      let cause: string | undefined;
+      const handle = (e: { code: number | null; signal: string | null; oom?: string }, why?: string) => {
         exited = true;
         oom = e.oom;
+        cause = why;
         if (oom) {
           this.oomKills++;
           this.lastOom = oom;
           this.o.onOom?.(this, oom);
         }
-        this.onExit(proc, e.code, e.signal, e.oom);
+        this.onExit(proc, e.code, e.signal, e.oom, why);
+      };
+      void proc.exited.then((e) => {
+        // A split model: ask its workers why (a worker gone) before reporting the exit.
+        if (this.o.exitCause && this.profile.rpc?.length) void this.o.exitCause(this.profile).catch(() => undefined).then((why) => handle(e, why));
+        else handle(e);
       });
       const deadline = this.now() + this.o.loadTimeoutMs;
       for (;;) {
         if (this._state !== 'starting') return; // stopped meanwhile; stop() ends the process
-        if (exited) throw new RuntimeError(Code.FAILED_PRECONDITION, `llama-server exited while loading ${this.name}: ${oom ? `${oom}; ` : ''}${lastLines(proc.tail(), 3) || 'no output'}`);
+        if (exited) throw new RuntimeError(cause ? Code.UNAVAILABLE : Code.FAILED_PRECONDITION, `llama-server exited while loading ${this.name}: ${oom ? `${oom}; ` : ''}${cause ? `${cause}; ` : ''}${lastLines(proc.tail(), 3) || 'no output'}`);
         if (await this.o.launcher.healthy(this.socket || this.port)) break;
         if (this.now() > deadline) {
           proc.kill('SIGKILL');
@@ -295,13 +317,13 @@ export class ModelChild {
     }
   }
 
-  private onExit(proc: ProcessHandle, code: number | null, signal: string | null, oom?: string): void {
+  private onExit(proc: ProcessHandle, code: number | null, signal: string | null, oom?: string, cause?: string): void {
     if (proc !== this.proc) return;
     this.proc = undefined;
     this.pid = 0;
     if (this._state !== 'ready') return; // starting: run() reports it; stopping: stop() waits for it
-    const how = oom ?? signal ?? `exit ${code}`;
-    for (const a of this.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, `llama-server for ${this.name} died (${how}) during the request; it is being restarted`));
+    const how = (oom ?? signal ?? `exit ${code}`) + (cause ? `: ${cause}` : '');
+    for (const a of this.inflight) a.abort(new RuntimeError(Code.UNAVAILABLE, `llama-server for ${this.name} died (${how}) during the request; it is being restarted${cause ? ' once its workers are back' : ''}`));
     this.inflight.clear();
     const now = this.now();
     const window = this.o.crashWindowMs ?? 300_000;
@@ -317,8 +339,35 @@ export class ModelChild {
     const delay = (this.o.backoffMs ?? defaultBackoff)(this.crashTimes.length);
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
-      if (this._state === 'restarting') this.begin();
+      if (this._state === 'restarting') void this.resume();
     }, delay);
+  }
+
+  /**
+   * The end of a restart's backoff: start again, unless a split model's worker is still gone. Then
+   * it waits (still restarting; no crash counted), failing requests at once with the reason, and
+   * asks again every blockedPollMs; the first time the workers are all there, it starts.
+   */
+  private async resume(): Promise<void> {
+    if (!this.o.blockedBy || !this.profile.rpc?.length) return this.begin();
+    const why = await this.o.blockedBy(this.profile).catch((e: Error) => e.message);
+    if (this._state !== 'restarting' || this.restartTimer) return; // stopped meanwhile
+    if (why) {
+      if (this.blocked !== why) this.log(`${this.name}: waiting to restart: ${why}`);
+      this.blocked = why;
+      this.error = why;
+      // Waiters fail now (UNAVAILABLE: try again later) instead of waiting for a worker that may not come back.
+      this.settle(new RuntimeError(Code.UNAVAILABLE, `model ${this.name} is split across rpc workers and ${why}; it is reloaded when the worker is back`));
+      this.restartTimer = setTimeout(() => {
+        this.restartTimer = undefined;
+        if (this._state === 'restarting') void this.resume();
+      }, this.o.blockedPollMs ?? 1000);
+      return;
+    }
+    if (this.blocked) this.log(`${this.name}: its rpc workers are back; restarting`);
+    this.blocked = '';
+    this.openGate();
+    this.begin();
   }
 
   /**
@@ -328,6 +377,13 @@ export class ModelChild {
   async checkHealth(): Promise<void> {
     if (this._state !== 'ready' || !this.proc) return;
     const proc = this.proc;
+    // A split model whose worker went away: llama-server would only notice (and abort) on its next request.
+    const lost = this.profile.rpc?.length ? (this.o.lostWorkers?.(this.profile) ?? []) : [];
+    if (lost.length) {
+      this.log(`${this.name}: rpc worker${lost.length > 1 ? 's' : ''} ${lost.join(', ')} closed the connection; restarting`);
+      proc.kill('SIGKILL');
+      return;
+    }
     if (await this.o.launcher.healthy(this.socket || this.port)) {
       this.misses = 0;
       return;

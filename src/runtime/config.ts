@@ -28,6 +28,15 @@ const Adapter = z.strictObject({
   scale: z.number().min(-4).max(4).default(1).describe('scale applied when a request does not give one'),
 });
 
+/** One llama.cpp RPC worker of this head ([[runtime.rpc_workers]]). */
+const RpcWorker = z.strictObject({
+  address: z
+    .string()
+    .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d{1,5}$/, { message: 'must be an IP address and port such as 10.0.0.2:50052 or [fd00::2]:50052 (no host names: the worker\'s firewall admits its heads by address)' })
+    .describe('host:port of its ggml-rpc-server'),
+  memory: size.or(z.literal('')).default('').describe('most this head may place there; "" = what the worker reports free (a CPU worker reports all of its RAM)'),
+});
+
 const ModelLayer = z.strictObject({
   name: z.string().describe('GGUF file name in model_dir'),
   ctx_size: z.number().int().min(64).default(DEFAULTS.ctx_size),
@@ -59,6 +68,7 @@ const ModelLayer = z.strictObject({
       });
     })
     .describe('LoRA adapters loaded (unapplied) with the model; a request applies some by name or by task'),
+  rpc: z.boolean().default(false).describe('split across [[runtime.rpc_workers]] with llama.cpp\'s RPC backend (llama-server --rpc): its layers and their KV cache go to the workers in proportion to the free memory each reports; gpu_layers = 0 then means all of them (README "Fleets")'),
 });
 
 /** [models.embedding]: the model that embeds tasks and adapter descriptions for adapter selection (llama-server --embeddings). */
@@ -175,6 +185,19 @@ export const RuntimeConfigSchema = z.strictObject({
       // Saved sessions (src/runtime/sessions.ts; docs/runtime.md#sessions).
       sessions_dir: z.string().default('').describe('saved sessions (conversation + KV state per model file): "" = $STATE_DIRECTORY/sessions (systemd StateDirectory=), else /var/lib/aios/sessions; also llama-server\'s --slot-save-path'),
       sessions_max_bytes: size.default('2G').describe('most bytes all saved sessions may take; past it the least recently used are removed (0 = no saved KV state, conversations only)'),
+      // Fleets (issue 20; README "Fleets"): the llama.cpp RPC workers a model with rpc = true is split across.
+      rpc_workers: z
+        .array(RpcWorker)
+        .default([])
+        .superRefine((w, ctx) => {
+          const seen = new Set<string>();
+          w.forEach((x, i) => {
+            if (seen.has(x.address)) ctx.addIssue({ code: 'custom', path: [i, 'address'], message: `worker ${x.address} is listed twice` });
+            seen.add(x.address);
+          });
+        })
+        .describe('[[runtime.rpc_workers]]: ggml-rpc-server workers (address = "10.0.0.2:50052", an IP address: the worker\'s firewall admits heads by address; memory = most this head may use there, "" = what it reports free)'),
+      rpc_query_timeout: duration.default('10s').describe('how long the workers may take to report their memory before a split model\'s load'),
     })
     .prefault({}),
   system: z
@@ -210,6 +233,12 @@ export const RuntimeConfigSchema = z.strictObject({
     })
     .prefault({}),
   api: Api.prefault({}),
+}).superRefine((c, ctx) => {
+  for (const level of ['operational', 'tactical'] as const) {
+    if (c.models[level]?.rpc && !c.runtime.rpc_workers.length) {
+      ctx.addIssue({ code: 'custom', path: ['models', level, 'rpc'], message: 'a model split with rpc = true needs its workers: list them as [[runtime.rpc_workers]] address = "10.0.0.2:50052"' });
+    }
+  }
 });
 
 export type RuntimeConfig = z.output<typeof RuntimeConfigSchema>;

@@ -29,6 +29,8 @@ export function earlyProfile(raw: unknown): { binary: string; profile: LaunchPro
   const binary = pick<string>(runtime, 'llama_server', 'string');
   const dir = pick<string>(models, 'model_dir', 'string');
   const name = typeof op.name === 'string' ? op.name : undefined;
+  // A split model starts only after its workers were asked for their memory (rpc.ts): no early start.
+  if (op.rpc === true) return undefined;
   const ctxSize = pick<number>(op, 'ctx_size', 'number');
   const threads = pick<number>(op, 'threads', 'number');
   const gpuLayers = pick<number>(op, 'gpu_layers', 'number');

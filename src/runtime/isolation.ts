@@ -90,6 +90,15 @@ export function seccompMode(status?: string): number {
   }
 }
 
+/**
+ * Environment a child needs beyond the daemon's: a split model's llama-server aborts (GGML_ABORT)
+ * when a worker goes away, which is routine there; without GGML_NO_BACKTRACE ggml would first attach
+ * gdb (where installed) for a backtrace, delaying the exit the requests in flight wait for by seconds.
+ */
+export function childEnv(p: LaunchProfile): Record<string, string> {
+  return p.rpc?.length ? { GGML_NO_BACKTRACE: '1' } : {};
+}
+
 /** Resident set of a process and its descendants (a sandboxed llama-server is bwrap's child). */
 export function treeRss(pid: number): number {
   let sum = rssOf(pid);
@@ -170,7 +179,8 @@ export class Isolation {
         const h = inner.indexOf('--host');
         if (h >= 0) inner[h + 1] = socket;
         else inner.push('--host', socket);
-        argv = [this.sandbox.bwrap, ...bwrapArgs(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw }), binary, ...inner];
+        // A split model's llama-server must reach its RPC workers: it keeps the host's network (README "Fleets").
+        argv = [this.sandbox.bwrap, ...bwrapArgs(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p) }), binary, ...inner];
       } catch (e) {
         this.warnings.push(`${p.name}: not sandboxed (${(e as Error).message})`);
         socket = undefined;

@@ -8,7 +8,7 @@ import type { Launcher, LaunchProfile, ProcessHandle } from './child.js';
 import { addBufferLine, emptyBuffers, PROCESS_OVERHEAD, rssOf } from './memory.js';
 import { freePort } from '../util/net.js';
 import { physicalCores } from '../util/cpu.js';
-import { Isolation, type IsolationSettings } from './isolation.js';
+import { childEnv, Isolation, type IsolationSettings } from './isolation.js';
 import { getChildStatus, type ChildAddress } from './upstream.js';
 
 /** llama-server's command line for a profile. */
@@ -38,6 +38,8 @@ export function launchArgs(p: LaunchProfile, port: number, slotSavePath = ''): s
   for (const a of p.adapters ?? []) args.push('--lora', a.path);
   if (p.adapters?.length) args.push('--lora-init-without-apply');
   if (p.embeddings) args.push('--embeddings', '--pooling', p.embeddings.pooling);
+  // Split across llama.cpp RPC workers (rpc.ts): -ngl puts the layers on them, in proportion to their free memory.
+  if (p.rpc?.length) args.push('--rpc', p.rpc.join(','));
   return args;
 }
 
@@ -97,7 +99,8 @@ export class LlamaServerLauncher implements Launcher {
     // Its own cgroup (entered before exec) and sandbox, as far as this host allows (isolation.ts).
     const { argv, socket, cgroup } = this.isolation?.wrap(profile, this.binary, plain) ?? { argv: [this.binary, ...plain] };
     this.log(`starting ${profile.name}: ${argv.join(' ')}`);
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    const env = childEnv(profile);
+    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], ...(Object.keys(env).length ? { env: { ...process.env, ...env } } : {}) });
     const buffers = emptyBuffers();
     let tail = '';
     let partial = '';

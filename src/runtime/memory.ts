@@ -28,6 +28,8 @@ export interface Footprint {
     output: number;
     /** llama-server's own code, libraries, heap and tokenizer. */
     overhead: number;
+    /** The token embeddings (part of `weights`): llama.cpp keeps them on the host even when every layer is offloaded. */
+    tokenEmbd?: number;
   };
 }
 
@@ -97,7 +99,8 @@ export async function estimateFootprint(path: string, p: EstimateProfile, o: { r
   const f = layers ? ngl / (layers + 1) : 0;
   const vramBytes = f > 0 ? Math.round(f * weights + Math.min(1, ngl / Math.max(1, layers)) * kv + compute) : 0;
   const ramBytes = f > 0 ? Math.round((1 - f) * weights + (1 - Math.min(1, ngl / Math.max(1, layers))) * kv + compute / 4 + output + overhead) : weights + repack + kv + compute + output + overhead;
-  return { ramBytes, vramBytes, parts: { weights, repack: f > 0 ? 0 : repack, kv, compute, output, overhead } };
+  const tokenEmbd = g.tensors.filter((t) => t.name === 'token_embd.weight').reduce((s, t) => s + (tensorBytes(t) ?? 0), 0);
+  return { ramBytes, vramBytes, parts: { weights, repack: f > 0 ? 0 : repack, kv, compute, output, overhead, tokenEmbd } };
 }
 
 /** Buffer sizes llama-server reports while loading (needs -lv 4), by device ("CPU", "CUDA0", …). */
@@ -108,9 +111,11 @@ export interface ReportedBuffers {
   hostBytes: number;
   /** Sum of GPU buffers (CUDA*, ROCm*, Vulkan*, Metal…). */
   deviceBytes: number;
+  /** Sum of buffers on RPC workers ("RPC0[10.0.0.2:50052] model", …): memory of other machines, never the head's budget. */
+  remoteBytes?: number;
 }
 
-const BUFFER_RE = /\b([A-Za-z0-9_]+)\s+(model|KV|compute|output|RS|LoRA)\s+buffer size\s*=\s*([\d.]+)\s*MiB/;
+const BUFFER_RE = /(RPC\d+\[[^\]\s]+\]|\b[A-Za-z0-9_]+)\s+(model|KV|compute|output|RS|LoRA)\s+buffer size\s*=\s*([\d.]+)\s*MiB/;
 
 /** Adds one stderr line's buffer report (if any) to `acc`. */
 export function addBufferLine(acc: ReportedBuffers, line: string): void {
@@ -121,6 +126,7 @@ export function addBufferLine(acc: ReportedBuffers, line: string): void {
   const key = `${dev} ${mm[2]}`;
   acc.byName[key] = (acc.byName[key] ?? 0) + bytes;
   if (/^CPU/i.test(dev)) acc.hostBytes += bytes;
+  else if (/^RPC\d+\[/.test(dev)) acc.remoteBytes = (acc.remoteBytes ?? 0) + bytes;
   else acc.deviceBytes += bytes;
 }
 

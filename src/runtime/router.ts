@@ -53,10 +53,12 @@ export class Router {
       level,
       ctxSize: l.ctx_size,
       threads: l.threads,
-      gpuLayers: l.gpu_layers,
+      // Split across RPC workers: every layer goes to them unless gpu_layers says how many.
+      gpuLayers: l.rpc && l.gpu_layers === 0 ? -1 : l.gpu_layers,
       parallel: l.parallel,
       mmap: l.mmap,
       pinned,
+      ...(l.rpc ? { rpc: this.config.runtime.rpc_workers.map((w) => w.address) } : {}),
       idleUnloadMs: pinned ? 0 : ms(l.unload_after_idle),
       ...(l.adapters.length ? { adapters: launchAdapters(this.config.models.model_dir, l.adapters) } : {}),
     };

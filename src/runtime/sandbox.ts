@@ -30,6 +30,10 @@ export interface SandboxSpec {
   readOnly?: string[];
   /** Further read-write paths (the sessions directory llama-server saves slots in). */
   readWrite?: string[];
+  /** Keep the host's network (a model split across RPC workers connects to them); everything else stays as it is. */
+  shareNet?: boolean;
+  /** Further environment variables inside. */
+  env?: Record<string, string>;
 }
 
 export interface SandboxMode {
@@ -44,13 +48,14 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--die-with-parent',
     '--new-session',
     '--unshare-user',
-    '--unshare-net',
+    ...(s.shareNet ? [] : ['--unshare-net']),
     '--unshare-pid',
     '--cap-drop', 'ALL',
     '--clearenv',
     '--setenv', 'PATH', '/usr/bin',
     '--setenv', 'HOME', s.dir,
     '--setenv', 'TMPDIR', s.dir,
+    ...Object.entries(s.env ?? {}).flatMap(([k, v]) => ['--setenv', k, v]),
     '--ro-bind', '/usr', '/usr',
     // merged /usr: the loader and libraries are found under the usual names
     '--symlink', 'usr/lib', '/lib',

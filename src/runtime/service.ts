@@ -4,6 +4,7 @@
  * means), the scheduler (scheduler.ts: where a request waits), the supervisor (supervisor.ts: the
  * children, the budget, restarts) and the installer (install.ts). Transport-free.
  */
+import { RpcWorkers } from './rpc.js';
 import { existsSync, statSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -199,8 +200,18 @@ export class RuntimeService {
     this.sessions = new SessionStore({ dir: sessionsDir, maxBytes: parseSize(r.sessions_max_bytes), log, problem: sessionsProblem });
     // llama-server's slot files (save/restore) live in the sessions directory.
     if (launcher instanceof LlamaServerLauncher && !sessionsProblem) launcher.slotSavePath = sessionsDir;
+    // A head's RPC workers (issue 20): split models' admission, restarts and health.
+    const rpc = r.rpc_workers.length
+      ? new RpcWorkers({
+          llamaServer: r.llama_server,
+          workers: r.rpc_workers.map((w) => ({ address: w.address, capBytes: w.memory ? parseSize(w.memory) : 0 })),
+          queryTimeoutMs: ms(r.rpc_query_timeout),
+          log,
+        })
+      : undefined;
     this.supervisor = new Supervisor({
       launcher,
+      rpc,
       loadTimeoutMs: ms(r.load_timeout),
       healthIntervalMs: ms(r.health_interval),
       maxRestarts: r.max_restarts,

@@ -15,6 +15,7 @@ import { estimateFootprint, mib, rssOf, type Budget, type Footprint } from './me
 import { isGgufFile } from '../models/gguf.js';
 import { childMemoryLimit } from './cgroup.js';
 import { treeRss } from './isolation.js';
+import type { RpcWorkers } from './rpc.js';
 
 export interface ModelInfo {
   name: string;
@@ -77,6 +78,8 @@ export interface SupervisorOptions {
   onFailed?: (name: string, error: string) => void;
   /** memory.max of a child's cgroup = its estimated footprint × (1 + this) (runtime.child_memory_margin). */
   childMemoryMargin?: number;
+  /** The RPC workers of this head ([[runtime.rpc_workers]]): a split model's admission, restarts and health (rpc.ts). */
+  rpc?: RpcWorkers;
   /** Passed to every child (tests shorten backoff and polling). */
   child?: Partial<ChildOptions>;
   now?: () => number;
@@ -86,7 +89,10 @@ export type PinnedBy = 'config' | 'request' | '';
 
 interface Entry {
   child: ModelChild;
+  /** For a split model: the head's part only (vramBytes 0); the rest is `remoteBytes`. */
   estimate?: Footprint;
+  /** A split model: what its workers hold (estimated), never the head's budget. */
+  remoteBytes?: number;
 }
 
 export class Supervisor {
@@ -108,12 +114,20 @@ export class Supervisor {
   }
 
   private newChild(p: LaunchProfile): ModelChild {
+    const rpc = this.o.rpc;
     return new ModelChild(p, {
       launcher: this.o.launcher,
       loadTimeoutMs: this.o.loadTimeoutMs,
       maxRestarts: this.o.maxRestarts,
       log: this.o.log,
       now: this.o.now,
+      ...(rpc
+        ? {
+            blockedBy: (q: LaunchProfile) => rpc.unreachable(q.rpc ?? []),
+            exitCause: (q: LaunchProfile) => rpc.exitCause(q.rpc ?? []),
+            lostWorkers: (q: LaunchProfile) => rpc.lostUnder(q.rpc ?? []),
+          }
+        : {}),
       ...this.o.child,
       onOom: (c, message) => this.o.events?.emit('oom', { model: c.name, message }),
       onTransition: (c, _from, to) => {
@@ -150,10 +164,18 @@ export class Supervisor {
       // An unreadable header: llama-server will say why when it refuses the file.
       this.log(`${p.name}: no footprint estimate (${(err as Error).message}); llama-server decides`);
     }
+    // Split across RPC workers: the offloaded part (weights, KV cache, compute) is on the workers.
+    let remoteBytes: number | undefined;
+    if (p.rpc?.length && estimate) {
+      // llama.cpp keeps the token embeddings on the head (the input layer is never offloaded).
+      const embd = Math.min(estimate.parts.tokenEmbd ?? 0, estimate.vramBytes);
+      remoteBytes = estimate.vramBytes - embd;
+      estimate = { ...estimate, ramBytes: estimate.ramBytes + embd, vramBytes: 0 };
+    }
     const t0 = this.now();
     // Its cgroup's memory.max: the footprint the budget admits, plus the margin (isolation.ts applies it).
     if (estimate?.ramBytes) p = { ...p, memoryLimitBytes: childMemoryLimit(estimate.ramBytes, this.o.childMemoryMargin ?? 0.1) };
-    const entry: Entry = { child: this.newChild(p), estimate };
+    const entry: Entry = { child: this.newChild(p), estimate, remoteBytes };
     const failed = (err: unknown) => {
       this.o.events?.emit('load', { model: p.name, ms: this.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });
       throw err;
@@ -203,6 +225,7 @@ export class Supervisor {
    * registered, so its estimate counts from now on.
    */
   private async admit(e: Entry): Promise<void> {
+    if (e.child.profile.rpc?.length) await this.admitSplit(e);
     const candidate = { name: e.child.name, ramBytes: e.estimate?.ramBytes ?? 0, vramBytes: e.estimate?.vramBytes ?? 0 };
     for (;;) {
       const residents = [...this.entries.values()].map((x) => this.resident(x));
@@ -225,6 +248,34 @@ export class Supervisor {
       );
     }
     this.entries.set(e.child.name, e);
+  }
+
+  /**
+   * A split model: its workers must be free of other split models (ggml-rpc-server serves one head
+   * connection at a time: an idle holder is evicted, a pinned or busy one makes this a refusal), and
+   * its share must fit on each worker as llama.cpp will split it (rpc.ts; refused with the numbers).
+   */
+  private async admitSplit(e: Entry): Promise<void> {
+    const p = e.child.profile;
+    const workers = p.rpc ?? [];
+    if (!this.o.rpc) throw new RuntimeError(Code.FAILED_PRECONDITION, `${p.name} is to be split across rpc workers, but this runtime has none ([[runtime.rpc_workers]])`);
+    for (;;) {
+      const holder = [...this.entries.values()].find(
+        (x) => x.child.name !== p.name && ['starting', 'ready', 'restarting'].includes(x.child.state) && (x.child.profile.rpc ?? []).some((a) => workers.includes(a)),
+      );
+      if (!holder) break;
+      const r = this.resident(holder);
+      const shared = (holder.child.profile.rpc ?? []).filter((a) => workers.includes(a)).join(', ');
+      if (!evictable(r)) {
+        throw new RuntimeError(
+          Code.RESOURCE_EXHAUSTED,
+          `cannot load ${p.name}: rpc worker ${shared} serves ${holder.child.name} (ggml-rpc-server serves one head connection at a time), which is ${r.pinned ? 'pinned' : !r.ready ? holder.child.state : 'busy'}`,
+        );
+      }
+      this.log(`evicting ${holder.child.name} to free rpc worker ${shared} for ${p.name}`);
+      await this.unload(holder.child.name, 'evict').catch(() => {});
+    }
+    await this.o.rpc.admit(p.name, workers, e.remoteBytes ?? 0);
   }
 
   /** A lease on a loaded model's child for one request (waits through a restart). */

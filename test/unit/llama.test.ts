@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { loadRecipe } from '../../src/config/load.js';
-import { cmakeArgs, isaFor, llamaHostProblems } from '../../src/build/llama.js';
+import { cmakeArgs, isaFor, llamaBinaries, llamaHostProblems } from '../../src/build/llama.js';
 import { cpuFor } from '../../src/qemu/index.js';
 import { UserError } from '../../src/util/errors.js';
 import { recipes } from '../helpers.js';
@@ -16,6 +16,7 @@ const BASE = [
   '-DLLAMA_USE_PREBUILT_UI=OFF',
   '-DLLAMA_OPENSSL=OFF',
   '-DGGML_CCACHE=ON',
+  '-DGGML_RPC=ON',
 ];
 
 describe('llama.cpp CMake invocation', () => {
@@ -35,8 +36,17 @@ describe('llama.cpp CMake invocation', () => {
 
   it('x86-64 baseline turns every extension off; v4 adds AVX-512', async () => {
     const base = cmakeArgs((await loadRecipe('default', { sets: ['llama.cpu=x86-64'] })).llama, 's', 'b');
-    expect(base.filter((a) => a.endsWith('=ON') && a.startsWith('-DGGML_') && a !== '-DGGML_CCACHE=ON')).toEqual([]);
+    expect(base.filter((a) => a.endsWith('=ON') && a.startsWith('-DGGML_') && a !== '-DGGML_CCACHE=ON' && a !== '-DGGML_RPC=ON')).toEqual([]);
     expect(cmakeArgs((await loadRecipe('default', { sets: ['llama.cpu=x86-64-v4'] })).llama, 's', 'b')).toContain('-DGGML_AVX512=ON');
+  });
+
+  it('llama.rpc (default on) builds the RPC backend and ggml-rpc-server; off: neither', async () => {
+    const on = await loadRecipe('default');
+    expect(cmakeArgs(on.llama, 's', 'b')).toContain('-DGGML_RPC=ON');
+    expect(llamaBinaries(on.llama)).toEqual(['llama-server', 'llama-bench', 'llama-quantize', 'ggml-rpc-server']);
+    const off = await loadRecipe('default', { sets: ['llama.rpc=false'] });
+    expect(cmakeArgs(off.llama, 's', 'b')).not.toContain('-DGGML_RPC=ON');
+    expect(llamaBinaries(off.llama)).not.toContain('ggml-rpc-server');
   });
 
   it('cuda adds -DGGML_CUDA=ON, and extra -D options come last', async () => {

@@ -7,13 +7,13 @@
  */
 import { cp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildLlama, cmakeArgs, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from '../llama.js';
+import { buildLlama, cmakeArgs, llamaBinaries, fetchSource, isaFor, llamaHostProblems, sourceIdentity, toolchainId } from '../llama.js';
 import { run } from '../../util/exec.js';
 import { defineStage } from './common.js';
 import { versionLine } from './models.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
-const VERSION = 3;
+const VERSION = 4;
 
 export const llamaStage = defineStage({
   name: 'llama',
@@ -29,7 +29,7 @@ export const llamaStage = defineStage({
       v: VERSION,
       source: await sourceIdentity(l),
       cmake: cmakeArgs(l, 'SRC', 'BUILD'),
-      targets: l.targets,
+      targets: llamaBinaries(l),
       isa: await isaFor(l.cpu),
       toolchain: await toolchainId(l),
     };

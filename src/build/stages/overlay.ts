@@ -27,6 +27,7 @@ import { paths, PKG_ROOT } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
 import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
+import { llamaBinaries } from '../llama.js';
 import type { BuildContext, StageOutput } from './index.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
@@ -228,7 +229,7 @@ async function wishSymbols(ctx: BuildContext): Promise<string[]> {
 /** Copies the llama.cpp binaries to /usr/bin and proves they run inside the target root. */
 async function installLlama(ctx: BuildContext, llama: StageOutput, root: string, dir: string): Promise<void> {
   ctx.progress('installing llama.cpp binaries');
-  for (const t of ctx.recipe.llama.targets) await run(['install', '-m', '0755', join(llama.dir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
+  for (const t of llamaBinaries(ctx.recipe.llama)) await run(['install', '-m', '0755', join(llama.dir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
   const check = await run(['chroot', root, '/usr/bin/llama-server', '--version'], { log: ctx.log, reject: false });
   if (check.exitCode !== 0) {
     throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.all.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
