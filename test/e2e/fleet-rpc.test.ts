@@ -164,7 +164,7 @@ describe('a model split across two rpc workers in network namespaces', () => {
     const e = await failure(call(c, 'Infer', { prompt: 'hello', max_tokens: 4, model: 'small' }));
     expect(e?.code).toBe(grpc.status.UNAVAILABLE);
     expect(e?.details).toMatch(new RegExp(`rpc worker ${victim.replace(/\./g, '\\.')} is unreachable: connection refused`));
-    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(Date.now() - t0).toBeLessThan(30_000); // not held until request_timeout (60 s)
     // The head model is not affected.
     await call(c, 'Infer', { prompt: 'hello', max_tokens: 4, model: 'small-local' });
     // Back: the model reloads by itself and answers.
