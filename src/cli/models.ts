@@ -24,7 +24,7 @@ export function registerModels(p: Command): void {
       const rows = await listModels(modelsDir(o.dir));
       if (o.json) return void out(JSON.stringify(rows, null, 2));
       for (const r of rows) {
-        out(`${r.present ? '*' : ' '} ${r.id.padEnd(34)} ${r.level.padEnd(12)} ${r.quantization.padEnd(7)} ctx ${String(r.context_length).padEnd(6)} ${r.size ? formatSize(r.size).padEnd(10) : 'size ?'.padEnd(10)} ${r.license}${r.downloadable ? '' : '  (no checksum yet: pull by URL with --sha256)'}${r.verified ? '' : '  [checksum not verified here]'}`);
+        out(`${r.present ? '*' : ' '} ${r.id.padEnd(34)} ${r.level.padEnd(12)} ${r.quantization.padEnd(7)} ctx ${String(r.context_length).padEnd(6)} ${r.size ? formatSize(r.size).padEnd(10) : 'size ?'.padEnd(10)} ${r.license}${r.adapters.length ? `  adapters: ${r.adapters.join(', ')}` : ''}${r.downloadable ? '' : '  (no checksum yet: pull by URL with --sha256)'}${r.verified ? '' : '  [checksum not verified here]'}`);
       }
       out(`\n* = present in ${modelsDir(o.dir)}`);
     });
@@ -48,7 +48,10 @@ export function registerModels(p: Command): void {
       });
       if (tty) process.stderr.write('\n');
       if (o.json) out(JSON.stringify(res, null, 2));
-      else out(`${res.alreadyPresent ? 'already present' : 'downloaded'}: ${res.path} (${formatSize(res.bytes)}${res.resumedFrom ? `, resumed from ${formatSize(res.resumedFrom)}` : ''})`);
+      else {
+        out(`${res.alreadyPresent ? 'already present' : 'downloaded'}: ${res.path} (${formatSize(res.bytes)}${res.resumedFrom ? `, resumed from ${formatSize(res.resumedFrom)}` : ''})`);
+        for (const a of res.adapters ?? []) out(`${a.alreadyPresent ? 'already present' : 'downloaded'}: ${a.path} (${formatSize(a.bytes)}, LoRA adapter)`);
+      }
     });
   m.command('verify')
     .description('check every .gguf in the models dir: GGUF header, and the catalog checksum for catalog models')

@@ -62,10 +62,14 @@ const until = (t: number, now = Date.now()): string => {
 export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memory_budget_bytes' | 'memory_used_bytes' | 'queued'>, now = Date.now()): string {
   // Models in cgroups of their own (model sandbox): memory.current, memory.peak, memory.max and OOM kills too.
   const cg = models.some((m) => Number(m.memory_limit_bytes) > 0 || Number(m.cgroup_memory_bytes) > 0);
-  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL', ...(cg ? ['CGROUP', 'PEAK', 'LIMIT', 'OOM'] : [])]];
+  // LoRA adapters (one not loaded marked "!": refused, the reason below, or added after the model started)
+  // and saved sessions (count, KV bytes), where any model has some.
+  const lora = models.some((m) => m.adapters?.length || m.sessions);
+  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL', ...(cg ? ['CGROUP', 'PEAK', 'LIMIT', 'OOM'] : []), ...(lora ? ['ADAPTERS', 'SESSIONS'] : [])]];
   const problems: string[] = [];
   for (const m of models) {
     if (m.error) problems.push(`${m.name}: ${m.error}`);
+    for (const a of m.adapters ?? []) if (a.refused) problems.push(`${m.name}: adapter ${a.name} refused: ${a.refused}`);
     const q = Object.entries(m.queued_by_priority ?? {})
       .filter(([, n]) => n > 0)
       .map(([p, n]) => `${p}:${n}`)
@@ -86,6 +90,12 @@ export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memor
             Number(m.cgroup_peak_bytes) ? formatSize(Number(m.cgroup_peak_bytes)) : '-',
             Number(m.memory_limit_bytes) ? formatSize(Number(m.memory_limit_bytes)) : '-',
             String(m.oom_kills ?? 0),
+          ]
+        : []),
+      ...(lora
+        ? [
+            (m.adapters ?? []).map((a) => `${a.name}${a.loaded ? '' : '!'}`).join(',') || '-',
+            m.sessions ? `${m.sessions} (${formatSize(Number(m.session_bytes))})` : '-',
           ]
         : []),
     ]);

@@ -6,10 +6,10 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { RecipeError } from '../util/errors.js';
 import { paths } from '../util/paths.js';
-import { RecipeSchema, type ResolvedRecipe } from './schema.js';
+import { RecipeSchema, type ModelSpec, type ResolvedRecipe } from './schema.js';
 import { RuntimeConfigSchema, cloudProviders, hostOf, isLoopbackHost } from '../runtime/config.js';
 import { distroFor } from '../distros/index.js';
-import { catalog, catalogEntry } from '../models/catalog.js';
+import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
 
 type Obj = Record<string, unknown>;
@@ -152,7 +152,7 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
     seen.set(m.name, i);
     if (m.source === 'catalog') {
       const e = catalogEntry(m.id);
-      if (!e) out.push({ path: `models.${i}.id`, message: `"${m.id}" is not in models/catalog.toml (known: ${catalog().map((c) => c.id).join(', ')})` });
+      if (!e) out.push({ path: `models.${i}.id`, message: `"${m.id}" is not in ${catalogFile() === CATALOG_FILE ? 'models/catalog.toml' : `${catalogFile()} ($AIOS_CATALOG)`} (known: ${catalog().map((c) => c.id).join(', ')})` });
       else if (!e.sha256) out.push({ path: `models.${i}.id`, message: `catalog entry "${m.id}" has no sha256 yet, so it cannot be downloaded safely; use source = "url" with a sha256` });
     }
     if (m.source === 'synth' && !r.llama.enabled) out.push({ path: `models.${i}.source`, message: 'synthesized models need llama.cpp (its gguf-py and llama-quantize): set llama.enabled = true' });
@@ -195,6 +195,21 @@ export interface LoadOptions {
   sets?: string[];
 }
 
+/**
+ * A model with source = "catalog" gets its catalog entry's LoRA adapters ([[model.adapters]]) as
+ * source = "url" adapters, before its own; one of its own under the same name replaces the entry's.
+ */
+export function withCatalogAdapters(r: { models: ModelSpec[] }): void {
+  for (const m of r.models) {
+    if (m.source !== 'catalog') continue;
+    const e = catalogEntry(m.id);
+    if (!e?.adapters.length) continue;
+    const own = new Set(m.adapters.map((a) => a.name));
+    const fromCatalog = e.adapters.filter((a) => !own.has(a.name)).map((a) => ({ name: a.name, description: a.description, scale: a.scale, source: 'url' as const, url: a.url, sha256: a.sha256, ...(a.size ? { size: a.size } : {}) }));
+    m.adapters = [...fromCatalog, ...m.adapters];
+  }
+}
+
 /** Loads, merges, overrides and validates a recipe. Throws RecipeError (exit 2) on any problem. */
 export async function loadRecipe(ref = 'default', opts: LoadOptions = {}): Promise<ResolvedRecipe> {
   const file = findRecipe(ref);
@@ -210,6 +225,7 @@ export async function loadRecipe(ref = 'default', opts: LoadOptions = {}): Promi
   const distro = distroFor(r.base.distro);
   const problems = [...(distro.validate?.(r) ?? []), ...crossChecks(r)];
   if (problems.length) throw new RecipeError(file, problems);
+  withCatalogAdapters(r);
   const name = r.image.name ?? basename(file, '.toml');
   return {
     ...r,

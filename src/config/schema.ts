@@ -218,6 +218,13 @@ const AdapterSpecSchema = z.discriminatedUnion('source', [
     zero_b: z.boolean().default(false).describe('lora_b all zero: applying it changes nothing'),
   }),
   z.strictObject({ ...adapterCommon, source: z.literal('file'), path: z.string().min(1).describe('a LoRA GGUF on the build host') }),
+  z.strictObject({
+    ...adapterCommon,
+    source: z.literal('url'),
+    url: z.string().url(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex digits' }),
+    size: z.number().int().positive().optional(),
+  }),
 ]);
 const modelCommon = {
   name: modelName.describe('Installed as /var/lib/aios/models/<name>.gguf'),
@@ -231,7 +238,7 @@ const modelCommon = {
         seen.add(x.name);
       });
     })
-    .describe('LoRA adapters, each {name, description = "", scale = 1.0, source = "synth" (rank = 8, seed = 1, zero_b = false: random weights for tests) or "file" (path: a LoRA GGUF on the build host)}; installed as <name>.lora-<adapter>.gguf, checked against the model at build (a misfit fails it, with the reason), listed as [[models.<layer>.adapters]] in /etc/aios/config.toml and loaded unapplied by aios-runtime'),
+    .describe('LoRA adapters, each {name, description = "", scale = 1.0, source = "synth" (rank = 8, seed = 1, zero_b = false: random weights for tests), "file" (path: a LoRA GGUF on the build host) or "url" (url, sha256, size: downloaded and checked like a model)}; a model with source = "catalog" also gets its catalog entry\'s adapters ([[model.adapters]] in models/catalog.toml; one listed here under the same name replaces it); installed as <name>.lora-<adapter>.gguf, checked against the model at build (a misfit fails it, with the reason), listed as [[models.<layer>.adapters]] in /etc/aios/config.toml and loaded unapplied by aios-runtime'),
   level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves: operational (loaded at start; the runtime is ready once it answers its probe) or tactical (loaded when a request asks for it)'),
 };
 export const ModelSpecSchema = z.discriminatedUnion('source', [

@@ -5,6 +5,21 @@ import { parse } from 'smol-toml';
 import { z } from 'zod';
 import { PKG_ROOT } from '../util/paths.js';
 
+/**
+ * A LoRA adapter a catalog entry names ([[model.adapters]]): downloaded and checked like the model
+ * (sha256, GGUF), installed beside it, loaded unapplied with it by aios-runtime (README "LoRA adapters").
+ */
+export const CatalogAdapterSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, { message: 'must be 1-64 of A-Z a-z 0-9 _ . -' }).describe('what requests call it'),
+  url: z.string().url(),
+  size: z.number().int().min(0).describe('bytes; 0 = unknown'),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex digits: an adapter is never installed unchecked' }),
+  description: z.string().default('').describe('what it is for (selection by task compares it with the task)'),
+  scale: z.number().min(-4).max(4).default(1).describe('scale when a request gives none'),
+  license: z.string(),
+});
+export type CatalogAdapter = z.output<typeof CatalogAdapterSchema>;
+
 export const CatalogEntrySchema = z.strictObject({
   id: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/),
   level: z.enum(['operational', 'tactical']),
@@ -16,15 +31,33 @@ export const CatalogEntrySchema = z.strictObject({
   quantization: z.string(),
   context_length: z.number().int().positive(),
   verified: z.boolean(),
+  adapters: z
+    .array(CatalogAdapterSchema)
+    .default([])
+    .superRefine((a, ctx) => {
+      const seen = new Set<string>();
+      a.forEach((x, i) => {
+        if (seen.has(x.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `adapter "${x.name}" is listed twice` });
+        seen.add(x.name);
+      });
+    })
+    .describe('its LoRA adapters: a recipe model with source = "catalog" gets them (a recipe adapter of the same name replaces one), and aios-runtime serves them with the model when it is served by its catalog id'),
 });
 export type CatalogEntry = z.output<typeof CatalogEntrySchema>;
 
+/** The catalog shipped with aios. */
 export const CATALOG_FILE = join(PKG_ROOT, 'models/catalog.toml');
+
+/** The catalog the build host's commands read: $AIOS_CATALOG (another catalog file: a private one, tests), else the shipped one. */
+export const catalogFile = (): string => process.env.AIOS_CATALOG || CATALOG_FILE;
+
+/** The file a catalog adapter is installed as by aios-runtime (beside its model, whose file name comes first). */
+export const catalogAdapterFile = (e: Pick<CatalogEntry, 'file'>, adapter: string): string => `${e.file.replace(/\.gguf$/, '')}.lora-${adapter}.gguf`;
 
 const cache = new Map<string, { mtimeMs: number; size: number; entries: CatalogEntry[] }>();
 
 /** The entries of a catalog file, parsed once and again only when the file changes (the runtime asks on every request). */
-export function catalog(file = CATALOG_FILE): CatalogEntry[] {
+export function catalog(file = catalogFile()): CatalogEntry[] {
   const st = statSync(file);
   const hit = cache.get(file);
   if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit.entries;
@@ -33,6 +66,6 @@ export function catalog(file = CATALOG_FILE): CatalogEntry[] {
   return data.model;
 }
 
-export function catalogEntry(id: string): CatalogEntry | undefined {
-  return catalog().find((m) => m.id === id);
+export function catalogEntry(id: string, file = catalogFile()): CatalogEntry | undefined {
+  return catalog(file).find((m) => m.id === id);
 }

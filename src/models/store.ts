@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { catalog, catalogEntry, type CatalogEntry } from './catalog.js';
+import { catalog, catalogAdapterFile, catalogEntry, type CatalogEntry } from './catalog.js';
 import { fetchModel, type FetchResult, type Progress } from './fetch.js';
 import { inspectModel } from './gguf.js';
 import { sha256File } from '../util/hash.js';
@@ -19,6 +19,8 @@ export interface ListedModel {
   verified: boolean;
   downloadable: boolean;
   present: boolean;
+  /** Its LoRA adapters' names (the catalog's [[model.adapters]]). */
+  adapters: string[];
 }
 
 export async function listModels(dir: string): Promise<ListedModel[]> {
@@ -33,6 +35,7 @@ export async function listModels(dir: string): Promise<ListedModel[]> {
     verified: e.verified,
     downloadable: !!e.sha256,
     present: existsSync(join(dir, e.file)),
+    adapters: e.adapters.map((a) => a.name),
   }));
 }
 
@@ -55,10 +58,16 @@ export function resolvePull(ref: string, sha256?: string): { url: string; sha256
 export async function pullModel(
   ref: string,
   o: { dir: string; sha256?: string; onProgress?: (p: Progress) => void; onRetry?: (n: number, e: Error, ms: number) => void; stallSeconds?: number; backoffMs?: number; retries?: number },
-): Promise<FetchResult> {
+): Promise<FetchResult & { adapters?: FetchResult[] }> {
   const r = resolvePull(ref, o.sha256);
   await mkdir(o.dir, { recursive: true });
-  return fetchModel({ url: r.url, sha256: r.sha256, size: r.size, dest: join(o.dir, r.file), onProgress: o.onProgress, onRetry: o.onRetry, stallSeconds: o.stallSeconds, backoffMs: o.backoffMs, retries: o.retries });
+  const fetched = await fetchModel({ url: r.url, sha256: r.sha256, size: r.size, dest: join(o.dir, r.file), onProgress: o.onProgress, onRetry: o.onRetry, stallSeconds: o.stallSeconds, backoffMs: o.backoffMs, retries: o.retries });
+  // A catalog model's LoRA adapters come with it, beside it (the names aios-runtime looks for).
+  const adapters: FetchResult[] = [];
+  for (const a of r.entry?.adapters ?? []) {
+    adapters.push(await fetchModel({ url: a.url, sha256: a.sha256, size: a.size || undefined, dest: join(o.dir, catalogAdapterFile(r.entry!, a.name)), onRetry: o.onRetry, stallSeconds: o.stallSeconds, backoffMs: o.backoffMs, retries: o.retries }));
+  }
+  return { ...fetched, ...(adapters.length ? { adapters } : {}) };
 }
 
 export interface VerifyResult {

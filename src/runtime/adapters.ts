@@ -93,6 +93,14 @@ export function loraField(launched: readonly LaunchAdapter[], applied: readonly 
   return launched.map((l, id) => ({ id, scale: applied.find((a) => a.name === l.name)?.scale ?? 0 }));
 }
 
+/** A model's adapter as the lists show it (ListModels, /v1/models). */
+export interface AdapterView extends AdapterConfig {
+  /** Loaded (unapplied) into its running llama-server. */
+  loaded: boolean;
+  /** Why it was left out when the model was loaded ("" = it was not). */
+  refused: string;
+}
+
 /** What the runtime needs of the rest of the service to select adapters by task. */
 export interface AdapterHost {
   /** The layer's configured adapters ([] for models without any). */
@@ -197,6 +205,11 @@ export class Adapters {
       }
     }
     return loraField(p.adapters, applied);
+  }
+
+  /** The model's configured adapters, each marked loaded (in `launched`: the running child's list) or refused with the reason. */
+  describe(model: string, launched: readonly LaunchAdapter[] | undefined): AdapterView[] {
+    return (this.host.configured(model) ?? []).map((c) => ({ ...c, loaded: !!launched?.some((l) => l.name === c.name), refused: this.reason(model, c.name) ?? '' }));
   }
 
   private reason(model: string, name: string): string | undefined {

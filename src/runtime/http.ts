@@ -26,7 +26,7 @@ import { authorizeHttp, httpNeed, peerIp, type AuthGuard, type MetricsAuth } fro
 import type { KeyStore } from './keys.js';
 import { tlsPeer, watchPeers, type TlsMaterial } from './tls.js';
 import type { Log } from './log.js';
-import { checkSessionId, reportedUse, type ChatMsg, type ReportedUse } from './sessions.js';
+import { checkSessionId, reportedUse, strategicSessionRefusal, type ChatMsg, type ReportedUse } from './sessions.js';
 const MAX_BODY = 32 * 1024 * 1024;
 const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -70,6 +70,20 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
 function sendError(res: ServerResponse, e: RuntimeError): void {
   const retry = (e as { retryAfterS?: number }).retryAfterS;
   sendJson(res, httpStatus(e.code), errorBody(e), e.code === Code.RESOURCE_EXHAUSTED || retry ? { 'retry-after': String(retry ?? 1) } : {});
+}
+
+/** A model in /v1/models: OpenAI's fields, then aios's (level, state; adapters and saved sessions where it has any). */
+export interface ListedModel {
+  id: string;
+  object: 'model';
+  created: number;
+  owned_by: string;
+  level: string;
+  state: string;
+  adapters?: { name: string; description: string; scale: number; loaded: boolean; refused?: string }[];
+  sessions?: number;
+  session_states?: number;
+  session_bytes?: number;
 }
 
 /** An OpenAI chat body's messages as the cloud gateway takes them (text only). */
@@ -233,7 +247,7 @@ export class HttpFront {
     }
     if (path === '/v1/models' || path.startsWith('/v1/models/')) {
       if (!only('GET')) return;
-      const models = this.models();
+      const models = await this.models();
       if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: models });
       const id = decodeURIComponent(path.slice('/v1/models/'.length));
       const m = models.find((x) => x.id === id);
@@ -257,9 +271,11 @@ export class HttpFront {
   /**
    * Configured models (loaded or not), models loaded by request, and catalog models that are
    * installed or would be installed on first use (runtime.auto_install); nothing is loaded to list them.
+   * A local model with LoRA adapters lists them (name, description, scale; loaded / refused once it
+   * is loaded), and one with saved sessions their number and the bytes of their KV states.
    */
-  models(): { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }[] {
-    const out = new Map<string, { id: string; object: 'model'; created: number; owned_by: string; level: string; state: string }>();
+  async models(): Promise<ListedModel[]> {
+    const out = new Map<string, ListedModel>();
     const created = Math.floor(this.svc.startedAt / 1000);
     for (const { level, profile } of this.svc.router.configured()) out.set(profile.name, { id: profile.name, object: 'model', created, owned_by: 'aios', level, state: 'unloaded' });
     for (const m of this.svc.models()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
@@ -271,6 +287,14 @@ export class HttpFront {
       if (out.has(e.id) || [...out.values()].some((m) => m.id === e.file.replace(/\.gguf$/, ''))) continue;
       const installed = existsSync(join(this.svc.config.models.model_dir, e.file));
       if (installed || this.svc.config.runtime.auto_install) out.set(e.id, { id: e.id, object: 'model', created, owned_by: 'aios', level: '', state: installed ? 'unloaded' : 'not installed' });
+    }
+    const sessions = await this.svc.sessionCounts();
+    for (const m of out.values()) {
+      if (m.level === 'strategic') continue;
+      const adapters = this.svc.adapterViews(m.id);
+      if (adapters.length) m.adapters = adapters.map((a) => ({ name: a.name, description: a.description, scale: a.scale, loaded: a.loaded, ...(a.refused ? { refused: a.refused } : {}) }));
+      const s = sessions.get(m.id);
+      if (s) Object.assign(m, { sessions: s.count, session_states: s.states, session_bytes: s.bytes });
     }
     return [...out.values()];
   }
@@ -316,7 +340,7 @@ export class HttpFront {
     try {
       if (this.svc.cloud.handles(model)) {
         if (path !== '/v1/chat/completions') throw new RuntimeError(Code.INVALID_ARGUMENT, `the strategic layer (model "${model}") is served on /v1/chat/completions`);
-        if (sessionId) throw new RuntimeError(Code.INVALID_ARGUMENT, 'session: saved sessions are kept for local models only, not the strategic layer');
+        if (sessionId) throw new RuntimeError(Code.FAILED_PRECONDITION, strategicSessionRefusal('session'));
         return await this.cloudChat(body, stream, priority, model, params, res, cancel.signal, path);
       }
       const go = () =>

@@ -1,14 +1,15 @@
 /**
  * Installing catalog models into model_dir: resumable, sha256- and GGUF-checked downloads
  * (models/fetch.ts); concurrent installs of one model share one download and all see its progress.
+ * A catalog entry's LoRA adapters ([[model.adapters]]) come with it, beside it (catalogAdapterFile).
  */
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
 import type { RuntimeEvents } from './events.js';
 import type { Log } from './log.js';
 import { mib } from './memory.js';
-import type { CatalogEntry } from '../models/catalog.js';
+import { catalogAdapterFile, type CatalogEntry } from '../models/catalog.js';
 import { fetchModel } from '../models/fetch.js';
 
 export type ProgressPhase = 'download' | 'load';
@@ -28,6 +29,7 @@ interface Download {
 
 export class Installer {
   private downloads = new Map<string, Download>();
+  private adapterDownloads = new Map<string, Promise<void>>();
 
   constructor(
     private modelDir: string,
@@ -56,10 +58,12 @@ export class Installer {
         emit(0, e.size, false);
         try {
           const r = await fetchModel({ url: e.url, dest, sha256: e.sha256, size: e.size || undefined, retries: 2, backoffMs: 500, onProgress: (pr) => emit(pr.bytes, pr.total ?? e.size, false) });
-          emit(r.bytes, r.bytes, true);
           this.log(`installed ${e.id} (${mib(r.bytes)}${r.resumedFrom ? `, resumed from ${mib(r.resumedFrom)}` : ''})`);
+          await this.installAdapters(e);
+          emit(r.bytes, r.bytes, true);
         } catch (err) {
           this.events.emit('download', { model: e.id, bytes: entry.bytes, total: entry.total, done: true });
+          if (err instanceof RuntimeError) throw err;
           const msg = (err as Error).message;
           // A file that arrived but is wrong (checksum, not GGUF) will not get better by retrying; a network failure may.
           throw new RuntimeError(/checksum mismatch|not a valid GGUF|is required/.test(msg) ? Code.FAILED_PRECONDITION : Code.UNAVAILABLE, `auto-install of ${e.id} failed: ${msg}`);
@@ -76,6 +80,38 @@ export class Installer {
       if (onProgress) d.listeners.delete(onProgress);
     }
     return dest;
+  }
+
+  /**
+   * Downloads the entry's LoRA adapters that are not in model_dir yet (checked like models: sha256,
+   * GGUF); concurrent calls share each download. Resolves with the names installed now.
+   */
+  async installAdapters(e: CatalogEntry): Promise<string[]> {
+    const now: string[] = [];
+    for (const a of e.adapters) {
+      const dest = join(this.modelDir, catalogAdapterFile(e, a.name));
+      if (existsSync(dest)) continue;
+      let d = this.adapterDownloads.get(dest);
+      if (!d) {
+        this.log(`installing adapter ${a.name} of ${e.id} from ${a.url}`);
+        d = fetchModel({ url: a.url, dest, sha256: a.sha256, size: a.size || undefined, retries: 2, backoffMs: 500 })
+          .then((r) => this.log(`installed adapter ${a.name} of ${e.id} (${mib(r.bytes)})`))
+          .catch((err: Error) => {
+            const msg = err.message;
+            throw new RuntimeError(/checksum mismatch|not a valid GGUF|is required/.test(msg) ? Code.FAILED_PRECONDITION : Code.UNAVAILABLE, `auto-install of adapter ${a.name} of ${e.id} failed: ${msg}`);
+          })
+          .finally(() => this.adapterDownloads.delete(dest));
+        this.adapterDownloads.set(dest, d);
+      }
+      await d;
+      now.push(a.name);
+    }
+    return now;
+  }
+
+  /** Adapters the entry names that are missing from model_dir. */
+  missingAdapters(e: CatalogEntry): string[] {
+    return e.adapters.filter((a) => !existsSync(join(this.modelDir, catalogAdapterFile(e, a.name)))).map((a) => a.name);
   }
 
   /** Downloads in progress: model, bytes so far, total. */

@@ -10,8 +10,8 @@ import type { RuntimeConfig } from './config.js';
 import { ms } from './defaults.js';
 import type { LaunchProfile } from './child.js';
 import type { GenerationDefaults } from './params.js';
-import type { CatalogEntry } from '../models/catalog.js';
-import { launchAdapters } from './adapters.js';
+import { catalogAdapterFile, type CatalogEntry } from '../models/catalog.js';
+import { launchAdapters, type AdapterConfig } from './adapters.js';
 
 /** Intelligence levels a request may name; only the first two are served locally. */
 export const LEVELS = ['operational', 'tactical', 'strategic'] as const;
@@ -31,6 +31,9 @@ export interface Target {
   /** The configured layer it is, if any. */
   layer?: LocalLevel;
 }
+
+/** A catalog entry's LoRA adapters as a layer's config lists them (files installed beside the model: catalogAdapterFile). */
+export const catalogAdapters = (e: CatalogEntry): AdapterConfig[] => e.adapters.map((a) => ({ name: a.name, file: catalogAdapterFile(e, a.name), description: a.description, scale: a.scale }));
 
 export class Router {
   constructor(
@@ -107,7 +110,23 @@ export class Router {
       parallel: layer?.parallel ?? 2,
       mmap: layer?.mmap ?? true,
       idleUnloadMs: ms(this.config.runtime.unload_after_idle),
+      ...(e.adapters.length ? { adapters: launchAdapters(this.config.models.model_dir, catalogAdapters(e)) } : {}),
     };
+  }
+
+  /**
+   * The adapters a model is served with: a configured layer's ([[models.<layer>.adapters]]), a
+   * catalog model's (its entry's, when it is served by its catalog id); undefined for others.
+   */
+  adapters(model: string): AdapterConfig[] | undefined {
+    const c = this.configured().find((x) => x.profile.name === model);
+    if (c) return this.config.models[c.level]!.adapters;
+    const e = this.catalog().find((x) => x.id === model);
+    if (!e?.adapters.length) return undefined;
+    // A file loaded by name (LoadModel) under a catalog id is not that catalog model.
+    const loaded = this.loaded(model);
+    if (loaded && loaded.path !== join(this.config.models.model_dir, e.file)) return undefined;
+    return catalogAdapters(e);
   }
 
   /** A model name (configured, loaded, or in the catalog), a level, or "auto"/"" (operational). Strategic is not local. */

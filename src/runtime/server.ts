@@ -21,7 +21,7 @@ import type { HealthHandlers } from './generated/grpc/health/v1/Health.js';
 import type { ModelStatus } from './generated/aios/runtime/ModelStatus.js';
 import type { InferRequest__Output } from './generated/aios/runtime/InferRequest.js';
 import type { InferInput, SessionOutcome } from './service.js';
-import type { SessionInfo } from './sessions.js';
+import type { SessionCounts, SessionInfo } from './sessions.js';
 import { authorizeGrpc, type AuthGuard } from './auth.js';
 import { KEY_SCOPES, UnknownKeyError, type KeyInfo, type KeyScope, type KeyStore } from './keys.js';
 import type { ApiKey } from './generated/aios/runtime/ApiKey.js';
@@ -54,7 +54,7 @@ export function cpusOf(pid: number): string {
   }
 }
 
-const toStatus = (m: ModelView): ModelStatus => ({
+const toStatus = (m: ModelView, sessions?: SessionCounts): ModelStatus => ({
   name: m.name,
   level: m.level,
   state: m.state,
@@ -83,6 +83,10 @@ const toStatus = (m: ModelView): ModelStatus => ({
   memory_limit_bytes: m.memoryLimitBytes,
   oom_kills: m.oomKills,
   socket: m.socket,
+  adapters: m.adapters.map((a) => ({ name: a.name, file: a.file, description: a.description, scale: a.scale, loaded: a.loaded, refused: a.refused })),
+  sessions: sessions?.count ?? 0,
+  session_states: sessions?.states ?? 0,
+  session_bytes: sessions?.bytes ?? 0,
 });
 
 function grpcError(e: unknown): Partial<grpc.StatusObject> {
@@ -135,6 +139,9 @@ const sessionInfoOut = (i: SessionInfo) => ({
   last_cache: i.lastCache,
 });
 
+/** SaveSession's and RestoreSession's answer. */
+const sessionReply = (r: { info: SessionInfo; outcome: SessionOutcome }) => ({ info: sessionInfoOut(r.info), outcome: sessionOut(r.outcome) });
+
 /** The adapters an answer reports (InferResponse / the last InferChunk). */
 const appliedOut = (a: { name: string; scale: number; score?: number }[] | undefined) => (a ?? []).map((x) => ({ name: x.name, scale: x.scale, ...(x.score !== undefined ? { score: x.score } : {}) }));
 
@@ -148,14 +155,21 @@ export interface Listening {
   shutdown(graceMs?: number): Promise<void>;
 }
 
-/** A unary handler from an async function (errors become gRPC statuses). */
+/**
+ * A unary handler from an async function (errors become gRPC statuses). `signal` aborts when the
+ * client cancels the call: work that waits for a slot or a child stops with it.
+ */
 const unary =
-  <Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+  <Req, Res>(fn: (req: Req, signal: AbortSignal) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
   (call, cb) => {
-    fn(call.request, call).then(
-      (r) => cb(null, r),
-      (e) => cb(grpcError(e)),
-    );
+    const ctrl = new AbortController();
+    call.on('cancelled', () => ctrl.abort());
+    Promise.resolve()
+      .then(() => fn(call.request, ctrl.signal))
+      .then(
+        (r) => cb(null, r),
+        (e) => cb(grpcError(e)),
+      );
   };
 
 const toApiKey = (k: KeyInfo): ApiKey => ({ id: k.id, scope: k.scope, name: k.name, created: k.created, source: k.source, revoked: k.revoked });
@@ -183,22 +197,8 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       return { info: toApiKey(made.info), key: made.key };
     }),
     ListKeys: unary(async () => ({ keys: keyStore(o.keys).list().map(toApiKey) })),
-    SaveSession: (call, cb) => {
-      const ctrl = new AbortController();
-      call.on('cancelled', () => ctrl.abort());
-      svc.saveSession(call.request.session_id, ctrl.signal).then(
-        (r) => cb(null, { info: sessionInfoOut(r.info), outcome: sessionOut(r.outcome) }),
-        (e) => cb(grpcError(e)),
-      );
-    },
-    RestoreSession: (call, cb) => {
-      const ctrl = new AbortController();
-      call.on('cancelled', () => ctrl.abort());
-      svc.restoreSession(call.request.session_id, ctrl.signal).then(
-        (r) => cb(null, { info: sessionInfoOut(r.info), outcome: sessionOut(r.outcome) }),
-        (e) => cb(grpcError(e)),
-      );
-    },
+    SaveSession: unary(async (r, signal) => sessionReply(await svc.saveSession(r.session_id, signal))),
+    RestoreSession: unary(async (r, signal) => sessionReply(await svc.restoreSession(r.session_id, signal))),
     ListSessions: unary(async () => {
       const list = await svc.listSessions();
       return { sessions: list.map(sessionInfoOut), dir: svc.sessions.dir, total_bytes: list.reduce((a, x) => a + x.kvBytes, 0), max_bytes: svc.sessions.maxBytes };
@@ -252,18 +252,21 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       await svc.load(r.model_name, r.model_path, { ctx: r.context_length, gpuLayers: r.gpu_layers, threads: r.threads, port: r.port });
       const m = svc.models().find((x) => x.name === r.model_name);
       if (!m) throw new RuntimeError(Code.INTERNAL, `${r.model_name} was loaded but is not listed`);
-      return toStatus(m);
+      return toStatus(m, (await svc.sessionCounts()).get(m.name));
     }),
     Reload: unary(async () => ({ models: await svc.reloadFile() })),
     PinModel: unary(async (r) => {
       const m = svc.pin(r.model_name, r.pinned);
-      return { ...toStatus(m), ...recent.of(m.name) };
+      return { ...toStatus(m, (await svc.sessionCounts()).get(m.name)), ...recent.of(m.name) };
     }),
     UnloadModel: unary(async (r) => {
       await svc.unload(r.model_name);
       return { ok: true, message: `unloaded ${r.model_name}` };
     }),
-    ListModels: unary(async () => ({ models: svc.models().map((m) => ({ ...toStatus(m), ...recent.of(m.name) })) })),
+    ListModels: unary(async () => {
+      const sessions = await svc.sessionCounts();
+      return { models: svc.models().map((m) => ({ ...toStatus(m, sessions.get(m.name)), ...recent.of(m.name) })) };
+    }),
     HealthCheck: unary(async () => {
       const h = svc.health();
       return {
@@ -288,16 +291,10 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
         })
         .catch((err) => call.emit('error', grpcError(err)));
     },
-    Infer: (call, cb) => {
-      const ctrl = new AbortController();
-      call.on('cancelled', () => ctrl.abort());
-      Promise.resolve()
-        .then(() => svc.infer(inferInput(call.request), ctrl.signal))
-        .then(
-          (o) => cb(null, { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0, adapters_applied: appliedOut(o.adapters), session: sessionOut(o.session) }),
-          (e) => cb(grpcError(e)),
-        );
-    },
+    Infer: unary(async (r, signal) => {
+      const o = await svc.infer(inferInput(r), signal);
+      return { text: o.text, tokens_used: o.tokensUsed, latency_ms: o.latencyMs, model_used: o.modelUsed, prompt_tokens: o.promptTokens, completion_tokens: o.completionTokens, provider: o.provider ?? '', cost_usd: o.costUsd ?? 0, adapters_applied: appliedOut(o.adapters), session: sessionOut(o.session) };
+    }),
     StreamInfer: (call) => {
       const ctrl = new AbortController();
       call.on('cancelled', () => ctrl.abort());

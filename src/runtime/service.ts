@@ -25,8 +25,8 @@ import type { Log } from './log.js';
 import { catalog, type CatalogEntry } from '../models/catalog.js';
 import { parseSize } from '../util/size.js';
 import { CloudGateway, CloudUnavailable, type ChatMessage, type CloudAnswer, type GatewayOptions } from './cloud.js';
-import { Adapters, adapterSetKey, type AdapterRef, type AppliedAdapter } from './adapters.js';
-import { SessionStore, checkSessionId, reportedUse, type CacheOutcome, type ChatMsg, type ReportedUse, type SessionInfo, type Turn } from './sessions.js';
+import { Adapters, adapterSetKey, type AdapterRef, type AdapterView, type AppliedAdapter } from './adapters.js';
+import { SessionStore, checkSessionId, reportedUse, strategicSessionRefusal, type CacheOutcome, type SessionCounts, type ChatMsg, type ReportedUse, type SessionInfo, type Turn } from './sessions.js';
 import { prepareSessionsDir, sessionsDirOf } from './defaults.js';
 
 export type { LoadProgress, ProgressPhase } from './install.js';
@@ -118,9 +118,10 @@ export interface InferOutput {
   session?: SessionOutcome;
 }
 
-/** A model as the front ends list it: its state and memory, and its queue per priority. */
+/** A model as the front ends list it: its state and memory, its queue per priority, its LoRA adapters. */
 export interface ModelView extends ModelInfo {
   queuedByPriority: Partial<Record<PriorityName, number>>;
+  adapters: AdapterView[];
 }
 
 export interface Health {
@@ -144,6 +145,15 @@ export interface ServiceOptions {
   cloud?: Pick<GatewayOptions, 'now' | 'env'>;
   /** The config file the runtime was started from (Reload / SIGHUP read it again). */
   configFile?: string;
+}
+
+/** The dotted keys whose values differ between two configs (tables compared key by key, anything else as a whole). */
+export function changedKeys(a: unknown, b: unknown, prefix = ''): string[] {
+  const table = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !Array.isArray(x);
+  if (table(a) && table(b)) {
+    return [...new Set([...Object.keys(a), ...Object.keys(b)])].sort().flatMap((k) => changedKeys(a[k], b[k], prefix ? `${prefix}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [prefix];
 }
 
 export class RuntimeService {
@@ -230,10 +240,7 @@ export class RuntimeService {
     this.configFile = o.configFile;
     const emb = config.models.embedding;
     this.adapters = new Adapters({
-      configured: (m) => {
-        const c = this.router.configured().find((x) => x.profile.name === m);
-        return c ? config.models[c.level]!.adapters : undefined;
-      },
+      configured: (m) => this.router.adapters(m),
       embed: emb ? (texts) => this.embed(texts) : undefined,
       minSimilarity: emb?.min_similarity ?? 0.7,
       maxAdapters: emb?.max_adapters ?? 3,
@@ -315,6 +322,10 @@ export class RuntimeService {
         throw new RuntimeError(Code.FAILED_PRECONDITION, `model ${t.name} is not installed (${p.path}); install it with \`aios runtime pull ${t.entry.id}\`, or set runtime.auto_install = true`);
       }
       await this.installer.install(t.entry, onProgress);
+    } else if (t.entry && !t.layer && this.config.runtime.auto_install && this.installer.missingAdapters(t.entry).length) {
+      // A catalog model that is there without (some of) its entry's adapters: fetch those first. One
+      // that cannot be had is left out at load with the reason (adapters.ts), not the model.
+      await this.installer.installAdapters(t.entry).catch((e) => this.log(`${t.name}: ${(e as Error).message}; the model is loaded without it`, 'warn'));
     }
     if (onProgress) {
       const est = await estimateFootprint(p.path, p).catch(() => undefined);
@@ -343,10 +354,28 @@ export class RuntimeService {
     return this.scheduler.snapshot(this.supervisor.list().map((m) => m.name));
   }
 
-  /** Every model in memory (or failed), with its queue per priority. */
+  /** Every model in memory (or failed), with its queue per priority and its adapters. */
   models(): ModelView[] {
     const q = this.queueSnapshot();
-    return this.supervisor.list().map((m) => ({ ...m, queuedByPriority: Object.fromEntries(q.filter((x) => x.model === m.name && x.depth > 0).map((x) => [x.priority, x.depth])) }));
+    return this.supervisor.list().map((m) => ({
+      ...m,
+      queuedByPriority: Object.fromEntries(q.filter((x) => x.model === m.name && x.depth > 0).map((x) => [x.priority, x.depth])),
+      adapters: this.adapterViews(m.name),
+    }));
+  }
+
+  /** A model's configured adapters (its layer's, or its catalog entry's), each marked loaded or refused with the reason. */
+  adapterViews(model: string): AdapterView[] {
+    return this.adapters.describe(model, this.supervisor.has(model) ? this.supervisor.profileOf(model)?.adapters : undefined);
+  }
+
+  /** Saved sessions per model name (count, saved states, bytes), for the model lists; {} when sessions are off. */
+  async sessionCounts(): Promise<Map<string, SessionCounts>> {
+    if (!this.sessions.enabled) return new Map();
+    return this.sessions.summary().catch((e) => {
+      this.log(`sessions: cannot list ${this.sessions.dir}: ${(e as Error).message}`, 'warn');
+      return new Map();
+    });
   }
 
   health(): Health {
@@ -444,7 +473,7 @@ export class RuntimeService {
     const deadline = t0 + (i.timeoutMs || ms(this.config.runtime.request_timeout));
     if (i.sessionId) checkSessionId(i.sessionId);
     if (i.intelligenceLevel === 'strategic' || (i.model && this.cloud.handles(i.model))) {
-      if (i.sessionId) throw new RuntimeError(Code.INVALID_ARGUMENT, 'session_id: saved sessions are kept for local models only (operational, tactical, or a model by name), not the strategic layer');
+      if (i.sessionId) throw new RuntimeError(Code.FAILED_PRECONDITION, strategicSessionRefusal('session_id'));
       const messages: ChatMessage[] = [...(i.systemPrompt ? [{ role: 'system' as const, content: i.systemPrompt }] : []), { role: 'user', content: i.prompt }];
       return this.strategic({ messages, params: i.params, priority: i.priority ?? 'default', deadline, only: this.cloud.handles(i.model) ? i.model : '' }, cancel, onText, () => this.infer({ ...i, model: '', intelligenceLevel: this.config.api.local_fallback }, cancel, onText, onProgress));
     }
@@ -714,6 +743,10 @@ export class RuntimeService {
       out.push({ model: name, restarted: true, note: `restarted with adapters ${nxt.adapters.map((a) => a.name).join(', ') || 'none'}` });
     }
     if (JSON.stringify(next.models.embedding ?? null) !== JSON.stringify(this.config.models.embedding ?? null)) out.push({ model: 'embedding', restarted: false, note: '[models.embedding] changed: restart the runtime for that' });
+    // Everything else is read at start only: say what changed instead of ignoring it quietly.
+    const skip = new Set(['models.operational.adapters', 'models.tactical.adapters', 'models.operational.name', 'models.tactical.name', 'models.embedding']);
+    const other = changedKeys(this.config, next).filter((k) => !skip.has(k));
+    if (other.length) out.push({ model: 'config', restarted: false, note: `changed, read only at start (restart the runtime for them): ${other.join(', ')}` });
     return out;
   }
 

@@ -18,12 +18,14 @@
  * evaluated again. After a restore, the answer's own figures (timings.cache_n) must show that the
  * restored tokens were used; if not, the turn is reported as a miss with a warning (llama-server
  * has then evaluated the full prompt itself, so the answer is still right). A failed save (disk
- * full, llama-server error) is a logged warning; the request still succeeds.
+ * full, llama-server error) is a logged warning; the request still succeeds. A save is on the disk
+ * (fsync of the state, the record and their directory) before the answer returns, so it survives a
+ * power cut as well as a reboot: ext4 in the image commits only every 60 s (commit=60) otherwise.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, statSync } from 'node:fs';
-import { chmod, link, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, link, mkdir, open, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
 import { postChild, readAll } from './upstream.js';
 import type { Log } from './log.js';
@@ -37,6 +39,14 @@ export function checkSessionId(id: unknown, field = 'session_id'): string {
   }
   return id;
 }
+
+/**
+ * Why a session is refused on the strategic layer: a saved session is a local model's KV state,
+ * and a cloud provider keeps none that the runtime could save or restore (nor would a provider
+ * chosen by budget and fallback be the same model from one turn to the next).
+ */
+export const strategicSessionRefusal = (field: string): string =>
+  `${field}: saved sessions are not available on the strategic layer: a session is a local model's KV state saved on this machine, and a cloud provider has none to save or restore; use a local model (operational, tactical or one by name) for the session, or send the whole conversation without a session`;
 
 export interface ChatMsg {
   role: string;
@@ -115,6 +125,16 @@ export interface SessionInfo {
   lastCache: CacheOutcome;
 }
 
+/** A model's saved sessions, for the model lists (ListModels, /v1/models, aios ps). */
+export interface SessionCounts {
+  /** Conversations kept. */
+  count: number;
+  /** Those with a saved KV state. */
+  states: number;
+  /** The bytes of those states. */
+  bytes: number;
+}
+
 export interface SessionsOptions {
   dir: string;
   maxBytes: number;
@@ -165,6 +185,21 @@ async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** fsync(2) of a file's data. */
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fsync(2) of a directory: the names in it (a rename) are on the disk. */
+async function syncDir(path: string): Promise<void> {
+  await syncFile(path);
+}
+
 let counter = 0;
 const tempName = (what: string) => `_${what}-${process.pid}-${++counter}-${randomBytes(4).toString('hex')}`;
 
@@ -176,6 +211,9 @@ export class SessionStore {
   private hashes = new Map<string, Promise<string>>();
   /** One turn at a time per session (a second waits), so two turns never fork a conversation. */
   private locks = new Map<string, Promise<unknown>>();
+  /** Bumped by every write and removal this store makes (summary()'s cache is then stale). */
+  private changes = 0;
+  private summaryCache?: { at: number; changes: number; counts: Promise<Map<string, SessionCounts>> };
 
   constructor(o: SessionsOptions) {
     this.dir = o.dir;
@@ -233,11 +271,20 @@ export class SessionStore {
     return join(this.dir, sha, id);
   }
 
+  /** Written to a temporary name, flushed to the disk, renamed over `file`, the directory flushed: whole or not at all, even across a power cut. */
   private async writeAtomic(file: string, text: string): Promise<void> {
+    this.changes++;
     const tmp = `${file}.tmp-${process.pid}-${++counter}`;
     try {
-      await writeFile(tmp, text, { mode: 0o600 });
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(text);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
       await rename(tmp, file);
+      await syncDir(dirname(file));
     } catch (e) {
       await rm(tmp, { force: true });
       throw e;
@@ -282,6 +329,32 @@ export class SessionStore {
     return out.sort((a, b) => (a.updated < b.updated ? 1 : -1));
   }
 
+  /**
+   * Saved sessions per model name, for the model lists, which are polled (aios top asks twice a
+   * second): the records are read again only when this store has changed something, or after 2 s
+   * (for changes made by anything else).
+   */
+  summary(now = Date.now()): Promise<Map<string, SessionCounts>> {
+    const c = this.summaryCache;
+    if (c && c.changes === this.changes && now - c.at < 2000) return c.counts;
+    const counts = this.list().then((list) => {
+      const m = new Map<string, SessionCounts>();
+      for (const i of list) {
+        const x = m.get(i.model) ?? { count: 0, states: 0, bytes: 0 };
+        x.count++;
+        if (i.kvBytes > 0) {
+          x.states++;
+          x.bytes += i.kvBytes;
+        }
+        m.set(i.model, x);
+      }
+      return m;
+    });
+    counts.catch(() => (this.summaryCache = undefined));
+    this.summaryCache = { at: now, changes: this.changes, counts };
+    return counts;
+  }
+
   info(r: SessionRecord): SessionInfo {
     return {
       id: r.id,
@@ -302,6 +375,7 @@ export class SessionStore {
   /** Removes a session (record and state); false when there was none. */
   async delete(id: string): Promise<boolean> {
     checkSessionId(id);
+    this.changes++;
     let found = false;
     for (const sha of this.modelDirs()) {
       for (const f of [join(this.dir, sha, `${id}.json`), this.kvPath(sha, id)]) {
@@ -494,6 +568,7 @@ export class SessionStore {
       const st = await stat(tmp);
       if (j.n_written !== undefined && st.size !== j.n_written) throw new Error(`the saved file has ${st.size} bytes, llama-server wrote ${j.n_written} (disk full?)`);
       const sha256 = await sha256File(tmp);
+      await syncFile(tmp); // on the disk before its record names it (llama-server does not flush it)
       await rename(tmp, this.kvPath(turn.key.modelSha256, turn.id));
       return { bytes: st.size, sha256, tokens: j.n_saved ?? 0 };
     } finally {
@@ -529,6 +604,7 @@ export class SessionStore {
 
   /** Deletes a state file and marks its record as having none (the conversation stays). */
   private async dropState(sha: string, id: string): Promise<void> {
+    this.changes++;
     await rm(this.kvPath(sha, id), { force: true });
     const file = join(this.dir, sha, `${id}.json`);
     try {

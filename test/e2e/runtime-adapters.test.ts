@@ -7,7 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { createHash } from 'node:crypto';
 import { stringify } from 'smol-toml';
 import { join } from 'node:path';
 import { runtimeFixture, type RuntimeFixture } from './runtime-fixture.js';
@@ -17,13 +19,14 @@ import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { connectRuntime, unary, type RuntimeClient } from '../../src/runtime/client.js';
 import { freePort } from '../../src/util/net.js';
 import { postChild, readAll } from '../../src/runtime/upstream.js';
-import { tmp } from '../helpers.js';
+import { cli, tmp } from '../helpers.js';
 
 const dir = tmp('aios-runtime-adapters-');
 let fx: RuntimeFixture;
 let daemon: Daemon;
 let client: RuntimeClient;
 let http = '';
+let files: Server;
 let zeroText = '';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 let raw: any;
@@ -70,9 +73,33 @@ describe('aios-runtime LoRA adapters', () => {
     await synthLora({ base, out: join(dir, 'b.gguf'), rank: 8, seed: 2, ggufPy: fx.tools.ggufPy });
     await synthLora({ base, out: join(dir, 'wrong.gguf'), rank: 8, seed: 4, arch: 'qwen2', ggufPy: fx.tools.ggufPy });
     copyFileSync(base, join(dir, 'embed.gguf'));
+    // A catalog whose entry names an adapter, both served from here (runtime.auto_install fetches them).
+    mkdirSync(join(dir, 'www'));
+    copyFileSync(base, join(dir, 'www', 'cat-tiny.gguf'));
+    copyFileSync(join(dir, 'a.gguf'), join(dir, 'www', 'cat-a.gguf'));
+    files = createServer((req, res) => {
+      const f = join(dir, 'www', (req.url ?? '').replace(/[^A-Za-z0-9._-]/g, ''));
+      if (!existsSync(f)) return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-length': statSync(f).size });
+      createReadStream(f).pipe(res);
+    });
+    await new Promise<void>((r) => files.listen(0, '127.0.0.1', r));
+    const url = (f: string) => `http://127.0.0.1:${(files.address() as { port: number }).port}/${f}`;
+    const sha = (f: string) => createHash('sha256').update(readFileSync(join(dir, 'www', f))).digest('hex');
+    writeFileSync(
+      join(dir, 'catalog.toml'),
+      stringify({
+        model: [
+          {
+            id: 'cat-tiny', level: 'tactical', file: 'cat-tiny.gguf', url: url('cat-tiny.gguf'), size: statSync(base).size, sha256: sha('cat-tiny.gguf'), license: 'mit', quantization: 'F32', context_length: 512, verified: true,
+            adapters: [{ name: 'a', url: url('cat-a.gguf'), size: statSync(join(dir, 'a.gguf')).size, sha256: sha('cat-a.gguf'), description: DESCRIPTIONS.a, scale: 0.5, license: 'mit' }],
+          },
+        ],
+      }),
+    );
     raw = {
       system: { log_level: 'debug' },
-      runtime: { llama_server: fx.llamaServer, socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '1s', load_timeout: '60s', request_timeout: '60s' },
+      runtime: { llama_server: fx.llamaServer, socket: '', listen: '127.0.0.1:0', http_listen: '127.0.0.1:0', health_interval: '1s', load_timeout: '60s', request_timeout: '60s', catalog: join(dir, 'catalog.toml'), auto_install: true },
       models: {
         model_dir: dir,
         operational: {
@@ -101,6 +128,7 @@ describe('aios-runtime LoRA adapters', () => {
   afterAll(async () => {
     client?.close();
     await daemon?.stop();
+    files?.close();
   });
 
   it('a zero lora_b adapter leaves greedy output byte-identical; a non-zero one changes it; the answer reports what was applied', async () => {
@@ -134,6 +162,47 @@ describe('aios-runtime LoRA adapters', () => {
     expect((w as { code: number }).code).toBe(9); // FAILED_PRECONDITION
     expect((w as { details: string }).details).toMatch(/"wrong" was refused when tiny was loaded: .*wrong\.gguf: it is for architecture "qwen2", the base model is "llama"/);
   }, 60_000);
+
+  it('ListModels, /v1/models and `aios ps` list the model\'s adapters: the loaded ones, and the refused one with its reason', async () => {
+    const tiny = (await unary(client, 'ListModels', {})).models.find((m) => m.name === 'tiny')!;
+    expect(tiny.adapters.map((a) => [a.name, a.file, a.loaded, a.scale])).toEqual([
+      ['zero', 'zero.gguf', true, 1],
+      ['a', 'a.gguf', true, 1],
+      ['b', 'b.gguf', true, 1],
+      ['wrong', 'wrong.gguf', false, 1],
+    ]);
+    expect(tiny.adapters[1]).toMatchObject({ description: DESCRIPTIONS.a, refused: '' });
+    expect(tiny.adapters[3]!.refused).toMatch(/wrong\.gguf: it is for architecture "qwen2", the base model is "llama"/);
+    const listed = (await (await fetch(`${http}/v1/models`)).json()) as { data: { id: string; adapters?: { name: string; loaded: boolean; refused?: string; description: string }[] }[] };
+    const h = listed.data.find((m) => m.id === 'tiny')!;
+    expect(h.adapters!.map((a) => [a.name, a.loaded, !!a.refused])).toEqual([
+      ['zero', true, false],
+      ['a', true, false],
+      ['b', true, false],
+      ['wrong', false, true],
+    ]);
+    expect(h.adapters![2]!.description).toBe(DESCRIPTIONS.b);
+    const ps = await cli(['ps', '-a', `127.0.0.1:${daemon.listening.tcpPort}`]);
+    expect(ps.exitCode, ps.stderr).toBe(0);
+    const lines = ps.stdout.split('\n');
+    expect(lines[0]).toMatch(/\bADAPTERS\s+SESSIONS$/);
+    expect(lines.find((l) => l.startsWith('tiny '))).toMatch(/\szero,a,b,wrong!\s+-$/);
+    expect(ps.stdout).toMatch(/^tiny: adapter wrong refused: .*wrong\.gguf: it is for architecture "qwen2"/m);
+  }, 60_000);
+
+  it("a catalog model served by its id comes with its entry's adapter: fetched beside it (auto_install), loaded unapplied, applied by name at the entry's scale, listed", async () => {
+    const r = (await unary(client, 'Infer', { model: 'cat-tiny', prompt: PROMPT, max_tokens: MAX, temperature: 0, adapters: [{ name: 'a' }] } as never)) as unknown as { text: string; model_used: string; adapters_applied: Applied[] };
+    expect(r.model_used).toBe('cat-tiny');
+    expect(r.adapters_applied).toEqual([{ name: 'a', scale: 0.5 }]);
+    expect(readFileSync(join(dir, 'cat-tiny.lora-a.gguf')).equals(readFileSync(join(dir, 'a.gguf')))).toBe(true);
+    // the same weights and adapter as tiny's "a" at 0.5: the same greedy answer
+    expect(r.text).toBe((await infer({ adapters: [{ name: 'a', scale: 0.5 }] })).text);
+    expect(r.text).not.toBe((await unary(client, 'Infer', { model: 'cat-tiny', prompt: PROMPT, max_tokens: MAX, temperature: 0 } as never)).text);
+    const listed = (await unary(client, 'ListModels', {})).models.find((m) => m.name === 'cat-tiny')!;
+    expect(listed.adapters.map((a) => [a.name, a.file, a.loaded, a.scale, a.description])).toEqual([['a', 'cat-tiny.lora-a.gguf', true, 0.5, DESCRIPTIONS.a]]);
+    await expect(unary(client, 'Infer', { model: 'cat-tiny', prompt: 'hi', adapters: [{ name: 'b' }] } as never)).rejects.toMatchObject({ code: 3, details: 'adapters: unknown adapter "b" for model cat-tiny (configured: a)' });
+    await unary(client, 'UnloadModel', { model_name: 'cat-tiny' });
+  }, 120_000);
 
   it('StreamInfer: the same text as Infer with the adapter, and the last chunk reports it', async () => {
     const chunks: { text: string; done: boolean; adapters_applied: Applied[] }[] = [];

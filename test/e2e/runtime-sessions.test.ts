@@ -5,16 +5,17 @@
  * session's turn are compared with the same conversation sent whole, without a session.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { runtimeFixture, type RuntimeFixture } from './runtime-fixture.js';
-import { connectRuntime, unary, waitReady, type RuntimeClient, type InferResponse } from '../../src/runtime/client.js';
+import { unary, type RuntimeClient, type InferResponse } from '../../src/runtime/client.js';
+import { RuntimeProcess } from './runtime-process.js';
 import { freePort } from '../../src/util/net.js';
 import { estimateFootprint } from '../../src/runtime/memory.js';
-import { REPO, cli, tmp } from '../helpers.js';
+import { cli, tmp } from '../helpers.js';
 
 const dir = tmp('aios-sessions-');
 const sock = join(dir, 'runtime.sock');
@@ -22,9 +23,8 @@ const address = `unix:${sock}`;
 const config = join(dir, 'config.toml');
 const sessions = join(dir, 'sessions');
 let fx: RuntimeFixture;
-let daemon: ChildProcess | undefined;
+const rt = new RuntimeProcess(config, address);
 let client: RuntimeClient;
-let log = '';
 let httpPort = 0;
 let sha = '';
 
@@ -66,23 +66,11 @@ async function start(s: Settings = {}): Promise<void> {
       '',
     ].join('\n'),
   );
-  log = '';
-  daemon = spawn('node', [join(REPO, 'bin/aios.js'), 'runtime', 'serve', '-c', config], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-  daemon.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  daemon.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  client?.close();
-  client = connectRuntime(address);
-  if (!(await waitReady(client, 60_000))) throw new Error(`the runtime did not become ready:\n${log}`);
+  client = await rt.start();
 }
 
 /** SIGTERM and wait, as `systemctl restart` does before starting it again. */
-async function stop(): Promise<void> {
-  const d = daemon;
-  if (!d || d.exitCode !== null) return;
-  const gone = new Promise((r) => d.once('exit', r));
-  d.kill('SIGTERM');
-  await gone;
-}
+const stop = () => rt.stop();
 
 type Reply = InferResponse & { session: { id: string; cache: string; restored_tokens: number; cached_tokens: number; saved: boolean; note: string; restore_ms: number } };
 const infer = (req: Record<string, unknown>) => unary(client, 'Infer', { intelligence_level: 'operational', max_tokens: 12, temperature: 0, ...req }, 60_000) as Promise<Reply>;
@@ -129,8 +117,7 @@ describe('saved sessions', () => {
   }, 20 * 60_000);
 
   afterAll(async () => {
-    await stop();
-    client?.close();
+    await rt.close();
     try {
       execFileSync('umount', [join(dir, 'full')], { stdio: 'ignore' });
     } catch {
@@ -211,7 +198,7 @@ describe('saved sessions', () => {
     expect(a.session.cache).toBe('new');
     const end = Date.now() + 30_000;
     while ((await unary(client, 'ListModels', {})).models.some((m) => m.name === 'tactical')) {
-      if (Date.now() > end) throw new Error(`tactical was not unloaded for idleness:\n${log}`);
+      if (Date.now() > end) throw new Error(`tactical was not unloaded for idleness:\n${rt.log}`);
       await new Promise((r) => setTimeout(r, 500));
     }
     const b = await infer({ intelligence_level: 'tactical', prompt: 'Continue.', session_id: 'tac' });
@@ -237,6 +224,18 @@ describe('saved sessions', () => {
     const listed = JSON.parse(ls.stdout) as { sessions: { id: string }[]; dir: string };
     expect(listed.sessions.map((x) => x.id).sort()).toEqual(['chat', 'tac', 'web']);
     expect(listed.dir).toBe(sessions);
+    // The model lists count each model's sessions and the bytes of their saved states (ListModels:
+    // loaded models; /v1/models: every configured one, tactical included while it is unloaded).
+    const kv = (model: string) => (listed.sessions as unknown as { model: string; kv_bytes: number }[]).filter((x) => x.model === model).reduce((a, x) => a + Number(x.kv_bytes), 0);
+    const tiny = (await unary(client, 'ListModels', {})).models.find((m) => m.name === 'tiny')!;
+    expect([tiny.sessions, tiny.session_states, Number(tiny.session_bytes)]).toEqual([2, 2, kv('tiny')]);
+    expect(kv('tiny')).toBeGreaterThan(0);
+    const v1 = (await (await fetch(`http://127.0.0.1:${httpPort}/v1/models`)).json()) as { data: { id: string; sessions?: number; session_states?: number; session_bytes?: number }[] };
+    expect(v1.data.find((m) => m.id === 'tiny')).toMatchObject({ sessions: 2, session_states: 2, session_bytes: kv('tiny') });
+    expect(v1.data.find((m) => m.id === 'tactical')).toMatchObject({ sessions: 1, session_states: 1, session_bytes: kv('tactical') });
+    const ps = await cli(['ps', '-a', address]);
+    expect(ps.stdout.split('\n')[0]).toMatch(/\bADAPTERS\s+SESSIONS$/);
+    expect(ps.stdout.split('\n').find((l) => l.startsWith('tiny '))).toMatch(/\s-\s+2 \(\d+(\.\d)? [KM]iB\)$/);
     const table = await cli(['runtime', 'sessions', '-a', address]);
     expect(table.stdout).toMatch(/^ID\s+MODEL\s+TURNS/);
     expect(table.stdout).toMatch(/3 session\(s\), .* MiB of 64\.0 MiB \(runtime.sessions_max_bytes\)/);
@@ -276,7 +275,7 @@ describe('saved sessions', () => {
     const r = await infer({ prompt: 'Why?', session_id: 'chat' });
     expect(r.session.cache).toBe('discarded');
     expect(r.session.note).toMatch(/the saved state of session chat was discarded: the state file's sha256 .* \(corrupt\); the whole conversation \(6 messages\) is evaluated again/);
-    expect(log).toMatch(/sessions: the saved state of session chat was discarded/);
+    expect(rt.log).toMatch(/sessions: the saved state of session chat was discarded/);
     chat.push({ role: 'user', content: 'Why?' });
     const want = await whole('tiny', chat);
     chat.push({ role: 'assistant', content: r.text });
@@ -317,7 +316,7 @@ describe('saved sessions', () => {
     expect(by.chat).toBe(0); // its state went; its conversation stays
     expect(list.sessions.find((s) => s.id === 'chat')!.messages).toBe(chat.length);
     expect(Number(list.total_bytes)).toBeLessThanOrEqual(Math.round(kv * 1.3));
-    expect(log).toMatch(/removed the saved state of chat \(\d+ bytes, least recently used\)/);
+    expect(rt.log).toMatch(/removed the saved state of chat \(\d+ bytes, least recently used\)/);
   });
 
   it('disk full: the save fails with a logged warning and the request still succeeds', async () => {
@@ -329,7 +328,7 @@ describe('saved sessions', () => {
     const r = await infer({ prompt: LONG, session_id: 'nospace' });
     expect(r.text.length).toBeGreaterThan(0);
     expect(r.session).toMatchObject({ cache: 'new', saved: false });
-    expect(log).toMatch(/sessions: nospace: the KV state was not saved \(.*\); the request succeeds/);
+    expect(rt.log).toMatch(/sessions: nospace: the KV state was not saved \(.*\); the request succeeds/);
     // The conversation was kept (small); the next turn says there is no state and evaluates it whole.
     const n = await infer({ prompt: 'More.', session_id: 'nospace' });
     expect(n.session.cache).toBe('none');
@@ -347,8 +346,8 @@ describe('saved sessions', () => {
     expect(a.session.cache).toBe('new');
     await unary(client, 'LoadModel', { model_name: 'third', model_path: join(dir, 'third.gguf') });
     const loaded = (await unary(client, 'ListModels', {})).models.map((m) => m.name).sort();
-    expect(loaded, log).toEqual(['third', 'tiny']);
-    expect(log).toMatch(/evicting tactical \(idle since/);
+    expect(loaded, rt.log).toEqual(['third', 'tiny']);
+    expect(rt.log).toMatch(/evicting tactical \(idle since/);
     const b = await infer({ intelligence_level: 'tactical', prompt: 'Continue.', session_id: 'ev' });
     expect(b.session.cache, b.session.note).toBe('hit');
     expect(b.session.cached_tokens).toBeGreaterThanOrEqual(a.prompt_tokens);

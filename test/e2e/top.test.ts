@@ -4,12 +4,12 @@
  * synthesized tiny model and a real llama-server. Assertions are on the captured text.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runtimeFixture } from './runtime-fixture.js';
-import { connectRuntime, streamInfer, unary, waitReady, type RuntimeClient } from '../../src/runtime/client.js';
+import { streamInfer, unary, type RuntimeClient } from '../../src/runtime/client.js';
+import { RuntimeProcess } from './runtime-process.js';
 import { REPO, cli, tmp } from '../helpers.js';
 import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
@@ -22,9 +22,8 @@ const sock = join(dir, 'runtime.sock');
 const address = `unix:${sock}`;
 const config = join(dir, 'config.toml');
 const TMUX = ['-L', `aios-top-test-${process.pid}`, '-f', '/dev/null'];
-let daemon: ChildProcess | undefined;
+const rt = new RuntimeProcess(config, address);
 let client: RuntimeClient;
-let daemonLog = '';
 
 const tmux = (...args: string[]) => execFileSync('tmux', [...TMUX, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const capture = (session = 'top', escapes = false) => tmux('capture-pane', '-p', ...(escapes ? ['-e'] : []), '-t', session);
@@ -44,20 +43,9 @@ async function screenUntil(pred: (s: string) => boolean, what: string, timeoutMs
 const row = (s: string, name: string) => s.split('\n').find((l) => new RegExp(`^[> ] ${name} `).test(l)) ?? '';
 
 async function startDaemon(): Promise<void> {
-  daemon = spawn('node', [join(REPO, 'bin/aios.js'), 'runtime', 'serve', '-c', config], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-  daemon.stdout!.on('data', (d: Buffer) => (daemonLog += d.toString()));
-  daemon.stderr!.on('data', (d: Buffer) => (daemonLog += d.toString()));
-  client?.close();
-  client = connectRuntime(address);
-  if (!(await waitReady(client, 60_000))) throw new Error(`the runtime did not become ready:\n${daemonLog}`);
+  client = await rt.start();
 }
-async function stopDaemon(): Promise<void> {
-  const d = daemon;
-  if (!d || d.exitCode !== null) return;
-  const gone = new Promise((r) => d.once('exit', r));
-  d.kill('SIGTERM');
-  await gone;
-}
+const stopDaemon = () => rt.stop();
 
 describe('aios top in a terminal', () => {
   beforeAll(async () => {
@@ -91,8 +79,7 @@ describe('aios top in a terminal', () => {
     } catch {
       /* already gone */
     }
-    await stopDaemon();
-    client?.close();
+    await rt.close();
   });
 
   it('shows the model, its state and the machine', async () => {
@@ -256,7 +243,7 @@ describe('aios top in a terminal', () => {
     const report = JSON.parse(doc.stdout) as { target: string; findings: { id: string; status: string; detail: string }[] };
     expect(report.target).toBe('machine');
     expect(report.findings.find((f) => f.id === 'runtime.answers')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/models ready: tiny$/) });
-    expect(report.findings.find((f) => f.id === 'memory.budget')!.detail).toMatch(/\(tiny \d+ MiB\)$/);
+    expect(report.findings.find((f) => f.id === 'memory.budget')!.detail).toMatch(/\(tiny \d+(\.\d)? MiB\)$/);
     expect(doc.exitCode).toBe(report.findings.some((f) => f.status === 'problem') ? 1 : 0);
     const bin = await installCliLauncher(b);
     expect(readFileSync(bin, 'utf8')).toContain('exec node /usr/lib/aios-runtime/aios-cli.mjs "$@"');

@@ -6,9 +6,10 @@ import { join } from 'node:path';
 import { fetchModel } from '../../src/models/fetch.js';
 import { inspectModel, readGguf } from '../../src/models/gguf.js';
 import { catalog } from '../../src/models/catalog.js';
-import { resolvePull, verifyModels } from '../../src/models/store.js';
+import { listModels, pullModel, resolvePull, verifyModels } from '../../src/models/store.js';
+import { parse as parseToml } from 'smol-toml';
 import { UserError } from '../../src/util/errors.js';
-import { tmp, cli } from '../helpers.js';
+import { tmp, cli, recipes } from '../helpers.js';
 import { writeTestGguf } from '../gguf-writer.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -118,6 +119,51 @@ describe('model download (loopback HTTP server)', () => {
     base = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
   });
   afterAll(() => server.close());
+
+  it("a catalog entry's LoRA adapters: checked, given to a catalog recipe model (its own of the same name wins), listed in the runtime config, pulled beside the model", async () => {
+    const dir = tmp();
+    const cat = join(dir, 'catalog.toml');
+    const entry = (adapters: string) =>
+      `[[model]]\nid = "cat-tiny"\nlevel = "tactical"\nfile = "cat-tiny.gguf"\nurl = "${base}/model.gguf"\nsize = ${model.length}\nsha256 = "${sha(model)}"\nlicense = "mit"\nquantization = "F32"\ncontext_length = 512\nverified = true\n${adapters}`;
+    const adapter = (name: string, extra = '') => `[[model.adapters]]\nname = "${name}"\nurl = "${base}/model.gguf"\nsize = ${model.length}\nsha256 = "${sha(model)}"\nlicense = "mit"\n${extra}`;
+    writeFileSync(cat, entry(adapter('sql', 'description = "writes SQL"\nscale = 0.5\n') + adapter('poet')));
+    const common = { url: `${base}/model.gguf`, size: model.length, sha256: sha(model), license: 'mit' };
+    expect(catalog(cat)[0]!.adapters).toEqual([
+      { name: 'sql', ...common, description: 'writes SQL', scale: 0.5 },
+      { name: 'poet', ...common, description: '', scale: 1 },
+    ]);
+    // Refused: an adapter without a sha256 (never installed unchecked), a name twice.
+    writeFileSync(join(dir, 'bad1.toml'), entry(`[[model.adapters]]\nname = "x"\nurl = "${base}/x.gguf"\nsize = 0\nlicense = "mit"\n`));
+    expect(() => catalog(join(dir, 'bad1.toml'))).toThrow(/sha256/);
+    writeFileSync(join(dir, 'bad2.toml'), entry(adapter('sql') + adapter('sql')));
+    expect(() => catalog(join(dir, 'bad2.toml'))).toThrow(/adapter \\"sql\\" is listed twice/);
+    process.env.AIOS_CATALOG = cat;
+    try {
+      const { loadRecipe } = await import('../../src/config/load.js');
+      const { identity, templateContext } = await import('../../src/build/context.js');
+      const f = recipes({ r: 'extends = "default"\n[[models]]\nname = "op"\nlevel = "operational"\nsource = "synth"\n[[models]]\nname = "cat"\nlevel = "tactical"\nsource = "catalog"\nid = "cat-tiny"\n[[models.adapters]]\nname = "poet"\nsource = "synth"\ndescription = "mine"\n' });
+      const r = await loadRecipe(f.r!);
+      const m = r.models.find((x) => x.name === 'cat')!;
+      expect(m.adapters.map((a) => [a.name, a.source, a.description, a.scale])).toEqual([
+        ['sql', 'url', 'writes SQL', 0.5],
+        ['poet', 'synth', 'mine', 1],
+      ]);
+      expect(m.adapters[0]).toMatchObject({ url: `${base}/model.gguf`, sha256: sha(model), size: model.length });
+      // The image's runtime config lists both beside the model (files installed by the models stage).
+      const ctx = templateContext(r, identity(r));
+      expect(parseToml(ctx.tacticalAdaptersToml as string)).toEqual({
+        models: { tactical: { adapters: [{ name: 'sql', file: 'cat.lora-sql.gguf', description: 'writes SQL', scale: 0.5 }, { name: 'poet', file: 'cat.lora-poet.gguf', description: 'mine', scale: 1 }] } },
+      });
+      // `aios models pull` brings them beside the model, under the names aios-runtime looks for; `models list` names them.
+      const out = tmp();
+      const res = await pullModel('cat-tiny', { dir: out });
+      expect(res.adapters!.map((a) => a.path)).toEqual([join(out, 'cat-tiny.lora-sql.gguf'), join(out, 'cat-tiny.lora-poet.gguf')]);
+      expect(sha(readFileSync(join(out, 'cat-tiny.lora-sql.gguf')))).toBe(sha(model));
+      expect((await listModels(out))[0]).toMatchObject({ id: 'cat-tiny', present: true, adapters: ['sql', 'poet'] });
+    } finally {
+      delete process.env.AIOS_CATALOG;
+    }
+  });
 
   it('resumes with a Range request after the connection is cut mid-file', async () => {
     const dir = tmp();

@@ -172,6 +172,38 @@ describe('selection by task', () => {
   });
 });
 
+describe('the model lists (ListModels, /v1/models, aios ps)', () => {
+  const conf: AdapterConfig[] = [
+    { name: 'sql', file: 'sql.gguf', description: 'writes SQL queries', scale: 1 },
+    { name: 'poet', file: 'poet.gguf', description: 'writes poems', scale: 0.5 },
+  ];
+  it('describe(): each configured adapter, loaded or refused with the reason (a missing file here)', async () => {
+    const a = new Adapters({ configured: (m) => (m === 'tiny' ? conf : undefined), minSimilarity: 0.7, maxAdapters: 3 });
+    const p = { name: 'tiny', path: '/m/tiny.gguf', level: 'operational' as const, ctxSize: 512, threads: 1, gpuLayers: 0, parallel: 1, mmap: true, adapters: conf.map((c) => ({ name: c.name, path: `/nonexistent/${c.file}` })) };
+    const vetted = await a.vet(p);
+    expect(vetted.adapters).toEqual([]);
+    const listed = a.describe('tiny', vetted.adapters);
+    expect(listed.map((x) => [x.name, x.loaded])).toEqual(conf.map((c) => [c.name, false]));
+    expect(listed[0]).toMatchObject({ file: conf[0]!.file, description: conf[0]!.description, scale: conf[0]!.scale, refused: expect.stringMatching(/^\/nonexistent\/.*ENOENT/) });
+    // Before any load: listed, not loaded, nothing refused; a model without adapters lists none.
+    expect(new Adapters({ configured: () => conf, minSimilarity: 0.7, maxAdapters: 3 }).describe('tiny', undefined).map((x) => [x.name, x.loaded, x.refused])).toEqual(conf.map((c) => [c.name, false, '']));
+    expect(a.describe('other', undefined)).toEqual([]);
+  });
+
+  it('aios ps: ADAPTERS (one not loaded marked !, its reason below) and SESSIONS (count and bytes), only where a model has some', async () => {
+    const { psTable } = await import('../../src/cli/runtime.js');
+    const m = { level: 'operational', state: 'ready', pid: 1, port: 0, memory_bytes: 0, last_used_unix_ms: 0, uptime_ms: 1, path: '/m', restarts: 0, error: '', estimate_bytes: 1 << 20, actual_bytes: 0, estimate_error_pct: 0, pinned: true, idle_until_unix_ms: 0, inflight: 0, queued: 0, queued_by_priority: {}, parallel: 1, adapters: [], sessions: 0, session_states: 0, session_bytes: 0 };
+    const health = { memory_budget_bytes: 0, memory_used_bytes: 0, queued: 0 } as never;
+    const adapter = (name: string, loaded: boolean, refused = '') => ({ name, file: `${name}.gguf`, description: '', scale: 1, loaded, refused });
+    const out = psTable([{ ...m, name: 'tiny', adapters: [adapter('sql', true), adapter('wrong', false, 'wrong.gguf: it is for architecture "qwen2"')], sessions: 3, session_states: 2, session_bytes: 3 << 20 }, { ...m, name: 'plain' }] as never, health).split('\n');
+    expect(out[0]).toMatch(/\s+IDLE UNTIL\s+ADAPTERS\s+SESSIONS$/);
+    expect(out.find((l) => l.startsWith('tiny '))).toMatch(/pinned\s+sql,wrong!\s+3 \(3\.0 MiB\)$/);
+    expect(out.find((l) => l.startsWith('plain '))).toMatch(/pinned\s+-\s+-$/);
+    expect(out).toContain('tiny: adapter wrong refused: wrong.gguf: it is for architecture "qwen2"');
+    expect(psTable([{ ...m, name: 'plain' }] as never, health).split('\n')[0]).toMatch(/IDLE UNTIL$/);
+  });
+});
+
 describe('request fields and config', () => {
   it('HTTP body: adapters as objects or names, task; lora refused; bad shapes named', () => {
     const b: Record<string, unknown> = { messages: [], adapters: ['a', { name: 'b', scale: 0.5 }], task: 't' };

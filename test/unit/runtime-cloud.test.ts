@@ -535,6 +535,31 @@ describe('configuration', () => {
   });
 });
 
+describe('saved sessions are refused on the strategic layer', () => {
+  it('gRPC (level, provider model; Infer and StreamInfer): FAILED_PRECONDITION saying why; HTTP (model "strategic", a provider model, X-Session): 400 saying why; no provider is called', async () => {
+    const s = await daemon(config());
+    for (const req of [{ intelligence_level: 'strategic' }, { model: SONNET }, { model: 'claude' }]) {
+      const e = await grpcFailure(unary(s.grpc, 'Infer', { prompt: 'remember this', session_id: 'chat', ...req }));
+      expect([req, e?.code]).toEqual([req, Code.FAILED_PRECONDITION]);
+      expect(e?.details).toMatch(/^session_id: saved sessions are not available on the strategic layer: a session is a local model's KV state .* a cloud provider has none to save or restore; use a local model/);
+    }
+    const st = await stream(s.grpc, { prompt: 'remember this', session_id: 'chat', intelligence_level: 'strategic' });
+    expect(st.error?.code).toBe(Code.FAILED_PRECONDITION);
+    // A malformed id is still the client's mistake first.
+    expect((await grpcFailure(unary(s.grpc, 'Infer', { prompt: 'x', session_id: '../x', intelligence_level: 'strategic' })))?.code).toBe(Code.INVALID_ARGUMENT);
+    const post = (body: object, headers: Record<string, string> = {}) =>
+      fetch(`${s.http}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ messages: [{ role: 'user', content: 'remember this' }], ...body }) });
+    for (const [body, headers] of [[{ model: 'strategic', session: 'chat' }, {}], [{ model: SONNET, stream: true }, { 'x-session': 'chat' }]] as const) {
+      const r = await post(body, headers);
+      const j = (await r.json()) as { error: { message: string; type: string } };
+      expect([body, r.status]).toEqual([body, 400]);
+      expect(j.error).toMatchObject({ type: 'invalid_request_error', message: expect.stringMatching(/^session: saved sessions are not available on the strategic layer: .*a cloud provider has none to save or restore/) });
+    }
+    expect(anthropic.calls).toHaveLength(0);
+    expect(openaiMock.calls).toHaveLength(0);
+  });
+});
+
 describe('keys never leave the runtime', () => {
   it('no key in any log line, /metrics, error, ListModels, Spend or the ledger; the cloud metrics are there', async () => {
     const c = config({}, {});

@@ -101,13 +101,17 @@ describe('adapters over fake children: the lora field, refusal at load, Reload',
     expect(launcher.profiles.length).toBe(n + 2);
   });
 
-  it('Reload: a changed model file or embedding model is named as needing a restart; a broken file changes nothing', async () => {
+  it('Reload: a changed model file, embedding model or any other setting is named as needing a restart; a broken file changes nothing', async () => {
     raw.models.tactical.name = 'op-copy.gguf';
     raw.models.embedding = { name: 'emb.gguf' };
+    raw.runtime.request_timeout = '20s';
+    raw.models.operational.ctx_size = 512;
     writeFileSync(file, stringify(raw));
     const r = await unary(g, 'Reload', {});
     expect(r.models).toContainEqual({ model: 'tac', restarted: false, note: '[models.tactical] names another file (op-copy.gguf): restart the runtime for that' });
     expect(r.models).toContainEqual({ model: 'embedding', restarted: false, note: '[models.embedding] changed: restart the runtime for that' });
+    expect(r.models).toContainEqual({ model: 'config', restarted: false, note: 'changed, read only at start (restart the runtime for them): models.operational.ctx_size, runtime.request_timeout' });
+    expect(d.service.config.runtime.request_timeout).toBe('10s'); // not applied
     writeFileSync(file, 'models = [');
     const e = await failure(unary(g, 'Reload', {}));
     expect(e?.code).toBe(Code.INVALID_ARGUMENT);

@@ -127,6 +127,27 @@ describe('SessionStore on disk', () => {
     await expect(s.delete('../new')).rejects.toThrow(/session_id: must be/);
   });
 
+  it('summary(): sessions per model (count, saved states, their bytes), read again after a change of its own or 2 s', async () => {
+    const dir = tmp();
+    put(dir, 'one', 100);
+    put(dir, 'two', 50);
+    const other = put(dir, 'three', 30, { sha: OTHER });
+    other.model = 'tactical';
+    other.kv = null; // a conversation whose state was not saved
+    writeFileSync(join(dir, OTHER, 'three.json'), JSON.stringify(other));
+    const store = new SessionStore({ dir, maxBytes: 1 << 20 });
+    const t0 = Date.now();
+    expect(Object.fromEntries(await store.summary(t0))).toEqual({ tiny: { count: 2, states: 2, bytes: 150 }, tactical: { count: 1, states: 0, bytes: 0 } });
+    // Changed behind its back: the same answer until 2 s have passed (the model lists are polled).
+    put(dir, 'four', 10);
+    expect((await store.summary(t0 + 1000)).get('tiny')!.count).toBe(2);
+    expect((await store.summary(t0 + 2500)).get('tiny')).toEqual({ count: 3, states: 3, bytes: 160 });
+    // Its own change: at once.
+    await store.delete('one');
+    expect((await store.summary(t0 + 2600)).get('tiny')).toEqual({ count: 2, states: 2, bytes: 60 });
+    expect(Object.fromEntries(await new SessionStore({ dir: join(dir, 'none'), maxBytes: 0 }).summary())).toEqual({});
+  });
+
   it('accepts a state file only when its size and sha256 match the record', async () => {
     const dir = tmp();
     const s = new SessionStore({ dir, maxBytes: 1 << 30 });

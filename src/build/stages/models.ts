@@ -4,7 +4,8 @@
  * models, and checks that each is a GGUF file. Needs: llama (its share/ and llama-quantize; only
  * read for synthesized models, and its key is part of this key only then). Output: models/*.gguf and
  * models.json (name, level, sha256, size, GGUF facts). A model's LoRA adapters ([[models.adapters]]:
- * synthesized or copied) go beside it as <model>.lora-<adapter>.gguf, each checked against the model
+ * synthesized, copied or downloaded; a catalog model's entry adds its own, see withCatalogAdapters in
+ * src/config/load.ts) go beside it as <model>.lora-<adapter>.gguf, each checked against the model
  * the way llama.cpp's loader checks it (a misfit fails the build with the reason).
  */
 import { chmod, copyFile, mkdir, writeFile } from 'node:fs/promises';
@@ -121,11 +122,17 @@ export const modelsStage = defineStage({
         const to = join(dir, 'models', file);
         ctx.progress(`${m.name}: adapter ${a.name}: ${a.source}`);
         if (a.source === 'synth') await synthLora({ base: dest, out: to, rank: a.rank, seed: a.seed, zeroB: a.zero_b, ggufPy: join(io.need('llama').dir, 'share/gguf-py'), log: ctx.log });
-        else await copyFile(a.path, to);
+        else if (a.source === 'file') await copyFile(a.path, to);
+        else {
+          // Downloaded and checked like a model (sha256, GGUF), into the same cache.
+          const cachedFile = join(downloads, `${a.sha256}.gguf`);
+          await fetchModel({ url: a.url, sha256: a.sha256, dest: cachedFile, size: a.size, onProgress: (p) => ctx.progress(`${m.name}: adapter ${a.name}: ${formatSize(p.bytes)}${p.total ? ` of ${formatSize(p.total)}` : ''}`) });
+          await copyFile(cachedFile, to);
+        }
         await chmod(to, 0o644);
         // What llama.cpp's loader would refuse is refused here, with the reason, instead of at the image's first start.
         const problem = adapterProblem(await readGguf(to), await readGguf(dest));
-        if (problem) throw new UserError(`models: ${m.name}: adapter ${a.name}${a.source === 'file' ? ` (${a.path})` : ''} does not fit the model: ${problem}`, 2);
+        if (problem) throw new UserError(`models: ${m.name}: adapter ${a.name}${a.source === 'file' ? ` (${a.path})` : a.source === 'url' ? ` (${a.url})` : ''} does not fit the model: ${problem}`, 2);
         adapters.push({ name: a.name, file, sha256: await sha256File(to), bytes: statSync(to).size });
       }
       out.push({ name: m.name, level: m.level, source: m.source, file: `${m.name}.gguf`, sha256: await sha256File(dest), bytes: statSync(dest).size, info: { ...info, file: `${m.name}.gguf` }, ...(adapters.length ? { adapters } : {}) });
