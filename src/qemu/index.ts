@@ -168,6 +168,8 @@ export interface BootCheck {
   tlsDir?: string;
   /** Things that work but should not be so (an open listener: runtime.insecure_listen). */
   warnings: string[];
+  /** What QemuTestOptions.during did: its value, or why it failed. */
+  during?: { ok: boolean; value?: unknown; error?: string };
   /** The recipe's kernel wishes (from the manifest) and whether each is live in the guest. */
   kernelWishes: LiveWish[];
   accel: 'kvm' | 'tcg';
@@ -189,6 +191,8 @@ export interface BootCheck {
     runtimeExecUsec?: number;
     /** The daemon's own start-up report (ms since its process started: modules, config, model, probe, front ends, ready). */
     runtimeStartup?: string;
+    /** `systemctl reload aios-runtime.service` (ExecReload: `aios runtime reload`): its exit status, then what the reload said per model. */
+    runtimeReload?: string;
     /** `systemd-analyze critical-chain aios-runtime.service`: what the unit waited for. */
     runtimeChain: string[];
     /** The runtime's journal lines that mark its start-up, with monotonic times. */
@@ -270,6 +274,7 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'runtime_activating_usec' && Number(val) > 0) guest.runtimeActivatingUsec = Number(val);
     else if (k === 'runtime_exec_usec' && Number(val) > 0) guest.runtimeExecUsec = Number(val);
     else if (k === 'runtime_startup' && val) guest.runtimeStartup = val;
+    else if (k === 'runtime_reload') guest.runtimeReload = val;
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
     else if (k.startsWith('k_')) {
@@ -358,6 +363,12 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
   tlsDir?: string;
   /** Boots so far whose kernel panicked under TCG (their panic lines); internal to the retries. */
   afterPanic?: string[];
+  /**
+   * More to do with the runtime in the guest once its probe answered (QEMU still running): called
+   * with its address and client credentials; what it resolves with (or why it failed) is the
+   * result's `during`. With snapshot = false what it makes the guest write stays in the image.
+   */
+  during?: (address: string, tlsDir: string | undefined) => Promise<unknown>;
 }
 
 /**
@@ -447,7 +458,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
     const { argv } = await qemuArgs(
       image,
-      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: true, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
+      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: o.snapshot !== false, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
       vars,
     );
     const t0 = Date.now();
@@ -477,6 +488,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     }
     let probe: BootCheck['runtime'] = undefined;
     let access: AccessCheck[] | undefined;
+    let during: BootCheck['during'];
     if (rt && !exited && !panic) {
       // The runtime's own check: a prompt over gRPC, through QEMU's user-net port forwarding.
       probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe, tlsDir);
@@ -484,6 +496,14 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
         o.onProgress?.('checking access control: infer and admin scopes, plain text and another CA refused');
         access = await accessChecks(`127.0.0.1:${hostPort}`, tlsDir);
       }
+      if (probe.ok && o.during) {
+        o.onProgress?.('talking to the runtime in the guest (during)');
+        during = await o.during(`127.0.0.1:${hostPort}`, tlsDir).then(
+          (value) => ({ ok: true, value }),
+          (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
+        );
+      }
+      // The power is cut: what the guest has not flushed to its disk is lost (with snapshot = false).
       child.kill('SIGTERM');
     }
     const res = await child;
@@ -504,7 +524,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (access?.some((a) => !a.ok)) reason = `access control: ${access.filter((a) => !a.ok).map((a) => `${a.name}: ${a.detail}`).join('; ')}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
     const warnings = accessWarnings(manifest);
-    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(tlsDir ? { tlsDir } : {}), warnings };
+    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };
   } finally {
     unregister();
     await safeRemove(tmp);

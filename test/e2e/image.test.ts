@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import { build, type BuildResult } from '../../src/build/index.js';
@@ -17,6 +17,41 @@ const MiB = 1024 * 1024;
 const out = tmp('aios-e2e-out-');
 let first: BuildResult;
 let rootImg = '';
+
+/**
+ * A saved session across a power cut and a reboot (README "Saved sessions"): the first boot (the
+ * boot check below) runs on a copy of the image that keeps its writes and, while the guest holds,
+ * starts a session with a long first turn; QEMU is then ended (the power is cut). The next test boots
+ * the same disk again and sends the session's next turn.
+ */
+const persist = join(out, 'persist', 'aios-default.raw');
+const PKI = join(out, 'aios-default.pki');
+const LONG_TURN = Array.from({ length: 8 }, (_, i) => `Note ${i + 1}: the lighthouse keeper writes down the wind, the tide, the ships that passed and the colour of the sky before the lamp is lit.`).join('\n');
+interface SessionTurn {
+  cache: string;
+  restored: number;
+  cached: number;
+  promptTokens: number;
+  restoreMs: number;
+  saved: boolean;
+  note: string;
+  /** The whole request (a 4-token answer) as the client saw it. */
+  latencyMs: number;
+}
+async function sessionTurn(address: string, tlsDir: string | undefined, prompt: string): Promise<SessionTurn> {
+  const { connect, unary } = await import('../../src/runtime/client.js');
+  const c = connect(address, { tlsDir });
+  try {
+    const t0 = Date.now();
+    const r = await unary(c, 'Infer', { prompt, session_id: 'reboot', intelligence_level: 'operational', max_tokens: 4, temperature: 0 }, 300_000);
+    const latencyMs = Date.now() - t0;
+    const o = r.session!;
+    return { cache: o.cache, restored: o.restored_tokens, cached: o.cached_tokens, promptTokens: r.prompt_tokens, restoreMs: o.restore_ms, saved: o.saved, note: o.note, latencyMs };
+  } finally {
+    c.close();
+  }
+}
+let firstBootSession: { ok: boolean; value?: unknown; error?: string } | undefined;
 
 describe('aios build image + qemu-test (default recipe)', () => {
   it('builds out/aios-default.raw with a manifest', { timeout: 20 * 60_000 }, async () => {
@@ -115,8 +150,13 @@ describe('aios build image + qemu-test (default recipe)', () => {
     }
   });
 
-  it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 10 * 60_000 }, async () => {
-    const res = await qemuTest(first.image, { timeout: 420, serialLog: join(out, 'boot.serial.log') });
+  it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 12 * 60_000 }, async () => {
+    // A copy that keeps the guest's writes (with its manifest beside it), for the saved session's reboot test below.
+    mkdirSync(join(out, 'persist'));
+    await execa('cp', ['--sparse=always', first.image, persist]);
+    copyFileSync(first.manifest, join(out, 'persist', 'aios-default.manifest.json'));
+    const res = await qemuTest(persist, { timeout: 540, serialLog: join(out, 'boot.serial.log'), tlsDir: PKI, snapshot: false, during: (a, tls) => sessionTurn(a, tls, LONG_TURN) });
+    firstBootSession = res.during;
     expect(res.reason).toBeUndefined();
     expect(res.ok).toBe(true);
     expect(res.guest.failedUnits).toEqual([]);
@@ -139,6 +179,8 @@ describe('aios build image + qemu-test (default recipe)', () => {
     // aios-runtime came up in the guest and answered the probe over gRPC through port forwarding.
     expect(res.guest.runtimeState).toBe('active');
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
+    // `systemctl reload aios-runtime` works in the unit's sandbox (ExecReload: `aios runtime reload`): nothing changed, nothing restarted.
+    expect(res.guest.runtimeReload).toBe('0 aios-tiny: not restarted (adapter files unchanged);');
     // The model sandbox in the image (README "Model sandbox"): the daemon manages its delegated cgroup,
     // and the model runs in a cgroup of its own with memory.max from its budget (the early-started
     // child gets it when the daemon takes it over), no swap, and the layer's CPU weight.
@@ -169,6 +211,31 @@ describe('aios build image + qemu-test (default recipe)', () => {
     for (const k of secrets) for (const line of pemBody(k)) expect(logs.includes(line)).toBe(false);
     console.log(`runtime ready ${res.runtime!.readySeconds} s after kernel start; probe answered in ${res.runtime!.latencyMs} ms`);
     console.log(`boot: ${res.accel}, multi-user ${res.guest.multiUser}s after kernel start, ${res.hostSeconds.toFixed(1)} s QEMU start to power-off`);
+  });
+
+  it('a saved session survives a power cut and a reboot: its next turn restores the KV state and llama-server reuses it instead of evaluating the conversation again', { timeout: 12 * 60_000 }, async () => {
+    expect(firstBootSession?.error).toBeUndefined();
+    const before = firstBootSession!.value as SessionTurn;
+    expect(before).toMatchObject({ cache: 'new', saved: true, restored: 0 });
+    expect(before.promptTokens).toBeGreaterThan(200);
+    // The same disk booted again (the first boot's power was cut right after its answer): the next turn.
+    const res = await qemuTest(persist, { timeout: 540, serialLog: join(out, 'reboot.serial.log'), tlsDir: PKI, during: (a, tls) => sessionTurn(a, tls, 'Go on.') });
+    expect(res.reason).toBeUndefined();
+    expect(res.during?.error).toBeUndefined();
+    const after = res.during!.value as SessionTurn;
+    // Restored, and used: llama-server's own count of the prompt tokens it took from its cache covers the
+    // whole first turn; only the new turn (and the previous answer) were evaluated.
+    expect(after.cache, after.note).toBe('hit');
+    expect(after.restored).toBeGreaterThanOrEqual(before.promptTokens);
+    expect(after.cached).toBeGreaterThanOrEqual(Math.floor(before.promptTokens * 0.9));
+    expect(after.promptTokens).toBeGreaterThan(before.promptTokens);
+    // (the new turn is the previous answer and "Go on." in the chat template: tens of tokens, not the conversation)
+    expect(after.promptTokens - after.cached).toBeLessThan(before.promptTokens / 4);
+    expect(after.saved).toBe(true);
+    console.log(
+      `session across a reboot (TCG): first turn ${before.promptTokens} prompt tokens evaluated in ${before.latencyMs} ms; ` +
+        `after the reboot ${after.cached} of ${after.promptTokens} prompt tokens restored (${after.restored} tokens, restore ${after.restoreMs.toFixed(0)} ms) and ${after.promptTokens - after.cached} evaluated, in ${after.latencyMs} ms`,
+    );
   });
 
   it('reuses every stage when nothing changed, and only re-runs overlay + image after a template change', { timeout: 10 * 60_000 }, async () => {

@@ -37,18 +37,19 @@ describe('boot check log', () => {
     expect(guest.timing).toBe('6 s (firmware) + 1 s (loader) + 13.28 s (kernel + initrd) + 31.12 s (userspace to multi-user)');
   });
 
-  it('parses the runtime start-up report and prints where the time went', async () => {
+  it('parses the runtime start-up report (and what systemctl reload did) and prints where the time went', async () => {
     const { runtimeStartupLines } = await import('../../src/cli/qemu.js');
     const { guest } = parseCheckLog(`AIOS-CHECK-BEGIN\r
 AIOS-CHECK runtime_ready_usec=61100000\r
 AIOS-CHECK runtime_activating_usec=30500000\r
 AIOS-CHECK runtime_exec_usec=30700000\r
 AIOS-CHECK runtime_startup=modules loaded 9000, config read 9300, operational model loading 9400 → ready 20000 (10600), probe → 25000 (5000), front ends up 12000, ready 25100\r
+AIOS-CHECK runtime_reload=0 aios-tiny: not restarted (adapter files unchanged);\r
 AIOS-CHECK-CHAIN aios-runtime.service +30.4s\r
 AIOS-CHECK-CHAIN └─network.target @30.4s\r
 AIOS-CHECK-END\r
 `);
-    expect(guest).toMatchObject({ runtimeReadyUsec: 61100000, runtimeActivatingUsec: 30500000, runtimeExecUsec: 30700000, runtimeChain: ['aios-runtime.service +30.4s', '└─network.target @30.4s'] });
+    expect(guest).toMatchObject({ runtimeReload: '0 aios-tiny: not restarted (adapter files unchanged);', runtimeReadyUsec: 61100000, runtimeActivatingUsec: 30500000, runtimeExecUsec: 30700000, runtimeChain: ['aios-runtime.service +30.4s', '└─network.target @30.4s'] });
     expect(runtimeStartupLines(guest)).toEqual([
       'unit started 30.5 s, process 30.7 s, ready 61.1 s after kernel start',
       'daemon (ms since its process started): modules loaded 9000, config read 9300, operational model loading 9400 → ready 20000 (10600), probe → 25000 (5000), front ends up 12000, ready 25100',
