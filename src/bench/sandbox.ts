@@ -1,7 +1,7 @@
 /**
  * `npm run bench:sandbox`: what the model sandbox (issue 16) costs. The same llama-server, same
  * model and arguments, started plain (loopback TCP) and through the runtime's own isolation path
- * (isolation.ts: bubblewrap, unix socket), interleaved (the order alternates every repetition):
+ * (isolation.ts: the sandbox the runtime uses on this host, unix socket), interleaved (the order alternates every repetition):
  * start → /health 200, and the decode rate of one generation of a fixed number of tokens
  * (ignore_eos; llama-server's own `timings.predicted_per_second`). Writes its section of
  * docs/benchmarks.md (between the sandbox-bench markers).
@@ -14,7 +14,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildLlamaStage } from '../build/index.js';
 import { synthModel } from '../models/synth.js';
-import { Isolation } from '../runtime/isolation.js';
+import { Isolation, spawnWrapped } from '../runtime/isolation.js';
 import { getChildStatus, postChild, readAll, type ChildAddress } from '../runtime/upstream.js';
 import { physicalCores } from '../util/cpu.js';
 import { freePort } from '../util/net.js';
@@ -45,7 +45,7 @@ async function once(binary: string, model: string, iso: Isolation | undefined): 
   if (iso && !w.socket) throw new Error(`the sandbox did not apply: ${iso.warnings.join('; ')}`);
   const to: ChildAddress = w.socket ?? port;
   const t0 = performance.now();
-  const proc: ChildProcess = spawn(w.argv[0]!, w.argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc: ChildProcess = spawnWrapped(w, ['ignore', 'ignore', 'pipe']);
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
   try {
@@ -98,7 +98,7 @@ async function main(): Promise<void> {
   };
   const section = [
     START,
-    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC on ${cpus()[0]?.model ?? 'this machine'} (${cpus().length} CPUs, load average ${load0.toFixed(1)} at the start; a shared 2-core development machine, other engineers' jobs running), model \`${model.split('/').pop()}\`, ${REPS} interleaved repetitions, ${TOKENS} tokens each, \`-t ${physicalCores()}\`. "sandbox" = the runtime's own path (isolation.ts: bubblewrap without network, unix socket, PID namespace${iso.sandbox.freshProc ? '' : ', the daemon\'s /proc'}); no cgroup in either.${NOTE ? ` ${NOTE}` : ''}`,
+    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC on ${cpus()[0]?.model ?? 'this machine'} (${cpus().length} CPUs, load average ${load0.toFixed(1)} at the start; a shared 2-core development machine, other engineers' jobs running), model \`${model.split('/').pop()}\`, ${REPS} interleaved repetitions, ${TOKENS} tokens each, \`-t ${physicalCores()}\`. "sandbox" = the runtime's own path (${iso.describe().replace(/^model isolation: no per-model cgroups; /, '')}, unix socket); no cgroup in either.${NOTE ? ` ${NOTE}` : ''}`,
     '',
     '| figure | plain (mean ± sd) | sandboxed (mean ± sd) | sandbox − plain |',
     '| --- | --- | --- | --- |',

@@ -18,8 +18,9 @@ export function registerQemu(p: Command): void {
     .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
     .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
     .option('--tls-dir <dir>', 'client certificates for the runtime\'s mutual TLS (default: $AIOS_TLS_DIR, else the image\'s pki dir, out/<name>.pki)')
+    .option('--oom-check', "also load a second model with a cgroup memory limit far below its needs: the kernel must kill it in its cgroup, the runtime report it out of memory, and the operational model answer meanwhile (README \"Model sandbox\")")
     .option('--json', 'print the result as JSON')
-    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; json?: boolean }) => {
+    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; oomCheck?: boolean; json?: boolean }) => {
       const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
       const t0 = Date.now();
       const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
@@ -32,6 +33,7 @@ export function registerQemu(p: Command): void {
         cpu: o.cpu,
         serialLog: o.serialLog,
         tlsDir: o.tlsDir,
+        oomCheck: o.oomCheck,
         onProgress: (l) => {
           if (spinner) spinner.text = l;
           else if (!o.json) process.stderr.write(`${l}\n`);
@@ -63,6 +65,7 @@ export function registerQemu(p: Command): void {
           out(`access (mutual TLS, ${res.tlsDir}):`);
           for (const a of res.access) out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(12)} ${a.detail}`);
         }
+        if (res.oom) out(`model sandbox: ${res.oom.ok ? 'ok  ' : 'FAIL'} ${res.oom.detail}`);
         for (const w of res.warnings) out(`warning:     ${w}`);
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');
@@ -95,7 +98,7 @@ export function doctorLines(d: NonNullable<BootCheck['guest']['doctor']>): strin
 }
 
 /** Where the runtime's start-up went in the guest: systemd's moments, the daemon's own report, what it waited for. */
-export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtimeExecUsec?: number; runtimeReadyUsec?: number; runtimeStartup?: string; runtimeChain?: string[]; runtimeLog?: string[]; sandbox?: string[] }): string[] {
+export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtimeExecUsec?: number; runtimeReadyUsec?: number; runtimeStartup?: string; runtimeChain?: string[]; runtimeLog?: string[]; sandbox?: string[]; runtimeExposure?: number }): string[] {
   const s = (us?: number) => (us === undefined ? '?' : `${(us / 1e6).toFixed(1)} s`);
   const out: string[] = [];
   if (g.runtimeActivatingUsec || g.runtimeExecUsec) out.push(`unit started ${s(g.runtimeActivatingUsec)}, process ${s(g.runtimeExecUsec)}, ready ${s(g.runtimeReadyUsec)} after kernel start`);
@@ -103,5 +106,6 @@ export function runtimeStartupLines(g: { runtimeActivatingUsec?: number; runtime
   if (g.runtimeLog?.length) out.push('journal:', ...g.runtimeLog.map((l) => `  ${l}`));
   if (g.runtimeChain?.length) out.push('waited for:', ...g.runtimeChain.map((l) => `  ${l}`));
   if (g.sandbox?.length) out.push('model sandbox:', ...g.sandbox.map((l) => `  ${l}`));
+  if (g.runtimeExposure !== undefined) out.push(`systemd-analyze security aios-runtime.service: exposure ${g.runtimeExposure}`);
   return out;
 }

@@ -8,7 +8,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ApiKey, ConnectOptions, HealthStatus, ModelStatus, RuntimeClient, SessionList, SpendReport } from '../runtime/client.js';
 import { UserError } from '../util/errors.js';
-import { formatSize } from '../util/size.js';
+import { formatSize, parseSize, SIZE_RE } from '../util/size.js';
 import { out } from './common.js';
 
 type ClientApi = typeof import('../runtime/client.js');
@@ -221,11 +221,14 @@ export function registerRuntime(p: Command): void {
     });
   });
   for (const verb of ['load', 'unload'] as const) {
-    addressOption(rt.command(verb).description(`${verb} a model in a running aios-runtime`).argument('<name>', 'model name (a configured layer\'s model, or a new name with --path)').option('--path <file>', 'GGUF file inside the model dir (load only)')).action(
-      async (name: string, o: Conn & { path?: string }) => {
+    const cmd = rt.command(verb).description(`${verb} a model in a running aios-runtime`).argument('<name>', 'model name (a configured layer\'s model, or a new name with --path)').option('--path <file>', 'GGUF file inside the model dir (load only)');
+    if (verb === 'load') cmd.option('--memory-max <size>', "memory.max of the model's cgroup (e.g. 512M) instead of its budgeted footprint + runtime.child_memory_margin: past it the kernel kills this model alone");
+    addressOption(cmd).action(
+      async (name: string, o: Conn & { path?: string; memoryMax?: string }) => {
+        if (o.memoryMax !== undefined && !SIZE_RE.test(o.memoryMax)) throw new UserError(`--memory-max: not a size: ${o.memoryMax} (e.g. 512M, 2G)`, 2);
         await withRuntimeClient(o.address, async (c, { unary }) => {
           if (verb === 'load') {
-            const r = await unary(c, 'LoadModel', { model_name: name, model_path: o.path ?? '' }, 180_000);
+            const r = await unary(c, 'LoadModel', { model_name: name, model_path: o.path ?? '', memory_limit_bytes: o.memoryMax ? parseSize(o.memoryMax) : 0 }, 180_000);
             out(`${r.name}: ${r.state} (pid ${r.pid}, port ${r.port})`);
           } else out((await unary(c, 'UnloadModel', { model_name: name }, 180_000)).message);
         }, tlsOf(o)).catch((e: Error) => {

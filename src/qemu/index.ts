@@ -13,6 +13,7 @@ import { liveWishes, type KernelFacts, type LiveWish } from '../kernel/live.js';
 import type { Result as DoctorResult, Verdict as DoctorVerdict } from '../doctor/types.js';
 import { freePort } from '../util/net.js';
 import { accessChecks, type AccessCheck } from './access.js';
+import { oomCheck, type OomCheck } from './oom-check.js';
 import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
 
 export const OVMF_CANDIDATES = [
@@ -166,6 +167,8 @@ export interface BootCheck {
   access?: AccessCheck[];
   /** The client credentials used (the image's pki dir). */
   tlsDir?: string;
+  /** The model sandbox's memory limit (QemuTestOptions.oomCheck): see src/qemu/oom-check.ts. */
+  oom?: OomCheck;
   /** Things that work but should not be so (an open listener: runtime.insecure_listen). */
   warnings: string[];
   /** What QemuTestOptions.during did: its value, or why it failed. */
@@ -184,6 +187,8 @@ export interface BootCheck {
     state?: string;
     cpuFlags?: string[];
     runtimeState?: string;
+    /** `systemd-analyze security aios-runtime.service` in the guest: its overall exposure. */
+    runtimeExposure?: number;
     /** Monotonic time (µs since kernel start) when aios-runtime.service became ready. */
     runtimeReadyUsec?: number;
     /** …when systemd started the unit (left "inactive") and when its process was exec'd. */
@@ -270,6 +275,7 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'multi_user_usec' && Number(val) > 0) guest.multiUser = Number(val) / 1e6;
     else if (k === 'settled') guest.settled = val === 'yes';
     else if (k === 'runtime_state') guest.runtimeState = val;
+    else if (k === 'runtime_exposure' && val) guest.runtimeExposure = Number(val);
     else if (k === 'runtime_ready_usec' && Number(val) > 0) guest.runtimeReadyUsec = Number(val);
     else if (k === 'runtime_activating_usec' && Number(val) > 0) guest.runtimeActivatingUsec = Number(val);
     else if (k === 'runtime_exec_usec' && Number(val) > 0) guest.runtimeExecUsec = Number(val);
@@ -369,6 +375,11 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
    * result's `during`. With snapshot = false what it makes the guest write stays in the image.
    */
   during?: (address: string, tlsDir: string | undefined) => Promise<unknown>;
+  /**
+   * After the probe: load a second model with a cgroup memory.max far below its needs and require an
+   * out-of-memory kill reported as such while the operational model keeps answering (oom-check.ts).
+   */
+  oomCheck?: boolean;
 }
 
 /**
@@ -489,6 +500,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     let probe: BootCheck['runtime'] = undefined;
     let access: AccessCheck[] | undefined;
     let during: BootCheck['during'];
+    let oom: OomCheck | undefined;
     if (rt && !exited && !panic) {
       // The runtime's own check: a prompt over gRPC, through QEMU's user-net port forwarding.
       probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe, tlsDir);
@@ -502,6 +514,11 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
           (value) => ({ ok: true, value }),
           (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
         );
+      }
+      const op = manifest?.models?.find((m) => m.level === 'operational') ?? manifest?.models?.[0];
+      if (probe.ok && o.oomCheck && op) {
+        o.onProgress?.('checking the model sandbox: a second model with memory.max far below its needs, the operational model answering meanwhile');
+        oom = await oomCheck(`127.0.0.1:${hostPort}`, tlsDir, `/var/lib/aios/models/${op.file}`);
       }
       // The power is cut: what the guest has not flushed to its disk is lost (with snapshot = false).
       child.kill('SIGTERM');
@@ -522,9 +539,10 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (rt && guest.runtimeState !== 'active') reason = `aios-runtime.service is ${guest.runtimeState ?? 'missing'}`;
     else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
     else if (access?.some((a) => !a.ok)) reason = `access control: ${access.filter((a) => !a.ok).map((a) => `${a.name}: ${a.detail}`).join('; ')}`;
+    else if (oom && !oom.ok) reason = `model sandbox: ${oom.detail}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
     const warnings = accessWarnings(manifest);
-    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };
+    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(oom ? { oom } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };
   } finally {
     unregister();
     await safeRemove(tmp);

@@ -7,11 +7,11 @@
  *
  *   memory.max       = the model's budgeted footprint × (1 + runtime.child_memory_margin)
  *   memory.swap.max  = runtime.child_swap_max (default 0: a model is never pushed into zram)
- *   memory.oom.group = 1 (an OOM kill takes the whole sandbox: bwrap and llama-server together)
+ *   memory.oom.group = 1 (an OOM kill takes the whole sandbox: its tool's process and llama-server together)
  *   cpu.weight       = the layer's cpu_weight;  cpuset.cpus = the layer's cpus ("auto": spread)
  *
  * The child enters its cgroup before it execs (a shell writes its own pid to cgroup.procs, then
- * execs bwrap / llama-server), so not one page it allocates is charged elsewhere. An OOM kill is
+ * execs the sandbox tool / llama-server), so not one page it allocates is charged elsewhere. An OOM kill is
  * read from memory.events (`oom_kill`) when the child exits.
  *
  * The same code runs outside systemd on a cgroup given by `runtime.cgroup` (tests, by hand), also

@@ -53,6 +53,8 @@ export interface LaunchProfile {
   idleUnloadMs?: number;
   /** memory.max of its cgroup: the budgeted footprint + runtime.child_memory_margin (supervisor; 0/absent = no limit). */
   memoryLimitBytes?: number;
+  /** memory.max asked for by LoadModel (memory_limit_bytes), instead of the footprint + margin. */
+  memoryMaxBytes?: number;
   /** LoRA adapters loaded unapplied (`--lora`; the index is llama-server's adapter id; adapters.ts). */
   adapters?: { name: string; path: string }[];
   /** An embedding child ([models.embedding]: `--embeddings --pooling <pooling>`). */

@@ -176,7 +176,7 @@ export const RuntimeConfigSchema = z.strictObject({
       metrics_auth: z.enum(['api', 'open', 'metrics']).default('api').describe('/metrics: api = the same rule as the API (any valid key when keys are on), open = no key, metrics = a key with the metrics (or admin) scope'),
       socket_group: z.string().default('').describe('group the unix socket is given (mode 0660): its members have admin access; "" = the daemon\'s own group'),
       // Model isolation (issue 16; README "Model sandbox").
-      sandbox: z.enum(['auto', 'off']).default('auto').describe('each llama-server in a bubblewrap sandbox (no network: a unix socket; read-only model; writes only to its own directory): auto = when bwrap works here (else one warning), off = never'),
+      sandbox: z.enum(['auto', 'off']).default('auto').describe('each llama-server in a sandbox (own user, network and PID namespaces: no network, a unix socket; reads only /usr and its model; writes only to its own directory and slot directory; no_new_privs; its own seccomp filter): auto = util-linux unshare + setpriv (Landlock) where they work, else bubblewrap, else one warning; off = never'),
       cgroup: z.string().default('auto').describe('per-model cgroups: auto = the daemon\'s own cgroup v2 when delegated (systemd Delegate=yes), off = none, or a writable cgroup directory (v2, or a v1 memory hierarchy)'),
       child_memory_margin: z.number().min(0).max(10).default(0.1).describe('memory.max of a model\'s cgroup = its budgeted footprint × (1 + this)'),
       child_swap_max: size.default('0').describe('memory.swap.max of each model\'s cgroup (zram counts as swap): 0 = a model that outgrows its limit is OOM-killed instead of paging to zram'),

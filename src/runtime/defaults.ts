@@ -25,14 +25,21 @@ export function ms(d: string): number {
 /**
  * Where saved sessions live (sessions.ts): runtime.sessions_dir, else $STATE_DIRECTORY/sessions
  * (systemd StateDirectory=; in the image /var/lib/aios-runtime/sessions), else
- * /var/lib/aios/sessions. llama-server's --slot-save-path is this directory, so the early start
- * (entry.ts) and the daemon must derive it the same way.
+ * /var/lib/aios/sessions. Each model's llama-server gets its own slot directory below it
+ * (slotDirOf), so the early start (entry.ts) and the daemon must derive it the same way.
  */
 export function sessionsDirOf(configured: string, env: NodeJS.ProcessEnv = process.env): string {
   if (configured) return configured;
   const state = env.STATE_DIRECTORY?.split(':')[0];
   return state ? join(state, 'sessions') : '/var/lib/aios/sessions';
 }
+
+/**
+ * A model's own slot directory, llama-server's --slot-save-path: the only place its sandbox lets it
+ * write saved states (README "Model sandbox"); the daemon moves them between there and the store.
+ * `model-<name>` as its cgroup and its child directory are named.
+ */
+export const slotDirOf = (sessionsDir: string, model: string): string => join(sessionsDir, 'slots', `model-${model.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_')}`);
 
 /** Creates the sessions directory (mode 0700) if needed; undefined when it is usable, else why not. */
 export function prepareSessionsDir(dir: string): string | undefined {

@@ -1,17 +1,19 @@
 /**
  * How a model child is isolated (issue 16): its own cgroup (cgroup.ts) and its sandbox
- * (sandbox.ts), set up once per daemon as far as the host allows, with one warning per thing that
- * is not possible here (kept in `warnings`; the daemon logs them). `wrap()` turns llama-server's
- * command line into the one that runs it isolated:
+ * (sandbox.ts, with its seccomp filter from seccomp.ts), set up once per daemon as far as the host
+ * allows, with one warning per thing that is not possible here (kept in `warnings`; the daemon logs
+ * them). `wrap()` turns llama-server's command line into the one that runs it isolated:
  *
- *   /bin/sh -c '<enter the cgroup>; exec "$@"' … bwrap <sandbox> -- llama-server <args, --host <dir>/llama.sock>
+ *   /bin/sh -c '<enter the cgroup>; exec "$@"' … <sandbox tool(s)> -- llama-server <args, --host <dir>/llama.sock>
  */
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LaunchProfile } from './child.js';
 import { ModelCgroups, cgroupName, oomMessage, parseCpuList, physicalCoreSets, spreadCpus, type CgroupLimits } from './cgroup.js';
-import { bwrapArgs, childSocket, probeSandbox, type SandboxMode } from './sandbox.js';
+import { childSocket, probeSandbox, sandboxLaunch, type SandboxMode, type SeccompFiles } from './sandbox.js';
+import { childSeccompFilter } from './seccomp.js';
 import { rssOf } from './memory.js';
 
 export interface LayerIsolation {
@@ -80,16 +82,6 @@ export function isolationSettings(runtime: unknown, models: unknown, warn: (s: s
   };
 }
 
-/** Seccomp mode of this process (/proc/self/status: 0 none, 2 filter), -1 unknown. */
-export function seccompMode(status?: string): number {
-  try {
-    const m = /^Seccomp:\s+(\d+)/m.exec(status ?? readFileSync('/proc/self/status', 'utf8'));
-    return m ? Number(m[1]) : -1;
-  } catch {
-    return -1;
-  }
-}
-
 /**
  * Environment a child needs beyond the daemon's: a split model's llama-server aborts (GGML_ABORT)
  * when a worker goes away, which is routine there; without GGML_NO_BACKTRACE ggml would first attach
@@ -99,7 +91,7 @@ export function childEnv(p: LaunchProfile): Record<string, string> {
   return p.rpc?.length ? { GGML_NO_BACKTRACE: '1' } : {};
 }
 
-/** Resident set of a process and its descendants (a sandboxed llama-server is bwrap's child). */
+/** Resident set of a process and its descendants (a sandboxed llama-server is a child of its sandbox's tool). */
 export function treeRss(pid: number): number {
   let sum = rssOf(pid);
   try {
@@ -113,34 +105,93 @@ export function treeRss(pid: number): number {
 /** The shell that puts itself into the cgroup(s) named before "--", then execs the rest. */
 const ENTER = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || { echo "aios-runtime: cannot enter cgroup $f" >&2; exit 125; }; shift; done; shift; exec "$@"';
 
+/** How wrap() says to start a child. */
+export interface WrappedLaunch {
+  argv: string[];
+  socket?: string;
+  cgroup?: { oomBefore: number };
+  /** The whole environment of the child (sandboxed: PATH, HOME, TMPDIR; else undefined = the daemon's). */
+  env?: Record<string, string>;
+  /** Files its sandbox tool reads from fd 3 on (opened read-only by the launcher). */
+  fds?: string[];
+  /** How to stop it (SIGTERM unless the sandbox says otherwise). */
+  stopSignal?: 'SIGTERM' | 'SIGKILL';
+}
+
+/**
+ * Spawns what wrap() returned: its environment (plus `extraEnv`), its files as fd 3, 4, … after
+ * `stdio`'s three.
+ */
+export function spawnWrapped(w: WrappedLaunch, stdio: ('ignore' | 'pipe' | 'inherit')[], extraEnv: Record<string, string> = {}): ChildProcess {
+  const fds = (w.fds ?? []).map((f) => openSync(f, 'r'));
+  try {
+    const env = w.env ? { ...w.env, ...extraEnv } : Object.keys(extraEnv).length ? { ...process.env, ...extraEnv } : undefined;
+    return spawn(w.argv[0]!, w.argv.slice(1), { stdio: [...stdio, ...fds], ...(env ? { env } : {}) });
+  } finally {
+    for (const fd of fds) closeSync(fd);
+  }
+}
+
+/** Writes the children's seccomp programs (with and without network) into `dir`; undefined when this architecture has none. */
+function writeSeccompFiles(dir: string): SeccompFiles | undefined {
+  const noNet = childSeccompFilter(process.arch, { network: false });
+  const net = childSeccompFilter(process.arch, { network: true });
+  if (!noNet || !net) return undefined;
+  const files = { noNet: join(dir, 'seccomp-nonet.bpf'), net: join(dir, 'seccomp-net.bpf') };
+  // Written aside and renamed: a child starting meanwhile (the early start's) reads a whole program.
+  for (const [file, prog] of [[files.noNet, noNet], [files.net, net]] as const) {
+    const tmp = `${file}.tmp-${process.pid}`;
+    writeFileSync(tmp, prog, { mode: 0o600 });
+    chmodSync(tmp, 0o600);
+    renameSync(tmp, file);
+  }
+  return files;
+}
+
 export class Isolation {
   readonly warnings: string[] = [];
   readonly cgroups?: ModelCgroups;
   readonly sandbox?: SandboxMode;
-  /** One sandboxed /bin/true at start (ms), for the log. */
+  /** One sandboxed self-test at start (ms), for the log. */
   readonly sandboxStartMs?: number;
+  /** What the self-test showed. */
+  readonly sandboxVerified?: string;
 
   constructor(readonly settings: IsolationSettings) {
     const warn = (s: string) => this.warnings.push(s);
     this.cgroups = ModelCgroups.open(settings.cgroup, warn);
+    let seccomp: SeccompFiles | undefined;
     try {
       mkdirSync(settings.childDir, { recursive: true, mode: 0o700 });
+      if (settings.sandbox !== 'off') seccomp = writeSeccompFiles(settings.childDir);
     } catch (e) {
       warn(`children's directories: ${settings.childDir}: ${(e as Error).message}`);
     }
-    const probe = probeSandbox(settings.sandbox, settings.childDir);
+    const probeDir = join(settings.childDir, 'probe');
+    try {
+      if (settings.sandbox !== 'off') mkdirSync(probeDir, { recursive: true, mode: 0o700 });
+    } catch {
+      // the probe reports it
+    }
+    const probe = probeSandbox(settings.sandbox, probeDir, { seccomp });
+    rmSync(probeDir, { recursive: true, force: true });
     this.sandbox = probe.mode;
     this.sandboxStartMs = probe.startMs;
+    this.sandboxVerified = probe.verified;
     this.warnings.push(...probe.warnings);
-    // The children's seccomp filter is the unit's (SystemCallFilter=, inherited); started by hand there is none.
-    if (seccompMode() !== 2) warn('no seccomp filter for the children: the daemon is not running under one (aios-runtime.service\'s SystemCallFilter= is what filters them); started by hand, they may make any system call the sandbox does not prevent');
   }
 
   /** A one-line summary for the start-up log. */
   describe(): string {
     const cg = this.cgroups ? `per-model cgroups under ${this.cgroups.root} (${[...this.cgroups.controllers].join(', ')})` : 'no per-model cgroups';
-    const sb = this.sandbox ? `sandbox: bwrap${this.sandbox.freshProc ? '' : ' with the daemon\'s /proc'} (${this.sandboxStartMs?.toFixed(0)} ms for /bin/true)` : 'no sandbox';
-    return `model isolation: ${cg}; ${sb}`;
+    const s = this.sandbox;
+    const what = !s
+      ? 'no sandbox'
+      : s.kind === 'landlock'
+        ? `sandbox: unshare + setpriv (user, network and PID namespaces, Landlock, no_new_privs${s.seccomp ? ', seccomp' : ''})`
+        : `sandbox: bwrap (user, network, PID and mount namespaces${s.freshProc ? '' : ', the daemon\'s /proc'}, no_new_privs${s.seccomp ? ', seccomp' : ''})`;
+    const check = s ? `, self-test ${this.sandboxStartMs?.toFixed(0)} ms: ${this.sandboxVerified}` : '';
+    return `model isolation: ${cg}; ${what}${check}`;
   }
 
   limitsOf(p: LaunchProfile): CgroupLimits {
@@ -159,9 +210,8 @@ export class Isolation {
   }
 
   /** The isolated command line for llama-server `binary` with `args`. */
-  wrap(p: LaunchProfile, binary: string, args: string[]): { argv: string[]; socket?: string; cgroup?: { oomBefore: number } } {
-    let argv = [binary, ...args];
-    let socket: string | undefined;
+  wrap(p: LaunchProfile, binary: string, args: string[]): WrappedLaunch {
+    let out: WrappedLaunch = { argv: [binary, ...args] };
     if (this.sandbox) {
       const dir = join(this.settings.childDir, cgroupName(p.name));
       // The binary itself when it is not under /usr (a llama.cpp build in the aios cache, by hand).
@@ -173,23 +223,24 @@ export class Isolation {
       }
       try {
         mkdirSync(dir, { recursive: true, mode: 0o700 });
-        socket = childSocket(dir);
+        for (const d of rw) mkdirSync(d, { recursive: true, mode: 0o700 });
+        const socket = childSocket(dir);
         rmSync(socket, { force: true });
         const inner = [...args];
         const h = inner.indexOf('--host');
         if (h >= 0) inner[h + 1] = socket;
         else inner.push('--host', socket);
         // A split model's llama-server must reach its RPC workers: it keeps the host's network (README "Fleets").
-        argv = [this.sandbox.bwrap, ...bwrapArgs(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p) }), binary, ...inner];
+        const l = sandboxLaunch(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p) });
+        out = { argv: [...l.argv, binary, ...inner], socket, env: l.env, fds: l.fds, stopSignal: l.stopSignal };
       } catch (e) {
         this.warnings.push(`${p.name}: not sandboxed (${(e as Error).message})`);
-        socket = undefined;
       }
     }
-    if (!this.cgroups) return { argv, socket };
+    if (!this.cgroups) return out;
     const before = this.cgroups.stats(p.name)?.oomKills ?? 0;
     const files = this.cgroups.prepare(p.name, this.limitsOf(p));
-    if (!files.length) return { argv, socket };
-    return { argv: ['/bin/sh', '-c', ENTER, 'aios-enter-cgroup', ...files, '--', ...argv], socket, cgroup: { oomBefore: this.cgroups.stats(p.name)?.oomKills ?? before } };
+    if (!files.length) return out;
+    return { ...out, argv: ['/bin/sh', '-c', ENTER, 'aios-enter-cgroup', ...files, '--', ...out.argv], cgroup: { oomBefore: this.cgroups.stats(p.name)?.oomKills ?? before } };
   }
 }

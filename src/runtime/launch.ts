@@ -3,12 +3,13 @@
  * stderr read for the buffer sizes it reports while loading, /health for readiness, and the memory
  * a ready child uses.
  */
-import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import type { Launcher, LaunchProfile, ProcessHandle } from './child.js';
 import { addBufferLine, emptyBuffers, PROCESS_OVERHEAD, rssOf } from './memory.js';
 import { freePort } from '../util/net.js';
 import { physicalCores } from '../util/cpu.js';
-import { childEnv, Isolation, type IsolationSettings } from './isolation.js';
+import { childEnv, Isolation, spawnWrapped, type IsolationSettings } from './isolation.js';
+import { slotDirOf } from './defaults.js';
 import { getChildStatus, type ChildAddress } from './upstream.js';
 
 /** llama-server's command line for a profile. */
@@ -33,7 +34,8 @@ export function launchArgs(p: LaunchProfile, port: number, slotSavePath = ''): s
   ];
   if (!p.mmap) args.push('--no-mmap');
   // Saved sessions (sessions.ts): POST /slots/<id>?action=save|restore reads and writes files here.
-  if (slotSavePath && !p.embeddings) args.push('--slot-save-path', slotSavePath);
+  // Its own slot directory below the sessions directory (the only one its sandbox may write to).
+  if (slotSavePath && !p.embeddings) args.push('--slot-save-path', slotDirOf(slotSavePath, p.name));
   // Every adapter loaded at scale 0; each request applies its own set (adapters.ts).
   for (const a of p.adapters ?? []) args.push('--lora', a.path);
   if (p.adapters?.length) args.push('--lora-init-without-apply');
@@ -47,7 +49,7 @@ export class LlamaServerLauncher implements Launcher {
   /** A child started before the daemon was loaded (prelaunch()), waiting to be taken by the first start() it matches. */
   private early?: { args: string[]; port: number; proc: ProcessHandle; socket?: string };
 
-  /** llama-server's --slot-save-path for every child (the sessions directory; "" = sessions off). */
+  /** The sessions directory; each child's --slot-save-path is its own directory below it (slotDirOf; "" = sessions off). */
   slotSavePath = '';
   /** Per-model cgroups and the sandbox (isolation.ts); none until isolate() is called. */
   isolation?: Isolation;
@@ -97,10 +99,12 @@ export class LlamaServerLauncher implements Launcher {
   private launch(profile: LaunchProfile, port: number): { proc: ProcessHandle; socket?: string } {
     const plain = launchArgs(profile, port, this.slotSavePath);
     // Its own cgroup (entered before exec) and sandbox, as far as this host allows (isolation.ts).
-    const { argv, socket, cgroup } = this.isolation?.wrap(profile, this.binary, plain) ?? { argv: [this.binary, ...plain] };
-    this.log(`starting ${profile.name}: ${argv.join(' ')}`);
-    const env = childEnv(profile);
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], ...(Object.keys(env).length ? { env: { ...process.env, ...env } } : {}) });
+    const w = this.isolation?.wrap(profile, this.binary, plain) ?? { argv: [this.binary, ...plain] };
+    const { socket, cgroup } = w;
+    const slots = plain.indexOf('--slot-save-path');
+    if (slots >= 0) mkdirSync(plain[slots + 1]!, { recursive: true, mode: 0o700 });
+    this.log(`starting ${profile.name}: ${w.argv.join(' ')}`);
+    const proc = spawnWrapped(w, ['ignore', 'ignore', 'pipe'], childEnv(profile));
     const buffers = emptyBuffers();
     let tail = '';
     let partial = '';
@@ -139,7 +143,8 @@ export class LlamaServerLauncher implements Launcher {
         buffers,
         tail: () => tail,
         kill: (sig) => {
-          if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+          // A sandbox that cannot pass SIGTERM on is stopped with SIGKILL (sandbox.ts, stopSignal).
+          if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig === 'SIGTERM' && w.stopSignal === 'SIGKILL' ? 'SIGKILL' : sig);
         },
       },
     };

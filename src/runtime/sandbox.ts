@@ -1,34 +1,50 @@
 /**
- * The sandbox every model child runs in (issue 16), built with bubblewrap (Debian's `bubblewrap`,
- * the tool Flatpak uses) where systemd cannot do it per child:
+ * The sandbox every model child runs in (issue 16; README "Model sandbox"), built from Debian's tools
+ * where systemd cannot do it per child. Two ways to the same restrictions, tried in this order:
  *
- * - no network: a private network namespace (only its own loopback, which nothing outside
- *   reaches); the daemon talks to llama-server over a unix socket in the child's directory
- *   (llama-server binds a unix socket when `--host` ends in `.sock`);
- * - a file system of its own, read-only but for its own directory (the socket; also its TMPDIR)
- *   and the sessions directory (slot saves): /usr, the model file and adapters, a minimal /dev
- *   (its /dev/shm is a private tmpfs), /proc, the CPU topology in /sys; nothing else (no /etc but
- *   the loader cache, no /home, no /var, no /run, no /tmp);
- * - its own PID namespace (it sees and can signal no other process, though it runs as the daemon's
- *   user), no_new_privs (bwrap sets it), every capability dropped, its own session (no TIOCSTI),
- *   killed with its parent;
- * - seccomp: the unit's SystemCallFilter= (inherited by every child); outside systemd none.
+ * "landlock" — util-linux (Essential in Debian; ≥ 2.40 for setpriv's Landlock and seccomp options):
+ *   setpriv --pdeathsig KILL -- unshare --user --net --pid --fork --kill-child --
+ *     setpriv --no-new-privs --landlock-access fs --landlock-rule … --seccomp-filter <file> -- llama-server …
+ *   No mount calls and no mount namespace, so it works inside aios-runtime.service as the unit is
+ *   (DynamicUser=, RestrictSUIDSGID=, no @mount): the file system is restricted with Landlock (the
+ *   kernel's unprivileged access control) instead of being hidden.
+ * "bwrap" — bubblewrap: the same namespaces and a file system of its own (a read-only view of /usr,
+ *   the model and its own directory; nothing else exists inside). It needs mount calls, a mount
+ *   namespace, rtnetlink and openat2(), which aios-runtime.service does not allow (bubblewrap 0.12
+ *   opens mount sources with openat2(), which RestrictSUIDSGID='s filter answers with ENOSYS): used
+ *   where the first does not work, e.g. `aios runtime serve` by hand on Debian 12 (util-linux 2.38).
  *
- * `probeSandbox()` runs the sandbox once at start with /bin/true: whatever does not work here
- * (no bwrap, no user namespaces) is one warning, and children run without it.
+ * Either way a child has:
+ * - no network: a network namespace of its own (with bwrap its loopback is up, otherwise down), and
+ *   a seccomp filter that allows only AF_UNIX sockets and no connect() at all; the daemon talks to
+ *   llama-server over the unix socket in the child's directory (llama-server binds one when `--host`
+ *   ends in `.sock`). A model split over RPC workers (shareNet) keeps the host's network and may
+ *   connect;
+ * - read access to /usr, the loader cache, the model and its adapters, the CPU topology in /sys and
+ *   /dev/null, /dev/zero, /dev/urandom, /dev/random — and nothing else (no /etc, /home, /run, /var,
+ *   /tmp, /proc: with bwrap they do not exist, with Landlock they cannot be opened);
+ * - write access to its own directory (the socket; also HOME and TMPDIR) and its own slot directory
+ *   for saved sessions only;
+ * - a PID namespace of its own (it can name and signal no other process), no capabilities,
+ *   no_new_privs, killed when the daemon dies;
+ * - its own seccomp filter (seccomp.ts), below the unit's SystemCallFilter= where there is one.
+ *
+ * `probeSandbox()` runs the sandbox once at start with a small shell self-test (its own directory
+ * writable; a write beside it and a read of /etc/passwd refused): whatever does not work here is one
+ * warning, and children run without it.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 export interface SandboxSpec {
   /** The model file (read-only inside). */
   model: string;
   /** The child's own directory (read-write inside; the unix socket lives there). */
   dir: string;
-  /** Further read-only paths (adapters…). */
+  /** Further read-only paths (adapters, a binary outside /usr…). */
   readOnly?: string[];
-  /** Further read-write paths (the sessions directory llama-server saves slots in). */
+  /** Further read-write paths (the child's slot directory for saved sessions). */
   readWrite?: string[];
   /** Keep the host's network (a model split across RPC workers connects to them); everything else stays as it is. */
   shareNet?: boolean;
@@ -36,14 +52,78 @@ export interface SandboxSpec {
   env?: Record<string, string>;
 }
 
-export interface SandboxMode {
-  bwrap: string;
-  /** A /proc of its own PID namespace (else the daemon's /proc bound read-only: it lists the daemon's processes, but the child still cannot signal them, as they have no PID in its namespace). */
-  freshProc: boolean;
+export type SandboxMode =
+  | { kind: 'landlock'; unshare: string; setpriv: string; seccomp?: SeccompFiles }
+  | {
+      kind: 'bwrap';
+      bwrap: string;
+      /** A /proc of its own PID namespace (else the daemon's /proc bound read-only: it lists the daemon's processes, but the child still cannot signal them, as they have no PID in its namespace). */
+      freshProc: boolean;
+      seccomp?: SeccompFiles;
+    };
+
+/** The children's seccomp programs (seccomp.ts), written once at start: without and with network. */
+export interface SeccompFiles {
+  noNet: string;
+  net: string;
 }
 
-/** bwrap's argv (without the program to run) for one child. */
-export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
+/** How a sandboxed child is started: the command line before llama-server's, its environment, and files its tool reads from fd 3 on. */
+export interface SandboxLaunch {
+  argv: string[];
+  env: Record<string, string>;
+  /** Opened read-only and passed as fd 3, 4, … (bwrap --seccomp reads its program from an fd). */
+  fds: string[];
+  /**
+   * The signal that stops it: unshare --fork blocks SIGTERM in the process the daemon started (and
+   * forwards nothing), so the landlock sandbox is stopped with SIGKILL; bwrap dies of SIGTERM. Either
+   * way llama-server itself then gets SIGKILL (--kill-child, --die-with-parent): it keeps nothing that
+   * needs a graceful stop (session states are saved by explicit requests).
+   */
+  stopSignal: 'SIGTERM' | 'SIGKILL';
+}
+
+const READ_ONLY_SYSTEM = ['/etc/ld.so.cache', '/sys/devices/system/cpu', '/sys/devices/system/node'];
+const DEVICES_RW = ['/dev/null'];
+const DEVICES_RO = ['/dev/zero', '/dev/urandom', '/dev/random'];
+/** The Landlock rights that apply to a file (the others only to directories). */
+const FILE_RIGHTS = new Set(['execute', 'write-file', 'read-file', 'truncate', 'ioctl-dev']);
+/** true: a directory, false: anything else, undefined: not there. */
+const dirOrFile = (p: string): boolean | undefined => statSync(p, { throwIfNoEntry: false })?.isDirectory();
+/** Landlock rights for a directory the child may write (its own, its slot directory). */
+const RW_DIR = 'read-file,read-dir,write-file,truncate,make-reg,make-dir,make-sock,remove-file,remove-dir';
+
+function environment(s: SandboxSpec): Record<string, string> {
+  return { PATH: '/usr/bin', HOME: s.dir, TMPDIR: s.dir, ...(s.env ?? {}) };
+}
+
+/** The landlock sandbox's command line (before llama-server's), its environment. */
+export function landlockArgs(mode: Extract<SandboxMode, { kind: 'landlock' }>, s: SandboxSpec, isDir: (p: string) => boolean | undefined = dirOrFile): string[] {
+  const exists = (p: string) => isDir(p) !== undefined;
+  // Landlock refuses (EINVAL) a rule that gives a file a directory's right (read-dir, make-*, remove-*).
+  const rule = (rights: string, path: string) => ['--landlock-rule', `path-beneath:${isDir(path) === false ? rights.split(',').filter((r) => FILE_RIGHTS.has(r)).join(',') : rights}:${path}`];
+  const a = [
+    // Dies with the daemon (PR_SET_PDEATHSIG survives the exec of unshare).
+    mode.setpriv, '--pdeathsig', 'KILL', '--',
+    mode.unshare, '--user', '--map-current-user', ...(s.shareNet ? [] : ['--net']), '--pid', '--fork', '--kill-child', '--',
+    mode.setpriv, '--no-new-privs', '--landlock-access', 'fs',
+    ...rule('read-file,read-dir,execute', '/usr'),
+  ];
+  for (const p of READ_ONLY_SYSTEM) if (exists(p)) a.push(...rule('read-file,read-dir', p));
+  for (const p of DEVICES_RW) if (exists(p)) a.push(...rule('read-file,write-file', p));
+  for (const p of DEVICES_RO) if (exists(p)) a.push(...rule('read-file', p));
+  a.push(...rule('read-file', s.model));
+  // A binary outside /usr (a llama.cpp build in the aios cache, a test's stand-in script) must be executable too.
+  for (const p of s.readOnly ?? []) a.push(...rule('read-file,execute', p));
+  a.push(...rule(RW_DIR, s.dir));
+  for (const p of s.readWrite ?? []) a.push(...rule(RW_DIR, p));
+  if (mode.seccomp) a.push('--seccomp-filter', s.shareNet ? mode.seccomp.net : mode.seccomp.noNet);
+  a.push('--');
+  return a;
+}
+
+/** bwrap's argv (without the program to run) for one child; `--seccomp 3` when the mode has a filter (its file is then fd 3). */
+export function bwrapArgs(mode: Extract<SandboxMode, { kind: 'bwrap' }>, s: SandboxSpec): string[] {
   const a = [
     '--die-with-parent',
     '--new-session',
@@ -52,73 +132,116 @@ export function bwrapArgs(mode: SandboxMode, s: SandboxSpec): string[] {
     '--unshare-pid',
     '--cap-drop', 'ALL',
     '--clearenv',
-    '--setenv', 'PATH', '/usr/bin',
-    '--setenv', 'HOME', s.dir,
-    '--setenv', 'TMPDIR', s.dir,
-    ...Object.entries(s.env ?? {}).flatMap(([k, v]) => ['--setenv', k, v]),
+    ...Object.entries(environment(s)).flatMap(([k, v]) => ['--setenv', k, v]),
     '--ro-bind', '/usr', '/usr',
     // merged /usr: the loader and libraries are found under the usual names
     '--symlink', 'usr/lib', '/lib',
     '--symlink', 'usr/lib64', '/lib64',
     '--symlink', 'usr/bin', '/bin',
     '--symlink', 'usr/sbin', '/sbin',
-    '--ro-bind-try', '/etc/ld.so.cache', '/etc/ld.so.cache',
+    ...READ_ONLY_SYSTEM.flatMap((p) => ['--ro-bind-try', p, p]),
     '--dev', '/dev',
-    '--ro-bind-try', '/sys/devices/system/cpu', '/sys/devices/system/cpu',
-    '--ro-bind-try', '/sys/devices/system/node', '/sys/devices/system/node',
   ];
   if (mode.freshProc) a.push('--proc', '/proc');
   else a.push('--ro-bind', '/proc', '/proc');
   a.push('--bind', s.dir, s.dir);
   for (const p of s.readWrite ?? []) a.push('--bind', p, p);
   for (const p of [s.model, ...(s.readOnly ?? [])]) a.push('--ro-bind', p, p);
+  if (mode.seccomp) a.push('--seccomp', '3');
   // Everything not bound read-write above is read-only: the root bwrap built (and the mount points it
   // made for the binds) is remounted read-only, so a write anywhere else fails with EROFS.
   a.push('--remount-ro', '/', '--chdir', s.dir, '--');
   return a;
 }
 
+/** How to start a child in `mode`: the argv before llama-server's, its environment, its fds, its stop signal. */
+export function sandboxLaunch(mode: SandboxMode, s: SandboxSpec): SandboxLaunch {
+  if (mode.kind === 'landlock') return { argv: landlockArgs(mode, s), env: environment(s), fds: [], stopSignal: 'SIGKILL' };
+  return { argv: [mode.bwrap, ...bwrapArgs(mode, s)], env: environment(s), fds: mode.seccomp ? [s.shareNet ? mode.seccomp.net : mode.seccomp.noNet] : [], stopSignal: 'SIGTERM' };
+}
+
 export interface ProbeResult {
   mode?: SandboxMode;
   /** One line per restriction that could not be had here. */
   warnings: string[];
-  /** Milliseconds of one sandboxed /bin/true, for the start-up report. */
+  /** Milliseconds of one sandboxed self-test, for the start-up report. */
   startMs?: number;
+  /** What the self-test showed (for the start-up log). */
+  verified?: string;
 }
 
-const BWRAP_PATHS = ['/usr/bin/bwrap', '/bin/bwrap'];
+/**
+ * The self-test run in the sandbox at start (sh, so that it costs little under emulation): its own
+ * directory writable, the directory above it and /etc not. Exit 0 when all three hold; else the
+ * first that failed (10 own dir, 11 a write beside it, 12 a read of /etc/passwd).
+ */
+export const SELF_TEST = (dir: string) =>
+  // Subshells: a failed redirection of a special built-in (:) would end dash itself.
+  `( : > '${dir}/.probe' ) || exit 10; rm -f '${dir}/.probe'; if ( : > '${dirname(dir)}/.sandbox-escape' ) 2>/dev/null; then rm -f '${dirname(dir)}/.sandbox-escape'; exit 11; fi; if ( cat /etc/passwd > /dev/null ) 2>/dev/null; then exit 12; fi; exit 0`;
 
-/** Tries the sandbox here (bwrap present, user namespaces allowed, /proc mountable). */
-export function probeSandbox(setting: 'auto' | 'off', dir: string, bwrapPath?: string): ProbeResult {
-  if (setting === 'off') return { warnings: ['model sandbox off (runtime.sandbox = "off"): children share the daemon\'s network and file system view'] };
-  const bwrap = bwrapPath ?? BWRAP_PATHS.find((p) => existsSync(p));
-  if (!bwrap) return { warnings: ['no model sandbox: bubblewrap (bwrap) is not installed (apt-get install bubblewrap): children can open network connections and write wherever the daemon can'] };
-  const self = process.execPath;
-  let last = '';
-  for (const freshProc of [true, false]) {
-    const mode = { bwrap, freshProc };
-    const times: number[] = [];
-    let ok = true;
-    for (let i = 0; i < 1 && ok; i++) {
-      const t0 = performance.now();
-      const r = spawnSync(bwrap, [...bwrapArgs(mode, { model: self, dir }), '/bin/true'], { encoding: 'utf8', timeout: 10_000 });
-      times.push(performance.now() - t0);
-      if (r.status !== 0) {
-        ok = false;
-        last = (r.stderr || r.error?.message || `exit ${r.status}`).trim();
-      }
-    }
-    if (ok) {
-      times.sort((x, y) => x - y);
-      const warnings = freshProc ? [] : [`model sandbox without a /proc of its own (bwrap could not mount one here: ${last}): children see the daemon's /proc read-only (they still cannot signal processes outside their PID namespace)`];
-      return { mode, warnings, startMs: times[0] };
-    }
+const SELF_TEST_FAILURES: Record<number, string> = {
+  10: 'its own directory is not writable',
+  11: 'it could write outside its directory',
+  12: 'it could read /etc/passwd',
+};
+
+const TOOL_DIRS = ['/usr/bin', '/bin'];
+const find = (name: string, given?: string) => given ?? TOOL_DIRS.map((d) => join(d, name)).find((p) => existsSync(p));
+
+export interface ProbeTools {
+  bwrap?: string;
+  unshare?: string;
+  setpriv?: string;
+}
+
+/** Runs the self-test in `mode` with the probe's own directory `dir`; why not, or undefined when it holds. */
+function tryMode(mode: SandboxMode, dir: string, model: string): { ms: number; why?: string } {
+  const l = sandboxLaunch(mode, { model, dir });
+  const fds = l.fds.map((f) => openSync(f, 'r'));
+  try {
+    const t0 = performance.now();
+    const r = spawnSync(l.argv[0]!, [...l.argv.slice(1), '/bin/sh', '-c', SELF_TEST(dir)], { encoding: 'utf8', timeout: 20_000, env: l.env, stdio: ['ignore', 'pipe', 'pipe', ...fds] });
+    const ms = performance.now() - t0;
+    if (r.status === 0) return { ms };
+    const failed = r.status !== null ? SELF_TEST_FAILURES[r.status] : undefined;
+    return { ms, why: failed ? `the self-test failed: ${failed}` : (r.stderr || r.error?.message || `exit ${r.status ?? r.signal}`).trim().split('\n').slice(-2).join(' ') };
+  } finally {
+    for (const fd of fds) closeSync(fd);
   }
-  return { warnings: [`no model sandbox: bubblewrap does not work here (${last}; it needs unprivileged user namespaces): children can open network connections and write wherever the daemon can`] };
+}
+
+/**
+ * Tries the sandbox here: util-linux's unshare + setpriv (Landlock, seccomp), then bubblewrap; the
+ * first whose self-test holds is used. `seccomp`: the children's filter files (undefined: this
+ * architecture has none, one warning).
+ */
+export function probeSandbox(setting: 'auto' | 'off', dir: string, o: { tools?: ProbeTools; seccomp?: SeccompFiles; model?: string } = {}): ProbeResult {
+  if (setting === 'off') return { warnings: ['model sandbox off (runtime.sandbox = "off"): children share the daemon\'s network and file system view'] };
+  const model = o.model ?? process.execPath;
+  const why: string[] = [];
+  const filterWarning = o.seccomp ? [] : [`no seccomp filter of the children's own: none is defined for ${process.arch} (seccomp.ts)`];
+  const unshare = find('unshare', o.tools?.unshare);
+  const setpriv = find('setpriv', o.tools?.setpriv);
+  if (unshare && setpriv) {
+    const mode: SandboxMode = { kind: 'landlock', unshare, setpriv, ...(o.seccomp ? { seccomp: o.seccomp } : {}) };
+    const r = tryMode(mode, dir, model);
+    if (!r.why) return { mode, warnings: filterWarning, startMs: r.ms, verified: 'own directory writable; a write beside it and a read of /etc/passwd refused' };
+    why.push(`unshare + setpriv: ${r.why}${/unrecognized option|landlock-access/.test(r.why) ? ' (util-linux ≥ 2.40 needed)' : ''}`);
+  } else why.push('unshare + setpriv: not installed (util-linux)');
+  const bwrap = find('bwrap', o.tools?.bwrap);
+  if (bwrap) {
+    for (const freshProc of [true, false]) {
+      const mode: SandboxMode = { kind: 'bwrap', bwrap, freshProc, ...(o.seccomp ? { seccomp: o.seccomp } : {}) };
+      const r = tryMode(mode, dir, model);
+      if (!r.why) {
+        const warnings = freshProc ? [] : [`model sandbox without a /proc of its own (bwrap could not mount one here): children see the daemon's /proc read-only (they still cannot signal processes outside their PID namespace)`];
+        return { mode, warnings: [...warnings, ...filterWarning], startMs: r.ms, verified: 'own directory writable; a write beside it and a read of /etc/passwd refused' };
+      }
+      if (!freshProc) why.push(`bwrap: ${r.why}`);
+    }
+  } else why.push('bwrap: not installed (bubblewrap)');
+  return { warnings: [`no model sandbox (${why.join('; ')}): children can open network connections and read and write wherever the daemon can`] };
 }
 
 /** The unix socket llama-server listens on inside its directory. */
 export const childSocket = (dir: string) => `${dir}/llama.sock`;
-
-/** Parent of every child directory (for messages). */
-export const childDirParent = (dir: string) => dirname(dir);

@@ -249,7 +249,7 @@ export function handlers(svc: RuntimeService, o: { keys?: KeyStore; log?: Log } 
       return { ok: true, message: done ? `revoked ${r.id}` : `${r.id} was already revoked` };
     }),
     LoadModel: unary(async (r) => {
-      await svc.load(r.model_name, r.model_path, { ctx: r.context_length, gpuLayers: r.gpu_layers, threads: r.threads, port: r.port });
+      await svc.load(r.model_name, r.model_path, { ctx: r.context_length, gpuLayers: r.gpu_layers, threads: r.threads, port: r.port, memoryLimitBytes: Number(r.memory_limit_bytes ?? 0) });
       const m = svc.models().find((x) => x.name === r.model_name);
       if (!m) throw new RuntimeError(Code.INTERNAL, `${r.model_name} was loaded but is not listed`);
       return toStatus(m, (await svc.sessionCounts()).get(m.name));

@@ -673,16 +673,19 @@ export class RuntimeService {
    * LoadModel: a configured model by name (its fixed launch profile), or any GGUF file in model_dir
    * under a new name. The child's port is always chosen by the runtime.
    */
-  async load(name: string, path: string, o: { ctx?: number; gpuLayers?: number; threads?: number; port?: number }): Promise<ModelInfo> {
+  async load(name: string, path: string, o: { ctx?: number; gpuLayers?: number; threads?: number; port?: number; memoryLimitBytes?: number }): Promise<ModelInfo> {
     if (!name) throw new RuntimeError(Code.INVALID_ARGUMENT, 'model_name: must not be empty');
     if (o.port) throw new RuntimeError(Code.INVALID_ARGUMENT, `port: the runtime chooses each llama-server's loopback port itself; send 0 (got ${o.port})`);
+    const mem = o.memoryLimitBytes ?? 0;
+    if (mem < 0 || (mem > 0 && mem < 1024 * 1024)) throw new RuntimeError(Code.INVALID_ARGUMENT, `memory_limit_bytes: 0 (the budgeted footprint + runtime.child_memory_margin) or at least 1 MiB (got ${mem})`);
+    const cap = mem ? { memoryMaxBytes: mem } : {};
     for (const { profile } of this.router.configured()) {
-      if (profile.name === name) return this.supervisor.load(await this.adapters.vet(profile)); // configured: its fixed launch profile
+      if (profile.name === name) return this.supervisor.load({ ...(await this.adapters.vet(profile)), ...cap }); // configured: its fixed launch profile
     }
     if (!path) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: required for "${name}", which is not in the config`);
     if (!path.startsWith(this.config.models.model_dir + '/')) throw new RuntimeError(Code.INVALID_ARGUMENT, `model_path: must be inside ${this.config.models.model_dir}`);
     // Loaded on purpose: it stays until it is unloaded (or evicted under memory pressure).
-    return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true });
+    return this.supervisor.load({ name, path, level: '', ctxSize: o.ctx || 2048, threads: o.threads || 0, gpuLayers: o.gpuLayers ?? 0, parallel: 2, mmap: true, ...cap });
   }
 
   /**

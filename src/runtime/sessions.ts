@@ -8,8 +8,11 @@
  *   <model-sha256>/<session>        the KV state (llama-server's slot file), mode 0600
  *   <model-sha256>/<session>.json   the record: messages, model, sampling fields, the key, the KV
  *                                   file's size and sha256, the last turn's cache outcome
- *   _save-* / _restore-*            llama-server's names for a file being saved or restored (it
- *                                   takes only plain names inside --slot-save-path)
+ *   slots/model-<name>/             each model's llama-server --slot-save-path (slotDirOf), the only
+ *                                   directory its sandbox may write: _save-* / _restore-* are its
+ *                                   names for a file being saved or restored (it takes only plain
+ *                                   names there); a saved file is moved to <model-sha256>/<session>,
+ *                                   a state to restore is hard-linked in for the restore only
  *   .model-hashes.json              sha256 of model files by (path, size, mtime, inode)
  *
  * Guarantees: a state is restored only under the key it was saved with (model file sha256, adapter
@@ -29,6 +32,7 @@ import { dirname, join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
 import { postChild, readAll } from './upstream.js';
 import type { Log } from './log.js';
+import { slotDirOf } from './defaults.js';
 
 /** What a session id may be: no dots, no slashes, so never a path. */
 export const SESSION_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -401,10 +405,12 @@ export class SessionStore {
   }
 
   /** Restores a checked state file into `slot` of the child on `port`; the tokens restored. */
-  async restore(path: string, port: number | string | string, slot: number, signal: AbortSignal): Promise<{ tokens: number; ms: number }> {
+  async restore(path: string, model: string, port: number | string | string, slot: number, signal: AbortSignal): Promise<{ tokens: number; ms: number }> {
     const name = tempName('restore');
-    const tmp = join(this.dir, name);
-    await link(path, tmp); // llama-server reads only plain names in its --slot-save-path
+    const dir = slotDirOf(this.dir, model);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = join(dir, name);
+    await link(path, tmp); // llama-server reads only plain names in its own --slot-save-path
     try {
       const res = await postChild(port, `/slots/${slot}?action=restore`, Buffer.from(JSON.stringify({ filename: name })), signal);
       const text = (await readAll(res)).toString('utf8');
@@ -461,7 +467,7 @@ export class SessionStore {
     }
     try {
       const t0 = performance.now();
-      const got = await this.restore(checked.path, o.port, o.slot, o.signal);
+      const got = await this.restore(checked.path, o.model, o.port, o.slot, o.signal);
       turn.restoredTokens = got.tokens;
       turn.restoreMs = got.ms || performance.now() - t0;
       turn.expectCached = r.promptTokens > 0 ? Math.min(r.promptTokens, got.tokens) : Math.floor(got.tokens / 2);
@@ -548,17 +554,19 @@ export class SessionStore {
     this.need();
     const sub = join(this.dir, key.modelSha256);
     await mkdir(sub, { recursive: true, mode: 0o700 });
-    const turn = { id: r.id, key } as Turn;
+    const turn = { id: r.id, key, model: r.model } as Turn;
     const rec: SessionRecord = { ...r, key, kv: await this.saveSlot(turn, o.port, o.slot, o.signal), promptTokens: o.promptTokens, updated: new Date().toISOString() };
     await this.writeAtomic(join(sub, `${r.id}.json`), JSON.stringify(rec));
     await this.enforceCap(r.id);
     return rec;
   }
 
-  /** POST /slots/<slot>?action=save into a temporary name, then the file goes to <sha>/<id>, 0600. */
+  /** POST /slots/<slot>?action=save into a temporary name in the model's slot directory, then the file goes to <sha>/<id>, 0600. */
   private async saveSlot(turn: Turn, port: number | string | string, slot: number, signal: AbortSignal): Promise<SessionRecord['kv']> {
     const name = tempName('save');
-    const tmp = join(this.dir, name);
+    const dir = slotDirOf(this.dir, turn.model);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = join(dir, name);
     try {
       const res = await postChild(port, `/slots/${slot}?action=save`, Buffer.from(JSON.stringify({ filename: name })), signal);
       const text = (await readAll(res)).toString('utf8');

@@ -174,7 +174,8 @@ export class Supervisor {
     }
     const t0 = this.now();
     // Its cgroup's memory.max: the footprint the budget admits, plus the margin (isolation.ts applies it).
-    if (estimate?.ramBytes) p = { ...p, memoryLimitBytes: childMemoryLimit(estimate.ramBytes, this.o.childMemoryMargin ?? 0.1) };
+    if (p.memoryMaxBytes) p = { ...p, memoryLimitBytes: p.memoryMaxBytes };
+    else if (estimate?.ramBytes) p = { ...p, memoryLimitBytes: childMemoryLimit(estimate.ramBytes, this.o.childMemoryMargin ?? 0.1) };
     const entry: Entry = { child: this.newChild(p), estimate, remoteBytes };
     const failed = (err: unknown) => {
       this.o.events?.emit('load', { model: p.name, ms: this.now() - t0, ok: false, estimateBytes: estimate?.ramBytes ?? 0, actualBytes: 0 });

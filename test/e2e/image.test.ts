@@ -150,12 +150,12 @@ describe('aios build image + qemu-test (default recipe)', () => {
     }
   });
 
-  it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 12 * 60_000 }, async () => {
+  it('boots to multi-user with no failed units (aios qemu-test)', { timeout: 13 * 60_000 }, async () => {
     // A copy that keeps the guest's writes (with its manifest beside it), for the saved session's reboot test below.
     mkdirSync(join(out, 'persist'));
     await execa('cp', ['--sparse=always', first.image, persist]);
     copyFileSync(first.manifest, join(out, 'persist', 'aios-default.manifest.json'));
-    const res = await qemuTest(persist, { timeout: 540, serialLog: join(out, 'boot.serial.log'), tlsDir: PKI, snapshot: false, during: (a, tls) => sessionTurn(a, tls, LONG_TURN) });
+    const res = await qemuTest(persist, { timeout: 540, serialLog: join(out, 'boot.serial.log'), tlsDir: PKI, snapshot: false, during: (a, tls) => sessionTurn(a, tls, LONG_TURN), oomCheck: true });
     firstBootSession = res.during;
     expect(res.reason).toBeUndefined();
     expect(res.ok).toBe(true);
@@ -178,6 +178,9 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(res.guest.models).toEqual([{ file: 'aios-tiny.gguf', magic: 'GGUF', version: 3, bytes: m.models[0].bytes, sha256: m.models[0].sha256 }]);
     // aios-runtime came up in the guest and answered the probe over gRPC through port forwarding.
     expect(res.guest.runtimeState).toBe('active');
+    // The unit's sandboxing as the image's own systemd scores it (the unit test scores it with this host's).
+    expect(res.guest.runtimeExposure).toBeGreaterThan(0);
+    expect(res.guest.runtimeExposure).toBeLessThanOrEqual(2.0);
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
     // `systemctl reload aios-runtime` works in the unit's sandbox (ExecReload: `aios runtime reload`): nothing changed, nothing restarted.
     expect(res.guest.runtimeReload).toBe('0 aios-tiny: not restarted (adapter files unchanged);');
@@ -187,6 +190,21 @@ describe('aios build image + qemu-test (default recipe)', () => {
     const sandbox = res.guest.sandbox ?? [];
     expect(sandbox.join('\n')).toMatch(/model isolation: per-model cgroups under \/sys\/fs\/cgroup\/system\.slice\/aios-runtime\.service \(memory, cpu, cpuset, pids\);/);
     expect(sandbox.find((l) => l.startsWith('cgroup model-aios-tiny '))).toMatch(/memory\.max=\d+ memory\.swap\.max=0 cpu\.weight=100 memory\.current=\d+ procs=[1-9]/);
+    // ...and in its sandbox inside the unit (unshare + setpriv): the daemon's self-test held, and
+    // llama-server has no_new_privs, a seccomp filter of its own on top of the unit's, no
+    // capabilities, its own user, network (only a loopback) and PID namespaces.
+    expect(sandbox.join('\n')).toMatch(/sandbox: unshare \+ setpriv \(user, network and PID namespaces, Landlock, no_new_privs, seccomp\), self-test \d+ ms: own directory writable; a write beside it and a read of \/etc\/passwd refused/);
+    const child = sandbox.find((l) => l.startsWith('child model-aios-tiny '));
+    expect(child).toMatch(/ nnp=1 seccomp=2 filters=\d+ daemon_filters=\d+ caps=0000000000000000 userns=own netns=own pidns=own mntns=shared ifaces=lo$/);
+    const [, filters, daemonFilters] = / filters=(\d+) daemon_filters=(\d+)/.exec(child!)!;
+    expect(Number(filters)).toBe(Number(daemonFilters) + 1);
+    // A second model given a memory limit far below its needs: killed by the kernel in its own cgroup,
+    // reported out of memory, while the operational model and the daemon answered throughout.
+    expect(res.oom, JSON.stringify(res.oom)).toMatchObject({ ok: true, model: { name: 'oom-check', state: 'failed', memory_limit_bytes: 8 * MiB }, failures: [], healthFailures: [] });
+    expect(res.oom!.model!.oom_kills).toBeGreaterThanOrEqual(1);
+    expect(res.oom!.loadError).toContain('out of memory: limit 8 MiB');
+    expect(res.oom!.model!.error).toContain('out of memory: limit 8 MiB');
+    console.log(`oom check: ${res.oom!.detail}`);
     expect(res.runtime!.readySeconds).toBeGreaterThan(0);
     // ...over mutual TLS, with the scopes enforced and the wrong clients refused.
     expect(res.tlsDir).toBe(join(out, 'aios-default.pki'));

@@ -20,7 +20,7 @@ describe('debian module', () => {
       '--variant=minbase',
       '--arch=amd64',
       '--components=main',
-      '--include=systemd,systemd-sysv,udev,dbus,kmod,e2fsprogs,linux-image-amd64,systemd-boot-efi,initramfs-tools,zstd,iproute2,live-boot,systemd-zram-generator,libgomp1,libstdc++6,nodejs,bubblewrap,htop',
+      '--include=systemd,systemd-sysv,udev,dbus,kmod,e2fsprogs,linux-image-amd64,systemd-boot-efi,initramfs-tools,zstd,iproute2,live-boot,systemd-zram-generator,libgomp1,libstdc++6,nodejs,htop',
       '--dpkgopt=force-unsafe-io',
       '--dpkgopt=path-exclude=/usr/share/man/*',
       '--dpkgopt=path-exclude=/usr/share/info/*',
@@ -66,7 +66,7 @@ describe('arch module', () => {
     const plan = arch.bootstrap(r, ctx);
     expect(plan.steps.map((s) => s.argv)).toEqual([
       ['cp', '-a', '/c/early/.', '/c/root/'],
-      ['pacstrap', '-C', '/c/work/pacman.conf', '-c', '-G', '-M', '/c/root', 'base', 'linux', 'mkinitcpio', 'mkinitcpio-archiso', 'systemd', 'iproute2', 'zstd', 'e2fsprogs', 'zram-generator', 'nodejs', 'bubblewrap', 'perl', 'htop'],
+      ['pacstrap', '-C', '/c/work/pacman.conf', '-c', '-G', '-M', '/c/root', 'base', 'linux', 'mkinitcpio', 'mkinitcpio-archiso', 'systemd', 'iproute2', 'zstd', 'e2fsprogs', 'zram-generator', 'nodejs', 'perl', 'htop'],
     ]);
     // The whole file pacstrap reads: the recipe's mirror for core and extra, the shared package cache.
     expect(plan.files['/c/work/pacman.conf']).toBe(

@@ -1,6 +1,6 @@
 /**
  * The model sandbox's pure parts (issue 16): memory limits, CPU lists and "auto" spreading, the
- * cgroup files' formats, bubblewrap's command line, the settings read from a config, and the
+ * cgroup files' formats, the sandbox tools' command lines, the settings read from a config, and the
  * readiness message sent from the main PID through notify-exec. The real cgroups and the real
  * sandbox are tested in test/e2e/runtime-sandbox.test.ts.
  */
@@ -24,8 +24,9 @@ import {
   spreadCpus,
   v2PathOf,
 } from '../../src/runtime/cgroup.js';
-import { bwrapArgs, probeSandbox } from '../../src/runtime/sandbox.js';
-import { Isolation, isolationSettings, seccompMode } from '../../src/runtime/isolation.js';
+import { bwrapArgs, probeSandbox, sandboxLaunch } from '../../src/runtime/sandbox.js';
+import { Isolation, isolationSettings } from '../../src/runtime/isolation.js';
+import { slotDirOf } from '../../src/runtime/defaults.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { REPO, tmp } from '../helpers.js';
 
@@ -125,38 +126,74 @@ describe('cgroup files', () => {
 });
 
 describe('the sandbox', () => {
-  it('bubblewrap: no network, read-only root, the model read-only, its own directory and the sessions directory writable', () => {
-    const a = bwrapArgs({ bwrap: '/usr/bin/bwrap', freshProc: true }, { model: '/m/x.gguf', dir: '/run/aios/models/model-x', readOnly: ['/m/lora.gguf'], readWrite: ['/var/lib/aios-runtime/sessions'] });
+  const spec = { model: '/m/x.gguf', dir: '/run/aios/models/model-x', readOnly: ['/m/lora.gguf'], readWrite: ['/var/lib/aios-runtime/sessions/slots/model-x'] };
+  it('unshare + setpriv: user, network and PID namespaces, Landlock (read /usr, the model; write its two directories), no_new_privs, its seccomp filter; dies with the daemon', () => {
+    const seccomp = { noNet: '/c/seccomp-nonet.bpf', net: '/c/seccomp-net.bpf' };
+    const l = sandboxLaunch({ kind: 'landlock', unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', seccomp }, spec);
+    const a = l.argv;
+    expect(a.slice(0, 4)).toEqual(['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--']);
+    const u = a.indexOf('/usr/bin/unshare');
+    expect(a.slice(u, a.indexOf('--', u) + 1)).toEqual(['/usr/bin/unshare', '--user', '--map-current-user', '--net', '--pid', '--fork', '--kill-child', '--']);
+    const rules = a.flatMap((v, i) => (v === '--landlock-rule' ? [a[i + 1]] : []));
+    expect(rules).toEqual(expect.arrayContaining([
+      'path-beneath:read-file,read-dir,execute:/usr',
+      'path-beneath:read-file:/m/x.gguf',
+      'path-beneath:read-file,execute:/m/lora.gguf',
+      expect.stringMatching(/^path-beneath:read-file,read-dir,write-file,.*:\/run\/aios\/models\/model-x$/),
+      expect.stringMatching(/^path-beneath:read-file,read-dir,write-file,.*:\/var\/lib\/aios-runtime\/sessions\/slots\/model-x$/),
+    ]));
+    // Nothing else is writable, and nothing under /etc, /var, /run, /home, /tmp or /proc is readable but the loader cache.
+    expect(rules.filter((r) => r!.includes('write-file')).map((r) => r!.split(':').pop())).toEqual(expect.arrayContaining(['/run/aios/models/model-x', '/var/lib/aios-runtime/sessions/slots/model-x']));
+    expect(rules.filter((r) => r!.includes('write-file')).map((r) => r!.split(':').pop()).filter((p) => !p!.startsWith('/run/aios/models/model-x') && !p!.startsWith('/var/lib/aios-runtime/sessions/slots/model-x') && p !== '/dev/null')).toEqual([]);
+    expect(rules.map((r) => r!.split(':').pop()).filter((p) => /^\/(etc|var|run|home|tmp|proc)\//.test(p!) && p !== '/etc/ld.so.cache' && !p!.includes('model-x'))).toEqual([]);
+    expect(a.slice(a.indexOf('--seccomp-filter'), a.indexOf('--seccomp-filter') + 2)).toEqual(['--seccomp-filter', '/c/seccomp-nonet.bpf']);
+    expect(a).toContain('--no-new-privs');
+    expect(a.at(-1)).toBe('--');
+    expect(l).toMatchObject({ env: { PATH: '/usr/bin', HOME: spec.dir, TMPDIR: spec.dir }, fds: [], stopSignal: 'SIGKILL' });
+    // A split model keeps the network, and gets the filter that allows it.
+    const n = sandboxLaunch({ kind: 'landlock', unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', seccomp }, { ...spec, shareNet: true }).argv;
+    expect(n).not.toContain('--net');
+    expect(n[n.indexOf('--seccomp-filter') + 1]).toBe('/c/seccomp-net.bpf');
+  });
+  it('bubblewrap: no network, read-only root, the model read-only, its own directory and its slot directory writable; the filter on fd 3', () => {
+    const l = sandboxLaunch({ kind: 'bwrap', bwrap: '/usr/bin/bwrap', freshProc: true, seccomp: { noNet: '/c/n.bpf', net: '/c/y.bpf' } }, spec);
+    const a = l.argv;
     const pairs = (flag: string) => a.flatMap((v, i) => (v === flag ? [a[i + 1]] : []));
+    expect(a[0]).toBe('/usr/bin/bwrap');
     for (const f of ['--unshare-net', '--unshare-user', '--unshare-pid', '--die-with-parent', '--new-session', '--clearenv']) expect(a).toContain(f);
     expect(a.slice(a.indexOf('--cap-drop'), a.indexOf('--cap-drop') + 2)).toEqual(['--cap-drop', 'ALL']);
     expect(pairs('--ro-bind')).toEqual(expect.arrayContaining(['/usr', '/m/x.gguf', '/m/lora.gguf']));
-    expect(pairs('--bind')).toEqual(['/run/aios/models/model-x', '/var/lib/aios-runtime/sessions']);
+    expect(pairs('--bind')).toEqual(['/run/aios/models/model-x', '/var/lib/aios-runtime/sessions/slots/model-x']);
     expect(pairs('--remount-ro')).toEqual(['/']);
-    expect(a).not.toContain('--share-net');
+    expect(pairs('--seccomp')).toEqual(['3']);
+    expect(l.fds).toEqual(['/c/n.bpf']);
+    expect(l.stopSignal).toBe('SIGTERM');
     expect(a.at(-1)).toBe('--');
     expect(pairs('--proc')).toEqual(['/proc']);
-    // Where no procfs can be mounted (inside the unit): the daemon's /proc, read-only, and still a PID namespace of its own.
-    const b = bwrapArgs({ bwrap: '/usr/bin/bwrap', freshProc: false }, { model: '/m/x.gguf', dir: '/d' });
+    // Where no procfs can be mounted: the daemon's /proc, read-only, and still a PID namespace of its own.
+    const b = bwrapArgs({ kind: 'bwrap', bwrap: '/usr/bin/bwrap', freshProc: false }, { model: '/m/x.gguf', dir: '/d' });
     expect(b).toContain('--unshare-pid');
     expect(b).not.toContain('--proc');
+    expect(b).not.toContain('--seccomp');
     expect(b.join(' ')).toContain('--ro-bind /proc /proc');
   });
-  it('"off": no sandbox, one warning that says so; a missing bwrap: one warning with the fix', () => {
+  it('"off": no sandbox, one warning that says so; neither tool working: one warning naming both', () => {
     expect(probeSandbox('off', '/tmp')).toEqual({ warnings: [expect.stringMatching(/model sandbox off/)] });
-    const r = probeSandbox('auto', '/tmp', '/nonexistent/bwrap');
+    const r = probeSandbox('auto', tmp('probe-'), { tools: { bwrap: '/nonexistent/bwrap', unshare: '/nonexistent/unshare', setpriv: '/nonexistent/setpriv' } });
     expect(r.mode).toBeUndefined();
     expect(r.warnings).toHaveLength(1);
-    expect(r.warnings[0]).toMatch(/no model sandbox: bubblewrap does not work here/);
+    expect(r.warnings[0]).toMatch(/^no model sandbox \(unshare \+ setpriv: .*; bwrap: .*\): children can open network connections/);
   });
   it('with neither cgroups nor sandbox, llama-server\'s command line is unchanged', () => {
     const iso = new Isolation({ sandbox: 'off', cgroup: 'off', childDir: tmp('children-'), swapMax: 0, layers: new Map() });
     const p = { name: 'm', path: '/m.gguf', level: '' as const, ctxSize: 512, threads: 0, gpuLayers: 0, parallel: 1, mmap: true };
-    expect(iso.wrap(p, '/usr/bin/llama-server', ['-m', '/m.gguf', '--host', '127.0.0.1'])).toEqual({ argv: ['/usr/bin/llama-server', '-m', '/m.gguf', '--host', '127.0.0.1'], socket: undefined });
-    expect(iso.warnings).toEqual([expect.stringMatching(/model sandbox off/), expect.stringMatching(/no seccomp filter for the children/)]);
-    expect(seccompMode('Name:\tnode\nSeccomp:\t2\nSeccomp_filters:\t1\n')).toBe(2);
-    expect(seccompMode('Name:\tnode\n')).toBe(-1);
+    expect(iso.wrap(p, '/usr/bin/llama-server', ['-m', '/m.gguf', '--host', '127.0.0.1'])).toEqual({ argv: ['/usr/bin/llama-server', '-m', '/m.gguf', '--host', '127.0.0.1'] });
+    expect(iso.warnings).toEqual([expect.stringMatching(/model sandbox off/)]);
     expect(iso.describe()).toBe('model isolation: no per-model cgroups; no sandbox');
+  });
+  it('each model saves its sessions in a slot directory of its own (its --slot-save-path)', () => {
+    expect(slotDirOf('/var/lib/aios-runtime/sessions', 'tiny')).toBe('/var/lib/aios-runtime/sessions/slots/model-tiny');
+    expect(slotDirOf('/s', '../x')).toBe('/s/slots/model-__x'); // never a path outside
   });
 });
 

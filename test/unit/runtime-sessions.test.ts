@@ -100,10 +100,10 @@ describe('the sessions directory', () => {
     writeFileSync(file, '');
     expect(prepareSessionsDir(join(file, 'sessions'))).toMatch(/ENOTDIR/);
   });
-  it("is llama-server's --slot-save-path (never for an embedding child)", () => {
+  it("gives each model's llama-server its own slot directory below it as --slot-save-path (never for an embedding child)", () => {
     const p = { name: 'tiny', path: '/m/tiny.gguf', level: 'operational' as const, ctxSize: 2048, threads: 2, gpuLayers: 0, parallel: 2, mmap: true };
     const a = launchArgs(p, 1234, '/s');
-    expect(a.slice(a.indexOf('--slot-save-path'), a.indexOf('--slot-save-path') + 2)).toEqual(['--slot-save-path', '/s']);
+    expect(a.slice(a.indexOf('--slot-save-path'), a.indexOf('--slot-save-path') + 2)).toEqual(['--slot-save-path', '/s/slots/model-tiny']);
     expect(launchArgs(p, 1234)).not.toContain('--slot-save-path');
     expect(launchArgs({ ...p, embeddings: { pooling: 'mean' } }, 1234, '/s')).not.toContain('--slot-save-path');
   });

@@ -133,5 +133,15 @@ describe('aios-runtime.service sandboxing', () => {
     expect(Number(m![1])).toBeLessThanOrEqual(2.0);
     expect(unit.content).toMatch(/^Type=notify$/m);
     expect(unit.content).toMatch(/^ReadOnlyPaths=\/var\/lib\/aios\/models$/m);
+    // The model sandbox (README "Model sandbox") without widening the unit beyond what it needs: the
+    // three namespaces unshare makes, Landlock and seccomp for setpriv; DynamicUser= and so
+    // RestrictSUIDSGID= kept; no mount calls, no mount namespace, no netlink.
+    expect(unit.content).toMatch(/^RestrictNamespaces=user net pid$/m);
+    expect(unit.content).toMatch(/^SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self seccomp capset$/m);
+    expect(unit.content).toMatch(/^DynamicUser=yes$/m);
+    expect(unit.content).toMatch(/^RestrictSUIDSGID=yes$/m);
+    expect(unit.content).toMatch(/^RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$/m);
+    expect(unit.content).toMatch(/^SystemCallFilter=~@privileged @resources @mount /m);
+    console.log(`aios-runtime.service: exposure ${m![1]} (systemd-analyze security --offline, this host's systemd)`);
   });
 });
