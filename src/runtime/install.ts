@@ -59,7 +59,8 @@ export class Installer {
         try {
           const r = await fetchModel({ url: e.url, dest, sha256: e.sha256, size: e.size || undefined, retries: 2, backoffMs: 500, onProgress: (pr) => emit(pr.bytes, pr.total ?? e.size, false) });
           this.log(`installed ${e.id} (${mib(r.bytes)}${r.resumedFrom ? `, resumed from ${mib(r.resumedFrom)}` : ''})`);
-          await this.installAdapters(e);
+          // Its adapters: one that cannot be had is left out at load with the reason (adapters.ts), not the model.
+          await this.installAdapters(e).catch((err: Error) => this.log(`${err.message}; ${e.id} is served without it`, 'warn'));
           emit(r.bytes, r.bytes, true);
         } catch (err) {
           this.events.emit('download', { model: e.id, bytes: entry.bytes, total: entry.total, done: true });

@@ -341,6 +341,8 @@ export class RuntimeService {
     const e = this.catalog().find((x) => x.id === id || x.file === id);
     if (!e) throw new RuntimeError(Code.NOT_FOUND, `"${id}" is not in the catalog (${this.catalog().map((x) => x.id).join(', ')})`);
     const path = await this.installer.install(e, onProgress);
+    // Its adapters again, if one failed: the answer says why (the model itself is installed).
+    await this.installer.installAdapters(e);
     return { model: e.id, path, bytes: statSync(path).size };
   }
 

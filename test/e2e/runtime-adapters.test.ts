@@ -94,6 +94,11 @@ describe('aios-runtime LoRA adapters', () => {
             id: 'cat-tiny', level: 'tactical', file: 'cat-tiny.gguf', url: url('cat-tiny.gguf'), size: statSync(base).size, sha256: sha('cat-tiny.gguf'), license: 'mit', quantization: 'F32', context_length: 512, verified: true,
             adapters: [{ name: 'a', url: url('cat-a.gguf'), size: statSync(join(dir, 'a.gguf')).size, sha256: sha('cat-a.gguf'), description: DESCRIPTIONS.a, scale: 0.5, license: 'mit' }],
           },
+          // Its adapter's checksum is wrong: it is never installed; the model is.
+          {
+            id: 'cat-bad', level: 'tactical', file: 'cat-bad.gguf', url: url('cat-tiny.gguf'), size: statSync(base).size, sha256: sha('cat-tiny.gguf'), license: 'mit', quantization: 'F32', context_length: 512, verified: true,
+            adapters: [{ name: 'x', url: url('cat-a.gguf'), size: 0, sha256: 'f'.repeat(64), license: 'mit' }],
+          },
         ],
       }),
     );
@@ -202,6 +207,23 @@ describe('aios-runtime LoRA adapters', () => {
     expect(listed.adapters.map((a) => [a.name, a.file, a.loaded, a.scale, a.description])).toEqual([['a', 'cat-tiny.lora-a.gguf', true, 0.5, DESCRIPTIONS.a]]);
     await expect(unary(client, 'Infer', { model: 'cat-tiny', prompt: 'hi', adapters: [{ name: 'b' }] } as never)).rejects.toMatchObject({ code: 3, details: 'adapters: unknown adapter "b" for model cat-tiny (configured: a)' });
     await unary(client, 'UnloadModel', { model_name: 'cat-tiny' });
+  }, 120_000);
+
+  it("a catalog adapter that cannot be had (wrong checksum): the model is served without it, a request naming it is told why, PullModel fails naming it", async () => {
+    const plain = (await unary(client, 'Infer', { model: 'cat-bad', prompt: PROMPT, max_tokens: MAX, temperature: 0 } as never)) as unknown as { text: string; model_used: string };
+    expect(plain.model_used).toBe('cat-bad');
+    expect(existsSync(join(dir, 'cat-bad.gguf'))).toBe(true);
+    expect(existsSync(join(dir, 'cat-bad.lora-x.gguf'))).toBe(false);
+    await expect(unary(client, 'Infer', { model: 'cat-bad', prompt: 'hi', adapters: [{ name: 'x' }] } as never)).rejects.toMatchObject({ code: 9, details: expect.stringMatching(/^adapters: cat-bad was started without adapters \(.*cat-bad\.lora-x\.gguf: ENOENT/) });
+    expect((await unary(client, 'ListModels', {})).models.find((m) => m.name === 'cat-bad')!.adapters).toMatchObject([{ name: 'x', loaded: false, refused: expect.stringMatching(/ENOENT/) }]);
+    const pulled = await new Promise<{ code: number; details: string } | undefined>((resolve) => {
+      const call = client.PullModel({ model: 'cat-bad' });
+      call.on('data', () => {});
+      call.on('error', (e: { code: number; details: string }) => resolve(e));
+      call.on('end', () => resolve(undefined));
+    });
+    expect(pulled).toMatchObject({ code: 9, details: expect.stringMatching(/^auto-install of adapter x of cat-bad failed: .*checksum mismatch/) });
+    await unary(client, 'UnloadModel', { model_name: 'cat-bad' });
   }, 120_000);
 
   it('StreamInfer: the same text as Infer with the adapter, and the last chunk reports it', async () => {
