@@ -55,7 +55,11 @@ export class FakeLauncher implements Launcher {
   b: FakeBehaviour = { healthy: true, exitOnStart: false, answerDelayMs: 0, loadingPolls: 0 };
   private polls = new Map<number, number>();
 
+  /** The launch profiles started, in order. */
+  readonly profiles: LaunchProfile[] = [];
+
   async start(profile: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }> {
+    this.profiles.push(profile);
     const port = await freePort();
     return { port, proc: this.launch(profile, port) };
   }

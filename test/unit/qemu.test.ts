@@ -45,17 +45,22 @@ AIOS-CHECK runtime_activating_usec=30500000\r
 AIOS-CHECK runtime_exec_usec=30700000\r
 AIOS-CHECK runtime_startup=modules loaded 9000, config read 9300, operational model loading 9400 → ready 20000 (10600), probe → 25000 (5000), front ends up 12000, ready 25100\r
 AIOS-CHECK runtime_reload=0 aios-tiny: not restarted (adapter files unchanged);\r
+AIOS-CHECK runtime_exposure=1.7\r
+AIOS-CHECK-SANDBOX child model-aios-tiny nnp=1 seccomp=2 filters=32 daemon_filters=31 caps=0000000000000000 userns=own netns=own pidns=own mntns=shared ifaces=lo\r
 AIOS-CHECK-CHAIN aios-runtime.service +30.4s\r
 AIOS-CHECK-CHAIN └─network.target @30.4s\r
 AIOS-CHECK-END\r
 `);
-    expect(guest).toMatchObject({ runtimeReload: '0 aios-tiny: not restarted (adapter files unchanged);', runtimeReadyUsec: 61100000, runtimeActivatingUsec: 30500000, runtimeExecUsec: 30700000, runtimeChain: ['aios-runtime.service +30.4s', '└─network.target @30.4s'] });
+    expect(guest).toMatchObject({ runtimeReload: '0 aios-tiny: not restarted (adapter files unchanged);', runtimeReadyUsec: 61100000, runtimeActivatingUsec: 30500000, runtimeExecUsec: 30700000, runtimeChain: ['aios-runtime.service +30.4s', '└─network.target @30.4s'], runtimeExposure: 1.7, sandbox: ['child model-aios-tiny nnp=1 seccomp=2 filters=32 daemon_filters=31 caps=0000000000000000 userns=own netns=own pidns=own mntns=shared ifaces=lo'] });
     expect(runtimeStartupLines(guest)).toEqual([
       'unit started 30.5 s, process 30.7 s, ready 61.1 s after kernel start',
       'daemon (ms since its process started): modules loaded 9000, config read 9300, operational model loading 9400 → ready 20000 (10600), probe → 25000 (5000), front ends up 12000, ready 25100',
       'waited for:',
       '  aios-runtime.service +30.4s',
       '  └─network.target @30.4s',
+      'model sandbox:',
+      '  child model-aios-tiny nnp=1 seccomp=2 filters=32 daemon_filters=31 caps=0000000000000000 userns=own netns=own pidns=own mntns=shared ifaces=lo',
+      'systemd-analyze security aios-runtime.service: exposure 1.7',
     ]);
   });
 

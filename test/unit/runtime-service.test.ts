@@ -286,6 +286,21 @@ describe('runtime service with fake children', () => {
     expect((await unary(s.grpc, 'LoadModel', { model_name: 'x', model_path: join(dir, 'tac.gguf') })).state).toBe('ready');
   });
 
+  it('LoadModel.memory_limit_bytes is the model\'s memory.max instead of its footprint + margin; below 1 MiB it is refused', async () => {
+    const s = await daemon(config());
+    const e = await grpcFailure(unary(s.grpc, 'LoadModel', { model_name: 'y', model_path: join(dir, 'y.gguf'), memory_limit_bytes: 4096 }));
+    expect(e?.code).toBe(Code.INVALID_ARGUMENT);
+    expect(e?.details).toMatch(/^memory_limit_bytes: 0 \(the budgeted footprint \+ runtime.child_memory_margin\) or at least 1 MiB \(got 4096\)/);
+    expect((await unary(s.grpc, 'LoadModel', { model_name: 'y', model_path: join(dir, 'y.gguf'), memory_limit_bytes: 64 * 1024 * 1024 })).state).toBe('ready');
+    expect(s.launcher.profiles.find((p) => p.name === 'y')).toMatchObject({ memoryMaxBytes: 64 * 1024 * 1024, memoryLimitBytes: 64 * 1024 * 1024 });
+    // Without it: the footprint estimate + 10 %.
+    await unary(s.grpc, 'LoadModel', { model_name: 'z', model_path: join(dir, 'z.gguf') });
+    const z = s.launcher.profiles.find((p) => p.name === 'z')!;
+    expect(z.memoryMaxBytes).toBeUndefined();
+    expect(z.memoryLimitBytes).toBeGreaterThan(0);
+    expect(z.memoryLimitBytes).not.toBe(64 * 1024 * 1024);
+  });
+
   it('two layers naming one file are a configuration error that says why', () => {
     const r = RuntimeConfigSchema.safeParse({ models: { operational: { name: 'tiny.gguf' }, tactical: { name: 'tiny.gguf', ctx_size: 1024 } } });
     expect(r.success).toBe(false);
