@@ -21,6 +21,7 @@ APT_PACKAGES=(
   openssl                   # per-image certificates (runtime.tls): CA, server and client certificates
   bubblewrap                # the model sandbox around each llama-server (aios-runtime; its tests run it for real)
   iproute2 nftables         # fleet tests: RPC workers in network namespaces (veth), the generated worker firewall applied in them
+  nginx-light               # fleet tests: the balancer `aios fleet lb-config` generates, in front of three runtimes (not started as a service)
   ca-certificates
 )
 
@@ -34,6 +35,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx-light is a test tool here (test/e2e/fleet-lb.test.ts runs its own instance on loopback): where
+  # Debian's package just started its default site on port 80, stop and disable it.
+  if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

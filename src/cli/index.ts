@@ -13,6 +13,7 @@ import { registerQemu } from './qemu.js';
 import { registerFlash } from './flash.js';
 import { registerBench } from './bench.js';
 import { registerDoctor } from './doctor.js';
+import { registerFleet } from './fleet.js';
 
 export function program(): Command {
   const p = new Command('aios')
@@ -30,6 +31,7 @@ export function program(): Command {
   registerFlash(p);
   registerDoctor(p);
   registerBench(p);
+  registerFleet(p);
   registerDocs(p);
   return p;
 }

@@ -7,6 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { closedWorkers, hexAddress, parseListDevices, parseWorkerAddress, planSplit, RpcWorkers } from '../../src/runtime/rpc.js';
 import { firewallProblems, workerNftRules } from '../../src/fleet/firewall.js';
+import { lbProblems, nginxConfig } from '../../src/fleet/lb.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { launchArgs } from '../../src/runtime/launch.js';
 import { bwrapArgs } from '../../src/runtime/sandbox.js';
@@ -174,5 +175,42 @@ describe('the worker firewall (nftables)', () => {
       'head "10.0.0.1/33" is not an IP address or prefix (addresses only: the firewall cannot trust names)',
     ]);
     expect(() => workerNftRules({ port: 50052, heads: [] })).toThrow(/no heads/);
+  });
+});
+
+describe('the balancer in front of many nodes (nginx)', () => {
+  const o = { listen: '127.0.0.1:8000', nodes: ['10.0.0.1:8080', '10.0.0.2:8080', '10.0.0.3:8080'], stateDir: '/var/lib/aios-lb' };
+
+  it('every node in one upstream; 429 and failures go to the next node; streams unbuffered', () => {
+    const c = nginxConfig(o);
+    for (const n of o.nodes) expect(c).toContain(`    server ${n} max_fails=1 fail_timeout=10s;`);
+    expect(c).toContain('proxy_next_upstream error timeout http_429 http_502 http_503 http_504 non_idempotent;');
+    expect(c).toContain('proxy_next_upstream_tries 3;');
+    expect(c).toContain('proxy_buffering off;');
+    expect(c).toContain('listen 127.0.0.1:8000;');
+    expect(c).toContain('pid /var/lib/aios-lb/nginx.pid;');
+    expect(c).toContain('proxy_pass http://aios_nodes;');
+    expect(c).not.toContain('beyond loopback');
+  });
+
+  it('HTTPS to the nodes, verified against the fleet CA; a warning when it listens beyond loopback', () => {
+    const c = nginxConfig({ ...o, listen: '0.0.0.0:8000', caFile: '/etc/aios/ca.crt', tries: 2 });
+    expect(c).toContain('proxy_pass https://aios_nodes;');
+    expect(c).toContain('proxy_ssl_verify on;');
+    expect(c).toContain('proxy_ssl_trusted_certificate /etc/aios/ca.crt;');
+    expect(c).toContain('proxy_next_upstream_tries 2;');
+    expect(c).toMatch(/# It listens beyond loopback/);
+  });
+
+  it('refuses what nginx would not take', () => {
+    expect(lbProblems({ ...o, nodes: [] })).toEqual(['no nodes: name at least one node (host:port of its runtime.http_listen)']);
+    expect(lbProblems({ ...o, nodes: ['a', 'b:1', 'b:1'], failTimeout: 'soon', tries: 0, stateDir: 'rel' })).toEqual([
+      'node "a" is not host:port',
+      'a node is listed twice',
+      'fail timeout "soon" is not a duration such as 10s',
+      'tries 0 must be a whole number ≥ 1',
+      'state directory "rel" must be an absolute path',
+    ]);
+    expect(() => nginxConfig({ ...o, nodes: [] })).toThrow(/no nodes/);
   });
 });
