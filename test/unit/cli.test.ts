@@ -69,6 +69,9 @@ describe('the CLI', () => {
       'qemu',
       'flash',
       'doctor',
+      'fleet',
+      'fleet lb-config',
+      'fleet firewall',
       'docs',
       'docs recipe',
     ]);
