@@ -148,7 +148,6 @@ export const overlayStage = defineStage({
   },
 });
 
-/** sha256 of the image's certificates and hashed API keys (what the overlay's cache key needs of them). */
 /**
  * `/usr/bin/aios` in the image: the running machine's verbs (src/cli/machine.ts: ps, top, runtime …,
  * bench), bundled beside aios-runtime (it reads the same proto/ dir), checked by running
@@ -161,6 +160,7 @@ async function installCli(ctx: BuildContext, root: string): Promise<void> {
   if (existsSync(join(root, 'usr/bin/node'))) await run(['chroot', root, '/usr/bin/aios', '--help'], { log: ctx.log });
 }
 
+/** sha256 of the image's certificates and hashed API keys (what the overlay's cache key needs of them). */
 async function credentialsDigest(pki: Pki): Promise<string> {
   return sha256(Buffer.concat(await Promise.all([pki.caCert, pki.serverCert, pki.httpKeys].map((f) => readFile(f)))));
 }
