@@ -12,19 +12,10 @@ import { stringify } from 'smol-toml';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon, type Daemon } from '../../src/runtime/daemon.js';
 import { connect, unary, type RuntimeClient } from '../../src/runtime/client.js';
-import type { LaunchProfile, ProcessHandle } from '../../src/runtime/child.js';
 import { Code } from '../../src/runtime/errors.js';
 import { FakeLauncher } from '../fake-child.js';
 import { writeTestGguf } from '../gguf-writer.js';
 import { tmp } from '../helpers.js';
-
-class RecordingLauncher extends FakeLauncher {
-  readonly profiles: LaunchProfile[] = [];
-  override async start(p: LaunchProfile): Promise<{ port: number; proc: ProcessHandle }> {
-    this.profiles.push(p);
-    return super.start(p);
-  }
-}
 
 const dir = tmp('aios-reload-');
 writeTestGguf(join(dir, 'op.gguf'));
@@ -46,11 +37,11 @@ const raw: any = {
 
 describe('adapters over fake children: the lora field, refusal at load, Reload', () => {
   let d: Daemon;
-  let launcher: RecordingLauncher;
+  let launcher: FakeLauncher; // it records the profiles it started
   let g: RuntimeClient;
   beforeAll(async () => {
     writeFileSync(file, stringify(raw));
-    launcher = new RecordingLauncher();
+    launcher = new FakeLauncher();
     d = await startDaemon(RuntimeConfigSchema.parse(raw), { log: () => {}, service: { launcher, configFile: file, supervisor: { child: { backoffMs: () => 1, pollMs: 5 } } } });
     g = connect(`127.0.0.1:${d.listening.tcpPort}`);
   });
