@@ -36,7 +36,7 @@ export function registerBuild(p: Command): void {
         for (const x of res.outputs) out(`\n${x.format === 'iso' ? 'iso:     ' : 'image:   '} ${x.file}\nmanifest: ${x.manifest}`);
         out(`log:      ${res.log}`);
         out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
-        if (res.pki) out(`access:   ${res.pki} (client certificate and API key for this image: --tls-dir; README "Access and authentication")`);
+        if (res.pki) out(`access:   ${res.pki} (client certificate and API key for this image: --tls-dir; docs/access.md)`);
         out(`next:     aios qemu-test ${res.image}`);
       }
     });

@@ -1,5 +1,5 @@
 /**
- * `aios fleet`: what several aios nodes need around them (issue 20; README "Fleets"), printed for
+ * `aios fleet`: what several aios nodes need around them (issue 20; docs/fleets.md), printed for
  * the operator to install: the balancer in front of many nodes (`lb-config`, nginx) and an RPC
  * worker's firewall (`firewall`, nftables).
  */

@@ -18,7 +18,7 @@ export function registerQemu(p: Command): void {
     .option('--cpu <model>', 'QEMU CPU model (default: host with KVM, max with TCG)')
     .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
     .option('--tls-dir <dir>', 'client certificates for the runtime\'s mutual TLS (default: $AIOS_TLS_DIR, else the image\'s pki dir, out/<name>.pki)')
-    .option('--oom-check', "also load a second model with a cgroup memory limit far below its needs: the kernel must kill it in its cgroup, the runtime report it out of memory, and the operational model answer meanwhile (README \"Model sandbox\")")
+    .option('--oom-check', "also load a second model with a cgroup memory limit far below its needs: the kernel must kill it in its cgroup, the runtime report it out of memory, and the operational model answer meanwhile (docs/sandbox.md)")
     .option('--json', 'print the result as JSON')
     .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; oomCheck?: boolean; json?: boolean }) => {
       const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();

@@ -1,5 +1,5 @@
 /**
- * The firewall of an RPC worker (issue 20; README "Fleets"): ggml-rpc-server has no authentication
+ * The firewall of an RPC worker (issue 20; docs/fleets.md): ggml-rpc-server has no authentication
  * and no encryption (llama.cpp's tools/rpc/README.md: "Never run the RPC server on an open network"),
  * so a worker admits connections to its port only from its configured heads. Generated from the
  * config as an nftables ruleset of its own table, so it neither replaces nor depends on other rules:

@@ -1,5 +1,5 @@
 /**
- * Many aios nodes behind one OpenAI-compatible endpoint (issue 20; README "Fleets"): a complete
+ * Many aios nodes behind one OpenAI-compatible endpoint (issue 20; docs/fleets.md): a complete
  * nginx configuration (Debian's nginx-light) generated from a list of nodes by `aios fleet lb-config`.
  *
  * Why nginx and not HAProxy or runtime peers: the one behaviour that matters most for inference is
@@ -51,7 +51,7 @@ export function nginxConfig(o: LbOptions): string {
   const host = o.listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
   const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
   return [
-    '# aios fleet lb-config: several aios-runtime nodes behind one OpenAI-compatible endpoint (README "Fleets").',
+    '# aios fleet lb-config: several aios-runtime nodes behind one OpenAI-compatible endpoint (docs/fleets.md).',
     `# Nodes: ${o.nodes.join(', ')}.`,
     ...(loopback ? [] : ['# It listens beyond loopback: requests pass to the nodes with their Authorization header, and the nodes check the keys;', '# put TLS in front (or use listen … ssl) before exposing it.']),
     `user ${o.user ?? 'www-data'};`,

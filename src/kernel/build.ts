@@ -28,7 +28,7 @@ export type KernelRecipe = ResolvedRecipe['kernel'];
 /**
  * CPU-minutes of a cold compile (no ccache hits) of each base on the 2-core development machine,
  * used to print an estimate for this host's core count. compact: ~3,000 objects × the measured
- * ~2 CPU-s per object (see README "Custom kernel"); the others are rough (a Debian config
+ * ~2 CPU-s per object (see docs/kernel.md, "Custom kernel"); the others are rough (a Debian config
  * compiles ~15 times as many objects, with debug info).
  */
 export const CORE_MINUTES = { compact: 100, debian: 1200, local: 120, file: 240 } as const;

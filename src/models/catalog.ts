@@ -7,7 +7,7 @@ import { PKG_ROOT } from '../util/paths.js';
 
 /**
  * A LoRA adapter a catalog entry names ([[model.adapters]]): downloaded and checked like the model
- * (sha256, GGUF), installed beside it, loaded unapplied with it by aios-runtime (README "LoRA adapters").
+ * (sha256, GGUF), installed beside it, loaded unapplied with it by aios-runtime (docs/runtime.md, "LoRA adapters").
  */
 export const CatalogAdapterSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, { message: 'must be 1-64 of A-Z a-z 0-9 _ . -' }).describe('what requests call it'),

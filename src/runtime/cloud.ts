@@ -218,7 +218,7 @@ export function readKey(name: string, cfg: CloudProviderConfig, env: NodeJS.Proc
   try {
     file = resolveCredential(value, `${name}.key_file`, env);
   } catch (e) {
-    throw new Error((e as Error).message.replace(/runtime\.([^ :]*\.key_file)/, 'api.$1') + ' (put the key into /etc/aios/credentials/<name>: see "Strategic layer" in the README)');
+    throw new Error((e as Error).message.replace(/runtime\.([^ :]*\.key_file)/, 'api.$1') + ' (put the key into /etc/aios/credentials/<name>: see docs/strategic.md)');
   }
   if (isAbsolute(value) && (statSync(file).mode & 0o077) !== 0) throw new Error(`${where}: ${file} is readable by others (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 it`);
   const key = readFileSync(file, 'utf8').trim();
@@ -367,7 +367,7 @@ export class CloudGateway {
    * answers; the next on a failure. `onText` receives streamed text (the call is then streamed).
    */
   async complete(req: CloudRequest, cancel?: AbortSignal, onText?: (t: string) => void): Promise<CloudAnswer> {
-    if (!this.enabled) throw new RuntimeError(Code.FAILED_PRECONDITION, 'intelligence_level "strategic" goes to the cloud gateway, which has no provider on this runtime (no [api.<name>] table in the config; see "Strategic layer" in the README); no local model is used in its place');
+    if (!this.enabled) throw new RuntimeError(Code.FAILED_PRECONDITION, 'intelligence_level "strategic" goes to the cloud gateway, which has no provider on this runtime (no [api.<name>] table in the config; see docs/strategic.md); no local model is used in its place');
     const order = this.order(req.only);
     const bound = promptTokenBound(req.messages);
     const reasons = new Map<string, string>();

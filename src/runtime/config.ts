@@ -68,7 +68,7 @@ const ModelLayer = z.strictObject({
       });
     })
     .describe('LoRA adapters loaded (unapplied) with the model; a request applies some by name or by task'),
-  rpc: z.boolean().default(false).describe('split across [[runtime.rpc_workers]] with llama.cpp\'s RPC backend (llama-server --rpc): its layers and their KV cache go to the workers in proportion to the free memory each reports; gpu_layers = 0 then means all of them (README "Fleets")'),
+  rpc: z.boolean().default(false).describe('split across [[runtime.rpc_workers]] with llama.cpp\'s RPC backend (llama-server --rpc): its layers and their KV cache go to the workers in proportion to the free memory each reports; gpu_layers = 0 then means all of them (docs/fleets.md)'),
 });
 
 /** [models.embedding]: the model that embeds tasks and adapter descriptions for adapter selection (llama-server --embeddings). */
@@ -175,7 +175,7 @@ export const RuntimeConfigSchema = z.strictObject({
       http_tls: z.enum(['auto', 'on', 'off']).default('auto').describe('TLS on the HTTP API with tls_cert/tls_key: auto = when http_listen is not loopback'),
       metrics_auth: z.enum(['api', 'open', 'metrics']).default('api').describe('/metrics: api = the same rule as the API (any valid key when keys are on), open = no key, metrics = a key with the metrics (or admin) scope'),
       socket_group: z.string().default('').describe('group the unix socket is given (mode 0660): its members have admin access; "" = the daemon\'s own group'),
-      // Model isolation (issue 16; README "Model sandbox").
+      // Model isolation (issue 16; docs/sandbox.md).
       sandbox: z.enum(['auto', 'off']).default('auto').describe('each llama-server in a sandbox (own user, network and PID namespaces: no network, a unix socket; reads only /usr and its model; writes only to its own directory and slot directory; no_new_privs; its own seccomp filter): auto = util-linux unshare + setpriv (Landlock) where they work, else bubblewrap, else one warning; off = never'),
       cgroup: z.string().default('auto').describe('per-model cgroups: auto = the daemon\'s own cgroup v2 when delegated (systemd Delegate=yes), off = none, or a writable cgroup directory (v2, or a v1 memory hierarchy)'),
       child_memory_margin: z.number().min(0).max(10).default(0.1).describe('memory.max of a model\'s cgroup = its budgeted footprint × (1 + this)'),
@@ -185,7 +185,7 @@ export const RuntimeConfigSchema = z.strictObject({
       // Saved sessions (src/runtime/sessions.ts; docs/runtime.md#sessions).
       sessions_dir: z.string().default('').describe('saved sessions (conversation + KV state per model file): "" = $STATE_DIRECTORY/sessions (systemd StateDirectory=), else /var/lib/aios/sessions; also llama-server\'s --slot-save-path'),
       sessions_max_bytes: size.default('2G').describe('most bytes all saved sessions may take; past it the least recently used are removed (0 = no saved KV state, conversations only)'),
-      // Fleets (issue 20; README "Fleets"): the llama.cpp RPC workers a model with rpc = true is split across.
+      // Fleets (issue 20; docs/fleets.md): the llama.cpp RPC workers a model with rpc = true is split across.
       rpc_workers: z
         .array(RpcWorker)
         .default([])

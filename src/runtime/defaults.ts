@@ -36,7 +36,7 @@ export function sessionsDirOf(configured: string, env: NodeJS.ProcessEnv = proce
 
 /**
  * A model's own slot directory, llama-server's --slot-save-path: the only place its sandbox lets it
- * write saved states (README "Model sandbox"); the daemon moves them between there and the store.
+ * write saved states (docs/sandbox.md); the daemon moves them between there and the store.
  * `model-<name>` as its cgroup and its child directory are named.
  */
 export const slotDirOf = (sessionsDir: string, model: string): string => join(sessionsDir, 'slots', `model-${model.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_')}`);

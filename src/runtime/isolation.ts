@@ -230,7 +230,7 @@ export class Isolation {
         const h = inner.indexOf('--host');
         if (h >= 0) inner[h + 1] = socket;
         else inner.push('--host', socket);
-        // A split model's llama-server must reach its RPC workers: it keeps the host's network (README "Fleets").
+        // A split model's llama-server must reach its RPC workers: it keeps the host's network (docs/fleets.md).
         const l = sandboxLaunch(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p) });
         out = { argv: [...l.argv, binary, ...inner], socket, env: l.env, fds: l.fds, stopSignal: l.stopSignal };
       } catch (e) {

@@ -1,5 +1,5 @@
 /**
- * A model split across llama.cpp RPC workers (issue 20; README "Fleets"). aios adds no protocol of
+ * A model split across llama.cpp RPC workers (issue 20; docs/fleets.md). aios adds no protocol of
  * its own: each worker runs llama.cpp's `ggml-rpc-server`, the head's llama-server gets
  * `--rpc host:port,…` and llama.cpp splits the layers (and their KV cache) across the workers in
  * proportion to the free memory each reports. This module is what the head's runtime needs around

@@ -1,5 +1,5 @@
 /**
- * The sandbox every model child runs in (issue 16; README "Model sandbox"), built from Debian's tools
+ * The sandbox every model child runs in (issue 16; docs/sandbox.md), built from Debian's tools
  * where systemd cannot do it per child. Two ways to the same restrictions, tried in this order:
  *
  * "landlock" — util-linux (Essential in Debian; ≥ 2.40 for setpriv's Landlock and seccomp options):

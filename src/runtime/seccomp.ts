@@ -1,5 +1,5 @@
 /**
- * The seccomp filter of a model child (issue 16, README "Model sandbox"): a classic-BPF program that
+ * The seccomp filter of a model child (issue 16, docs/sandbox.md): a classic-BPF program that
  * the sandbox tool installs right before llama-server starts (setpriv --seccomp-filter, bwrap
  * --seccomp), after no_new_privs. It is a deny list in the spirit of systemd's groups, for what an
  * inference server never needs and what a compromised one would use to get out or to hurt the rest
@@ -117,7 +117,7 @@ const jump = (code: number, k: number, jt: number, jf: number): Insn => ({ code,
 
 /**
  * The filter's instructions for an architecture (Node's process.arch name), or undefined when it has
- * no table here. `network`: a model split across RPC workers (README "Fleets") keeps the host's
+ * no table here. `network`: a model split across RPC workers (docs/fleets.md) keeps the host's
  * network, so its filter allows every socket family and connect().
  */
 export function childFilterProgram(arch: string = process.arch, o: { network?: boolean } = {}): Insn[] | undefined {

@@ -5,7 +5,7 @@
  * linux-source-6.12 with every wish of the default recipe's fragments, the image boots that kernel
  * instead of the stock one, the guest's running config (/proc/config.gz) carries every wish
  * (HZ=300 included) and aios-runtime still answers. The first run on a new machine compiles the
- * kernel (see README "Custom kernel" for the time); the stage cache and ccache (both in the aios
+ * kernel (see docs/kernel.md, "Custom kernel" for the time); the stage cache and ccache (both in the aios
  * cache dir) make later runs quick.
  */
 import { describe, expect, it } from 'vitest';

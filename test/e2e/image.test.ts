@@ -19,7 +19,7 @@ let first: BuildResult;
 let rootImg = '';
 
 /**
- * A saved session across a power cut and a reboot (README "Saved sessions"): the first boot (the
+ * A saved session across a power cut and a reboot (docs/runtime.md, "Saved sessions"): the first boot (the
  * boot check below) runs on a copy of the image that keeps its writes and, while the guest holds,
  * starts a session with a long first turn; QEMU is then ended (the power is cut). The next test boots
  * the same disk again and sends the session's next turn.
@@ -184,7 +184,7 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect(res.runtime).toMatchObject({ ok: true, text: 'OK', modelUsed: 'aios-tiny' });
     // `systemctl reload aios-runtime` works in the unit's sandbox (ExecReload: `aios runtime reload`): nothing changed, nothing restarted.
     expect(res.guest.runtimeReload).toBe('0 aios-tiny: not restarted (adapter files unchanged);');
-    // The model sandbox in the image (README "Model sandbox"): the daemon manages its delegated cgroup,
+    // The model sandbox in the image (docs/sandbox.md): the daemon manages its delegated cgroup,
     // and the model runs in a cgroup of its own with memory.max from its budget (the early-started
     // child gets it when the daemon takes it over), no swap, and the layer's CPU weight.
     const sandbox = res.guest.sandbox ?? [];

