@@ -1,10 +1,14 @@
 /**
  * Stage cache: each stage's output lives in <cache>/stages/<stage>/<key>/, written under a
  * temporary name and renamed when complete, so an interrupted stage never looks finished.
+ * Each stage keeps its `keep` most recently used outputs; when the cache's file system runs short,
+ * `makeRoom()` removes the least recently used outputs of any stage (never one the build in
+ * progress uses) until a stage's worth of space is free.
  */
-import { mkdir, readdir, rename, stat, writeFile, readFile, utimes } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat, writeFile, readFile, utimes, statfs } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { registerTemp, safeRemove } from '../util/cleanup.js';
 
 export interface StageRecord {
@@ -13,6 +17,32 @@ export interface StageRecord {
   inputs: unknown;
   created: string;
   seconds: number;
+  /** Bytes the output takes on disk (du), for eviction and `aios doctor`. */
+  bytes?: number;
+}
+
+/** Free space a build wants in the cache dir and in the output dir (preflight, `aios doctor`). */
+export const SPACE_NEEDED = { cache: 3 * 1024 ** 3, output: 2 * 1024 ** 3 } as const;
+
+/** One published stage output, as eviction sees it. */
+export interface CachedOutput {
+  stage: string;
+  dir: string;
+  /** Last use (the dir's mtime, touched by get()). */
+  used: number;
+  bytes: number;
+}
+
+/** Bytes free for an unprivileged writer in the file system holding `dir`. */
+export async function freeBytes(dir: string): Promise<number> {
+  const fs = await statfs(dir);
+  return fs.bavail * fs.bsize;
+}
+
+/** Bytes a tree takes on disk, hard links counted once (du -s). */
+export async function diskUsage(dir: string): Promise<number> {
+  const r = await execa('du', ['-s', '-B1', '--one-file-system', dir], { reject: false });
+  return Number.parseInt(r.stdout.split('\t')[0] ?? '', 10) || 0;
 }
 
 export class StageCache {
@@ -20,6 +50,8 @@ export class StageCache {
     readonly dir: string,
     /** How many outputs to keep per stage (older ones are pruned). */
     readonly keep = 2,
+    /** Free space of the cache's file system (injectable for tests). */
+    readonly free: (dir: string) => Promise<number> = freeBytes,
   ) {}
 
   path(stage: string, key: string): string {
@@ -48,7 +80,7 @@ export class StageCache {
     const t0 = Date.now();
     try {
       await produce(tmp);
-      const rec: StageRecord = { stage, key, inputs, created: new Date().toISOString(), seconds: (Date.now() - t0) / 1000 };
+      const rec: StageRecord = { stage, key, inputs, created: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, bytes: await diskUsage(tmp) };
       await writeFile(join(tmp, 'stage.json'), JSON.stringify(rec, null, 2));
       await safeRemove(final);
       await rename(tmp, final);
@@ -78,6 +110,46 @@ export class StageCache {
     }
     done.sort((a, b) => b.t - a.t);
     for (const { p } of done.slice(this.keep)) if (p !== current) await safeRemove(p);
+  }
+
+  /** Every published output of every stage, least recently used first. */
+  async outputs(): Promise<CachedOutput[]> {
+    const out: CachedOutput[] = [];
+    const root = join(this.dir, 'stages');
+    for (const stage of await readdir(root).catch(() => [] as string[])) {
+      for (const e of await readdir(join(root, stage)).catch(() => [] as string[])) {
+        const dir = join(root, stage, e);
+        if (/\.tmp-\d+$/.test(e) || !existsSync(join(dir, 'stage.json'))) continue;
+        const rec = JSON.parse(await readFile(join(dir, 'stage.json'), 'utf8').catch(() => '{}')) as Partial<StageRecord>;
+        out.push({ stage, dir, used: (await stat(dir)).mtimeMs, bytes: rec.bytes ?? (await diskUsage(dir)) });
+      }
+    }
+    return out.sort((a, b) => a.used - b.used);
+  }
+
+  /**
+   * Makes `need` bytes free in the cache's file system by removing the least recently used stage
+   * outputs, never one in `inUse` (the outputs the running build has read). Stops as soon as
+   * enough is free; returns what it removed (possibly nothing, and possibly not enough).
+   */
+  async makeRoom(need: number, inUse: ReadonlySet<string> = new Set()): Promise<{ removed: CachedOutput[]; free: number }> {
+    await mkdir(this.dir, { recursive: true });
+    let free = await this.free(this.dir);
+    const removed: CachedOutput[] = [];
+    if (free >= need) return { removed, free };
+    for (const o of await this.outputs()) {
+      if (inUse.has(o.dir)) continue;
+      await safeRemove(o.dir);
+      removed.push(o);
+      free = await this.free(this.dir);
+      if (free >= need) break;
+    }
+    return { removed, free };
+  }
+
+  /** What makeRoom() could free at most: the outputs not in `inUse`. */
+  async reclaimable(inUse: ReadonlySet<string> = new Set()): Promise<number> {
+    return (await this.outputs()).filter((o) => !inUse.has(o.dir)).reduce((n, o) => n + o.bytes, 0);
   }
 }
 

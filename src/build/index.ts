@@ -8,11 +8,11 @@ import { X509Certificate } from 'node:crypto';
 import { certSans, createPki, type Pki } from '../pki/index.js';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
-import { StageCache } from './cache.js';
+import { SPACE_NEEDED, StageCache } from './cache.js';
 import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.js';
 import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages/index.js';
 import { isaFor } from './llama.js';
-import { kernelPlan } from '../kernel/build.js';
+import { baseKind, DISK_BYTES, kernelPlan } from '../kernel/build.js';
 import { kernelBuildManifest } from './stages/kernel.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
@@ -74,13 +74,17 @@ export async function preflight(ctx: BuildContext, outDir: string, stages: Stage
     if (unshare.exitCode !== 0) problems.push('not running as root and user namespaces are unavailable: run as root (sudo) so mmdebstrap can use --mode=root');
   }
   for (const [what, dir, need] of [
-    ['cache', ctx.cacheDir, 3 * 1024 ** 3],
-    ['output', outDir, 2 * 1024 ** 3],
+    ['cache', ctx.cacheDir, SPACE_NEEDED.cache],
+    ['output', outDir, SPACE_NEEDED.output],
   ] as const) {
     await mkdir(dir, { recursive: true });
     const fs = await statfs(dir);
     const free = fs.bavail * fs.bsize;
-    if (free < need) problems.push(`${what} dir ${dir}: only ${formatSize(free)} free, a build needs about ${formatSize(need)}`);
+    if (free >= need) continue;
+    // Old stage outputs are removed (least recently used first) when a stage needs the room.
+    const old = what === 'cache' ? await ctx.cache.reclaimable() : 0;
+    if (free + old >= need) continue;
+    problems.push(`${what} dir ${dir}: only ${formatSize(free)} free${old ? ` (and ${formatSize(old)} in old stage outputs that can be removed)` : ''}, a build needs about ${formatSize(need)}`);
   }
   return problems;
 }
@@ -135,7 +139,10 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
         const key = hashOf(stage.name, inputs);
         let dir = opts.noCache || opts.rebuild?.includes(stage.name) ? undefined : await c.cache.get(stage.name, key);
         const cached = !!dir;
-        if (!dir) dir = await c.cache.put(stage.name, key, inputs, (d) => stage.run(c, d));
+        if (!dir) {
+          await makeRoom(c, stage);
+          dir = await c.cache.put(stage.name, key, inputs, (d) => stage.run(c, d));
+        }
         const seconds = (Date.now() - s0) / 1000;
         c.outputs[stage.name] = { dir, key, cached, seconds };
         reports.push({ name: stage.name, key: key.slice(0, 16), cached, seconds });
@@ -146,6 +153,22 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
   );
   await tasks.run(ctx);
   return reports;
+}
+
+/**
+ * Before a stage runs: when the cache's file system has less free than a stage may need, the least
+ * recently used outputs of earlier builds go (never one this build has read), and the progress
+ * line and the build log say which.
+ */
+async function makeRoom(ctx: BuildContext, stage: Stage): Promise<void> {
+  const need = stage.name === 'kernel' ? DISK_BYTES[baseKind(ctx.recipe.kernel.base)] : SPACE_NEEDED.cache;
+  const inUse = new Set(Object.values(ctx.outputs).map((o) => o.dir));
+  const { removed, free } = await ctx.cache.makeRoom(need, inUse);
+  if (!removed.length) return;
+  const bytes = removed.reduce((n, o) => n + o.bytes, 0);
+  const line = `cache: removed ${removed.length} old stage output(s) (${formatSize(bytes)}: ${removed.map((o) => `${o.stage}/${basename(o.dir)}`).join(', ')}) to make room for stage ${stage.name}; ${formatSize(free)} free now`;
+  ctx.progress(line);
+  await appendFile(ctx.log, `${line}\n`);
 }
 
 /** Where an image's certificates and keys live: runtime.pki, or <out>/<name>.pki. */

@@ -8,6 +8,7 @@ import type { ResolvedRecipe } from '../config/schema.js';
 import { isLoopback } from '../config/load.js';
 import { isaFor, sourceIdentity, type Isa } from '../build/llama.js';
 import { baseKind, DISK_BYTES } from '../kernel/build.js';
+import { SPACE_NEEDED } from '../build/cache.js';
 import { cpuFor, OVMF_CANDIDATES } from '../qemu/index.js';
 import { formatSize } from '../util/size.js';
 import { hostProbe, type HostProbe } from './probe.js';
@@ -23,9 +24,6 @@ export interface HostCheckOptions {
   /** Timeout of each network check (default 5 s). */
   netTimeoutMs?: number;
 }
-
-/** Free space a build needs (the same thresholds as build/index.ts preflight()). */
-export const SPACE_NEEDED = { cache: 3 * 1024 ** 3, output: 2 * 1024 ** 3 } as const;
 
 /** QEMU's TCG `max` CPU has AVX2/FMA/F16C from this version on (src/qemu/index.ts cpuFor). */
 const QEMU_TCG_AVX2 = [7, 2];

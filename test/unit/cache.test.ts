@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { StageCache } from '../../src/build/cache.js';
 import { hashOf, derivedUuid } from '../../src/util/hash.js';
@@ -83,5 +83,34 @@ describe('StageCache', () => {
     expect(existsSync(dirs[0]!)).toBe(false);
     expect(existsSync(dirs[1]!)).toBe(true);
     expect(existsSync(dirs[2]!)).toBe(true);
+  });
+
+  it('makes room by removing the least recently used outputs of any stage, never one in use, and stops when enough is free', async () => {
+    const GiB = 1024 ** 3;
+    let dirs: string[] = [];
+    // A simulated 4 GiB disk on which every published output takes 1 GiB.
+    const cache = new StageCache(tmp(), 2, async () => (4 - dirs.filter((d) => existsSync(d)).length) * GiB);
+    const o1 = await cache.put('a', 'k1', {}, async (d) => writeFileSync(join(d, 'f'), 'x'.repeat(10_000)));
+    const o2 = await cache.put('b', 'k2', {}, async (d) => writeFileSync(join(d, 'f'), 'y'));
+    const o3 = await cache.put('a', 'k3', {}, async (d) => writeFileSync(join(d, 'f'), 'z'));
+    dirs = [o1, o2, o3];
+    const t = Date.now() / 1000;
+    utimesSync(o1, t - 300, t - 300); // oldest, but in use by the running build
+    utimesSync(o2, t - 200, t - 200);
+    utimesSync(o3, t - 100, t - 100);
+    expect(JSON.parse(readFileSync(join(o1, 'stage.json'), 'utf8')).bytes).toBeGreaterThanOrEqual(10_000);
+    expect(await cache.reclaimable(new Set([o1]))).toBe((await cache.outputs()).filter((o) => o.dir !== o1).reduce((n, o) => n + o.bytes, 0));
+
+    const nothing = await cache.makeRoom(1 * GiB, new Set([o1]));
+    expect(nothing.removed).toEqual([]);
+    const r = await cache.makeRoom(2 * GiB, new Set([o1]));
+    expect(r.removed.map((o) => o.dir)).toEqual([o2]);
+    expect(r.free).toBe(2 * GiB);
+    expect([existsSync(o1), existsSync(o2), existsSync(o3)]).toEqual([true, false, true]);
+    // More than can be had: everything not in use goes, and the result says it is still short.
+    const short = await cache.makeRoom(4 * GiB, new Set([o1]));
+    expect(short.removed.map((o) => o.dir)).toEqual([o3]);
+    expect(short.free).toBe(3 * GiB);
+    expect(existsSync(o1)).toBe(true);
   });
 });

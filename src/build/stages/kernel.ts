@@ -93,7 +93,9 @@ export const kernelStage = defineStage({
     const fs = await statfs(ctx.cacheDir);
     const obj = join(ctx.cacheDir, 'kernel', 'obj');
     // A kept build dir already holds most of what a rebuild needs.
-    if (fs.bavail * fs.bsize < need && !existsSync(obj)) problems.push(`the kernel build needs about ${formatSize(need)} in ${ctx.cacheDir}; only ${formatSize(fs.bavail * fs.bsize)} is free`);
+    // Old stage outputs are removed when the stage needs the room (build/index.ts makeRoom).
+    const free = fs.bavail * fs.bsize;
+    if (free < need && !existsSync(obj) && free + (await ctx.cache.reclaimable()) < need) problems.push(`the kernel build needs about ${formatSize(need)} in ${ctx.cacheDir}; only ${formatSize(free)} is free`);
     return problems;
   },
   async inputs(ctx) {
