@@ -4,6 +4,7 @@ import { stringify as stringifyToml } from 'smol-toml';
 import { randomUUID } from 'node:crypto';
 import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
+import { workerFiles } from '../fleet/worker.js';
 
 export interface Identity {
   seed: string;
@@ -140,6 +141,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     // The strategic layer: [api] tables as TOML, and the credentials the unit imports for their keys.
     apiToml: Object.keys(r.api).length ? stringifyToml({ api: r.api }) : '',
     apiCredentials: apiCredentials(r),
+    // [fleet] role = "worker": ggml-rpc-server's address and arguments, its firewall (nftables text), IPAddressAllow=.
+    fleetWorker: r.fleet ? workerFiles(r.fleet) : undefined,
+    fleetFirewall: (r.fleet && workerFiles(r.fleet)?.nft) ?? '',
     ...extra,
   };
 }

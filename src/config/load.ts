@@ -11,6 +11,8 @@ import { RuntimeConfigSchema, cloudProviders, hostOf, isLoopbackHost } from '../
 import { distroFor } from '../distros/index.js';
 import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
+import { applianceProblems } from './appliance.js';
+import { fleetProblems } from '../fleet/worker.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -146,6 +148,8 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       if (ext4Only.some((e) => o.startsWith(e))) out.push({ path: 'filesystem.mount_options', message: `"${o}" is an ext4 option; XFS would refuse to mount with it` });
     }
   }
+  // image.layout = "appliance" (docs/appliance.md): the root filesystem, formats and the disk size for two slots.
+  out.push(...applianceProblems(r));
   const seen = new Map<string, number>();
   r.models.forEach((m, i) => {
     if (seen.has(m.name)) out.push({ path: `models.${i}.name`, message: `"${m.name}" is already used by models.${seen.get(m.name)}` });
@@ -183,6 +187,8 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       out.push({ path: `kernel.fragments.${i}`, message: (e as Error).message });
     }
   });
+  // Fleets (docs/fleets.md): a worker's address, its heads, and what it needs of the image.
+  out.push(...fleetProblems(r.fleet, { llamaEnabled: r.llama.enabled, llamaRpc: r.llama.rpc, runtimeListens: r.runtime.enabled ? [r.runtime.listen, r.runtime.http_listen] : [] }));
   for (const level of ['operational', 'tactical'] as const) {
     const n = r.models.filter((m) => m.level === level);
     if (n.length > 1) out.push({ path: 'models', message: `${n.length} models have level = "${level}"; at most one per level (${n.map((m) => m.name).join(', ')})` });

@@ -298,6 +298,34 @@ export const RuntimeSchema = z
   })
   .describe('aios-runtime service');
 
+/** Fleets (issue 20; docs/fleets.md): what this machine is in a model split across machines. */
+export const FleetSchema = z
+  .strictObject({
+    role: z
+      .enum(['standalone', 'worker'])
+      .default('standalone')
+      .describe('standalone: an aios node on its own (a head lists its workers in the runtime config\'s [[runtime.rpc_workers]]). worker: an RPC worker of split models: the image runs aios-rpc-worker.service (llama.cpp\'s ggml-rpc-server from the llama stage, needs llama.rpc) on fleet.listen, and loads a firewall generated from fleet.heads at boot (aios-rpc-firewall.service)'),
+    listen: z
+      .string()
+      .regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, { message: 'must be an IPv4 address and port such as 10.0.0.2:50052 (an IP literal, never a name; the pinned ggml-rpc-server binds IPv4 only)' })
+      .default('127.0.0.1:50052')
+      .describe('A worker\'s ggml-rpc-server address (-H, -p): the address of one of its interfaces, or 0.0.0.0. Beyond loopback it needs fleet.heads'),
+    heads: z
+      .array(z.string())
+      .default([])
+      .describe('IPv4 addresses or prefixes (10.0.0.1, 10.0.1.0/24) of the heads that may connect to a worker: its firewall (nftables, generated) accepts the port from them and answers everyone else with a TCP reset, and the unit\'s IPAddressAllow= admits only them. Required when fleet.listen is beyond loopback'),
+    interface: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,15}$/, { message: 'must be a network interface name such as eth0 or wg0' })
+      .optional()
+      .describe('Accept the heads only through this interface (e.g. a dedicated link). Unset: any interface'),
+    cache: z
+      .boolean()
+      .default(true)
+      .describe('ggml-rpc-server -c: a local cache of the tensors heads send (large tensors are then sent as a hash after the first load), under /var/cache/aios-rpc-worker (CacheDirectory=, $LLAMA_CACHE); it grows with every model loaded, nothing prunes it'),
+  })
+  .describe('Fleets: this machine\'s part in a model split across machines (docs/fleets.md)');
+
 export const KernelSchema = z
   .strictObject({
     fragments: z
@@ -344,6 +372,7 @@ export const RecipeSchema = z.strictObject({
     .describe('[[models]] tables: GGUF models installed into /var/lib/aios/models. source = synth | catalog | url | file'),
   runtime: RuntimeSchema.prefault({}),
   kernel: KernelSchema.prefault({}),
+  fleet: FleetSchema.prefault({}),
   api: z
     .record(z.string(), z.unknown())
     .default({})

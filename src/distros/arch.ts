@@ -45,6 +45,7 @@ export const arch: Distro = {
     const p = ['base', 'linux', 'mkinitcpio', 'mkinitcpio-archiso', 'systemd', 'iproute2', 'zstd', 'e2fsprogs'];
     if (r.zram.enabled) p.push('zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
+    if (r.fleet?.role === 'worker' && r.fleet.heads.length) p.push('nftables'); // the RPC worker's firewall (aios-rpc-firewall.service)
     if (r.runtime.enabled) p.push('nodejs', 'perl'); // perl: /usr/libexec/aios/notify-exec (the model sandbox uses util-linux's unshare and setpriv, in base)
     return [...new Set([...p, ...r.base.packages])];
   },

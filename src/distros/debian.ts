@@ -41,6 +41,7 @@ export const debian: Distro = {
     if (r.zram.enabled) p.push('systemd-zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
     if (r.llama.enabled) p.push('libgomp1', 'libstdc++6'); // llama.cpp's OpenMP and C++ runtime
+    if (r.fleet?.role === 'worker' && r.fleet.heads.length) p.push('nftables'); // the RPC worker's firewall (aios-rpc-firewall.service)
     if (r.runtime.enabled) p.push('nodejs'); // aios-runtime (trixie: Node.js 20); the model sandbox uses util-linux's unshare and setpriv, and perl-base runs notify-exec (both essential)
     return [...new Set([...p, ...r.base.packages])];
   },

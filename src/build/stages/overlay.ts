@@ -37,6 +37,8 @@ const VERSION = 9;
 function unitsToEnable(r: ResolvedRecipe): string[] {
   const u = ['aios-check.service', 'aios-bench.service'];
   if (r.runtime.enabled) u.push('aios-runtime.service');
+  // [fleet] role = "worker" (docs/fleets.md): ggml-rpc-server, and the firewall it requires.
+  if (r.fleet.role === 'worker') u.push('aios-rpc-worker.service', ...(r.fleet.heads.length ? ['aios-rpc-firewall.service'] : []));
   if (r.system.network === 'dhcp') u.push('systemd-networkd.service');
   return u;
 }
