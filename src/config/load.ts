@@ -11,7 +11,6 @@ import { RuntimeConfigSchema, cloudProviders, hostOf, isLoopbackHost } from '../
 import { distroFor } from '../distros/index.js';
 import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
-import { applianceProblems } from './appliance.js';
 import { fleetProblems } from '../fleet/worker.js';
 
 type Obj = Record<string, unknown>;
@@ -148,8 +147,6 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       if (ext4Only.some((e) => o.startsWith(e))) out.push({ path: 'filesystem.mount_options', message: `"${o}" is an ext4 option; XFS would refuse to mount with it` });
     }
   }
-  // image.layout = "appliance" (docs/appliance.md): the root filesystem, formats and the disk size for two slots.
-  out.push(...applianceProblems(r));
   const seen = new Map<string, number>();
   r.models.forEach((m, i) => {
     if (seen.has(m.name)) out.push({ path: `models.${i}.name`, message: `"${m.name}" is already used by models.${seen.get(m.name)}` });
