@@ -7,6 +7,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     // The end-to-end tests build and boot real images: one file at a time on a 2-core machine.
     fileParallelism: false,
+    // Temp dirs: each file's are removed after it (setup.ts), stale ones of killed runs before the run.
+    setupFiles: ['test/setup.ts'],
+    globalSetup: ['test/global-setup.ts'],
     reporters: ['default'],
   },
 });

@@ -5,8 +5,13 @@ import { execa } from 'execa';
 
 export const REPO = join(import.meta.dirname, '..');
 
+/** The temp dirs this test file made: test/setup.ts removes them after the file's own afterAll hooks. */
+export const made: string[] = [];
+
 export function tmp(prefix = 'aios-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  made.push(d);
+  return d;
 }
 
 /** Writes recipe files into a temp dir and returns their paths. */
