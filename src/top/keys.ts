@@ -48,6 +48,7 @@ export const HELP = [
   'TOK/S: tokens generated per second over the last 10 s; TTFT: median time to first token',
   'over the last minute (both from the runtime; a generation counts when it ends).',
   'RAM: estimate before the load / measured after it. IDLE: when it unloads for idleness.',
+  'Wide: ADAPTERS (LoRA, "!" = not loaded), SESSIONS (saved ones, their KV bytes).',
   'cpu: * marks the cores the model children may run on (their cpusets).',
 ];
 

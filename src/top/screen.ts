@@ -80,9 +80,23 @@ interface Col {
   cell: (m: TopModel, now: number) => Seg;
 }
 
-/** The table's columns for a width: the narrow set fits 80 columns; wider terminals get more. */
-function columns(width: number): Col[] {
+/** A model's LoRA adapters as `aios ps` shows them: names, one not loaded marked "!" (refused, or added after the start). */
+export const adapterList = (m: TopModel): string => (m.adapters ?? []).map((a) => `${a.name}${a.loaded ? '' : '!'}`).join(',') || '-';
+
+/** A model's saved sessions: how many, and the bytes their KV states take ("-" for none). */
+export const sessionCell = (m: TopModel): string => (m.sessions ? `${m.sessions} ${short(Number(m.session_bytes))}` : '-');
+
+/** The width from which the adapter and session columns are shown (where any model has some). */
+export const LORA_WIDTH = 154;
+
+/**
+ * The table's columns for a width: the narrow set fits 80 columns; wider terminals get more; from
+ * LORA_WIDTH, the adapter and session columns too, when any model has adapters or saved sessions
+ * (as `aios ps` adds them).
+ */
+function columns(width: number, models: TopModel[]): Col[] {
   const wide = width >= 130;
+  const lora = width >= LORA_WIDTH && models.some((m) => m.adapters?.length || m.sessions);
   const cols: Col[] = [
     { title: 'LEVEL', width: wide ? 11 : 5, cell: (m) => ({ t: wide ? m.level || '-' : ({ operational: 'oper', tactical: 'tact', strategic: 'strt' } as Record<string, string>)[m.level] ?? '-' }) },
     { title: 'STATE', width: 10, cell: (m) => ({ t: m.state, s: stateStyle(m) }) },
@@ -106,6 +120,12 @@ function columns(width: number): Col[] {
           { title: 'UP', width: 6, right: true, cell: (m: TopModel) => ({ t: m.uptime_ms ? duration(Number(m.uptime_ms)) : '-' }) },
         ]
       : []),
+    ...(lora
+      ? [
+          { title: 'ADAPTERS', width: 13, cell: (m: TopModel) => ({ t: adapterList(m), s: m.adapters?.some((a) => !a.loaded) ? ('yellow' as Style) : undefined }) },
+          { title: 'SESSIONS', width: 9, right: true, cell: (m: TopModel) => ({ t: sessionCell(m) }) },
+        ]
+      : []),
     { title: 'IDLE', width: 7, right: true, cell: (m, now) => ({ t: idle(m, now) }) },
   ];
   return cols;
@@ -119,7 +139,7 @@ const fit = (t: string, w: number, right = false) => {
 
 /** The model table: header + one line per model (selected one marked with '>' and inverse). */
 export function modelTable(models: TopModel[], view: View, width: number, rows: number, now: number): Line[] {
-  const cols = columns(width);
+  const cols = columns(width, models);
   const fixed = cols.reduce((a, c) => a + c.width + 1, 0);
   const nameW = Math.max(8, width - 2 - fixed);
   const head: Line = [{ t: '  ' + fit('MODEL', nameW) + cols.map((c) => ' ' + fit(c.title, c.width, c.right)).join(''), s: 'head' }];
@@ -237,7 +257,11 @@ function header(s: Snapshot, width: number): Line {
 
 function footer(view: View, s: Snapshot, width: number): Line[] {
   const sel = selectedModel(s.models, view);
-  const st = view.status ?? (sel?.error ? { text: `${sel.name}: ${sel.error}`, kind: 'error' as const } : undefined);
+  // the chosen model's error, else why one of its adapters was refused (as `aios ps` lists them)
+  const refused = sel?.adapters?.find((a) => a.refused);
+  const st =
+    view.status ??
+    (sel?.error ? { text: `${sel.name}: ${sel.error}`, kind: 'error' as const } : refused ? { text: `${sel!.name}: adapter ${refused.name} refused: ${refused.refused}`, kind: 'error' as const } : undefined);
   const status: Line = st ? [{ t: st.text, s: st.kind === 'error' ? 'red' : st.kind === 'ok' ? 'green' : undefined }] : [{ t: '' }];
   const mode = view.mode;
   let keys: Line;
@@ -254,7 +278,8 @@ function footer(view: View, s: Snapshot, width: number): Line[] {
 /** The whole screen: exactly `height` lines (fewer only if the terminal is smaller than the fixed parts). */
 export function render(s: Snapshot, view: View, width: number, height: number): Line[] {
   const top = [header(s, width)];
-  const bottom = [...machineLines(s, width), ...footer(view, s, width)];
+  // the help takes the machine lines' room too (it fits 80×24 whole)
+  const bottom = [...(view.help ? [] : machineLines(s, width)), ...footer(view, s, width)];
   const rows = Math.max(2, height - top.length - bottom.length - 1);
   let middle: Line[];
   if (view.help) middle = HELP.slice(0, rows).map((t) => [{ t }]);

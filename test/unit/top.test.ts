@@ -10,8 +10,8 @@ import { cpusOf } from '../../src/runtime/server.js';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { initialView, mergeModels, selectedModel, snapshotJson, visibleModels, type Snapshot, type TopModel, type View } from '../../src/top/model.js';
-import { KEY, onKey, parseKeys } from '../../src/top/keys.js';
-import { plain, render, short, toAnsi } from '../../src/top/screen.js';
+import { HELP, KEY, onKey, parseKeys } from '../../src/top/keys.js';
+import { adapterList, LORA_WIDTH, plain, render, sessionCell, short, toAnsi } from '../../src/top/screen.js';
 import { Frame } from '../../src/top/terminal.js';
 import { isLocalAddress } from '../../src/cli/top.js';
 import type { ModelStatus } from '../../src/runtime/client.js';
@@ -289,6 +289,51 @@ describe('aios top: the screen', () => {
     expect(f.diff(['aaa', 'bcb'], 4, 2)).toContain('\x1b[2J');
     expect(short(54.3 * MiB)).toBe('54M');
     expect(short(1.25 * 1024 * MiB)).toBe('1.3G');
+  });
+
+  it("adds ps's adapter and session columns on a wide terminal when a model has some; hidden when narrow; a refusal's reason below", () => {
+    const lora = model({
+      adapters: [
+        { name: 'sql', file: 'tiny.lora-sql.gguf', description: '', scale: 1, loaded: true, refused: '' },
+        { name: 'pirate', file: 'tiny.lora-pirate.gguf', description: '', scale: 1, loaded: false, refused: 'n_embd 64 differs from the model (128)' },
+      ],
+      sessions: 12,
+      session_states: 11,
+      session_bytes: 54.3 * MiB,
+    });
+    const plainModel = model({ name: 'other', level: 'tactical', pinned: false, adapters: [], sessions: 0, session_states: 0, session_bytes: 0 });
+    const wide = screen(snap([lora, plainModel]), initialView(), 160, 30);
+    expect(wide[1]).toMatch(/ +UP ADAPTERS +SESSIONS +IDLE$/);
+    expect(wide[2]).toMatch(/^> tiny +operational .* 1m05s sql,pirate! +12 54M +pinned$/);
+    expect(wide[3]).toMatch(/^ {2}other +tactical .* 1m05s - +- +-$/);
+    for (const l of wide) expect(l.length).toBeLessThanOrEqual(160);
+    // the refused adapter's reason is in the status line while its model is chosen
+    expect(wide[28]).toBe('tiny: adapter pirate refused: n_embd 64 differs from the model (128)');
+    // a long list is cut to the column
+    const many = screen(snap([model({ adapters: ['alpha', 'beta', 'gamma', 'delta'].map((name) => ({ name, file: '', description: '', scale: 1, loaded: true, refused: '' })) })]), initialView(), 160, 30);
+    expect(many[2]).toMatch(/ alpha,beta,g~ +- +pinned$/);
+    // without adapters or sessions anywhere, or on a narrower terminal, the columns are not there
+    expect(screen(snap([plainModel]), initialView(), 160, 30)[1]).not.toContain('ADAPTERS');
+    for (const w of [80, 130, LORA_WIDTH - 1]) {
+      const lines = screen(snap([lora]), initialView(), w, 24);
+      expect(lines[1]).not.toMatch(/ADAPTERS|SESSIONS/);
+      expect(lines[2]).not.toContain('sql');
+      // the model name keeps its room when the columns would not fit
+      expect(lines[2]).toMatch(/^> tiny /);
+    }
+    expect(screen(snap([lora]), initialView(), LORA_WIDTH, 24)[1]).toMatch(/MODEL {10,}LEVEL .* ADAPTERS +SESSIONS +IDLE$/);
+    expect(adapterList(lora)).toBe('sql,pirate!');
+    expect(sessionCell(lora)).toBe('12 54M');
+    expect(sessionCell(plainModel)).toBe('-');
+    const j = snapshotJson(snap([lora])) as { models: object[] };
+    expect(j.models[0]).toMatchObject({ adapters: [{ name: 'sql', loaded: true }, { name: 'pirate', loaded: false, refused: 'n_embd 64 differs from the model (128)' }], sessions: 12, sessionStates: 11, sessionBytes: 54.3 * MiB });
+  });
+
+  it('the help fits 80×24 whole (it takes the machine lines\' room)', () => {
+    const lines = screen(snap([model()]), { ...initialView(), help: true });
+    expect(lines).toHaveLength(24);
+    for (const h of HELP) expect(lines).toContain(h);
+    expect(lines.join('\n')).not.toMatch(/^mem  \[/m);
   });
 
   it('--once --json: one snapshot with the figures named', () => {
