@@ -102,6 +102,20 @@ export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memor
   }
   const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd());
+  // Models split across RPC workers (docs/fleets.md): what each worker holds, as llama-server reported
+  // placing it, beside admission's plan and the room there.
+  const split = models.filter((m) => m.rpc_workers?.length);
+  if (split.length) {
+    const r = [['SPLIT MODEL', 'RPC WORKER', 'PLACED', 'PLANNED', 'AVAILABLE', 'REPORTED FREE']];
+    for (const m of split) {
+      for (const x of m.rpc_workers) {
+        const size = (b: number | string) => (Number(b) ? formatSize(Number(b)) : '-');
+        r.push([m.name, x.address, size(x.bytes), size(x.planned_bytes), size(x.available_bytes), size(x.free_bytes)]);
+      }
+    }
+    const sw = r[0]!.map((_, i) => Math.max(...r.map((x) => x[i]!.length)));
+    lines.push('', ...r.map((x) => x.map((c, i) => c.padEnd(sw[i]!)).join('  ').trimEnd()));
+  }
   const budget = Number(health.memory_budget_bytes);
   if (problems.length) lines.push('', ...problems);
   lines.push('', `memory: ${formatSize(Number(health.memory_used_bytes))} of ${budget ? formatSize(budget) : 'unlimited'} budget; ${health.queued} request(s) waiting`);

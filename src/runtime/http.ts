@@ -84,6 +84,8 @@ export interface ListedModel {
   sessions?: number;
   session_states?: number;
   session_bytes?: number;
+  /** A model split across RPC workers (issue 20): each worker's part, as in ListModels. */
+  rpc_workers?: { address: string; bytes: number; planned_bytes: number; available_bytes: number; free_bytes: number }[];
 }
 
 /** An OpenAI chat body's messages as the cloud gateway takes them (text only). */
@@ -278,7 +280,17 @@ export class HttpFront {
     const out = new Map<string, ListedModel>();
     const created = Math.floor(this.svc.startedAt / 1000);
     for (const { level, profile } of this.svc.router.configured()) out.set(profile.name, { id: profile.name, object: 'model', created, owned_by: 'aios', level, state: 'unloaded' });
-    for (const m of this.svc.models()) out.set(m.name, { id: m.name, object: 'model', created, owned_by: 'aios', level: m.level || out.get(m.name)?.level || '', state: m.state });
+    for (const m of this.svc.models()) {
+      out.set(m.name, {
+        id: m.name,
+        object: 'model',
+        created,
+        owned_by: 'aios',
+        level: m.level || out.get(m.name)?.level || '',
+        state: m.state,
+        ...(m.rpcWorkers.length ? { rpc_workers: m.rpcWorkers.map((w) => ({ address: w.address, bytes: w.bytes, planned_bytes: w.plannedBytes, available_bytes: w.availableBytes, free_bytes: w.freeBytes })) } : {}),
+      });
+    }
     // The strategic layer's cloud models (nothing about their keys).
     for (const p of this.svc.cloud.enabled ? this.svc.cloud.view() : []) {
       if (!out.has(p.model)) out.set(p.model, { id: p.model, object: 'model', created, owned_by: p.name, level: 'strategic', state: p.unavailable ? `unavailable: ${p.unavailable}` : 'cloud' });

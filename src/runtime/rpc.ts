@@ -121,14 +121,14 @@ export interface WorkerRoom {
 
 export interface SplitPlan {
   fits: boolean;
-  /** Bytes llama.cpp will put on each worker (in proportion to the free memory each reports). */
-  shares: { address: string; bytes: number; availableBytes: number }[];
+  /** Bytes llama.cpp will put on each worker (in proportion to the free memory each reports), what the head may use there and what the worker reported free. */
+  shares: { address: string; bytes: number; availableBytes: number; reportedFreeBytes: number }[];
 }
 
 /** llama.cpp's default split (by reported free memory) of `needBytes` over the workers, and whether each share fits. */
 export function planSplit(needBytes: number, workers: WorkerRoom[]): SplitPlan {
   const total = workers.reduce((s, w) => s + w.reportedFreeBytes, 0);
-  const shares = workers.map((w) => ({ address: w.address, bytes: total > 0 ? Math.ceil((needBytes * w.reportedFreeBytes) / total) : needBytes, availableBytes: w.availableBytes }));
+  const shares = workers.map((w) => ({ address: w.address, bytes: total > 0 ? Math.ceil((needBytes * w.reportedFreeBytes) / total) : needBytes, availableBytes: w.availableBytes, reportedFreeBytes: w.reportedFreeBytes }));
   return { fits: total > 0 && shares.every((s) => s.bytes <= s.availableBytes), shares };
 }
 

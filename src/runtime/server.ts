@@ -87,6 +87,7 @@ const toStatus = (m: ModelView, sessions?: SessionCounts): ModelStatus => ({
   sessions: sessions?.count ?? 0,
   session_states: sessions?.states ?? 0,
   session_bytes: sessions?.bytes ?? 0,
+  rpc_workers: m.rpcWorkers.map((w) => ({ address: w.address, bytes: w.bytes, planned_bytes: w.plannedBytes, available_bytes: w.availableBytes, free_bytes: w.freeBytes })),
 });
 
 function grpcError(e: unknown): Partial<grpc.StatusObject> {

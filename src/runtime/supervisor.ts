@@ -15,7 +15,7 @@ import { estimateFootprint, mib, rssOf, type Budget, type Footprint } from './me
 import { isGgufFile } from '../models/gguf.js';
 import { childMemoryLimit } from './cgroup.js';
 import { treeRss } from './isolation.js';
-import type { RpcWorkers } from './rpc.js';
+import type { RpcWorkers, SplitPlan } from './rpc.js';
 
 export interface ModelInfo {
   name: string;
@@ -59,6 +59,31 @@ export interface ModelInfo {
   memoryLimitBytes: number;
   /** Times the kernel's OOM killer ended it inside its cgroup (since the daemon started). */
   oomKills: number;
+  /** A model split across RPC workers: each worker's part, in --rpc order ([] otherwise). */
+  rpcWorkers: RpcShareInfo[];
+}
+
+/** The part of a split model one RPC worker holds (issue 20). */
+export interface RpcShareInfo {
+  address: string;
+  /** What llama-server reported placing there (its "RPCn[address] model/KV/compute buffer size" lines); 0 until loaded. */
+  bytes: number;
+  /** The share admission estimated before the load (0 when it was not asked: no estimate). */
+  plannedBytes: number;
+  /** What this head may use there (reported free, capped by the config's memory). */
+  availableBytes: number;
+  /** The free memory the worker reported at admission. */
+  freeBytes: number;
+}
+
+/** llama-server's buffers on each RPC worker, by address: "RPC0[10.0.0.2:50052] model" → 10.0.0.2:50052. */
+export function bytesByWorker(byName: Record<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, v] of Object.entries(byName)) {
+    const m = /^RPC\d+\[(.+)\] /.exec(k);
+    if (m) out.set(m[1]!, (out.get(m[1]!) ?? 0) + v);
+  }
+  return out;
 }
 
 export interface SupervisorOptions {
@@ -93,6 +118,8 @@ interface Entry {
   estimate?: Footprint;
   /** A split model: what its workers hold (estimated), never the head's budget. */
   remoteBytes?: number;
+  /** A split model: admission's plan (each worker's share, room, reported free memory). */
+  split?: SplitPlan;
 }
 
 export class Supervisor {
@@ -276,7 +303,7 @@ export class Supervisor {
       this.log(`evicting ${holder.child.name} to free rpc worker ${shared} for ${p.name}`);
       await this.unload(holder.child.name, 'evict').catch(() => {});
     }
-    await this.o.rpc.admit(p.name, workers, e.remoteBytes ?? 0);
+    e.split = await this.o.rpc.admit(p.name, workers, e.remoteBytes ?? 0);
   }
 
   /** A lease on a loaded model's child for one request (waits through a restart). */
@@ -384,7 +411,17 @@ export class Supervisor {
       cgroupPeakBytes: cg?.peakBytes ?? 0,
       memoryLimitBytes: cg?.limitBytes ?? 0,
       oomKills: c.oomKills,
+      rpcWorkers: this.rpcShares(e),
     };
+  }
+
+  /** Each worker's part of a split model: planned at admission, placed as llama-server reported it. */
+  private rpcShares(e: Entry): RpcShareInfo[] {
+    const placed = bytesByWorker(e.child.buffers.byName);
+    return (e.child.profile.rpc ?? []).map((address) => {
+      const s = e.split?.shares.find((x) => x.address === address);
+      return { address, bytes: placed.get(address) ?? 0, plannedBytes: s?.bytes ?? 0, availableBytes: s?.availableBytes ?? 0, freeBytes: s?.reportedFreeBytes ?? 0 };
+    });
   }
 
   private idleView(e: Entry) {

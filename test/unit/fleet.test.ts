@@ -60,7 +60,7 @@ describe('rpc workers: the split admission', () => {
     // The cap is not llama.cpp's split: a worker capped below its share refuses, though the total would fit.
     const capped = planSplit(300 * MiB, [room('a:1', 1000, 100), room('b:1', 1000)]);
     expect(capped.fits).toBe(false);
-    expect(capped.shares[0]).toEqual({ address: 'a:1', bytes: 150 * MiB, availableBytes: 100 * MiB });
+    expect(capped.shares[0]).toEqual({ address: 'a:1', bytes: 150 * MiB, availableBytes: 100 * MiB, reportedFreeBytes: 1000 * MiB });
     expect(planSplit(1, []).fits).toBe(false);
   });
 
