@@ -14,6 +14,7 @@ APT_PACKAGES=(
   python3-prometheus-client   # the reference Prometheus text-format parser that reads /metrics in the runtime tests
   fdisk dosfstools mtools e2fsprogs xfsprogs   # GPT + filesystems without mounting
   squashfs-tools xorriso    # the live ISO: squashfs root, hybrid ISO 9660 with an El Torito EFI image
+  erofs-utils cryptsetup-bin   # image.layout = "appliance": the read-only root (mkfs.erofs) and its dm-verity hash tree (veritysetup)
   qemu-system-x86 ovmf      # aios qemu-test / aios qemu
   zstd xz-utils util-linux  # aios flash: .raw.zst/.raw.xz images, losetup/blkid/blockdev
   shellcheck gnupg          # release: lint scripts/release.sh, sign SHA256SUMS
