@@ -9,7 +9,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Code, RuntimeError } from './errors.js';
@@ -566,6 +566,23 @@ export async function serveHttp(svc: RuntimeService, listen: string, _log: Log =
     // An https.Server has every http.Server method used here (listen, close, closeIdleConnections…).
     server = https as unknown as Server;
   } else server = createServer({ keepAliveTimeout: 65_000 }, front.handle);
+  // Connections on which no request has begun yet (not one byte of one; over TLS, after the
+  // handshake): a client's spare connection, opened ahead of its next request. Node counts such a
+  // connection active, not idle (its headers timeout runs), so closeIdleConnections() leaves it
+  // open and server.close() would wait for the grace period; close() ends these itself.
+  const fresh = new Set<Socket>();
+  server.on(o.tls ? 'secureConnection' : 'connection', (s: Socket) => {
+    fresh.add(s);
+    s.once('close', () => fresh.delete(s));
+  });
+  const closeIdle = () => {
+    server.closeIdleConnections();
+    for (const s of fresh) {
+      fresh.delete(s);
+      // a byte read: a request has begun (Node tracks it from here, and closes it once idle)
+      if (s.bytesRead === 0) s.destroy();
+    }
+  };
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(Number(m[2]), host, () => {
@@ -579,10 +596,11 @@ export async function serveHttp(svc: RuntimeService, listen: string, _log: Log =
     port,
     close: async (graceMs = 10_000) => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Keep-alive connections close as soon as their answer is done; the rest after the grace period.
-      const idle = setInterval(() => server.closeIdleConnections(), 50);
+      // Idle connections (kept alive, or with no request yet) close now, the others as soon as their
+      // answer is done; what is still open after the grace period is cut.
+      const idle = setInterval(closeIdle, 50);
       const t = setTimeout(() => server.closeAllConnections(), graceMs);
-      server.closeIdleConnections();
+      closeIdle();
       await closed;
       clearInterval(idle);
       clearTimeout(t);

@@ -4,7 +4,9 @@
  * max_restarts, always_loaded, load_on_demand, PinModel (idle unloading, eviction), live tokens/s of
  * streams (gRPC, HTTP), log_level, LoadModel.port, one model per file.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Agent as HttpAgent, get as httpGet } from 'node:http';
+import { connect as netConnect, type Socket } from 'node:net';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
@@ -306,6 +308,54 @@ describe('runtime service with fake children', () => {
     expect(r.success).toBe(false);
     expect(r.error!.issues[0]!.path).toEqual(['models', 'tactical', 'name']);
     expect(r.error!.issues[0]!.message).toMatch(/"tiny.gguf" is also \[models.operational\]'s file: a model is named by its file/);
+  });
+});
+
+describe('stopping with connections open', () => {
+  afterEach(async () => {
+    for (const d of running.splice(0)) await d.stop();
+  });
+  it("idle ones (a client's spare connection with no request yet, a kept-alive one) are closed at once: stop() never waits for the grace period; a stream in flight still finishes", async () => {
+    const s = await daemon(config());
+    const server = s.d.http!.server;
+    const forceHttp = vi.spyOn(server, 'closeAllConnections');
+    const forceGrpc = vi.spyOn(s.d.listening.server, 'forceShutdown');
+    await unary(s.grpc, 'HealthCheck', {}); // the gRPC client connected, idle at the stop
+    // a kept-alive connection whose answer is done
+    const agent = new HttpAgent({ keepAlive: true });
+    const kept = await new Promise<Socket>((resolve, reject) => {
+      const req = httpGet(`${s.http}/health`, { agent }, (r) => {
+        r.resume();
+        r.on('end', () => resolve(req.socket!));
+      }).on('error', reject);
+    });
+    // a connection opened ahead of a request that never came (as HTTP clients do for the next one)
+    const spare = netConnect(Number(s.http.split(':').pop()));
+    spare.on('error', () => {});
+    await new Promise((r) => spare.once('connect', r));
+    const closed = new Set<string>();
+    for (const [name, sock] of [['kept', kept], ['spare', spare]] as const) sock.once('close', () => closed.add(name));
+    while ((await new Promise<number>((r) => server.getConnections((_e, n) => r(n)))) < 2) await new Promise((r) => setTimeout(r, 5));
+    // a stream in flight: 6 pieces, 100 ms apart
+    s.launcher.b.streamPieces = 6;
+    s.launcher.b.pieceDelayMs = 100;
+    const res = await fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'long' }], stream: true }) });
+    const reader = res.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    const rest = (async () => {
+      for (let r = await reader.read(); !r.done; r = await reader.read()) text += new TextDecoder().decode(r.value);
+    })();
+    running = running.filter((d) => d !== s.d);
+    await s.d.stop();
+    await rest;
+    s.grpc.close();
+    agent.destroy();
+    expect(text.match(/"content":"OK"/g)).toHaveLength(6);
+    expect(text).toMatch(/data: \[DONE\]\n\n$/);
+    // the server ended both idle connections itself, and nobody was cut off by the grace timers
+    expect([...closed].sort()).toEqual(['kept', 'spare']);
+    expect(forceHttp).not.toHaveBeenCalled();
+    expect(forceGrpc).not.toHaveBeenCalled();
   });
 });
 
