@@ -1,12 +1,13 @@
 /**
- * A model split across llama.cpp RPC workers (issue 20), end to end and for real: two
+ * A model split across llama.cpp RPC workers (issue 20), end to end and for real: three
  * ggml-rpc-server workers, each in a network namespace of its own (a veth pair stands in for the
  * wire), and a head aios-runtime on this side. Only the namespaces this test creates are addressed
  * (10.231.<i>.2 inside, 10.231.<i>.1 this side; the route is checked before anything is sent), and
  * afterAll deletes them even when a test failed.
  *
- * - the split model answers, its layers are on both workers (their memory grows), and its greedy
- *   output is the same as the same weights on the head alone;
+ * - the split model answers, its layers are on all three workers (their memory grows, and ListModels
+ *   says what llama-server placed on each), and its greedy output is the same as the same weights on
+ *   the head alone;
  * - a worker killed mid-stream → the request fails UNAVAILABLE naming that worker, requests fail
  *   fast (UNAVAILABLE, the worker named) while it is gone, and the model is served again once it is
  *   back; a worker that goes away while the model is idle is noticed by the health loop;
@@ -34,6 +35,7 @@ let binDir = '';
 let llamaServer = '';
 let w1: NsHost;
 let w2: NsHost;
+let w3: NsHost;
 const workers = new Map<NsHost, ChildProcess>();
 
 type Chunk = { text: string; done: boolean };
@@ -93,7 +95,7 @@ function config(extra: { rpc_workers?: object[]; runtime?: object } = {}) {
       health_interval: '500ms',
       load_timeout: '60s',
       request_timeout: '60s',
-      rpc_workers: extra.rpc_workers ?? [{ address: `${w1.addr}:${PORT}` }, { address: `${w2.addr}:${PORT}` }],
+      rpc_workers: extra.rpc_workers ?? [{ address: `${w1.addr}:${PORT}` }, { address: `${w2.addr}:${PORT}` }, { address: `${w3.addr}:${PORT}` }],
       ...extra.runtime,
     },
     models: {
@@ -113,14 +115,15 @@ beforeAll(async () => {
   llamaServer = fx.llamaServer;
   w1 = lab.add(1);
   w2 = lab.add(2);
-  await Promise.all([startWorker(w1), startWorker(w2)]);
+  w3 = lab.add(3);
+  await Promise.all([startWorker(w1), startWorker(w2), startWorker(w3)]);
 }, 20 * 60_000);
 
 afterAll(async () => {
   await lab.cleanup();
 });
 
-describe('a model split across two rpc workers in network namespaces', () => {
+describe('a model split across three rpc workers in network namespaces', () => {
   let d: Daemon;
   let c: RuntimeClient;
   beforeAll(async () => {
@@ -132,8 +135,8 @@ describe('a model split across two rpc workers in network namespaces', () => {
     await d?.stop();
   });
 
-  it('answers, with its layers on both workers, and greedy output identical to the same model on one node', { timeout: 120_000 }, async () => {
-    const before = [rssMiB(workerPid(w1)), rssMiB(workerPid(w2))];
+  it('answers, with its layers on all three workers, and greedy output identical to the same model on one node', { timeout: 120_000 }, async () => {
+    const before = [rssMiB(workerPid(w1)), rssMiB(workerPid(w2)), rssMiB(workerPid(w3))];
     const req = { prompt: 'Tell me about the sea.', max_tokens: 24, temperature: 0 };
     const split = await call<{ text: string; model_used: string }>(c, 'Infer', { ...req, model: 'small' });
     expect(split.model_used).toBe('small');
@@ -141,9 +144,16 @@ describe('a model split across two rpc workers in network namespaces', () => {
     const m = d.service.models().find((x) => x.name === 'small')!;
     expect(m.state).toBe('ready');
     // The split is visible on the workers: each holds part of the weights (small: ~110 MiB of layers and output).
-    const after = [rssMiB(workerPid(w1)), rssMiB(workerPid(w2))];
-    expect(after[0]! - before[0]!).toBeGreaterThan(10);
-    expect(after[1]! - before[1]!).toBeGreaterThan(10);
+    const after = [rssMiB(workerPid(w1)), rssMiB(workerPid(w2)), rssMiB(workerPid(w3))];
+    for (const i of [0, 1, 2]) expect(after[i]! - before[i]!).toBeGreaterThan(10);
+    // …and in the model list: each worker's address and what llama-server placed there, which the
+    // worker's own memory shows (its resident set grew by at least half of it).
+    expect(m.rpcWorkers.map((w) => w.address)).toEqual([w1, w2, w3].map((h) => `${h.addr}:${PORT}`));
+    m.rpcWorkers.forEach((w, i) => {
+      expect(w.bytes).toBeGreaterThan(10 * 1024 * 1024);
+      expect(w.plannedBytes).toBeGreaterThan(0);
+      expect(after[i]! - before[i]!).toBeGreaterThan((0.5 * w.bytes) / (1024 * 1024));
+    });
     // …and not on the head: its llama-server holds the token embeddings and little else.
     expect(m.actualBytes).toBeLessThan(130 * 1024 * 1024);
     const local = await call<{ text: string; model_used: string }>(c, 'Infer', { ...req, model: 'small-local' });

@@ -18,6 +18,9 @@ import { workerNftRules } from '../../src/fleet/firewall.js';
 import { debian } from '../../src/distros/debian.js';
 import { arch } from '../../src/distros/arch.js';
 import { tmp } from '../helpers.js';
+import { workerFiles } from '../../src/fleet/worker.js';
+
+const workerFilesOf = (r: { fleet: Parameters<typeof workerFiles>[0] }) => workerFiles(r.fleet);
 
 const WORKER = ['fleet.role=worker', 'fleet.listen="10.0.0.2:50052"', 'fleet.heads=["10.0.0.1", "10.0.1.0/24"]'];
 
@@ -78,6 +81,20 @@ describe('[fleet] role = "worker": the rendered files', () => {
     expect(f[NFT]).toBeUndefined();
     expect(f[FW_UNIT]).toBeUndefined();
     expect(debian.packages(await loadRecipe('default', { sets: ['fleet.role=worker'] }))).not.toContain('nftables');
+  });
+
+  it('images/rpc-worker.toml: a worker without the runtime or models, for the heads it names', async () => {
+    const r = await loadRecipe('rpc-worker');
+    expect(r.fleet).toMatchObject({ role: 'worker', listen: '10.0.0.2:50052', heads: ['10.0.0.1'] });
+    expect(r.runtime.enabled).toBe(false);
+    expect(r.models).toEqual([]);
+    const files = Object.fromEntries((await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)))).map((f) => [f.path, f.content]));
+    expect(files[UNIT]).toMatch(/^ExecStart=\/usr\/bin\/ggml-rpc-server -H 10\.0\.0\.2 -p 50052 -c$/m);
+    expect(files[NFT]).toContain('tcp dport 50052 ip saddr { 10.0.0.1 } accept');
+    expect(files['usr/lib/systemd/system/aios-runtime.service']).toBeUndefined();
+    // The addresses are the recipe's to change, on the command line too.
+    const other = await loadRecipe('rpc-worker', { sets: ['fleet.listen="192.168.7.2:50052"', 'fleet.heads=["192.168.7.1"]'] });
+    expect(workerFilesOf(other)).toMatchObject({ host: '192.168.7.2', ipAllow: '192.168.7.1' });
   });
 
   it('renders nothing of it for a standalone recipe (the default)', async () => {
