@@ -204,6 +204,13 @@ async function syncDir(path: string): Promise<void> {
   await syncFile(path);
 }
 
+/** What the model lists count of one session: its record's model directory and model, its saved state's bytes (0 = none). */
+interface Counted {
+  sha: string;
+  model: string;
+  kvBytes: number;
+}
+
 let counter = 0;
 const tempName = (what: string) => `_${what}-${process.pid}-${++counter}-${randomBytes(4).toString('hex')}`;
 
@@ -215,9 +222,16 @@ export class SessionStore {
   private hashes = new Map<string, Promise<string>>();
   /** One turn at a time per session (a second waits), so two turns never fork a conversation. */
   private locks = new Map<string, Promise<unknown>>();
-  /** Bumped by every write and removal this store makes (summary()'s cache is then stale). */
-  private changes = 0;
-  private summaryCache?: { at: number; changes: number; counts: Promise<Map<string, SessionCounts>> };
+  /**
+   * The sessions the model lists count (summary()): read from the records once, by the first
+   * summary(), then kept up to date by this store's own saves, deletions and state removals (the
+   * size cap, a discarded state). `pending` holds the changes made while that first read runs,
+   * applied over what it found.
+   */
+  private counted?: Map<string, Counted>;
+  private totals = new Map<string, SessionCounts>();
+  private loading?: Promise<void>;
+  private pending: [string, (cur: Counted | undefined) => Counted | undefined][] = [];
 
   constructor(o: SessionsOptions) {
     this.dir = o.dir;
@@ -277,7 +291,6 @@ export class SessionStore {
 
   /** Written to a temporary name, flushed to the disk, renamed over `file`, the directory flushed: whole or not at all, even across a power cut. */
   private async writeAtomic(file: string, text: string): Promise<void> {
-    this.changes++;
     const tmp = `${file}.tmp-${process.pid}-${++counter}`;
     try {
       const fh = await open(tmp, 'w', 0o600);
@@ -316,6 +329,7 @@ export class SessionStore {
       } catch (e) {
         this.log(`sessions: ${file} is unreadable (${(e as Error).message}); removing it`, 'warn');
         await rm(file, { force: true });
+        this.count(id, (cur) => (cur?.sha === sha ? undefined : cur));
       }
     }
     return best;
@@ -335,28 +349,54 @@ export class SessionStore {
 
   /**
    * Saved sessions per model name, for the model lists, which are polled (aios top asks twice a
-   * second): the records are read again only when this store has changed something, or after 2 s
-   * (for changes made by anything else).
+   * second): the records are read once (the first call; again only if that read failed), then the
+   * counts follow this store's own changes, so a poll reads nothing from the disk. Sessions that
+   * something other than this store adds or removes in the directory are not seen until the
+   * daemon starts again.
    */
-  summary(now = Date.now()): Promise<Map<string, SessionCounts>> {
-    const c = this.summaryCache;
-    if (c && c.changes === this.changes && now - c.at < 2000) return c.counts;
-    const counts = this.list().then((list) => {
-      const m = new Map<string, SessionCounts>();
-      for (const i of list) {
-        const x = m.get(i.model) ?? { count: 0, states: 0, bytes: 0 };
-        x.count++;
-        if (i.kvBytes > 0) {
-          x.states++;
-          x.bytes += i.kvBytes;
-        }
-        m.set(i.model, x);
+  async summary(): Promise<Map<string, SessionCounts>> {
+    if (!this.counted) {
+      this.loading ??= this.list().then(
+        (list) => {
+          this.counted = new Map();
+          for (const i of list) this.apply(i.id, { sha: i.modelSha256, model: i.model, kvBytes: i.kvBytes });
+          for (const [id, fn] of this.pending.splice(0)) this.apply(id, fn(this.counted.get(id)));
+        },
+        (e: unknown) => {
+          this.loading = undefined;
+          this.pending = [];
+          throw e;
+        },
+      );
+      await this.loading;
+    }
+    return new Map([...this.totals].map(([model, c]) => [model, { ...c }]));
+  }
+
+  /** A change to one session's counted entry: applied now, after the first read when it is running, or left to that read when it has not started. */
+  private count(id: string, fn: (cur: Counted | undefined) => Counted | undefined): void {
+    if (this.counted) this.apply(id, fn(this.counted.get(id)));
+    else if (this.loading) this.pending.push([id, fn]);
+  }
+
+  private apply(id: string, next: Counted | undefined): void {
+    const counted = this.counted!;
+    const add = (e: Counted, k: 1 | -1) => {
+      const t = this.totals.get(e.model) ?? { count: 0, states: 0, bytes: 0 };
+      t.count += k;
+      if (e.kvBytes > 0) {
+        t.states += k;
+        t.bytes += k * e.kvBytes;
       }
-      return m;
-    });
-    counts.catch(() => (this.summaryCache = undefined));
-    this.summaryCache = { at: now, changes: this.changes, counts };
-    return counts;
+      if (t.count > 0) this.totals.set(e.model, t);
+      else this.totals.delete(e.model);
+    };
+    const cur = counted.get(id);
+    if (cur) add(cur, -1);
+    if (next) {
+      counted.set(id, next);
+      add(next, 1);
+    } else counted.delete(id);
   }
 
   info(r: SessionRecord): SessionInfo {
@@ -379,7 +419,6 @@ export class SessionStore {
   /** Removes a session (record and state); false when there was none. */
   async delete(id: string): Promise<boolean> {
     checkSessionId(id);
-    this.changes++;
     let found = false;
     for (const sha of this.modelDirs()) {
       for (const f of [join(this.dir, sha, `${id}.json`), this.kvPath(sha, id)]) {
@@ -389,6 +428,7 @@ export class SessionStore {
         }
       }
     }
+    this.count(id, () => undefined);
     return found;
   }
 
@@ -532,6 +572,7 @@ export class SessionStore {
     }
     try {
       await this.writeAtomic(join(sub, `${turn.id}.json`), JSON.stringify(rec));
+      this.count(turn.id, () => ({ sha: turn.key.modelSha256, model: rec.model, kvBytes: rec.kv?.bytes ?? 0 }));
       // The same id under another model's directory is an older state of this conversation.
       for (const sha of this.modelDirs()) {
         if (sha === turn.key.modelSha256) continue;
@@ -557,6 +598,7 @@ export class SessionStore {
     const turn = { id: r.id, key, model: r.model } as Turn;
     const rec: SessionRecord = { ...r, key, kv: await this.saveSlot(turn, o.port, o.slot, o.signal), promptTokens: o.promptTokens, updated: new Date().toISOString() };
     await this.writeAtomic(join(sub, `${r.id}.json`), JSON.stringify(rec));
+    this.count(r.id, () => ({ sha: key.modelSha256, model: rec.model, kvBytes: rec.kv?.bytes ?? 0 }));
     await this.enforceCap(r.id);
     return rec;
   }
@@ -612,13 +654,14 @@ export class SessionStore {
 
   /** Deletes a state file and marks its record as having none (the conversation stays). */
   private async dropState(sha: string, id: string): Promise<void> {
-    this.changes++;
     await rm(this.kvPath(sha, id), { force: true });
     const file = join(this.dir, sha, `${id}.json`);
     try {
       const r = JSON.parse(await readFile(file, 'utf8')) as SessionRecord;
       r.kv = null;
       await this.writeAtomic(file, JSON.stringify(r));
+      // counted only when this directory holds the session's record (not an older copy under another model)
+      this.count(id, (cur) => (cur?.sha === sha ? { ...cur, kvBytes: 0 } : cur));
     } catch {
       // no record: nothing to mark
     }

@@ -8,10 +8,12 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { cacheHit, checkSessionId, reportedUse, SessionStore, type SessionRecord } from '../../src/runtime/sessions.js';
 import { RuntimeError } from '../../src/runtime/errors.js';
-import { prepareSessionsDir, sessionsDirOf } from '../../src/runtime/defaults.js';
+import { prepareSessionsDir, sessionsDirOf, slotDirOf } from '../../src/runtime/defaults.js';
 import { launchArgs } from '../../src/runtime/launch.js';
 
 const dirs: string[] = [];
@@ -127,7 +129,7 @@ describe('SessionStore on disk', () => {
     await expect(s.delete('../new')).rejects.toThrow(/session_id: must be/);
   });
 
-  it('summary(): sessions per model (count, saved states, their bytes), read again after a change of its own or 2 s', async () => {
+  it('summary(): sessions per model (count, saved states, their bytes), read from the records once, then kept up to date by the store\'s own changes', async () => {
     const dir = tmp();
     put(dir, 'one', 100);
     put(dir, 'two', 50);
@@ -136,16 +138,114 @@ describe('SessionStore on disk', () => {
     other.kv = null; // a conversation whose state was not saved
     writeFileSync(join(dir, OTHER, 'three.json'), JSON.stringify(other));
     const store = new SessionStore({ dir, maxBytes: 1 << 20 });
-    const t0 = Date.now();
-    expect(Object.fromEntries(await store.summary(t0))).toEqual({ tiny: { count: 2, states: 2, bytes: 150 }, tactical: { count: 1, states: 0, bytes: 0 } });
-    // Changed behind its back: the same answer until 2 s have passed (the model lists are polled).
+    const reads = vi.spyOn(store, 'list');
+    expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 2, states: 2, bytes: 150 }, tactical: { count: 1, states: 0, bytes: 0 } });
+    // Polled again: nothing is read from the disk (a session added behind its back is not seen).
     put(dir, 'four', 10);
-    expect((await store.summary(t0 + 1000)).get('tiny')!.count).toBe(2);
-    expect((await store.summary(t0 + 2500)).get('tiny')).toEqual({ count: 3, states: 3, bytes: 160 });
-    // Its own change: at once.
+    expect((await store.summary()).get('tiny')).toEqual({ count: 2, states: 2, bytes: 150 });
+    // What it hands out is a copy.
+    (await store.summary()).get('tiny')!.count = 99;
+    // Its own changes: at once, without reading the directory again.
     await store.delete('one');
-    expect((await store.summary(t0 + 2600)).get('tiny')).toEqual({ count: 2, states: 2, bytes: 60 });
+    expect((await store.summary()).get('tiny')).toEqual({ count: 1, states: 1, bytes: 50 });
+    await store.delete('three');
+    expect((await store.summary()).has('tactical')).toBe(false);
+    expect(reads).toHaveBeenCalledTimes(1);
     expect(Object.fromEntries(await new SessionStore({ dir: join(dir, 'none'), maxBytes: 0 }).summary())).toEqual({});
+  });
+
+  it('summary() follows saved turns, SaveSession, states removed by the size cap and a discarded record, as the records on disk say', async () => {
+    const dir = tmp();
+    // llama-server's slot save: the slot's KV state (`bytes` long) under the name asked, in the model's slot directory
+    let bytes = 40;
+    const llama = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        const { filename } = JSON.parse(body) as { filename: string };
+        writeFileSync(join(slotDirOf(dir, 'tiny'), filename), Buffer.alloc(bytes, 1));
+        res.end(JSON.stringify({ n_saved: 10, n_written: bytes }));
+      });
+    });
+    await new Promise<void>((r) => llama.listen(0, '127.0.0.1', r));
+    const port = (llama.address() as AddressInfo).port;
+    try {
+      const store = new SessionStore({ dir, maxBytes: 100 });
+      const reads = vi.spyOn(store, 'list');
+      expect(Object.fromEntries(await store.summary())).toEqual({});
+      const key = { modelSha256: SHA, adapters: '', ctxSize: 2048 };
+      const turn = (id: string, turns = 0) => ({ id, key, model: 'tiny', modelPath: '/m/tiny.gguf', history: [], restoredTokens: 0, restoreMs: 0, expectCached: 0, status: 'new' as const, note: '', created: '2026-12-01T00:00:00.000Z', turns });
+      const answer = { added: [{ role: 'user', content: 'hi' }], answer: 'hello', params: {}, use: { promptTokens: 8 }, port, slot: 0, signal: new AbortController().signal };
+      const onDisk = async () => {
+        const m: Record<string, { count: number; states: number; bytes: number }> = {};
+        for (const i of await new SessionStore({ dir, maxBytes: 0 }).list()) {
+          const x = (m[i.model] ??= { count: 0, states: 0, bytes: 0 });
+          x.count++;
+          if (i.kvBytes > 0) (x.states++, (x.bytes += i.kvBytes));
+        }
+        return m;
+      };
+      expect((await store.finish(turn('a'), answer)).saved).toBe(true);
+      expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 1, states: 1, bytes: 40 } });
+      // the next turn of the same session: still one, its new state's size
+      bytes = 50;
+      await store.finish(turn('a', 1), answer);
+      expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 1, states: 1, bytes: 50 } });
+      // a second session: 50 + 60 is over the 100-byte cap, so the older state goes (its conversation stays)
+      bytes = 60;
+      await store.finish(turn('b'), answer);
+      expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 2, states: 1, bytes: 60 } });
+      expect(Object.fromEntries(await store.summary())).toEqual(await onDisk());
+      // SaveSession for the one without a state: saved again; the cap then drops b's
+      bytes = 45;
+      const a = JSON.parse(readFileSync(join(dir, SHA, 'a.json'), 'utf8')) as SessionRecord;
+      await store.saveEvaluated(a, key, { promptTokens: 8, port, slot: 0, signal: new AbortController().signal });
+      expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 2, states: 1, bytes: 45 } });
+      expect(Object.fromEntries(await store.summary())).toEqual(await onDisk());
+      // a record found unreadable is removed, and no longer counted
+      writeFileSync(join(dir, SHA, 'b.json'), '{not json');
+      expect(await store.find('b')).toBeUndefined();
+      expect(Object.fromEntries(await store.summary())).toEqual({ tiny: { count: 1, states: 1, bytes: 45 } });
+      expect(Object.fromEntries(await store.summary())).toEqual(await onDisk());
+      expect(reads).toHaveBeenCalledTimes(1);
+    } finally {
+      await new Promise((r) => llama.close(r));
+    }
+  });
+
+  it('summary(): a change made while the first read of the records runs is applied over what that read found', async () => {
+    const dir = tmp();
+    put(dir, 'one', 100);
+    put(dir, 'two', 50);
+    const store = new SessionStore({ dir, maxBytes: 1 << 20 });
+    // the first read has seen both records, and is held before it hands them over
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let seen!: () => void;
+    const read = new Promise<void>((r) => (seen = r));
+    const list = store.list.bind(store);
+    vi.spyOn(store, 'list').mockImplementationOnce(async () => {
+      const l = await list();
+      seen();
+      await held;
+      return l;
+    });
+    const first = store.summary();
+    await read;
+    expect(await store.delete('two')).toBe(true);
+    const second = store.summary(); // waits for the same read
+    release();
+    expect(Object.fromEntries(await first)).toEqual({ tiny: { count: 1, states: 1, bytes: 100 } });
+    expect(Object.fromEntries(await second)).toEqual({ tiny: { count: 1, states: 1, bytes: 100 } });
+  });
+
+  it('summary(): a first read that fails is tried again on the next call', async () => {
+    const dir = tmp();
+    put(dir, 'one', 100);
+    const store = new SessionStore({ dir, maxBytes: 1 << 20 });
+    vi.spyOn(store, 'list').mockRejectedValueOnce(new Error('EIO'));
+    await expect(store.summary()).rejects.toThrow('EIO');
+    expect((await store.summary()).get('tiny')).toEqual({ count: 1, states: 1, bytes: 100 });
   });
 
   it('accepts a state file only when its size and sha256 match the record', async () => {
