@@ -31,12 +31,23 @@ export type KernelRecipe = ResolvedRecipe['kernel'];
  * ~2 CPU-s per object (see docs/kernel.md, "Custom kernel"); the others are rough (a Debian config
  * compiles ~15 times as many objects, with debug info).
  */
-export const CORE_MINUTES = { compact: 100, debian: 1200, local: 120, file: 240 } as const;
-/** Disk the out-of-tree build needs (objects, without debug info for compact). */
-export const DISK_BYTES = { compact: 4 * 1024 ** 3, debian: 30 * 1024 ** 3, local: 8 * 1024 ** 3, file: 15 * 1024 ** 3 } as const;
+export const CORE_MINUTES = { tiny: 30, compact: 100, debian: 1200, local: 120, file: 240 } as const;
+/** Disk the out-of-tree build needs (objects, without debug info for tiny and compact). */
+export const DISK_BYTES = { tiny: 1 * 1024 ** 3, compact: 4 * 1024 ** 3, debian: 30 * 1024 ** 3, local: 8 * 1024 ** 3, file: 15 * 1024 ** 3 } as const;
 
-export type BaseKind = 'compact' | 'debian' | 'local' | 'file';
-export const baseKind = (base: string): BaseKind => (base === 'compact' || base === 'debian' || base === 'local' ? base : 'file');
+export type BaseKind = 'tiny' | 'compact' | 'debian' | 'local' | 'file';
+export const baseKind = (base: string): BaseKind => (base === 'tiny' || base === 'compact' || base === 'debian' || base === 'local' ? base : 'file');
+
+/**
+ * The bases made from the kernel's own targets: the make target, the fragments merged onto it
+ * (the kernel's kvm_guest.config, then aios's kernel-configs/<kind>.config) and the environment
+ * of the make run (tinyconfig on x86 is 32-bit unless ARCH says x86_64).
+ */
+export const TREE_BASES = {
+  tiny: { target: 'tinyconfig', env: { ARCH: 'x86_64' } as Record<string, string>, fragment: 'tiny.config' },
+  compact: { target: 'x86_64_defconfig', env: {} as Record<string, string>, fragment: 'compact.config' },
+} as const;
+const treeBase = (kind: BaseKind) => (kind === 'tiny' || kind === 'compact' ? TREE_BASES[kind] : undefined);
 
 /** What the build is going to do, for the line printed before anything runs. */
 export function kernelPlan(k: KernelRecipe, cores = cpus().length): string {
@@ -44,6 +55,7 @@ export function kernelPlan(k: KernelRecipe, cores = cpus().length): string {
   const minutes = Math.round(CORE_MINUTES[kind] / Math.max(1, cores));
   const time = minutes >= 90 ? `~${Math.round(minutes / 60)} hours` : `~${minutes} min`;
   const what = {
+    tiny: 'tinyconfig + kvm_guest.config + kernel-configs/tiny.config: QEMU/KVM guests and CI only, no drivers for real machines',
     compact: 'x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config',
     debian: "Debian's own config (every driver: this takes HOURS on a small machine)",
     local: 'make localmodconfig from the modules loaded on this host (the image is for this machine)',
@@ -55,7 +67,7 @@ export function kernelPlan(k: KernelRecipe, cores = cpus().length): string {
 /** Whether the base config builds BTF (then pahole from dwarves is needed). */
 export function baseWantsBtf(k: KernelRecipe): boolean {
   const kind = baseKind(k.base);
-  if (kind === 'compact') return false;
+  if (treeBase(kind)) return false;
   if (kind === 'file') {
     try {
       return /^CONFIG_DEBUG_INFO_BTF=y/m.test(readFileSync(k.base, 'utf8'));
@@ -108,7 +120,7 @@ export function ownFragment(kind: BaseKind): string {
     'CONFIG_LOCALVERSION="-aios"',
     '# CONFIG_LOCALVERSION_AUTO is not set',
   ];
-  if (kind !== 'compact') {
+  if (!treeBase(kind)) {
     lines.push(
       "# Debian's config names its own signing certificates, which are not in linux-source: trust none.",
       'CONFIG_SYSTEM_TRUSTED_KEYS=""',
@@ -121,7 +133,7 @@ export function ownFragment(kind: BaseKind): string {
 export interface MergedKernelConfig {
   /** The final .config text (after olddefconfig). */
   config: string;
-  /** The wishes (compact.config's and the recipe's) checked against it. */
+  /** The wishes (tiny.config's or compact.config's, and the recipe's) checked against it. */
   check: CheckResult;
   /** The wishes that did not land. */
   missing: CheckResult['results'];
@@ -135,14 +147,15 @@ export async function mergeKernelConfig(k: KernelRecipe, o: { source: string; de
   const kind = baseKind(k.base);
   await mkdir(o.obj, { recursive: true });
   const fragments: string[] = [];
-  let base: { target: string } | { config: string };
+  let base: { target: string; env?: Record<string, string> } | { config: string };
   const baseWishes: Wish[] = [];
-  if (kind === 'compact') {
-    base = { target: 'x86_64_defconfig' };
+  const tree = treeBase(kind);
+  if (tree) {
+    base = { target: tree.target, env: tree.env };
     fragments.push(join(o.source, 'kernel/configs/kvm_guest.config'));
-    const compact = join(paths.kernelConfigs, 'compact.config');
-    fragments.push(compact);
-    baseWishes.push(...parseFragment(await readFile(compact, 'utf8'), 'compact.config'));
+    const own = join(paths.kernelConfigs, tree.fragment);
+    fragments.push(own);
+    baseWishes.push(...parseFragment(await readFile(own, 'utf8'), tree.fragment));
   } else if (kind === 'debian') {
     base = { config: o.debianConfig };
   } else if (kind === 'local') {
@@ -173,15 +186,15 @@ const MERGE_VERSION = 1;
 
 /**
  * Everything the merged config follows from: the source version, the base (its text, or for
- * local the host's loaded modules), compact's fragments, aios's own settings and the recipe's
+ * local the host's loaded modules), tiny's or compact's fragments, aios's own settings and the recipe's
  * fragment texts. Used to reuse a merge instead of running make again (tens of seconds).
  */
 export async function mergeInputsHash(k: KernelRecipe, o: { version: string; source: string; debianConfig: string }): Promise<string> {
   const kind = baseKind(k.base);
   const text = (f: string) => readFile(f, 'utf8');
-  const base =
-    kind === 'compact'
-      ? [await text(join(paths.kernelConfigs, 'compact.config')), await text(join(o.source, 'kernel/configs/kvm_guest.config'))]
+  const tree = treeBase(kind);
+  const base = tree
+    ? [...(kind === 'compact' ? [] : [tree.target, tree.env]), await text(join(paths.kernelConfigs, tree.fragment)), await text(join(o.source, 'kernel/configs/kvm_guest.config'))]
       : kind === 'debian'
         ? [await sha256File(o.debianConfig)]
         : kind === 'local'

@@ -1,12 +1,13 @@
 /**
  * kernel: the custom kernel (only with kernel.build = true; Debian only). Debian's
  * linux-source-<kernel.series> from base.suite (kernel.version pins it), a base config per
- * kernel.base (compact: x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config; debian:
+ * kernel.base (tiny: tinyconfig + kvm_guest.config + kernel-configs/tiny.config, VMs and CI only;
+ * compact: x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config; debian:
  * Debian's own; local: localmodconfig from this host's loaded modules; or a .config), the recipe's
  * fragments merged with the kernel's merge_config.sh + olddefconfig, then every wish checked on the
  * result: one that did not land fails the build (a warning with kernel.strict = false). Compiled out
- * of tree with the host gcc through ccache (<cache>/ccache), in <cache>/kernel/obj/<version> (kept
- * between builds, so make itself only recompiles what a config change touches).
+ * of tree with the host gcc through ccache (<cache>/ccache), in <cache>/kernel/obj/<version>[-<base>]
+ * (kept between builds, so make itself only recompiles what a config change touches).
  * Needs no earlier stage. Output: root/boot/{vmlinuz,config,System.map}-<release> and
  * root/usr/lib/modules/<release>/ (the overlay stage installs them in place of the stock kernel),
  * kernel.json (source, base, release, compiler, the wish check). Key: source version, the merged
@@ -53,7 +54,10 @@ async function prepare(ctx: BuildContext) {
   const r = ctx.recipe;
   const k = r.kernel;
   const src = await debianKernel({ cacheDir: ctx.cacheDir, suite: r.base.suite, series: k.series, mirror: r.base.mirror, version: k.version, log: ctx.log, progress: ctx.progress });
-  const obj = join(ctx.cacheDir, 'kernel', 'obj', src.version);
+  // One kept build directory per base (compact keeps the plain version): switching between bases
+  // (CI's tiny, a real machine's compact) does not recompile everything each time.
+  const kind = baseKind(k.base);
+  const obj = join(ctx.cacheDir, 'kernel', 'obj', kind === 'compact' ? src.version : `${src.version}-${kind}`);
   // The merge of the same inputs is reused (make would take tens of seconds on every build).
   const memo = join(ctx.cacheDir, 'kernel', 'merged', `${(await mergeInputsHash(k, { version: src.version, source: src.source, debianConfig: src.config })).slice(0, 32)}.json`);
   let merged: MergedKernelConfig;
