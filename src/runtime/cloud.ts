@@ -218,7 +218,7 @@ export function readKey(name: string, cfg: CloudProviderConfig, env: NodeJS.Proc
   try {
     file = resolveCredential(value, `${name}.key_file`, env);
   } catch (e) {
-    throw new Error((e as Error).message.replace(/runtime\.([^ :]*\.key_file)/, 'api.$1') + ' (put the key into /etc/aios/credentials/<name>: see docs/strategic.md)');
+    throw new Error((e as Error).message.replace(/runtime\.([^ :]*\.key_file)/, 'api.$1') + ' (put the key into /etc/credstore/<name>, which the unit imports as a credential: see docs/strategic.md)');
   }
   if (isAbsolute(value) && (statSync(file).mode & 0o077) !== 0) throw new Error(`${where}: ${file} is readable by others (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 it`);
   const key = readFileSync(file, 'utf8').trim();
