@@ -117,7 +117,7 @@ export const CloudProviderSchema = z
     for (const k of ['api_key', 'key'] as const) {
       if (p[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: 'a key never goes into the config: put it in a file and name it with key_file (a systemd credential name: the unit imports /etc/credstore/<name>; or an absolute path with mode 0600)' });
     }
-    if (looksLikeKey(p.key_file)) ctx.addIssue({ code: 'custom', path: ['key_file'], message: 'looks like a key itself: key_file names a systemd credential (LoadCredential=) or an absolute path with mode 0600 that holds the key, never the key' });
+    if (looksLikeKey(p.key_file)) ctx.addIssue({ code: 'custom', path: ['key_file'], message: 'looks like a key itself: key_file names a systemd credential (ImportCredential= from /etc/credstore) or an absolute path with mode 0600 that holds the key, never the key' });
     if (looksLikeKey(p.base_url.replace(/^.*[?&=/]/, ''))) ctx.addIssue({ code: 'custom', path: ['base_url'], message: 'seems to carry a key: keys go into key_file only' });
   });
 
