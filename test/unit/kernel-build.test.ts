@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadRecipe } from '../../src/config/load.js';
-import { baseKind, baseWantsBtf, kernelHostProblems, kernelPlan, ownFragment, withDirLock } from '../../src/kernel/build.js';
+import { baseKind, baseWantsBtf, CORE_MINUTES, DISK_BYTES, kernelHostProblems, kernelPlan, ownFragment, TREE_BASES, withDirLock } from '../../src/kernel/build.js';
 import { existsSync, writeFileSync } from 'node:fs';
 import { tmp } from '../helpers.js';
 import { parseFragment } from '../../src/kernel/config.js';
@@ -21,6 +21,8 @@ describe('kernel.build recipe keys', () => {
 
   it('refuses an unknown base and accepts a .config path', async () => {
     await expect(loadRecipe('default', { sets: ['kernel.base=huge'] })).rejects.toThrow(/compact, debian, local or a path/);
+    expect(baseKind('tiny')).toBe('tiny');
+    expect(baseKind('compact')).toBe('compact');
     expect((await loadRecipe('default', { sets: ['kernel.base=/tmp/my.config'] })).kernel.base).toBe('/tmp/my.config');
     expect(baseKind('/tmp/my.config')).toBe('file');
   });
@@ -39,6 +41,10 @@ describe('kernel.build recipe keys', () => {
     const c = (await loadRecipe('custom-kernel')).kernel;
     expect(kernelPlan(c, 2)).toMatch(/base compact .* takes ~\d+ min on 2 core\(s\)/);
     expect(kernelPlan({ ...c, base: 'debian' }, 2)).toMatch(/HOURS.* takes ~\d+ hours on 2 core/);
+    // tiny: said to be for VMs and CI only, and estimated well below compact in time and disk.
+    expect(kernelPlan({ ...c, base: 'tiny' }, 2)).toMatch(/base tiny \(tinyconfig \+ kvm_guest\.config \+ kernel-configs\/tiny\.config: QEMU\/KVM guests and CI only, no drivers for real machines\).* takes ~\d+ min on 2 core\(s\)/);
+    expect(CORE_MINUTES.tiny).toBeLessThan(CORE_MINUTES.compact / 2);
+    expect(DISK_BYTES.tiny).toBeLessThan(DISK_BYTES.compact);
   });
 
   it('refuses Arch with a reason, and names missing host packages', async () => {
@@ -52,6 +58,7 @@ describe('kernel.build recipe keys', () => {
     for (const q of problems) expect(q).toMatch(/install the Debian package|kernel.base/);
     expect(baseWantsBtf(deb.kernel)).toBe(false);
     expect(baseWantsBtf({ ...deb.kernel, base: 'debian' })).toBe(true);
+    expect(baseWantsBtf({ ...deb.kernel, base: 'tiny' })).toBe(false);
   });
 
   it('compact.config: one reason comment for every group of lines, IKCONFIG_PROC for the boot check', () => {
@@ -62,6 +69,37 @@ describe('kernel.build recipe keys', () => {
     expect(wishes.map((w) => `${w.symbol}=${w.value}`)).toEqual(expect.arrayContaining(['IKCONFIG_PROC=y', 'BLK_DEV_NVME=y', 'SATA_AHCI=y', 'VIRTIO_BLK=y', 'USB_STORAGE=y', 'XFS_FS=y', 'SQUASHFS=y', 'OVERLAY_FS=y', 'ZRAM=y', 'EFI_STUB=y', 'MLX5_CORE=m', 'R8169=m', 'IGB=m']));
     expect(ownFragment('compact')).toMatch(/CONFIG_LOCALVERSION="-aios"/);
     expect(ownFragment('debian')).toMatch(/CONFIG_SYSTEM_TRUSTED_KEYS=""/);
+    // The model sandbox's Landlock, first in the LSM order.
+    expect(wishes.find((w) => w.symbol === 'SECURITY_LANDLOCK')?.value).toBe('y');
+    expect(wishes.find((w) => w.symbol === 'LSM')?.value).toMatch(/^landlock,/);
+  });
+
+  it('tiny.config: tinyconfig + kvm_guest.config + what a booted image needs, all built in, one reason comment per group', () => {
+    expect(TREE_BASES.tiny).toEqual({ target: 'tinyconfig', env: { ARCH: 'x86_64' }, fragment: 'tiny.config' });
+    expect(TREE_BASES.compact).toMatchObject({ target: 'x86_64_defconfig', fragment: 'compact.config' });
+    const text = readFileSync(join(paths.kernelConfigs, 'tiny.config'), 'utf8');
+    const wishes = parseFragment(text, 'tiny.config');
+    expect(wishes.length).toBeGreaterThan(60);
+    for (const w of wishes) expect(w.reason, `CONFIG_${w.symbol}`).not.toBe('');
+    const set = wishes.map((w) => `${w.symbol}=${w.value}`);
+    // 64-bit SMP, UEFI, qemu-test's devices (virtio disk, net, serial data port, rng; the 8250 console), the image's
+    // filesystems (ext4 root, FAT ESP), zram, systemd's needs, the model sandbox (namespaces, seccomp, Landlock),
+    // the fleet worker's nftables, /proc/config.gz for the boot check.
+    expect(set).toEqual(expect.arrayContaining([
+      '64BIT=y', 'SMP=y', 'EFI_STUB=y', 'EFIVAR_FS=y', 'EFI_PARTITION=y', 'ACPI=y',
+      'VIRTIO_BLK=y', 'SCSI_VIRTIO=y', 'VIRTIO_NET=y', 'VIRTIO_CONSOLE=y', 'HW_RANDOM_VIRTIO=y', 'SERIAL_8250_CONSOLE=y',
+      'EXT4_FS=y', 'VFAT_FS=y', 'NLS_ISO8859_1=y', 'ZRAM=y', 'ZRAM_DEF_COMP_ZSTD=y', 'SWAP=y', 'HUGETLBFS=y', 'RD_ZSTD=y', 'BINFMT_SCRIPT=y',
+      'DEVTMPFS=y', 'TMPFS=y', 'FHANDLE=y', 'EPOLL=y', 'SIGNALFD=y', 'TIMERFD=y', 'EVENTFD=y', 'INOTIFY_USER=y', 'AUTOFS_FS=y',
+      'MEMCG=y', 'CGROUP_SCHED=y', 'CPUSETS=y', 'CGROUP_PIDS=y', 'BLK_CGROUP=y',
+      'USER_NS=y', 'NET_NS=y', 'PID_NS=y', 'UTS_NS=y', 'IPC_NS=y', 'SECCOMP_FILTER=y', 'BPF_SYSCALL=y', 'CGROUP_BPF=y',
+      'SECURITY_LANDLOCK=y', 'LSM=landlock', 'UNIX=y', 'IPV6=y', 'PACKET=y', 'NF_TABLES_INET=y', 'NFT_REJECT=y',
+      'IKCONFIG_PROC=y', 'CPU_FREQ=y',
+    ]));
+    // No modules: every line is built in or off.
+    expect(wishes.filter((w) => w.value === 'm')).toEqual([]);
+    // Nothing for real hardware.
+    for (const s of ['BLK_DEV_NVME', 'SATA_AHCI', 'USB_SUPPORT', 'E1000E', 'DRM']) expect(wishes.find((w) => w.symbol === s && w.value !== 'n'), s).toBeUndefined();
+    expect(ownFragment('tiny')).toBe(ownFragment('compact'));
   });
 
   it('serialises builds that share the kept build directory, and takes over a dead build\'s lock', async () => {
