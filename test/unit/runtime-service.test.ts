@@ -5,9 +5,12 @@
  * streams (gRPC, HTTP), log_level, LoadModel.port, one model per file.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { Agent as HttpAgent, get as httpGet } from 'node:http';
+import { Agent as HttpAgent, get as httpGet, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, get as httpsGet, request as httpsRequest } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
-import { copyFileSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
+import { createPki } from '../../src/pki/index.js';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { RuntimeConfigSchema, type RuntimeConfig } from '../../src/runtime/config.js';
@@ -315,48 +318,67 @@ describe('stopping with connections open', () => {
   afterEach(async () => {
     for (const d of running.splice(0)) await d.stop();
   });
-  it("idle ones (a client's spare connection with no request yet, a kept-alive one) are closed at once: stop() never waits for the grace period; a stream in flight still finishes", async () => {
-    const s = await daemon(config());
-    const server = s.d.http!.server;
-    const forceHttp = vi.spyOn(server, 'closeAllConnections');
-    const forceGrpc = vi.spyOn(s.d.listening.server, 'forceShutdown');
-    await unary(s.grpc, 'HealthCheck', {}); // the gRPC client connected, idle at the stop
-    // a kept-alive connection whose answer is done
-    const agent = new HttpAgent({ keepAlive: true });
-    const kept = await new Promise<Socket>((resolve, reject) => {
-      const req = httpGet(`${s.http}/health`, { agent }, (r) => {
-        r.resume();
-        r.on('end', () => resolve(req.socket!));
-      }).on('error', reject);
+  for (const tls of [false, true]) {
+    it(`${tls ? 'HTTPS' : 'HTTP'}: idle connections (a client's spare one with no request yet, a kept-alive one) are closed at once, so stop() never waits for the grace period; a stream in flight still finishes`, async () => {
+      // over TLS, the image's way (http_tls with the per-image certificates; gRPC then has mutual TLS)
+      const pki = tls ? await createPki(join(dir, 'stop.pki'), { hostname: 'localhost' }) : undefined;
+      const s = await daemon(config({ runtime: pki ? { tls_cert: pki.serverCert, tls_key: pki.serverKey, tls_client_ca: pki.caCert, http_tls: 'on' } : {} }));
+      const base = s.http.replace(/^http:/, tls ? 'https:' : 'http:');
+      const server = s.d.http!.server;
+      const forceHttp = vi.spyOn(server, 'closeAllConnections');
+      const forceGrpc = vi.spyOn(s.d.listening.server, 'forceShutdown');
+      if (!tls) await unary(s.grpc, 'HealthCheck', {}); // the gRPC client connected, idle at the stop
+      const agent = tls ? new HttpsAgent({ keepAlive: true, ca: readFileSync(pki!.caCert) }) : new HttpAgent({ keepAlive: true });
+      const get = tls ? httpsGet : httpGet;
+      const ask = tls ? httpsRequest : httpRequest;
+      // a kept-alive connection whose answer is done
+      const kept = await new Promise<Socket>((resolve, reject) => {
+        const req = get(`${base}/health`, { agent }, (r) => {
+          r.resume();
+          r.on('end', () => resolve(req.socket!));
+        }).on('error', reject);
+      });
+      // a connection opened ahead of a request that never came (as HTTP clients do for the next one)
+      const port = Number(base.split(':').pop());
+      const spare: Socket = tls ? tlsConnect({ port, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(pki!.caCert) }) : netConnect(port, '127.0.0.1');
+      spare.on('error', () => {});
+      await new Promise((r) => spare.once(tls ? 'secureConnect' : 'connect', r));
+      const closed = new Set<string>();
+      for (const [name, sock] of [['kept', kept], ['spare', spare]] as const) sock.once('close', () => closed.add(name));
+      while ((await new Promise<number>((r) => server.getConnections((_e, n) => r(n)))) < 2) await new Promise((r) => setTimeout(r, 5));
+      // a stream in flight: 6 pieces, 100 ms apart
+      s.launcher.b.streamPieces = 6;
+      s.launcher.b.pieceDelayMs = 100;
+      let text = '';
+      let first!: () => void;
+      const started = new Promise<void>((r) => (first = r));
+      const streamed = new Promise<void>((resolve, reject) => {
+        const req = ask(`${base}/v1/chat/completions`, { method: 'POST', agent: tls ? new HttpsAgent({ ca: readFileSync(pki!.caCert) }) : undefined }, (r) => {
+          r.setEncoding('utf8');
+          r.on('data', (c: string) => {
+            text += c;
+            first();
+          });
+          r.on('end', resolve);
+          r.on('error', reject);
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ messages: [{ role: 'user', content: 'long' }], stream: true }));
+      });
+      await started;
+      running = running.filter((d) => d !== s.d);
+      await s.d.stop();
+      await streamed;
+      s.grpc.close();
+      agent.destroy();
+      expect(text.match(/"content":"OK"/g)).toHaveLength(6);
+      expect(text).toMatch(/data: \[DONE\]\n\n$/);
+      // the server ended both idle connections itself, and nobody was cut off by the grace timers
+      expect([...closed].sort()).toEqual(['kept', 'spare']);
+      expect(forceHttp).not.toHaveBeenCalled();
+      expect(forceGrpc).not.toHaveBeenCalled();
     });
-    // a connection opened ahead of a request that never came (as HTTP clients do for the next one)
-    const spare = netConnect(Number(s.http.split(':').pop()));
-    spare.on('error', () => {});
-    await new Promise((r) => spare.once('connect', r));
-    const closed = new Set<string>();
-    for (const [name, sock] of [['kept', kept], ['spare', spare]] as const) sock.once('close', () => closed.add(name));
-    while ((await new Promise<number>((r) => server.getConnections((_e, n) => r(n)))) < 2) await new Promise((r) => setTimeout(r, 5));
-    // a stream in flight: 6 pieces, 100 ms apart
-    s.launcher.b.streamPieces = 6;
-    s.launcher.b.pieceDelayMs = 100;
-    const res = await fetch(`${s.http}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'long' }], stream: true }) });
-    const reader = res.body!.getReader();
-    let text = new TextDecoder().decode((await reader.read()).value);
-    const rest = (async () => {
-      for (let r = await reader.read(); !r.done; r = await reader.read()) text += new TextDecoder().decode(r.value);
-    })();
-    running = running.filter((d) => d !== s.d);
-    await s.d.stop();
-    await rest;
-    s.grpc.close();
-    agent.destroy();
-    expect(text.match(/"content":"OK"/g)).toHaveLength(6);
-    expect(text).toMatch(/data: \[DONE\]\n\n$/);
-    // the server ended both idle connections itself, and nobody was cut off by the grace timers
-    expect([...closed].sort()).toEqual(['kept', 'spare']);
-    expect(forceHttp).not.toHaveBeenCalled();
-    expect(forceGrpc).not.toHaveBeenCalled();
-  });
+  }
 });
 
 // The client is closed with its daemon; keep the type import used.
