@@ -2,7 +2,8 @@
  * The runtime service and both front ends (real gRPC client, real HTTP) over fake llama-server
  * children (test/fake-child.ts): request validation and defaults, per-request timeouts,
  * max_restarts, always_loaded, load_on_demand, PinModel (idle unloading, eviction), live tokens/s of
- * streams (gRPC, HTTP), log_level, LoadModel.port, one model per file.
+ * streams (gRPC, HTTP), log_level, LoadModel.port, one model per file; a stop with idle HTTP(S)
+ * connections open that does not wait for the grace period.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent as HttpAgent, get as httpGet, request as httpRequest } from 'node:http';
