@@ -88,6 +88,20 @@ export function hostChecks(o: HostCheckOptions): Check[] {
     for (const f of flags) if (await cpuFor([f], 'tcg').then(() => false, () => true)) out.push(f);
     return out;
   };
+  /** Bytes the stage outputs in the cache take by their records (a build removes old ones when it runs short). */
+  const reclaimable = async (): Promise<number> => {
+    let n = 0;
+    for (const stage of await probe.list(join(o.cacheDir, 'stages'))) {
+      for (const k of await probe.list(join(o.cacheDir, 'stages', stage))) {
+        try {
+          n += (JSON.parse((await probe.readText(join(o.cacheDir, 'stages', stage, k, 'stage.json'))) ?? '{}') as { bytes?: number }).bytes ?? 0;
+        } catch {
+          /* a damaged record: not counted */
+        }
+      }
+    }
+    return n;
+  };
   /** Stage outputs in the cache whose recorded inputs pass `match`. */
   const cached = async (stage: string, match: (inputs: Record<string, unknown>) => boolean): Promise<boolean> => {
     for (const k of await probe.list(join(o.cacheDir, 'stages', stage))) {
@@ -261,7 +275,7 @@ export function hostChecks(o: HostCheckOptions): Check[] {
       // The kernel stage's own threshold (stages/kernel.ts check), unless a kept object dir holds most of a rebuild.
       const k = r.kernel.build && !probe.exists(join(o.cacheDir, 'kernel', 'obj')) ? DISK_BYTES[baseKind(r.kernel.base)] : 0;
       return k > SPACE_NEEDED.cache ? { need: k, why: `the kernel build (kernel.base = ${r.kernel.base})` } : { need: SPACE_NEEDED.cache, why: 'a build' };
-    }, 'set AIOS_CACHE_DIR to a bigger disk (or free space there; old stage outputs are pruned per stage)'),
+    }, 'set AIOS_CACHE_DIR to a bigger disk (or free space there; a build removes the least recently used stage outputs when it runs short)', reclaimable),
     spaceCheck('space.output', 'free space: output', o.outDir, () => ({ need: SPACE_NEEDED.output, why: 'a build' }), 'use -o <dir> on a bigger disk, or free space there'),
     {
       id: 'loop',
@@ -404,7 +418,7 @@ export function hostChecks(o: HostCheckOptions): Check[] {
   ];
   return checks;
 
-  function spaceCheck(id: string, title: string, dir: string, needFor: () => { need: number; why: string }, fix: string): Check {
+  function spaceCheck(id: string, title: string, dir: string, needFor: () => { need: number; why: string }, fix: string, reclaimable?: () => Promise<number>): Check {
     return {
       id,
       title,
@@ -414,7 +428,11 @@ export function hostChecks(o: HostCheckOptions): Check[] {
         const facts = { dir, measured: s.dir, free: s.free, total: s.total, need };
         const where = s.dir === dir ? dir : `${dir} (not made yet; on the filesystem of ${s.dir})`;
         if (s.free >= need) return { status: 'ok', detail: `${formatSize(s.free)} free in ${where}`, facts };
-        return { status: 'problem', detail: `only ${formatSize(s.free)} free in ${where}; ${why} needs about ${formatSize(need)}`, fix, blocks: ['build'], facts };
+        const old = s.free < need && reclaimable ? await reclaimable() : 0;
+        if (s.free + old >= need) {
+          return { status: 'ok', detail: `${formatSize(s.free)} free in ${where}, and ${formatSize(old)} in old stage outputs that a build removes (least recently used first) when it needs the room`, facts: { ...facts, reclaimable: old } };
+        }
+        return { status: 'problem', detail: `only ${formatSize(s.free)} free in ${where}${old ? ` (and ${formatSize(old)} in old stage outputs)` : ''}; ${why} needs about ${formatSize(need)}`, fix, blocks: ['build'], facts };
       },
     };
   }

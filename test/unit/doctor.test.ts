@@ -11,6 +11,7 @@ import { execa } from 'execa';
 import { loadRecipe } from '../../src/config/load.js';
 import { distroFor } from '../../src/distros/index.js';
 import { STAGES, type BuildContext } from '../../src/build/stages/index.js';
+import { StageCache } from '../../src/build/cache.js';
 import { sourceIdentity } from '../../src/build/llama.js';
 import { kvmWorks } from '../../src/qemu/index.js';
 import { hostChecks, runChecks, verdictOf, formatReport, type Check, type HostCheckOptions, type Result } from '../../src/doctor/index.js';
@@ -38,10 +39,10 @@ async function find(o: Partial<HostCheckOptions> & { sets?: string[] }, id: stri
 }
 
 /** A stage record in a fake cache dir, as StageCache.put writes it. */
-function cacheRecord(cacheDir: string, stage: string, inputs: unknown, files: Record<string, string> = {}): void {
+function cacheRecord(cacheDir: string, stage: string, inputs: unknown, files: Record<string, string> = {}, extra: Record<string, unknown> = {}): void {
   const d = join(cacheDir, 'stages', stage, '0123456789abcdef');
   mkdirSync(d, { recursive: true });
-  writeFileSync(join(d, 'stage.json'), JSON.stringify({ stage, key: '0123456789abcdef', inputs, created: new Date().toISOString(), seconds: 1 }));
+  writeFileSync(join(d, 'stage.json'), JSON.stringify({ stage, key: '0123456789abcdef', inputs, created: new Date().toISOString(), seconds: 1, ...extra }));
   for (const [f, text] of Object.entries(files)) writeFileSync(join(d, f), text);
 }
 
@@ -118,7 +119,8 @@ describe('tools', () => {
 
   it('covers every tool and package the stages\' own checks name (run on an empty PATH)', async () => {
     const recipe = await loadRecipe('default', { sets: ['image.formats=["disk","iso"]', 'kernel.build=true', 'filesystem.root=xfs', 'llama.gpu=cuda'] });
-    const ctx = { recipe, distro: distroFor('debian'), cacheDir: tmp('aios-doctor-cache-'), asRoot: true, outputs: {}, warnings: [], progress: () => {} } as unknown as BuildContext;
+    const cacheDir = tmp('aios-doctor-cache-');
+    const ctx = { recipe, distro: distroFor('debian'), cacheDir, cache: new StageCache(cacheDir), asRoot: true, outputs: {}, warnings: [], progress: () => {} } as unknown as BuildContext;
     const saved = process.env.PATH;
     process.env.PATH = tmp('aios-doctor-empty-');
     let messages: string[] = [];
@@ -187,6 +189,12 @@ describe.skipIf(!isRoot)('free space (a real tmpfs)', () => {
     expect(cache.detail).toMatch(/only 2\.4 GiB free in .*not made yet.*a build needs about 3\.0 GiB/);
     expect(existsSync(cacheDir)).toBe(false);
     expect((await find({ cacheDir, outDir: mnt }, 'space.output')).status).toBe('ok');
+    // Old stage outputs (their recorded bytes) count: a build removes them when it runs short.
+    cacheRecord(cacheDir, 'rootfs', { distro: 'debian', suite: 'trixie' }, {}, { bytes: 1024 ** 3 });
+    const withOld = await find({ cacheDir, outDir: mnt }, 'space.cache');
+    expect(withOld).toMatchObject({ status: 'ok', facts: { reclaimable: 1024 ** 3 } });
+    expect(withOld.detail).toMatch(/2\.4 GiB free in .*and 1\.0 GiB in old stage outputs that a build removes/);
+    rmSync(cacheDir, { recursive: true, force: true });
 
     await execa('mount', ['-o', 'remount,size=3500m', mnt]);
     expect((await find({ cacheDir }, 'space.cache')).status).toBe('ok');
