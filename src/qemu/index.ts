@@ -380,6 +380,8 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
    * out-of-memory kill reported as such while the operational model keeps answering (oom-check.ts).
    */
   oomCheck?: boolean;
+  /** More kernel command line for the boot check (after aios.check=1), e.g. aios.check.read=<path> (rootfs/usr/libexec/aios/boot-check). */
+  checkCmdline?: string;
 }
 
 /**
@@ -469,7 +471,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
     const { argv } = await qemuArgs(
       image,
-      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}`, snapshot: o.snapshot !== false, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
+      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}${o.checkCmdline ? ` ${o.checkCmdline}` : ''}`, snapshot: o.snapshot !== false, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
       vars,
     );
     const t0 = Date.now();
