@@ -130,6 +130,18 @@ async function main(): Promise<void> {
   const load0 = loadavg();
   const t0 = Date.now();
   const modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
+  // The daemons (their llama-servers), the workers and the namespaces go on every way out: the end,
+  // an error, or Ctrl-C / SIGTERM (the workers are not children a parent's death would end).
+  let cleaned: Promise<void> | undefined;
+  const cleanup = () =>
+    (cleaned ??= (async () => {
+      for (const s of setups) {
+        s.client?.close();
+        await s.daemon?.stop().catch(() => {});
+      }
+      await lab.cleanup();
+    })());
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => void cleanup().finally(() => process.exit(130)));
   try {
     // Workers with as many threads as the head's llama-server (runtime threads = 0: physical cores).
     for (const s of setups) {
@@ -180,11 +192,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    for (const s of setups) {
-      s.client?.close();
-      await s.daemon?.stop().catch(() => {});
-    }
-    await lab.cleanup();
+    await cleanup();
   }
   const load1 = loadavg();
   const base = setups[0]!;
@@ -194,6 +202,14 @@ async function main(): Promise<void> {
     const vs = s === base ? '1.00' : f(median(st) / median(base.gens.map((g) => g.serverTps)), 2);
     return `| ${s.name} | ${f(median(st), 2)} (${f(Math.min(...st), 2)}–${f(Math.max(...st), 2)}) | ${vs} | ${f(median(ct), 2)} (${f(Math.min(...ct), 2)}–${f(Math.max(...ct), 2)}) | ${f(median(s.loads))} (${f(Math.min(...s.loads))}–${f(Math.max(...s.loads))}) |`;
   };
+  // What the run can say: a split setup whose range overlaps one node's shows no difference at all.
+  const range = (s: Setup) => [Math.min(...s.gens.map((g) => g.serverTps)), Math.max(...s.gens.map((g) => g.serverTps))] as const;
+  const [b0, b1] = range(base);
+  const verdicts = setups.slice(1).map((s) => {
+    const [lo, hi] = range(s);
+    return lo <= b1 && hi >= b0 ? `${s.name}: its range overlaps one node's, so this run shows no difference either way` : `${s.name}: ${f(median(s.gens.map((g) => g.serverTps)) / median(base.gens.map((g) => g.serverTps)), 2)}× one node's decode rate, outside one node's range`;
+  });
+  const busy = Math.max(load0[0]!, load1[0]!) > cpus().length;
   const sizeMiB = f(Number(readFileSync(model).length) / MiB);
   const placed = setups
     .filter((s) => s.workers.length)
@@ -225,6 +241,8 @@ ${NOTE ? `- note: ${NOTE}\n` : ''}
 ${setups.map(row).join('\n')}
 
 Per repetition (llama-server tok/s): ${setups.map((s) => `${s.name} ${s.gens.map((g) => f(g.serverTps, 1)).join(', ')}`).join('; ')}.
+
+What this run shows: ${verdicts.join('; ')}.${busy ? ` The load average was above the machine's ${cpus().length} logical CPUs: llama.cpp's threads wait for each other when the scheduler takes one away, so these figures are mostly the machine's contention, not the RPC backend's cost; rerun on a quiet machine for the overhead.` : ''}
 ${END}`;
   const doc = existsSync(OUT) ? readFileSync(OUT, 'utf8') : '# Benchmarks\n';
   const i = doc.indexOf(START);
