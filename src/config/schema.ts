@@ -196,7 +196,7 @@ export const LlamaSchema = z
     rpc: z
       .boolean()
       .default(true)
-      .describe('llama.cpp\'s RPC backend (-DGGML_RPC=ON): llama-server takes --rpc host:port,… and ggml-rpc-server (the worker of a split model) is built and installed to /usr/bin (README "Fleets")'),
+      .describe('llama.cpp\'s RPC backend (-DGGML_RPC=ON): llama-server takes --rpc host:port,… and ggml-rpc-server (the worker of a split model) is built and installed to /usr/bin (docs/fleets.md)'),
   })
   .describe('llama.cpp build');
 
@@ -273,7 +273,7 @@ export const RuntimeSchema = z
       .string()
       .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):\d{1,5}$/, { message: 'must be host:port such as 127.0.0.1:8080' })
       .default('127.0.0.1:8080')
-      .describe('OpenAI-compatible HTTP API and /metrics in the image. Beyond loopback it serves HTTPS with the image\'s certificate and requires `Authorization: Bearer <key>` (README "Access and authentication")'),
+      .describe('OpenAI-compatible HTTP API and /metrics in the image. Beyond loopback it serves HTTPS with the image\'s certificate and requires `Authorization: Bearer <key>` (docs/access.md)'),
     tls: z
       .boolean()
       .default(true)
@@ -338,9 +338,9 @@ export const KernelSchema = z
       .describe('Build a custom kernel (Debian linux-source, stage `kernel`) with every wish compiled in, instead of the distribution\'s stock kernel. Debian only'),
     base: z
       .string()
-      .regex(/^(compact|debian|local|[A-Za-z0-9._/-]+\.config)$/, { message: 'must be compact, debian, local or a path to a .config' })
+      .regex(/^(tiny|compact|debian|local|[A-Za-z0-9._/-]+\.config)$/, { message: 'must be tiny, compact, debian, local or a path to a .config' })
       .default('compact')
-      .describe('Base config of the custom kernel: compact (x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config: real machines and VMs; tens of minutes on 2 cores, see README), debian (Debian\'s own config: every driver, many hours on 2 cores), local (make localmodconfig from the modules loaded on the build host), or a path to a .config'),
+      .describe('Base config of the custom kernel: tiny (tinyconfig + kvm_guest.config + kernel-configs/tiny.config: QEMU/KVM guests and CI only, no drivers for real machines; the quickest compile), compact (x86_64_defconfig + kvm_guest.config + kernel-configs/compact.config: real machines and VMs; tens of minutes on 2 cores, see docs/kernel.md), debian (Debian\'s own config: every driver, many hours on 2 cores), local (make localmodconfig from the modules loaded on the build host), or a path to a .config'),
     strict: z
       .boolean()
       .default(true)
@@ -376,7 +376,7 @@ export const RecipeSchema = z.strictObject({
   api: z
     .record(z.string(), z.unknown())
     .default({})
-    .describe('The strategic layer: [api] and one [api.<name>] table per cloud provider, copied into /etc/aios/config.toml and checked with aios-runtime\'s own schema (docs/runtime.md#strategic-layer). Never a key: key_file names a systemd credential, which the image imports from /etc/credstore/<name> (README "Strategic layer")'),
+    .describe('The strategic layer: [api] and one [api.<name>] table per cloud provider, copied into /etc/aios/config.toml and checked with aios-runtime\'s own schema (docs/runtime.md#strategic-layer). Never a key: key_file names a systemd credential, which the image imports from /etc/credstore/<name> (docs/strategic.md)'),
 });
 
 export type RecipeInput = z.input<typeof RecipeSchema>;
