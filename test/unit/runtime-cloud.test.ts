@@ -478,7 +478,7 @@ describe('configuration', () => {
     writeFileSync(file, `[runtime]\nllama_server = "/nonexistent"\nsocket = ""\nlisten = "127.0.0.1:0"\nhttp_listen = ""\n[models]\nmodel_dir = "${dir}"\n[api.claude]\nprovider = "anthropic"\nmodel = "${SONNET}"\nmonthly_budget_usd = 1\nkey_file = "${KEY_A}"\n`);
     const r = await cli(['runtime', 'serve', '--config', file]);
     expect(r.exitCode).not.toBe(0);
-    expect(r.stderr).toMatch(/api\.claude\.key_file: looks like a key itself: key_file names a systemd credential \(LoadCredential=\) or an absolute path with mode 0600 that holds the key/);
+    expect(r.stderr).toMatch(/api\.claude\.key_file: looks like a key itself: key_file names a systemd credential \(ImportCredential= from \/etc\/credstore\) or an absolute path with mode 0600 that holds the key/);
     expect(r.stdout + r.stderr).not.toContain(KEY_A);
   });
 
