@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { SIZE_RE } from '../util/size.js';
 import { QUANTS, SHAPES } from '../models/synth.js';
+import { applianceImageKeys } from './appliance.js';
 
 const size = (what: string) =>
   z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
@@ -157,6 +158,8 @@ export const ImageSchema = z
       .string()
       .optional()
       .describe('Seed for disk, partition and filesystem UUIDs. Unset: the image name (same UUIDs every build); "random": new ones every build (disables the overlay cache)'),
+    // The appliance layout (docs/appliance.md): layout, version, readonly_fs, slot_size.
+    ...applianceImageKeys,
   })
   .describe('Disk image layout');
 

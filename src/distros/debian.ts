@@ -12,6 +12,9 @@ const EXCLUDES = [
   'path-exclude=/usr/share/lintian/*',
 ];
 
+/** image.layout = "appliance": the initrd is dracut's (systemd in the initrd), not initramfs-tools'. */
+const appliance = (r: { image: { layout: string } }) => r.image.layout === 'appliance';
+
 export const debian: Distro = {
   name: 'debian',
   defaultSuite: 'trixie',
@@ -31,12 +34,25 @@ export const debian: Distro = {
       'e2fsprogs',
       'linux-image-amd64',
       'systemd-boot-efi',
-      'initramfs-tools',
+      ...(appliance(r)
+        ? [
+            // image.layout = "appliance" (docs/appliance.md): an initrd that runs systemd, whose
+            // systemd-veritysetup-generator opens the verified root from roothash= (dracut's
+            // systemd-veritysetup module; initramfs-tools runs no systemd in the initrd), veritysetup
+            // for looking at it on the machine, systemd-repart for the first boot's /var.
+            'dracut',
+            'systemd-cryptsetup',
+            'cryptsetup-bin',
+            'systemd-repart',
+          ]
+        : [
+            'initramfs-tools',
+            // The ISO's live boot (boot=live): initramfs scripts that mount /live/filesystem.squashfs
+            // read-only under a tmpfs overlay. Inert without boot=live, so one rootfs serves both outputs.
+            'live-boot',
+          ]),
       'zstd',
       'iproute2',
-      // The ISO's live boot (boot=live): initramfs scripts that mount /live/filesystem.squashfs
-      // read-only under a tmpfs overlay. Inert without boot=live, so one rootfs serves both outputs.
-      'live-boot',
     ];
     if (r.zram.enabled) p.push('systemd-zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
@@ -67,7 +83,9 @@ export const debian: Distro = {
       `--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/archives/partial/*.deb`,
       // initramfs config first, then the one and only initramfs generation.
       `--customize-hook=cp -a ${q(ctx.earlyFiles)}/. "$1"/`,
-      `--customize-hook=chroot "$1" update-initramfs -c -k all`,
+      appliance(r)
+        ? `--customize-hook=chroot "$1" sh -c 'for d in /usr/lib/modules/*; do v=\${d##*/}; dracut --force --kver "$v" "/boot/initrd.img-$v" || exit 1; done'`
+        : `--customize-hook=chroot "$1" update-initramfs -c -k all`,
       r.base.suite,
       ctx.root,
       r.base.mirror,

@@ -46,6 +46,8 @@ const ARCH: Record<string, string> = {
   e2fsprogs: 'e2fsprogs',
   xfsprogs: 'xfsprogs',
   'squashfs-tools': 'squashfs-tools',
+  'erofs-utils': 'erofs-utils',
+  'cryptsetup-bin': 'cryptsetup',
   xorriso: 'libisoburn',
   make: 'make',
   binutils: 'binutils',
@@ -131,6 +133,8 @@ export const TOOL_GROUPS: ToolGroup[] = [
       t('truncate', 'coreutils'),
       t('dd', 'coreutils'),
       ...(r.filesystem.root === 'xfs' ? [t('mkfs.xfs', 'xfsprogs')] : []),
+      // image.layout = "appliance" (docs/appliance.md): the read-only root and its dm-verity hash tree.
+      ...(r.image.layout === 'appliance' ? [r.image.readonly_fs === 'erofs' ? t('mkfs.erofs', 'erofs-utils') : t('mksquashfs', 'squashfs-tools'), t('veritysetup', 'cryptsetup-bin')] : []),
     ],
   },
   {

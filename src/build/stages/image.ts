@@ -4,10 +4,16 @@
  * (ext4 or XFS, written from the tree without mounting). Needs: overlay. Output: disk.raw and
  * layout.json (sfdisk's view). Key: overlay key, identity (UUIDs), image settings, root filesystem,
  * rendered ESP files and SOURCE_DATE_EPOCH.
+ *
+ * image.layout = "appliance" (src/build/appliance.ts, docs/appliance.md): instead of the writable
+ * root, slot A (read-only erofs/squashfs of the tree) with its dm-verity hash partition, an empty
+ * slot B, and free space for the /var systemd-repart makes on first boot; the boot entry is
+ * loader/entries/aios_<version>.conf with the root hash on its command line.
  */
 import { join } from 'node:path';
 import { sourceDateEpoch } from '../context.js';
 import { assembleDisk, xfsToolsMissing } from '../image.js';
+import { applianceCmdline, assembleApplianceDisk } from '../appliance.js';
 import { renderTree } from '../render.js';
 import { paths } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, missingTools } from './common.js';
@@ -22,7 +28,11 @@ export const imageStage = defineStage({
   needs: ['overlay'],
   async check(ctx) {
     const xfs = ctx.recipe.filesystem.root === 'xfs' ? await xfsToolsMissing() : [];
-    return xfs.concat(await missingTools({
+    const appliance =
+      ctx.recipe.image.layout === 'appliance'
+        ? await missingTools({ veritysetup: 'cryptsetup-bin', ...(ctx.recipe.image.readonly_fs === 'erofs' ? { 'mkfs.erofs': 'erofs-utils' } : { mksquashfs: 'squashfs-tools' }) })
+        : [];
+    return xfs.concat(appliance, await missingTools({
       sfdisk: 'fdisk',
       'mkfs.vfat': 'dosfstools',
       mcopy: 'mtools',
@@ -50,6 +60,16 @@ export const imageStage = defineStage({
   async run(ctx, dir, io) {
     const root = join(io.need('overlay').dir, 'root');
     const kernel = await ctx.distro.kernelFiles(root);
+    if (ctx.recipe.image.layout === 'appliance') {
+      const espFiles = async (rootHash: string, version: string) => {
+        const base = await contextWithWishes(ctx, { kernel });
+        const cmdline = applianceCmdline(base.cmdline as string, { rootHash, fs: ctx.recipe.image.readonly_fs });
+        // The slot's entry carries its version (the next update's entry sits beside it; loader.conf's default is aios_*).
+        return (await renderTree(join(paths.templates, 'esp'), { ...base, cmdline })).map((f) => (f.path === 'loader/entries/aios.conf' ? { ...f, path: `loader/entries/aios_${version}.conf` } : f));
+      };
+      await assembleApplianceDisk(ctx, { root, kernel, espFiles, out: join(dir, 'disk.raw'), layoutOut: join(dir, 'layout.json') });
+      return;
+    }
     const espFiles = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel }));
     await assembleDisk(ctx, { root, kernel, espFiles, out: join(dir, 'disk.raw'), layoutOut: join(dir, 'layout.json') });
   },

@@ -137,6 +137,7 @@ export const overlayStage = defineStage({
     if (r.llama.enabled) await installBenchTools(ctx, io.need('llama'), root);
     await installModels(ctx, io.need('models'), root, dir);
     await firstBootWorkAtBuild(ctx, root);
+    if (r.image.layout === 'appliance') await readonlyRootSetup(ctx, root);
     const sde = sourceDateEpoch();
     if (sde !== undefined) {
       // Reproducible builds: nothing in the root is newer than SOURCE_DATE_EPOCH (files the rootfs
@@ -221,6 +222,18 @@ async function firstBootWorkAtBuild(ctx: BuildContext, root: string): Promise<vo
  */
 async function markUpdated(ctx: BuildContext, root: string): Promise<void> {
   if (existsSync(join(root, 'usr/lib/systemd/systemd-update-done'))) await run(['chroot', root, '/usr/lib/systemd/systemd-update-done'], { log: ctx.log });
+}
+
+/**
+ * image.layout = "appliance" (docs/appliance.md): what a root that is never written needs. An empty
+ * /etc/machine-id: systemd then makes a transient id each boot and mounts it over the file (an id
+ * baked into the image would be the same on every machine; "uninitialized" would make every boot a
+ * first boot). The rest comes from templates/root (fstab, repart.d).
+ */
+async function readonlyRootSetup(ctx: BuildContext, root: string): Promise<void> {
+  ctx.progress('preparing the root for read-only use');
+  await writeFile(join(root, 'etc/machine-id'), '');
+  await rm(join(root, 'var/lib/dbus/machine-id'), { force: true });
 }
 
 /** The symbols of the recipe's kernel wishes (for /usr/lib/aios/kernel-wishes). */
