@@ -11,6 +11,7 @@ import { RuntimeConfigSchema, cloudProviders, hostOf, isLoopbackHost } from '../
 import { distroFor } from '../distros/index.js';
 import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/catalog.js';
 import { fragmentPath } from '../kernel/config.js';
+import { applianceProblems } from './appliance.js';
 import { fleetProblems } from '../fleet/worker.js';
 
 type Obj = Record<string, unknown>;
@@ -147,6 +148,8 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       if (ext4Only.some((e) => o.startsWith(e))) out.push({ path: 'filesystem.mount_options', message: `"${o}" is an ext4 option; XFS would refuse to mount with it` });
     }
   }
+  // image.layout = "appliance" (docs/appliance.md): the root filesystem, formats and the disk size for two slots.
+  out.push(...applianceProblems(r));
   const seen = new Map<string, number>();
   r.models.forEach((m, i) => {
     if (seen.has(m.name)) out.push({ path: `models.${i}.name`, message: `"${m.name}" is already used by models.${seen.get(m.name)}` });
@@ -176,6 +179,9 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
   }
   if (r.kernel.build && r.base.distro !== 'debian') {
     out.push({ path: 'kernel.build', message: `a custom kernel is built from Debian's linux-source package; base.distro = "${r.base.distro}" has no kernel source or mirror reachable from here: use its stock kernel (kernel.build = false)` });
+  }
+  if (r.kernel.build && r.kernel.base === 'tiny' && r.image.formats.includes('iso')) {
+    out.push({ path: 'image.formats', message: 'kernel.base = "tiny" has no CD-ROM, ISO 9660 or squashfs drivers, so the live ISO could not find its root: build the disk image only (image.formats = ["disk"]) or use kernel.base = "compact"' });
   }
   r.kernel.fragments.forEach((f, i) => {
     try {
