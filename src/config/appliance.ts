@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { SIZE_RE, alignUp, formatSize, parseSize } from '../util/size.js';
+import { updateProblems, type UpdateConfig } from './update.js';
 
 const MiB = 1024 * 1024;
 
@@ -59,8 +60,9 @@ interface ImageKeys {
 }
 
 /** Problems of the appliance layout with the rest of the recipe, as load.ts reports them (exit 2, naming the keys). */
-export function applianceProblems(r: { image: ImageKeys; filesystem: { root: string }; base: { distro: string }; kernel: { build: boolean } }): { path: string; message: string }[] {
-  const out: { path: string; message: string }[] = [];
+export function applianceProblems(r: { image: ImageKeys; filesystem: { root: string }; base: { distro: string }; kernel: { build: boolean }; update: UpdateConfig }): { path: string; message: string }[] {
+  // [update] (src/config/update.ts): update.source, and that it belongs to this layout.
+  const out: { path: string; message: string }[] = updateProblems(r);
   const im = r.image;
   if (im.layout !== 'appliance') return out;
   if (r.filesystem.root !== 'ext4') {

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { SIZE_RE } from '../util/size.js';
 import { QUANTS, SHAPES } from '../models/synth.js';
 import { applianceImageKeys } from './appliance.js';
+import { UpdateSchema } from './update.js';
 
 const size = (what: string) =>
   z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
@@ -376,6 +377,7 @@ export const RecipeSchema = z.strictObject({
   runtime: RuntimeSchema.prefault({}),
   kernel: KernelSchema.prefault({}),
   fleet: FleetSchema.prefault({}),
+  update: UpdateSchema.prefault({}),
   api: z
     .record(z.string(), z.unknown())
     .default({})
