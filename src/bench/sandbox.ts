@@ -98,7 +98,7 @@ async function main(): Promise<void> {
   };
   const section = [
     START,
-    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC on ${cpus()[0]?.model ?? 'this machine'} (${cpus().length} CPUs, load average ${load0.toFixed(1)} at the start; a shared 2-core development machine, other engineers' jobs running), model \`${model.split('/').pop()}\`, ${REPS} interleaved repetitions, ${TOKENS} tokens each, \`-t ${physicalCores()}\`. "sandbox" = the runtime's own path (${iso.describe().replace(/^model isolation: no per-model cgroups; /, '')}, unix socket); no cgroup in either.${NOTE ? ` ${NOTE}` : ''}`,
+    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC on ${cpus()[0]?.model ?? 'this machine'} (${cpus().length} CPUs, load average ${load0.toFixed(1)} at the start), model \`${model.split('/').pop()}\`, ${REPS} interleaved repetitions, ${TOKENS} tokens each, \`-t ${physicalCores()}\`. "sandbox" = the runtime's own path (${iso.describe().replace(/^model isolation: no per-model cgroups; /, '')}, unix socket); no cgroup in either.${NOTE ? ` ${NOTE}` : ''}`,
     '',
     '| figure | plain (mean ± sd) | sandboxed (mean ± sd) | sandbox − plain |',
     '| --- | --- | --- | --- |',
