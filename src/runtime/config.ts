@@ -2,6 +2,7 @@
  * Schema of /etc/aios/config.toml. aios-runtime reads the file with this schema, and the
  * image build validates the file it writes with the same one. Imports nothing from the build side.
  */
+import { isIP } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import { parse } from 'smol-toml';
 import { z } from 'zod';
@@ -28,12 +29,31 @@ const Adapter = z.strictObject({
   scale: z.number().min(-4).max(4).default(1).describe('scale applied when a request does not give one'),
 });
 
+/**
+ * Why an [[runtime.rpc_workers]] address cannot work, or undefined when it is an IPv4 literal and a
+ * TCP port. IPv6 is refused: the pinned llama.cpp splits an RPC endpoint at its first ':' (client and
+ * server) and ggml-rpc-server binds an IPv4 socket only (docs/fleets.md).
+ */
+export function rpcWorkerAddressProblem(a: string): string | undefined {
+  if (/^\[[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\](:\d*)?$/.test(a) || (a.match(/:/g)?.length ?? 0) > 1) {
+    return `"${a}" is an IPv6 address: the pinned llama.cpp splits an RPC endpoint at its first ':' and ggml-rpc-server listens on IPv4 only, so no IPv6 worker can be reached; give the worker's IPv4 address and port, such as 10.0.0.2:50052`;
+  }
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(a);
+  if (!m || isIP(m[1]!) !== 4) return `"${a}" must be an IPv4 address and port such as 10.0.0.2:50052 (no host names: the worker's firewall admits its heads by address)`;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return `"${a}": the port must be 1-65535`;
+  return undefined;
+}
+
 /** One llama.cpp RPC worker of this head ([[runtime.rpc_workers]]). */
 const RpcWorker = z.strictObject({
   address: z
     .string()
-    .regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d{1,5}$/, { message: 'must be an IP address and port such as 10.0.0.2:50052 or [fd00::2]:50052 (no host names: the worker\'s firewall admits its heads by address)' })
-    .describe('host:port of its ggml-rpc-server'),
+    .superRefine((a, ctx) => {
+      const why = rpcWorkerAddressProblem(a);
+      if (why) ctx.addIssue({ code: 'custom', message: why });
+    })
+    .describe('IPv4 address:port of its ggml-rpc-server'),
   memory: size.or(z.literal('')).default('').describe('most this head may place there; "" = what the worker reports free (a CPU worker reports all of its RAM)'),
 });
 
@@ -97,7 +117,7 @@ export const CloudProviderSchema = z
     provider: z.enum(['anthropic', 'openai']).describe('anthropic (Messages API) | openai (chat completions: OpenAI, or any compatible endpoint such as a remote aios or vLLM)'),
     model: z.string().min(1).describe('the provider\'s model name'),
     base_url: z.string().default('').describe('"" = the provider\'s public endpoint; else as the official client takes it (OpenAI-compatible: ending in /v1)'),
-    key_file: z.string().default('').describe('the API key: a systemd credential name (LoadCredential=) or an absolute path (mode 0600); "" = a credential named like the table. Never the key itself'),
+    key_file: z.string().default('').describe('the API key: a systemd credential name (the image\'s unit imports it with ImportCredential= from /etc/credstore/<name>) or an absolute path (mode 0600); "" = a credential named like the table. Never the key itself'),
     max_tokens: z.number().int().positive().default(4096).describe('tokens generated when a request sets none, and the most it may ask for'),
     monthly_budget_usd: z.number().min(0).describe('spend allowed per calendar month (UTC); a request whose worst case does not fit is not sent'),
     rate_limit_rpm: z.number().int().min(0).default(0).describe('requests per minute (token bucket); 0 = no limit'),
@@ -196,7 +216,7 @@ export const RuntimeConfigSchema = z.strictObject({
             seen.add(x.address);
           });
         })
-        .describe('[[runtime.rpc_workers]]: ggml-rpc-server workers (address = "10.0.0.2:50052", an IP address: the worker\'s firewall admits heads by address; memory = most this head may use there, "" = what it reports free)'),
+        .describe('[[runtime.rpc_workers]]: ggml-rpc-server workers (address = "10.0.0.2:50052", an IPv4 address: the worker\'s firewall admits heads by address, and the pinned llama.cpp reaches no IPv6 worker; memory = most this head may use there, "" = what it reports free)'),
       rpc_query_timeout: duration.default('10s').describe('how long the workers may take to report their memory before a split model\'s load'),
     })
     .prefault({}),

@@ -4,11 +4,14 @@
  * /proc/net/tcp table, the config's checks, the launch line and the sandbox of a split model, and
  * the worker firewall's nftables text. test/e2e/fleet-rpc.test.ts runs all of it for real.
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { tmp } from '../helpers.js';
 import { closedWorkers, hexAddress, parseListDevices, parseWorkerAddress, planSplit, RpcWorkers } from '../../src/runtime/rpc.js';
 import { firewallProblems, workerNftRules } from '../../src/fleet/firewall.js';
 import { lbProblems, nginxConfig } from '../../src/fleet/lb.js';
-import { RuntimeConfigSchema } from '../../src/runtime/config.js';
+import { readRuntimeConfig, RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { launchArgs } from '../../src/runtime/launch.js';
 import { bwrapArgs } from '../../src/runtime/sandbox.js';
 import { childEnv } from '../../src/runtime/isolation.js';
@@ -127,18 +130,42 @@ describe('rpc workers: a connection in CLOSE_WAIT', () => {
 describe('rpc workers: config, launch and sandbox', () => {
   const base = { models: { model_dir: '/m', operational: { name: 'a.gguf' }, tactical: { name: 'b.gguf', rpc: true } } };
 
-  it('a split model needs [[runtime.rpc_workers]]; addresses are IP literals, listed once', () => {
+  it('a split model needs [[runtime.rpc_workers]]; addresses are IPv4 literals, listed once', () => {
     const none = RuntimeConfigSchema.safeParse(base);
     expect(none.success).toBe(false);
     expect(none.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual([
       'models.tactical.rpc: a model split with rpc = true needs its workers: list them as [[runtime.rpc_workers]] address = "10.0.0.2:50052"',
     ]);
-    const named = RuntimeConfigSchema.safeParse({ ...base, runtime: { rpc_workers: [{ address: 'worker1:50052' }] } });
-    expect(named.error!.issues[0]!.message).toMatch(/^must be an IP address and port/);
+    const issues = (address: string) => RuntimeConfigSchema.safeParse({ ...base, runtime: { rpc_workers: [{ address }] } }).error?.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    expect(issues('worker1:50052')).toEqual([
+      'runtime.rpc_workers.0.address: "worker1:50052" must be an IPv4 address and port such as 10.0.0.2:50052 (no host names: the worker\'s firewall admits its heads by address)',
+    ]);
+    for (const bad of ['10.0.0.256:50052', '10.0.0.2', '10.0.0.2:']) expect(issues(bad)?.[0]).toMatch(/must be an IPv4 address and port/);
+    expect(issues('10.0.0.2:0')).toEqual(['runtime.rpc_workers.0.address: "10.0.0.2:0": the port must be 1-65535']);
+    expect(issues('10.0.0.2:70000')).toEqual(['runtime.rpc_workers.0.address: "10.0.0.2:70000": the port must be 1-65535']);
     const twice = RuntimeConfigSchema.safeParse({ ...base, runtime: { rpc_workers: [{ address: '10.0.0.2:1' }, { address: '10.0.0.2:1' }] } });
     expect(twice.error!.issues[0]!.message).toBe('worker 10.0.0.2:1 is listed twice');
-    const ok = RuntimeConfigSchema.parse({ ...base, runtime: { rpc_workers: [{ address: '10.0.0.2:50052', memory: '20G' }, { address: '[fd00::3]:50052' }] } });
-    expect(ok.runtime.rpc_workers).toEqual([{ address: '10.0.0.2:50052', memory: '20G' }, { address: '[fd00::3]:50052', memory: '' }]);
+    const ok = RuntimeConfigSchema.parse({ ...base, runtime: { rpc_workers: [{ address: '10.0.0.2:50052', memory: '20G' }, { address: '10.0.0.3:50052' }] } });
+    expect(ok.runtime.rpc_workers).toEqual([{ address: '10.0.0.2:50052', memory: '20G' }, { address: '10.0.0.3:50052', memory: '' }]);
+  });
+
+  it('an IPv6 worker is refused at load, saying why and what to give instead (the pinned llama.cpp splits at the first \':\', ggml-rpc-server binds IPv4)', () => {
+    for (const address of ['[fd00::2]:50052', '[::1]:50052', '[::ffff:10.0.0.2]:50052', 'fd00::2:50052', '[fd00::2]']) {
+      const r = RuntimeConfigSchema.safeParse({ ...base, runtime: { rpc_workers: [{ address: '10.0.0.3:50052' }, { address }] } });
+      expect(r.success, address).toBe(false);
+      expect(r.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual([
+        `runtime.rpc_workers.1.address: "${address}" is an IPv6 address: the pinned llama.cpp splits an RPC endpoint at its first ':' and ggml-rpc-server listens on IPv4 only, so no IPv6 worker can be reached; give the worker's IPv4 address and port, such as 10.0.0.2:50052`,
+      ]);
+    }
+  });
+
+  it('readRuntimeConfig refuses a config.toml with an IPv6 worker, naming the file and the key', async () => {
+    const file = join(tmp(), 'config.toml');
+    const toml = (address: string) => `[models]\nmodel_dir = "/m"\n[models.operational]\nname = "a.gguf"\n[models.tactical]\nname = "b.gguf"\nrpc = true\n[[runtime.rpc_workers]]\naddress = "${address}"\n`;
+    writeFileSync(file, toml('[fd00::2]:50052'));
+    await expect(readRuntimeConfig(file)).rejects.toThrow(`${file}: runtime.rpc_workers.0.address: "[fd00::2]:50052" is an IPv6 address: `);
+    writeFileSync(file, toml('10.0.0.2:50052'));
+    expect((await readRuntimeConfig(file)).runtime.rpc_workers).toEqual([{ address: '10.0.0.2:50052', memory: '' }]);
   });
 
   it('launches with --rpc and every layer on the workers; its sandbox keeps the network, and no gdb backtrace on abort', () => {
