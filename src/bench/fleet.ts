@@ -15,7 +15,7 @@
  *
  *   npm run bench:fleet -- [--reps 5] [--tokens 64] [--workers 2,3] [--model file.gguf] [--note "…"] [--out docs/benchmarks.md]
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -27,6 +27,7 @@ import { connect, unary, type RuntimeClient } from '../runtime/client.js';
 import { NetnsLab, waitForPort, type NsHost } from '../fleet/netns.js';
 import { physicalCores } from '../util/cpu.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
+import { readChatStream, runBench, writeBenchSection } from './common.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -65,30 +66,8 @@ async function generate(httpPort: number, model: string, tokens = TOKENS): Promi
     body: JSON.stringify({ model, messages: [{ role: 'user', content: PROMPT }], max_tokens: tokens, temperature: 0, ignore_eos: true, stream: true }),
   });
   if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-  let first = 0;
-  let last = 0;
-  let n = 0;
-  let serverTps = 0;
-  let buf = '';
-  const dec = new TextDecoder();
-  for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += dec.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i).trim();
-      buf = buf.slice(i + 1);
-      if (!line.startsWith('data:') || line === 'data: [DONE]') continue;
-      const j = JSON.parse(line.slice(5)) as { choices?: { delta?: { content?: string } }[]; timings?: { predicted_per_second?: number } };
-      if (j.choices?.[0]?.delta?.content) {
-        const now = performance.now();
-        if (!first) first = now;
-        last = now;
-        n++;
-      }
-      if (j.timings?.predicted_per_second) serverTps = j.timings.predicted_per_second;
-    }
-  }
-  return { tokens: n, tps: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, serverTps };
+  const s = await readChatStream(r.body as unknown as AsyncIterable<Uint8Array>);
+  return { tokens: s.tokens, tps: s.tps, serverTps: s.serverTps ?? 0 };
 }
 
 interface Setup {
@@ -244,14 +223,7 @@ Per repetition (llama-server tok/s): ${setups.map((s) => `${s.name} ${s.gens.map
 
 What this run shows: ${verdicts.join('; ')}.${busy ? ` The load average was above the machine's ${cpus().length} logical CPUs: llama.cpp's threads wait for each other when the scheduler takes one away, so these figures are mostly the machine's contention, not the RPC backend's cost; rerun on a quiet machine for the overhead.` : ''}
 ${END}`;
-  const doc = existsSync(OUT) ? readFileSync(OUT, 'utf8') : '# Benchmarks\n';
-  const i = doc.indexOf(START);
-  const j = doc.indexOf(END);
-  writeFileSync(OUT, i >= 0 && j > i ? doc.slice(0, i) + section + doc.slice(j + END.length) : `${doc.trimEnd()}\n\n${section}\n`);
-  process.stdout.write(section + '\n');
+  writeBenchSection(OUT, START, END, section);
 }
 
-main().catch((e) => {
-  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
-  process.exit(1);
-});
+runBench(main);

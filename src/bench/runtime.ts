@@ -25,6 +25,7 @@ import { postChild, readAll } from '../runtime/upstream.js';
 import { physicalCores } from '../util/cpu.js';
 import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
+import { readChatStream } from './common.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -72,30 +73,8 @@ async function openaiStream(base: string): Promise<Run> {
         throw new Error(`${base}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}`);
       });
   if (!res.ok) throw new Error(`${base}: ${res.status} ${await res.text()}`);
-  let first = 0;
-  let last = 0;
-  let n = 0;
-  let serverTps: number | undefined;
-  let buf = '';
-  const dec = new TextDecoder();
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += dec.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i).trim();
-      buf = buf.slice(i + 1);
-      if (!line.startsWith('data:') || line === 'data: [DONE]') continue;
-      const j = JSON.parse(line.slice(5)) as { choices?: { delta?: { content?: string } }[]; timings?: { predicted_per_second?: number } };
-      if (j.choices?.[0]?.delta?.content) {
-        const now = performance.now();
-        if (!first) first = now;
-        last = now;
-        n++;
-      }
-      if (j.timings?.predicted_per_second) serverTps = j.timings.predicted_per_second;
-    }
-  }
-  return { ttftMs: first - t0, tokens: n, tps: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, serverTps };
+  const s = await readChatStream(res.body as unknown as AsyncIterable<Uint8Array>);
+  return { ttftMs: s.first - t0, tokens: s.tokens, tps: s.tps, serverTps: s.serverTps };
 }
 
 /** The same over gRPC StreamInfer (no ignore_eos there: the random model may stop early; the rate is per token). */

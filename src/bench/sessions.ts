@@ -21,6 +21,7 @@ import { synthModel } from '../models/synth.js';
 import { connect, waitReady } from '../runtime/client.js';
 import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
+import { runBench, writeBenchSection } from './common.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -168,14 +169,7 @@ ${NOTE ? `- note: ${NOTE}\n` : ''}
 
 Resumed is **${f(ratio, 1)}×** faster to the first token (ratio of medians; per repetition ${ratios.map((x) => f(x, 1)).join(', ')}×). Goal ≥ 10×: **${ratio >= 10 ? 'met' : 'not met'}** in this run.
 ${END}`;
-  const doc = existsSync(OUT) ? readFileSync(OUT, 'utf8') : '# Benchmarks\n';
-  const i = doc.indexOf(START);
-  const j = doc.indexOf(END);
-  writeFileSync(OUT, i >= 0 && j > i ? doc.slice(0, i) + section + doc.slice(j + END.length) : `${doc.trimEnd()}\n\n${section}\n`);
-  process.stdout.write(section + '\n');
+  writeBenchSection(OUT, START, END, section);
 }
 
-main().catch((e) => {
-  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
-  process.exit(1);
-});
+runBench(main);
