@@ -211,6 +211,13 @@ interface Counted {
   kvBytes: number;
 }
 
+/** A saved state file as the size cap weighs it. */
+interface StateFile {
+  sha: string;
+  id: string;
+  bytes: number;
+}
+
 let counter = 0;
 const tempName = (what: string) => `_${what}-${process.pid}-${++counter}-${randomBytes(4).toString('hex')}`;
 
@@ -232,6 +239,16 @@ export class SessionStore {
   private totals = new Map<string, SessionCounts>();
   private loading?: Promise<void>;
   private pending: [string, (cur: Counted | undefined) => Counted | undefined][] = [];
+  /**
+   * The saved state files the size cap weighs (enforceCap), least recently saved first, keyed
+   * "<sha>/<id>", and their total bytes: read from the directory once, by the first enforceCap
+   * (a synchronous scan, so no change can slip in between), then kept up to date by this store's
+   * own saves and removals, so a save does not stat every state file again. A state file that
+   * something else adds or removes is not seen until the daemon starts again.
+   */
+  private states?: Map<string, StateFile>;
+  private stateBytes = 0;
+  private statted = 0;
 
   constructor(o: SessionsOptions) {
     this.dir = o.dir;
@@ -427,6 +444,7 @@ export class SessionStore {
           await rm(f, { force: true });
         }
       }
+      this.forgetState(sha, id);
     }
     this.count(id, () => undefined);
     return found;
@@ -568,7 +586,7 @@ export class SessionStore {
       saved = true;
     } catch (e) {
       this.log(`sessions: ${turn.id}: the KV state was not saved (${(e as Error).message}); the request succeeds, the next turn evaluates the conversation again`, 'warn');
-      await rm(this.kvPath(turn.key.modelSha256, turn.id), { force: true }).catch(() => {});
+      await rm(this.kvPath(turn.key.modelSha256, turn.id), { force: true }).then(() => this.forgetState(turn.key.modelSha256, turn.id), () => {});
     }
     try {
       await this.writeAtomic(join(sub, `${turn.id}.json`), JSON.stringify(rec));
@@ -578,6 +596,7 @@ export class SessionStore {
         if (sha === turn.key.modelSha256) continue;
         await rm(join(this.dir, sha, `${turn.id}.json`), { force: true });
         await rm(this.kvPath(sha, turn.id), { force: true });
+        this.forgetState(sha, turn.id);
       }
     } catch (e) {
       saved = false;
@@ -620,6 +639,7 @@ export class SessionStore {
       const sha256 = await sha256File(tmp);
       await syncFile(tmp); // on the disk before its record names it (llama-server does not flush it)
       await rename(tmp, this.kvPath(turn.key.modelSha256, turn.id));
+      this.noteState(turn.key.modelSha256, turn.id, st.size);
       return { bytes: st.size, sha256, tokens: j.n_saved ?? 0 };
     } finally {
       await rm(tmp, { force: true }).catch(() => {});
@@ -628,33 +648,82 @@ export class SessionStore {
 
   /**
    * Removes saved states, least recently updated first, until the total fits sessions_max_bytes;
-   * `keep` (the session just saved) goes last, only if it alone is over the cap.
+   * `keep` (the session just saved) goes last, only if it alone is over the cap. Weighs the states
+   * this store knows (`states`): the directory is read once, so a save under the cap costs the same
+   * however many states there are, and one over it looks only at those it removes.
    */
   async enforceCap(keep?: string): Promise<string[]> {
-    const files: { id: string; sha: string; bytes: number; updated: number }[] = [];
-    for (const sha of this.modelDirs()) {
-      for (const f of readdirSync(join(this.dir, sha))) {
-        if (!SESSION_ID.test(f)) continue;
-        const st = statSync(join(this.dir, sha, f), { throwIfNoEntry: false });
-        if (st) files.push({ id: f, sha, bytes: st.size, updated: st.mtimeMs });
-      }
-    }
-    let total = files.reduce((a, f) => a + f.bytes, 0);
-    const removed: string[] = [];
-    const order = files.sort((a, b) => a.updated - b.updated).sort((a, b) => Number(a.id === keep) - Number(b.id === keep));
-    for (const f of order) {
+    const states = this.stateIndex();
+    let total = this.stateBytes;
+    const victims: StateFile[] = [];
+    const kept: StateFile[] = [];
+    for (const f of states.values()) {
       if (total <= this.maxBytes) break;
-      await this.dropState(f.sha, f.id);
+      if (f.id === keep) {
+        kept.push(f);
+        continue;
+      }
+      victims.push(f);
       total -= f.bytes;
+    }
+    for (const f of kept) {
+      if (total <= this.maxBytes) break;
+      victims.push(f);
+      total -= f.bytes;
+    }
+    const removed: string[] = [];
+    for (const f of victims) {
+      if (states.get(`${f.sha}/${f.id}`) !== f) continue; // saved again or removed meanwhile
+      await this.dropState(f.sha, f.id);
       removed.push(f.id);
       this.log(`sessions: removed the saved state of ${f.id} (${f.bytes} bytes, ${f.id === keep ? 'alone larger than the cap' : 'least recently used'}) to stay under runtime.sessions_max_bytes (${this.maxBytes} bytes); its conversation is kept`, f.id === keep ? 'warn' : 'info');
     }
     return removed;
   }
 
+  /** How many state files the size cap has stat'ed (the first enforceCap's scan of the directory; never again). */
+  get stateFilesStatted(): number {
+    return this.statted;
+  }
+
+  /** The state files, least recently saved first: read from the directory the first time (by mtime), then as this store changes them. */
+  private stateIndex(): Map<string, StateFile> {
+    if (this.states) return this.states;
+    const found: (StateFile & { mtime: number })[] = [];
+    for (const sha of this.modelDirs()) {
+      for (const f of readdirSync(join(this.dir, sha))) {
+        if (!SESSION_ID.test(f)) continue;
+        this.statted++;
+        const st = statSync(join(this.dir, sha, f), { throwIfNoEntry: false });
+        if (st) found.push({ sha, id: f, bytes: st.size, mtime: st.mtimeMs });
+      }
+    }
+    this.states = new Map();
+    this.stateBytes = 0;
+    for (const f of found.sort((a, b) => a.mtime - b.mtime)) this.noteState(f.sha, f.id, f.bytes);
+    return this.states;
+  }
+
+  /** A state file written (or replaced) now: the most recently saved. Nothing to do before the first scan, which will find it. */
+  private noteState(sha: string, id: string, bytes: number): void {
+    if (!this.states) return;
+    this.forgetState(sha, id);
+    this.states.set(`${sha}/${id}`, { sha, id, bytes });
+    this.stateBytes += bytes;
+  }
+
+  /** A state file removed. */
+  private forgetState(sha: string, id: string): void {
+    const f = this.states?.get(`${sha}/${id}`);
+    if (!f) return;
+    this.states!.delete(`${sha}/${id}`);
+    this.stateBytes -= f.bytes;
+  }
+
   /** Deletes a state file and marks its record as having none (the conversation stays). */
   private async dropState(sha: string, id: string): Promise<void> {
     await rm(this.kvPath(sha, id), { force: true });
+    this.forgetState(sha, id);
     const file = join(this.dir, sha, `${id}.json`);
     try {
       const r = JSON.parse(await readFile(file, 'utf8')) as SessionRecord;

@@ -5,7 +5,7 @@
  * test/e2e/runtime-sessions.test.ts.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -280,6 +280,50 @@ describe('SessionStore on disk', () => {
     s.maxBytes = 100;
     expect(await s.enforceCap('s1')).toEqual(['s1']);
     expect((await s.list()).every((x) => x.kvBytes === 0)).toBe(true);
+  });
+
+  it('the size cap reads the directory once: later saves follow the states it knows, not a stat of every file', async () => {
+    const dir = tmp();
+    const t = Date.now();
+    for (let i = 0; i < 5; i++) put(dir, `old${i}`, 40, { mtime: t - 60_000 + i * 1000 });
+    // llama-server's slot save, as in the summary() test above: 40 bytes under the name asked
+    const llama = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        const { filename } = JSON.parse(body) as { filename: string };
+        writeFileSync(join(slotDirOf(dir, 'tiny'), filename), Buffer.alloc(40, 1));
+        res.end(JSON.stringify({ n_saved: 10, n_written: 40 }));
+      });
+    });
+    await new Promise<void>((r) => llama.listen(0, '127.0.0.1', r));
+    const port = (llama.address() as AddressInfo).port;
+    try {
+      const store = new SessionStore({ dir, maxBytes: 120 });
+      const key = { modelSha256: SHA, adapters: '', ctxSize: 2048 };
+      const save = (id: string) =>
+        store.finish(
+          { id, key, model: 'tiny', modelPath: '/m/tiny.gguf', history: [], restoredTokens: 0, restoreMs: 0, expectCached: 0, status: 'new', note: '', created: '2026-12-01T00:00:00.000Z', turns: 0 },
+          { added: [{ role: 'user', content: 'hi' }], answer: 'hello', params: {}, use: { promptTokens: 8 }, port, slot: 0, signal: new AbortController().signal },
+        );
+      const states = () => readdirSync(join(dir, SHA)).filter((f) => !f.includes('.')).sort();
+      for (let i = 0; i < 20; i++) expect((await save(`s${i}`)).saved).toBe(true);
+      // The first save's cap read the directory (the 5 states there were and its own); the 19 saves
+      // after it stat'ed nothing more (a scan on every save would have stat'ed 6 + 4 + 4 + … by now).
+      expect(store.stateFilesStatted).toBe(6);
+      expect(states()).toEqual(['s17', 's18', 's19']);
+      expect((await store.list()).filter((x) => x.kvBytes > 0).map((x) => x.id).sort()).toEqual(['s17', 's18', 's19']);
+      // A session deleted and one saved again: the cap follows both without reading the directory.
+      expect(await store.delete('s19')).toBe(true);
+      await save('s20');
+      expect(states()).toEqual(['s17', 's18', 's20']);
+      await save('s17'); // its next turn: the most recently saved now, so s18 is the oldest
+      await save('s21');
+      expect(states()).toEqual(['s17', 's20', 's21']);
+      expect(store.stateFilesStatted).toBe(6);
+    } finally {
+      await new Promise((r) => llama.close(r));
+    }
   });
 
   it('hashes a model file once per (path, size, mtime, inode), remembered across stores', async () => {
