@@ -23,6 +23,7 @@ import { UserError } from '../util/errors.js';
 import { derivedUuid } from '../util/hash.js';
 import { GPT_TYPES } from '../util/gpt.js';
 import { MIN_VAR, veritySlotBytes } from '../config/appliance.js';
+import { espKernelPaths } from '../config/update.js';
 import { fatImage, stageEsp } from './image.js';
 
 const MiB = 1024 * 1024;
@@ -85,6 +86,16 @@ export function verityPartUuids(rootHash: string): { data: string; hash: string 
   if (!/^[0-9a-f]{64}$/.test(rootHash)) throw new Error(`not a sha256 root hash: "${rootHash}"`);
   const u = (x: string) => `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
   return { data: u(rootHash.slice(0, 32)), hash: u(rootHash.slice(32)) };
+}
+
+/**
+ * The disk's boot entry: loader/entries/aios_<version>+3.conf, systemd-boot's boot counting (3
+ * tries; systemd-bless-boot drops the counter once boot-complete.target is reached, which needs
+ * aios-ready.service). The entries systemd-sysupdate installs get the same (90-aios-entry.transfer).
+ */
+export const BOOT_TRIES = 3;
+export function diskEntryPath(version: string): string {
+  return `loader/entries/aios_${version}+${BOOT_TRIES}.conf`;
 }
 
 /** GPT partition labels: the slot's version in the label (sysupdate's aios_@v), "_empty" for an unused slot. */
@@ -202,7 +213,12 @@ export async function assembleApplianceDisk(
 
   ctx.progress('staging the ESP');
   const esp = join(work, 'esp');
-  await stageEsp(ctx, { root: a.root, kernel: a.kernel, initrd: a.kernel.initrd, espFiles: await a.espFiles(rootHash, version), dir: esp });
+  const espFiles = await a.espFiles(rootHash, version);
+  // The version's boot entry (also an update artifact: src/build/update.ts reads it from layout.json).
+  const entry = espFiles.find((f) => f.path.startsWith('loader/entries/'));
+  if (!entry) throw new Error('the ESP templates rendered no boot entry');
+  // Kernel and initrd named with the image version, where the update transfers put the next ones.
+  await stageEsp(ctx, { root: a.root, kernel: a.kernel, initrd: a.kernel.initrd, espFiles, dir: esp, paths: espKernelPaths(version) });
   const espImg = join(work, 'esp.img');
   await fatImage(ctx, { dir: esp, img: espImg, bytes: layout.esp.size, label: 'ESP', volumeId: ctx.id.espVolumeId, fat32: true });
 
@@ -224,7 +240,7 @@ export async function assembleApplianceDisk(
     await run(['dd', `if=${img}`, `of=${a.out}`, 'bs=1M', `seek=${part.start / MiB}`, 'conv=notrunc,sparse', 'status=none'], { log: ctx.log });
   }
   const { stdout: json } = await run(['sfdisk', '-J', a.out]);
-  await writeFile(a.layoutOut, JSON.stringify({ layout, appliance: { version, rootHash, readonlyFs: fs, readonlyBytes }, sfdisk: JSON.parse(json) }, null, 2));
+  await writeFile(a.layoutOut, JSON.stringify({ layout, appliance: { version, rootHash, readonlyFs: fs, readonlyBytes, entryPath: entry.path, entry: entry.content }, sfdisk: JSON.parse(json) }, null, 2));
   await chmod(a.out, 0o644);
   await rm(work, { recursive: true, force: true });
   return { layout, rootHash, version, readonlyBytes };

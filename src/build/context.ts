@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
 import { workerFiles } from '../fleet/worker.js';
+import { sysupdateSourceUrl } from '../config/update.js';
 
 export interface Identity {
   seed: string;
@@ -144,6 +145,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     // [fleet] role = "worker": ggml-rpc-server's address and arguments, its firewall (nftables text), IPAddressAllow=.
     fleetWorker: r.fleet ? workerFiles(r.fleet) : undefined,
     fleetFirewall: (r.fleet && workerFiles(r.fleet)?.nft) ?? '',
+    // image.layout = "appliance": the sysupdate transfers' source; Verify=yes only when the build signs (contextWithWishes).
+    updateSourceUrl: sysupdateSourceUrl(r.update.source),
+    updateVerify: false,
     ...extra,
   };
 }

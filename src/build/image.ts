@@ -3,7 +3,7 @@
  * for the ESP, mkfs.ext4 -d (or mkfs.xfs -p) for the root, dd conv=notrunc,sparse into place.
  */
 import { copyFile, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import type { BuildContext } from './stages/index.js';
 import { sourceDateEpoch } from './context.js';
@@ -135,14 +135,16 @@ export async function assembleDisk(
 /** The files of an ESP in a staging dir: systemd-boot (also as the removable-media loader), kernel, initrd, rendered entries. */
 export async function stageEsp(
   ctx: BuildContext,
-  a: { root: string; kernel: KernelFiles; initrd: string; espFiles: RenderedFile[]; dir: string },
+  a: { root: string; kernel: KernelFiles; initrd: string; espFiles: RenderedFile[]; dir: string; paths?: { kernel: string; initrd: string } },
 ): Promise<void> {
   const sdboot = join(a.root, ctx.distro.systemdBootEfi);
-  for (const d of ['EFI/BOOT', 'EFI/systemd', `aios/${a.kernel.version}`]) await mkdir(join(a.dir, d), { recursive: true });
+  // Where the entry looks for them: aios/<kernel version>/, or (appliance layout) aios/aios_<image version>.linux|.initrd.
+  const to = a.paths ?? { kernel: `aios/${a.kernel.version}/linux`, initrd: `aios/${a.kernel.version}/initrd` };
+  for (const d of ['EFI/BOOT', 'EFI/systemd', dirname(to.kernel), dirname(to.initrd)]) await mkdir(join(a.dir, d), { recursive: true });
   await copyFile(sdboot, join(a.dir, 'EFI/BOOT/BOOTX64.EFI'));
   await copyFile(sdboot, join(a.dir, 'EFI/systemd/systemd-bootx64.efi'));
-  await copyFile(join(a.root, a.kernel.kernel), join(a.dir, `aios/${a.kernel.version}/linux`));
-  await copyFile(join(a.root, a.initrd), join(a.dir, `aios/${a.kernel.version}/initrd`));
+  await copyFile(join(a.root, a.kernel.kernel), join(a.dir, to.kernel));
+  await copyFile(join(a.root, a.initrd), join(a.dir, to.initrd));
   await writeRendered(a.espFiles, a.dir);
   const sde = sourceDateEpoch();
   if (sde !== undefined) await touchAll(a.dir, sde);

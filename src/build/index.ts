@@ -21,6 +21,7 @@ import { run } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { manifestPath, type Manifest } from './manifest.js';
+import { openSigner, publishUpdate, SIGNING_KEY_ENV, type UpdateResult } from './update.js';
 
 export { manifestPath, readManifest, type Manifest } from './manifest.js';
 
@@ -40,6 +41,11 @@ export interface BuildOptions {
   rebuild?: string[];
   /** Make the image's CA, certificates and API key anew (runtime.tls): clients need the new files. */
   rotateCredentials?: boolean;
+  /**
+   * image.layout = "appliance": a file with the secret OpenPGP key that signs out/update/SHA256SUMS
+   * (else $AIOS_GPG_PRIVATE_KEY; neither: unsigned). Never from the recipe (docs/appliance.md).
+   */
+  signingKey?: string;
 }
 
 export interface StageReport {
@@ -63,6 +69,8 @@ export interface BuildResult {
   seconds: number;
   /** The image's pki dir (runtime.tls): the builder's client certificate and API key are there. */
   pki?: string;
+  /** image.layout = "appliance": the update artifacts written to <out>/update/ (src/build/update.ts). */
+  update?: UpdateResult;
 }
 
 /** Every check that can fail before anything is built. Returns the problems found. */
@@ -225,14 +233,67 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   const recipe = ctx.recipe;
   const log = ctx.log;
   const formats = opts.formats ?? recipe.image.formats;
-  const reports = await runStages(ctx, stagesFor(formats, recipe), opts, renderer, outDir);
+  // The appliance's update artifacts are signed when a key is configured: opened before the stages
+  // (its public key goes into the image), closed (the throw-away keyring removed) whatever happens.
+  const appliance = recipe.image.layout === 'appliance' && formats.includes('disk');
+  if (appliance) ctx.updateSigner = await openSigner({ keyFile: opts.signingKey });
+  else if (opts.signingKey) throw new UserError('--signing-key signs the update artifacts of image.layout = "appliance" (disk) builds; this build has none', 2);
+  try {
+    if (appliance) updateWarnings(ctx);
+    const reports = await runStages(ctx, stagesFor(formats, recipe), opts, renderer, outDir);
 
-  const outputs: BuildResult['outputs'] = [];
-  for (const format of (['disk', 'iso'] as const).filter((f) => formats.includes(f))) {
-    const [stage, file, ext] = format === 'disk' ? ['image', 'disk.raw', 'raw'] : ['iso', 'live.iso', 'iso'];
-    outputs.push(await publish(ctx, reports, { format, src: join(ctx.outputs[stage]!.dir, file), dest: join(outDir, `${recipe.name}.${ext}`) }));
+    const outputs: BuildResult['outputs'] = [];
+    for (const format of (['disk', 'iso'] as const).filter((f) => formats.includes(f))) {
+      const [stage, file, ext] = format === 'disk' ? ['image', 'disk.raw', 'raw'] : ['iso', 'live.iso', 'iso'];
+      outputs.push(await publish(ctx, reports, { format, src: join(ctx.outputs[stage]!.dir, file), dest: join(outDir, `${recipe.name}.${ext}`) }));
+    }
+    const update = appliance ? await applianceUpdate(ctx, outputs[0]!.file, join(outDir, 'update')) : undefined;
+    return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000, ...(ctx.pki ? { pki: ctx.pki.dir } : {}), ...(update ? { update } : {}) };
+  } finally {
+    await ctx.updateSigner?.close();
   }
-  return { recipe, image: outputs[0]!.file, manifest: outputs[0]!.manifest, outputs, log, stages: reports, warnings: ctx.warnings, seconds: (Date.now() - t0) / 1000, ...(ctx.pki ? { pki: ctx.pki.dir } : {}) };
+}
+
+/** What an unsigned appliance image accepts, said once per build. */
+function updateWarnings(ctx: BuildContext): void {
+  if (ctx.updateSigner) return;
+  const src = ctx.recipe.update.source;
+  ctx.warnings.push(
+    `update artifacts unsigned (no $${SIGNING_KEY_ENV} and no --signing-key): the image's sysupdate transfers say Verify=no, so it installs any update whose files match SHA256SUMS from ${src.startsWith('/') ? `the directory ${src}` : src}; whoever can write there can supply both`,
+  );
+}
+
+/**
+ * image.layout = "appliance": this version's update artifacts into <out>/update/ (beside the disk
+ * image), cut from the published disk (slot A and its hash tree, offsets from the image stage's
+ * layout.json), the kernel and initrd from the overlay's root, the entry as written to the ESP.
+ */
+async function applianceUpdate(ctx: BuildContext, disk: string, dir: string): Promise<UpdateResult> {
+  const layout = JSON.parse(await readFile(join(ctx.outputs.image!.dir, 'layout.json'), 'utf8')) as {
+    layout: { rootA: { start: number }; verityA: { start: number } };
+    appliance: { version: string; rootHash: string; readonlyFs: 'erofs' | 'squashfs'; readonlyBytes: number; entry: string };
+  };
+  const root = join(ctx.outputs.overlay!.dir, 'root');
+  const kernel = await ctx.distro.kernelFiles(root);
+  const a = layout.appliance;
+  ctx.progress('writing the update artifacts');
+  return publishUpdate(
+    { log: ctx.log },
+    {
+      version: a.version,
+      rootHash: a.rootHash,
+      fs: a.readonlyFs,
+      disk,
+      rootStart: layout.layout.rootA.start,
+      verityStart: layout.layout.verityA.start,
+      readonlyBytes: a.readonlyBytes,
+      kernel: join(root, kernel.kernel),
+      initrd: join(root, kernel.initrd),
+      entry: a.entry,
+    },
+    dir,
+    ctx.updateSigner,
+  );
 }
 
 /** Copies an output under a temporary name in out/, writes its manifest, then renames both: never a partial file at the path. */

@@ -44,6 +44,13 @@ export const debian: Distro = {
             'systemd-cryptsetup',
             'cryptsetup-bin',
             'systemd-repart',
+            // Updates and boot assessment (docs/appliance.md): systemd-sysupdate with systemd-pull
+            // (systemd-container in Debian), gpg for its check of SHA256SUMS.gpg, and
+            // systemd-bless-boot with its generator (systemd-boot; its hooks need a mounted ESP,
+            // so they do nothing in the build's chroot).
+            'systemd-container',
+            'gpg',
+            'systemd-boot',
           ]
         : [
             'initramfs-tools',

@@ -10,7 +10,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { closeSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from '../../src/build/index.js';
 import { qemuTest } from '../../src/qemu/index.js';
@@ -56,7 +56,12 @@ describe('appliance image (image.layout = "appliance")', () => {
 
     // The boot entry (read from the FAT without mounting) carries the root hash, whose halves are slot A's UUIDs.
     const esp = await extract(image, parts[0]!, join(dir, 'esp.img'));
-    const entry = (await execa('mtype', ['-i', esp, '::/loader/entries/aios_1.conf'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+    // aios_1+3.conf: systemd-boot's boot counting (3 tries until systemd-bless-boot marks it good).
+    const entry = (await execa('mtype', ['-i', esp, '::/loader/entries/aios_1+3.conf'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+    // Kernel and initrd named with the image version, where the update transfers put the next ones.
+    expect(entry).toMatch(/^linux +\/aios\/aios_1\.linux$/m);
+    expect(entry).toMatch(/^initrd +\/aios\/aios_1\.initrd$/m);
+    expect((await execa('mdir', ['-b', '-i', esp, '::/aios/'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout).toMatch(/aios_1\.linux/);
     expect((await execa('mtype', ['-i', esp, '::/loader/loader.conf'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout).toMatch(/^default aios_\*$/m);
     rootHash = /roothash=([0-9a-f]{64})/.exec(entry)?.[1] ?? '';
     expect(rootHash, entry).toMatch(/^[0-9a-f]{64}$/);
@@ -74,6 +79,16 @@ describe('appliance image (image.layout = "appliance")', () => {
     rmSync(a);
     rmSync(av);
     rmSync(esp);
+
+    // The update artifacts beside the image (src/build/update.ts): this version's five files and SHA256SUMS.
+    expect(res.update?.dir).toBe(join(dir, 'update'));
+    expect(res.update?.files).toHaveLength(5);
+    const sums = await execa('sha256sum', ['-c', '--strict', 'SHA256SUMS'], { cwd: join(dir, 'update'), reject: false });
+    expect(sums.exitCode, sums.stdout + sums.stderr).toBe(0);
+    const upd = readdirSync(join(dir, 'update'));
+    expect(upd).toContain(`aios_1_${v.data}.root.erofs`);
+    expect(upd).toContain(`aios_1_${v.hash}.verity`);
+    expect(readFileSync(join(dir, 'update', 'aios_1.conf'), 'utf8')).toBe(entry.endsWith('\n') ? entry : `${entry}\n`);
   });
 
   it('boots: / is the verified dm-verity device, read-only; /var is the partition systemd-repart made; the runtime answers', { timeout: 15 * 60_000 }, async () => {

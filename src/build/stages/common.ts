@@ -99,5 +99,6 @@ export async function kernelWishes(ctx: BuildContext): Promise<CheckResult> {
 
 /** Template context with the boot-time kernel wishes folded into the command line. */
 export async function contextWithWishes(ctx: BuildContext, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
-  return templateContext(ctx.recipe, ctx.id, { ...extra, wishArgs: (await kernelWishes(ctx)).bootArgs });
+  // updateVerify: the appliance's sysupdate transfers say Verify=yes when this build signs its update artifacts (src/build/update.ts).
+  return templateContext(ctx.recipe, ctx.id, { updateVerify: !!ctx.updateSigner, ...extra, wishArgs: (await kernelWishes(ctx)).bootArgs });
 }

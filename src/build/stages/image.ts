@@ -8,12 +8,14 @@
  * image.layout = "appliance" (src/build/appliance.ts, docs/appliance.md): instead of the writable
  * root, slot A (read-only erofs/squashfs of the tree) with its dm-verity hash partition, an empty
  * slot B, and free space for the /var systemd-repart makes on first boot; the boot entry is
- * loader/entries/aios_<version>.conf with the root hash on its command line.
+ * loader/entries/aios_<version>+3.conf (boot counting) with the root hash on its command line, naming
+ * the kernel and initrd aios/aios_<version>.linux|.initrd; layout.json records the entry, from which
+ * build() writes the update artifacts (src/build/update.ts).
  */
 import { join } from 'node:path';
 import { sourceDateEpoch } from '../context.js';
 import { assembleDisk, xfsToolsMissing } from '../image.js';
-import { applianceCmdline, assembleApplianceDisk } from '../appliance.js';
+import { applianceCmdline, applianceVersion, assembleApplianceDisk, diskEntryPath } from '../appliance.js';
 import { renderTree } from '../render.js';
 import { paths } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, missingTools } from './common.js';
@@ -46,7 +48,8 @@ export const imageStage = defineStage({
     const r = ctx.recipe;
     const overlay = io.need('overlay');
     const kernel = await ctx.distro.kernelFiles(join(overlay.dir, 'root'));
-    const esp = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel }));
+    // applianceVersion: the appliance's entry names its kernel and initrd with it (and sorts by it).
+    const esp = await renderTree(join(paths.templates, 'esp'), await contextWithWishes(ctx, { kernel, applianceVersion: applianceVersion(r) }));
     return {
       v: VERSION,
       overlay: overlay.key,
@@ -62,10 +65,11 @@ export const imageStage = defineStage({
     const kernel = await ctx.distro.kernelFiles(root);
     if (ctx.recipe.image.layout === 'appliance') {
       const espFiles = async (rootHash: string, version: string) => {
-        const base = await contextWithWishes(ctx, { kernel });
+        const base = await contextWithWishes(ctx, { kernel, applianceVersion: version });
         const cmdline = applianceCmdline(base.cmdline as string, { rootHash, fs: ctx.recipe.image.readonly_fs });
-        // The slot's entry carries its version (the next update's entry sits beside it; loader.conf's default is aios_*).
-        return (await renderTree(join(paths.templates, 'esp'), { ...base, cmdline })).map((f) => (f.path === 'loader/entries/aios.conf' ? { ...f, path: `loader/entries/aios_${version}.conf` } : f));
+        // The slot's entry carries its version and boot counter (the next update's entry sits beside
+        // it; loader.conf's default is aios_*): aios_<version>+3.conf.
+        return (await renderTree(join(paths.templates, 'esp'), { ...base, cmdline })).map((f) => (f.path === 'loader/entries/aios.conf' ? { ...f, path: diskEntryPath(version) } : f));
       };
       await assembleApplianceDisk(ctx, { root, kernel, espFiles, out: join(dir, 'disk.raw'), layoutOut: join(dir, 'layout.json') });
       return;

@@ -1,4 +1,5 @@
 import type { Pki } from '../../pki/index.js';
+import type { UpdateSigner } from '../update.js';
 /**
  * The build as a flat list of named stages, one file each in this directory (each file's header is
  * its documentation). Each stage: check (host tools, before anything runs), key (hash of its
@@ -49,6 +50,8 @@ export interface BuildContext {
   progress: (line: string) => void;
   /** The image's certificates and keys (runtime.tls): made or reused in runtime.pki before the stages run. */
   pki?: Pki;
+  /** image.layout = "appliance" with a signing key (env or --signing-key): signs out/update/SHA256SUMS; its public key goes into the image. */
+  updateSigner?: UpdateSigner;
 }
 
 /** What a stage may read of earlier stages: exactly the ones it declared. */

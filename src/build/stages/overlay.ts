@@ -26,6 +26,7 @@ import type { Pki } from '../../pki/index.js';
 import { paths, PKG_ROOT } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
+import { applianceVersion } from '../appliance.js';
 import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import { llamaBinaries } from '../llama.js';
 import type { BuildContext, StageOutput } from './index.js';
@@ -77,6 +78,9 @@ export const overlayStage = defineStage({
       // The certificates (public) and the hashed API keys: a new server key comes with a new
       // certificate, so no secret is needed in the key (which is written to the cache's metadata).
       credentials: ctx.pki ? await credentialsDigest(ctx.pki) : null,
+      // image.layout = "appliance" only (other recipes keep their keys): the version in os-release and
+      // the update signing key's fingerprint (its public key goes into the image).
+      ...(r.image.layout === 'appliance' ? { appliance: { version: applianceVersion(r), updateKey: ctx.updateSigner?.fingerprint ?? null } } : {}),
     };
   },
   async run(ctx, dir, io) {
@@ -234,6 +238,25 @@ async function readonlyRootSetup(ctx: BuildContext, root: string): Promise<void>
   ctx.progress('preparing the root for read-only use');
   await writeFile(join(root, 'etc/machine-id'), '');
   await rm(join(root, 'var/lib/dbus/machine-id'), { force: true });
+  await updateSetup(ctx, root);
+}
+
+/**
+ * The appliance's updates (docs/appliance.md): IMAGE_ID=aios and IMAGE_VERSION=<version> in
+ * os-release (systemd-sysupdate's %A, the booted version its transfers never overwrite:
+ * ProtectVersion=%A), and with a signing key its public key as /etc/systemd/import-pubring.gpg,
+ * the only keyring systemd-pull then checks SHA256SUMS.gpg against (Verify=yes in the transfers).
+ */
+async function updateSetup(ctx: BuildContext, root: string): Promise<void> {
+  const osRelease = join(root, 'usr/lib/os-release');
+  const lines = (await readFile(osRelease, 'utf8')).split('\n').filter((l) => l && !/^IMAGE_(ID|VERSION)=/.test(l));
+  await writeFile(osRelease, [...lines, 'IMAGE_ID=aios', `IMAGE_VERSION=${applianceVersion(ctx.recipe)}`, ''].join('\n'));
+  const pubring = join(root, 'etc/systemd/import-pubring.gpg');
+  await rm(pubring, { force: true });
+  if (ctx.updateSigner) {
+    await mkdir(join(root, 'etc/systemd'), { recursive: true });
+    await writeFile(pubring, ctx.updateSigner.publicKey, { mode: 0o644 });
+  }
 }
 
 /** The symbols of the recipe's kernel wishes (for /usr/lib/aios/kernel-wishes). */
