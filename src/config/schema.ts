@@ -7,6 +7,7 @@ import { SIZE_RE } from '../util/size.js';
 import { QUANTS, SHAPES } from '../models/synth.js';
 import { applianceImageKeys } from './appliance.js';
 import { UpdateSchema } from './update.js';
+import { llamaToolchainKeys } from './toolchain.js';
 
 const size = (what: string) =>
   z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
@@ -201,6 +202,7 @@ export const LlamaSchema = z
       .boolean()
       .default(true)
       .describe('llama.cpp\'s RPC backend (-DGGML_RPC=ON): llama-server takes --rpc host:port,… and ggml-rpc-server (the worker of a split model) is built and installed to /usr/bin (docs/fleets.md)'),
+    ...llamaToolchainKeys,
   })
   .describe('llama.cpp build');
 
