@@ -276,6 +276,7 @@ async function applianceUpdate(ctx: BuildContext, disk: string, dir: string): Pr
   const root = join(ctx.outputs.overlay!.dir, 'root');
   const kernel = await ctx.distro.kernelFiles(root);
   const a = layout.appliance;
+  if (!a?.entry) throw new Error(`${join(ctx.outputs.image!.dir, 'layout.json')} has no boot entry: an image stage output from before the update artifacts; rebuild it (--rebuild image)`);
   ctx.progress('writing the update artifacts');
   return publishUpdate(
     { log: ctx.log },
