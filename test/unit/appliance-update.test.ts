@@ -15,7 +15,8 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { loadRecipe } from '../../src/config/load.js';
-import { RecipeError } from '../../src/util/errors.js';
+import { RecipeError, UserError } from '../../src/util/errors.js';
+import { build } from '../../src/build/index.js';
 import { ARTIFACT_RE, artifactNames, artifactVersion, espKernelPaths, sysupdateSourceUrl } from '../../src/config/update.js';
 import { openSigner, publishUpdate, SIGNING_KEY_ENV, SIGNING_PASSPHRASE_ENV, verifySignature, verityTreeBytes, type UpdateSigner } from '../../src/build/update.js';
 import { verityPartUuids } from '../../src/build/appliance.js';
@@ -215,6 +216,29 @@ describe('out/update/: artifacts, SHA256SUMS, signature', () => {
     expect(e?.message).not.toContain('secret-looking');
     expect(readdirSync('/tmp').filter((d) => d.startsWith('aios-gpg-')).length).toBe(before);
     await expect(openSigner({ keyFile: join(work, 'missing.key') })).rejects.toThrow(/no such file/);
+  });
+});
+
+describe('build() and the signing key', () => {
+  it('refuses a signing key for a build without appliance update artifacts, and a missing key file, before any stage runs (exit 2)', async () => {
+    const dir = tmp('aios-build-signing-');
+    const opts = { cacheDir: join(dir, 'cache'), outDir: join(dir, 'out'), renderer: 'silent' as const };
+    const plain = await build({ ...opts, recipe: 'default', signingKey: join(dir, 'k.asc') }).then(
+      () => undefined,
+      (e: UserError) => e,
+    );
+    expect(plain).toBeInstanceOf(UserError);
+    expect(plain!.exitCode).toBe(2);
+    expect(plain!.message).toMatch(/--signing-key signs the update artifacts of image.layout = "appliance"/);
+    const missing = await build({ ...opts, recipe: 'default', sets: ['image.layout=appliance'], signingKey: join(dir, 'k.asc') }).then(
+      () => undefined,
+      (e: UserError) => e,
+    );
+    expect(missing!.exitCode).toBe(2);
+    expect(missing!.message).toMatch(/k\.asc: no such file/);
+    // Nothing was built: no stage output, no image.
+    expect(existsSync(join(dir, 'cache', 'stages'))).toBe(false);
+    expect(existsSync(join(dir, 'out'))).toBe(false);
   });
 });
 
