@@ -2,20 +2,24 @@
  * llama.cpp: pinned source (npm bundle / git / dir / tarball), CMake flags from the recipe, a build
  * with ccache on the build host, and the instruction set the binaries need.
  *
- * The binaries are built with the host toolchain and must run in the target root: the overlay
- * stage runs `llama-server --version` inside it (chroot) and fails the build if they do not. A host
- * whose glibc is not newer than the target's (Debian 12 host → trixie image) is a matching toolchain.
+ * The binaries are built with the host toolchain (llama.toolchain = "host") or inside a tools tree
+ * of the image's own suite (llama.toolchain = "tools-tree", src/build/tools-tree.ts), and must run
+ * in the target root: the overlay stage runs `llama-server --version` inside it (chroot) and fails
+ * the build if they do not. A host whose glibc is not newer than the target's (Debian 12 host →
+ * trixie image) is a matching host toolchain; the tools tree matches whatever the host is.
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile, copyFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile, copyFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import * as tar from 'tar';
-import type { Recipe } from '../config/schema.js';
+import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { run, which } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { hashTree, sha256File } from '../util/hash.js';
+import type { StageCache } from './cache.js';
+import { INSIDE, TOOLS_TREE_HOST_TOOLS, toolsTreeProblems, toolsTreeRunArgv, type Bind } from './tools-tree.js';
 
 export type LlamaRecipe = Recipe['llama'];
 
@@ -93,12 +97,23 @@ export function cmakeArgs(l: LlamaRecipe, src: string, build: string): string[] 
   return args;
 }
 
-export async function llamaHostProblems(l: LlamaRecipe): Promise<string[]> {
+/**
+ * What stops this host from building llama.cpp for the recipe. Host toolchain: cmake, ninja, gcc,
+ * g++, git (npm for the npm source; nvcc for CUDA). Tools tree: no host compilers, but mmdebstrap
+ * and bubblewrap, git (and npm) for fetching the source, and, with `where` (the recipe's base and
+ * the stage cache), a Debian base and the space for the tree when it is not cached yet.
+ */
+export async function llamaHostProblems(l: LlamaRecipe, where?: { base: ResolvedRecipe['base']; cache: StageCache }): Promise<string[]> {
   const out: string[] = [];
-  const tools: Record<string, string> = { cmake: 'cmake', ninja: 'ninja-build', 'g++': 'g++', gcc: 'gcc', git: 'git' };
+  const tree = l.toolchain === 'tools-tree';
+  const tools: Record<string, string> = tree ? { git: 'git' } : { cmake: 'cmake', ninja: 'ninja-build', 'g++': 'g++', gcc: 'gcc', git: 'git' };
   if (l.source.type === 'npm') tools.npm = 'npm';
   for (const [cmd, pkg] of Object.entries(tools)) if (!(await which(cmd))) out.push(`${cmd} not found (install the Debian package ${pkg})`);
-  if (l.gpu === 'cuda' && !(await which('nvcc'))) {
+  if (tree) {
+    if (where) out.push(...(await toolsTreeProblems({ base: where.base }, { cache: where.cache })));
+    else for (const [cmd, pkg] of Object.entries(TOOLS_TREE_HOST_TOOLS)) if (!(await which(cmd))) out.push(`${cmd} not found (install the Debian package ${pkg}): llama.toolchain = "tools-tree" needs it`);
+    if (l.gpu === 'cuda') out.push('llama.gpu = "cuda" cannot be built in the tools tree yet (no CUDA toolkit in it; issue 17, docs/gpu.md): use llama.toolchain = "host" with nvcc on the build host');
+  } else if (l.gpu === 'cuda' && !(await which('nvcc'))) {
     out.push('llama.gpu = "cuda" needs nvcc (the CUDA toolkit) on the build host, and it is not on PATH: install nvidia-cuda-toolkit or set llama.gpu = "none"');
   }
   if (l.source.type === 'dir' && !existsSync(join(l.source.path, 'CMakeLists.txt'))) out.push(`llama.source.path ${l.source.path} is not a llama.cpp tree (no CMakeLists.txt)`);
@@ -171,12 +186,51 @@ export async function fetchSource(l: LlamaRecipe, dest: string, work: string, lo
   return { origin: `dir:${s.path}` };
 }
 
-/** The toolchain identity that goes into the build's cache key. */
-export async function toolchainId(l: LlamaRecipe): Promise<Record<string, string>> {
+/**
+ * The toolchain identity that goes into the build's cache key. Host: the host's gcc and cmake
+ * (nvcc for CUDA). Tools tree: the tree's own key (suite, mirror, package list, version), so the
+ * key never depends on the host's compilers.
+ */
+export async function toolchainId(l: LlamaRecipe, tree?: { key: string; suite: string }): Promise<Record<string, string>> {
+  if (l.toolchain === 'tools-tree') {
+    if (!tree) throw new Error('toolchainId: llama.toolchain = "tools-tree" needs the tools tree\'s key');
+    return { toolchain: 'tools-tree', suite: tree.suite, tree: tree.key };
+  }
   const first = async (argv: string[]) => (await run(argv, { reject: false })).stdout.split('\n')[0] ?? '';
   const id: Record<string, string> = { gcc: await first(['gcc', '--version']), cmake: await first(['cmake', '--version']) };
   if (l.gpu === 'cuda') id.nvcc = (await run(['nvcc', '--version'], { reject: false })).stdout.trim().split('\n').pop() ?? '';
   return id;
+}
+
+/** Where the build's commands run: the paths they see, and how a command line is wrapped. */
+export interface LlamaExec {
+  src: string;
+  build: string;
+  ccache: string;
+  /** The command line and environment that run `argv` with `env` added. */
+  wrap(argv: string[], env?: Record<string, string>): { argv: string[]; env: Record<string, string> };
+}
+
+/**
+ * On the host (no `tree`): the directories as they are, commands as they are. In the tools tree at
+ * `tree`: the source read-only at /aios/src, the build dir and ccache writable at /aios/build and
+ * /aios/ccache, every command run through bubblewrap (pure: unit-tested).
+ */
+export function llamaExec(dirs: { src: string; build: string; ccacheDir: string }, tree?: string): LlamaExec {
+  if (!tree) {
+    return { src: dirs.src, build: dirs.build, ccache: dirs.ccacheDir, wrap: (argv, env = {}) => ({ argv, env: { ...(process.env as Record<string, string>), ...env } }) };
+  }
+  const binds: Bind[] = [
+    { host: dirs.src, inside: INSIDE.src, ro: true },
+    { host: dirs.build, inside: INSIDE.build },
+    { host: dirs.ccacheDir, inside: INSIDE.ccache },
+  ];
+  return {
+    src: INSIDE.src,
+    build: INSIDE.build,
+    ccache: INSIDE.ccache,
+    wrap: (argv, env = {}) => ({ argv: toolsTreeRunArgv(tree, argv, { binds, env }), env: process.env as Record<string, string> }),
+  };
 }
 
 /** The RPC worker binary as the pinned llama.cpp names it (tools/rpc: target ggml-rpc-server). */
@@ -185,20 +239,27 @@ export const RPC_SERVER = 'ggml-rpc-server';
 /** Every binary the build produces: the recipe's targets, and the RPC worker when llama.rpc is on. */
 export const llamaBinaries = (l: LlamaRecipe): string[] => [...l.targets, ...(l.rpc ? [RPC_SERVER] : [])];
 
-/** Configure, build and collect the binaries (stripped) into `binDir`. */
+/**
+ * Configure, build and collect the binaries (stripped) into `binDir`; on the host, or inside the
+ * tools tree at `tree`. Returns what `llama-server --version` printed where it was built.
+ */
 export async function buildLlama(
   l: LlamaRecipe,
-  o: { src: string; build: string; binDir: string; ccacheDir: string; log?: string; progress?: (s: string) => void },
-): Promise<void> {
-  const env = { ...process.env, CCACHE_DIR: o.ccacheDir, CCACHE_BASEDIR: o.src, CCACHE_NOHASHDIR: '1' } as Record<string, string>;
+  o: { src: string; build: string; binDir: string; ccacheDir: string; tree?: string; log?: string; progress?: (s: string) => void },
+): Promise<{ version: string }> {
   await mkdir(o.ccacheDir, { recursive: true });
-  o.progress?.('cmake configure');
-  await run(['cmake', ...cmakeArgs(l, o.src, o.build)], { env, log: o.log });
+  await mkdir(o.build, { recursive: true });
+  const x = llamaExec({ src: o.src, build: o.build, ccacheDir: o.ccacheDir }, o.tree);
+  const ccacheEnv = { CCACHE_DIR: x.ccache, CCACHE_BASEDIR: x.src, CCACHE_NOHASHDIR: '1' };
+  const exec = (argv: string[], opts: { onLine?: (line: string) => void; reject?: boolean } = {}) => {
+    const w = x.wrap(argv, ccacheEnv);
+    return run(w.argv, { env: w.env, extendEnv: false, log: o.log, ...opts });
+  };
+  o.progress?.(`cmake configure${o.tree ? ' (tools tree)' : ''}`);
+  await exec(['cmake', ...cmakeArgs(l, x.src, x.build)]);
   const jobs = String(Math.max(1, cpus().length));
   let done = 0;
-  await run(['cmake', '--build', o.build, '--target', ...llamaBinaries(l), '-j', jobs], {
-    env,
-    log: o.log,
+  await exec(['cmake', '--build', x.build, '--target', ...llamaBinaries(l), '-j', jobs], {
     onLine: (line) => {
       const m = /^\[(\d+)\/(\d+)\]/.exec(line);
       if (m) {
@@ -208,11 +269,20 @@ export async function buildLlama(
     },
   });
   await mkdir(o.binDir, { recursive: true });
+  if (o.tree) await mkdir(join(o.build, 'stripped'), { recursive: true });
   for (const t of llamaBinaries(l)) {
     const bin = join(o.build, 'bin', t);
     if (!existsSync(bin)) throw new Error(`llama.cpp build finished but ${bin} is missing`);
-    await copyFile(bin, join(o.binDir, t));
-    await run(['strip', '--strip-unneeded', join(o.binDir, t)], { log: o.log });
+    if (o.tree) {
+      // The tree's own binutils strip what its compiler made; the result is copied out.
+      await exec(['strip', '--strip-unneeded', '-o', `${x.build}/stripped/${t}`, `${x.build}/bin/${t}`]);
+      await copyFile(join(o.build, 'stripped', t), join(o.binDir, t));
+      await chmod(join(o.binDir, t), 0o755);
+    } else {
+      await copyFile(bin, join(o.binDir, t));
+      await run(['strip', '--strip-unneeded', join(o.binDir, t)], { log: o.log });
+    }
   }
+  const version = await exec([`${x.build}/bin/llama-server`, '--version'], { reject: false });
+  return { version: version.all };
 }
-

@@ -56,6 +56,8 @@ export function registerBuild(p: Command): void {
     else {
       const isa = res.info.isa as { description: string };
       out(`binaries:  ${res.binDir}\nversion:   ${res.info.version.split('\n')[0]}\nneeds CPU: ${isa.description}`);
+      const tc = (res.info as { toolchain?: { toolchain?: string; suite?: string; gcc?: string; glibc?: string } }).toolchain;
+      if (tc?.toolchain === 'tools-tree') out(`toolchain: tools tree of ${tc.suite} (${tc.gcc}; ${tc.glibc}): the binaries need that suite's glibc and libstdc++`);
       out(`stage:     ${res.stage.cached ? 'cached' : 'built'} in ${res.stage.seconds.toFixed(1)} s`);
     }
   });
