@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { build, buildLlamaStage } from '../build/index.js';
 import { collect, out, recipeOptions } from './common.js';
 
-type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; rotateCredentials?: boolean; json?: boolean };
+type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; rotateCredentials?: boolean; signingKey?: string; json?: boolean };
 
 export function registerBuild(p: Command): void {
   const b = p.command('build').description('build artefacts from a recipe');
@@ -17,6 +17,7 @@ export function registerBuild(p: Command): void {
         .option('--no-cache', 'rebuild every stage')
         .option('--rebuild <stage>', 're-run this stage even if cached, e.g. overlay (repeatable; for reproducibility checks)', collect, [] as string[])
         .option('--rotate-credentials', "make the image's CA, certificates and API key anew in its pki dir (runtime.tls); clients then need the new files")
+        .option('--signing-key <file>', 'image.layout = "appliance": the OpenPGP secret key that signs out/update/SHA256SUMS (default: $AIOS_GPG_PRIVATE_KEY; passphrase: $AIOS_GPG_PASSPHRASE); its public key goes into the image')
         .option('--json', 'print the build result as JSON (no progress output)'),
     ).action(async (o: BuildCliOptions) => {
       const res = await build({
@@ -27,6 +28,7 @@ export function registerBuild(p: Command): void {
         noCache: !o.cache,
         rebuild: o.rebuild,
         rotateCredentials: o.rotateCredentials,
+        signingKey: o.signingKey,
         formats,
         renderer: o.json ? 'silent' : undefined,
       });
@@ -37,6 +39,7 @@ export function registerBuild(p: Command): void {
         out(`log:      ${res.log}`);
         out(`stages:   ${res.stages.map((s) => `${s.name} ${s.seconds.toFixed(1)}s${s.cached ? ' (cached)' : ''}`).join(', ')}; total ${res.seconds.toFixed(1)} s`);
         if (res.pki) out(`access:   ${res.pki} (client certificate and API key for this image: --tls-dir; docs/access.md)`);
+        if (res.update) out(`update:   ${res.update.dir} (version ${res.update.version}; ${res.update.fingerprint ? `SHA256SUMS signed by ${res.update.fingerprint}` : 'unsigned'}; docs/appliance.md)`);
         out(`next:     aios qemu-test ${res.image}`);
       }
     });

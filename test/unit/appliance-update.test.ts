@@ -23,7 +23,7 @@ import { verityPartUuids } from '../../src/build/appliance.js';
 import { identity, templateContext } from '../../src/build/context.js';
 import { renderTree } from '../../src/build/render.js';
 import { paths } from '../../src/util/paths.js';
-import { tmp } from '../helpers.js';
+import { cli, tmp } from '../helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -239,6 +239,10 @@ describe('build() and the signing key', () => {
     // Nothing was built: no stage output, no image.
     expect(existsSync(join(dir, 'cache', 'stages'))).toBe(false);
     expect(existsSync(join(dir, 'out'))).toBe(false);
+    // The same from the CLI's --signing-key.
+    const c = await cli(['build', 'image', '--set', 'image.layout=appliance', '--signing-key', join(dir, 'k.asc'), '--cache-dir', join(dir, 'cache'), '--out', join(dir, 'out')]);
+    expect(c.exitCode).toBe(2);
+    expect(c.stderr).toMatch(/--signing-key .*k\.asc: no such file/);
   });
 });
 
