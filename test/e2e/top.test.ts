@@ -64,7 +64,8 @@ describe('aios top in a terminal', () => {
         '[models.operational]',
         'name = "tiny.gguf"',
         'parallel = 1',
-        'ctx_size = 512',
+        // 2048 (the synthesized model's training context): room for the long generation below
+        'ctx_size = 2048',
         '',
       ].join('\n'),
     );
@@ -118,11 +119,12 @@ describe('aios top in a terminal', () => {
   });
 
   it('a request running while the panel is open shows in slots, tokens/s and TTFT', async () => {
-    // one long streamed generation from a quiet start: tokens/s rises while it runs (slot 1/1), not only when it ends
+    // one long streamed generation from a quiet start: tokens/s rises while it runs (slot 1/1), not only when it ends.
+    // 1800 tokens of the tiny model take ~0.9 s here (400 took ~0.17 s, shorter than the panel's 0.5 s refresh: a flake)
     const tps = (x: string, slots: string) => Number(new RegExp(` ${slots}/1 +\\S+ +(\\d+\\.\\d) `).exec(row(x, 'tiny'))?.[1] ?? NaN);
     await screenUntil((x) => tps(x, '0') === 0, 'tokens/s at 0.0 before the generation', 30_000);
     let ended = false;
-    const one = streamInfer(client, { prompt: 'Write a very long story about the sea.', max_tokens: 400, temperature: 1 }, () => {}).finally(() => (ended = true));
+    const one = streamInfer(client, { prompt: 'Write a very long story about the sea.', max_tokens: 1800, temperature: 1 }, () => {}).finally(() => (ended = true));
     const running = await screenUntil((x) => tps(x, '1') > 0, 'tokens/s above 0 while the generation runs (1/1)', 30_000);
     expect(row(running, 'tiny')).toMatch(/ 1\/1 /);
     await one;

@@ -20,7 +20,10 @@ describe('kernel.build recipe keys', () => {
   });
 
   it('refuses an unknown base and accepts a .config path', async () => {
-    await expect(loadRecipe('default', { sets: ['kernel.base=huge'] })).rejects.toThrow(/compact, debian, local or a path/);
+    await expect(loadRecipe('default', { sets: ['kernel.base=huge'] })).rejects.toThrow(/tiny, compact, debian, local or a path/);
+    expect((await loadRecipe('custom-kernel', { sets: ['kernel.base=tiny'] })).kernel.base).toBe('tiny');
+    // tiny has no CD-ROM, ISO 9660 or squashfs drivers: a live ISO with it is refused before building.
+    await expect(loadRecipe('custom-kernel', { sets: ['kernel.base=tiny', 'image.formats=["disk","iso"]'] })).rejects.toThrow(/image\.formats[\s\S]*kernel\.base = "tiny" has no CD-ROM/);
     expect(baseKind('tiny')).toBe('tiny');
     expect(baseKind('compact')).toBe('compact');
     expect((await loadRecipe('default', { sets: ['kernel.base=/tmp/my.config'] })).kernel.base).toBe('/tmp/my.config');
