@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: tokens/s and first-token latency through aios-runtime (OpenAI HTTP API and gRPC
- * StreamInfer) against the same llama-server child called directly, same model, same run. The
+ * StreamInfer) against the same llama-server child called directly, and against a bare Node relay
+ * in front of it (bare-relay.ts: the floor under any relay in Node), same model, same run. The
  * paths are interleaved (the order rotates every repetition) so drift and load changes hit them
  * alike; each request streams a fixed number of tokens (ignore_eos). The daemon runs as its own
  * process, as in the image, so its CPU time per relayed token can be read from /proc. Writes its
@@ -145,14 +146,23 @@ async function main(): Promise<void> {
     throw new Error(`the daemon (${DAEMON}) did not become ready: ${daemonLog}`);
   }
   const child = (await unary(client, 'ListModels', {})).models[0]!;
+  // The floor: a bare Node relay (bare-relay.ts) in front of the same child, its own process.
+  const barePort = await freePort();
+  const bare = spawn(process.execPath, [join(dirname(new URL(import.meta.url).pathname), 'bare-relay.js'), String(barePort), child.socket || String(child.port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    bare.stdout!.once('data', () => resolve());
+    bare.once('exit', (c) => reject(new Error(`bare-relay exited (${c})`)));
+  });
   const paths: { name: string; run: () => Promise<Run> }[] = [
     { name: 'direct', run: () => openaiStream(child.socket ? `unix:${child.socket}` : `http://127.0.0.1:${child.port}`) },
     { name: 'http', run: () => openaiStream(`http://127.0.0.1:${httpPort}`) },
     { name: 'grpc', run: () => grpcStream(client) },
+    { name: 'bare', run: () => openaiStream(`http://127.0.0.1:${barePort}`) },
   ];
   const results: Record<string, Run[]> = Object.fromEntries(paths.map((p) => [p.name, []]));
-  /** The daemon's CPU time while each path's requests ran, and the tokens they relayed. */
+  /** The relaying process's CPU time while each path's requests ran (the daemon's; the bare relay's for 'bare'), and the tokens they relayed. */
   const cpu: Record<string, { ms: number; tokens: number }> = Object.fromEntries(paths.map((p) => [p.name, { ms: 0, tokens: 0 }]));
+  const relayPid = (name: string) => (name === 'bare' ? bare.pid! : proc.pid!);
   const t0 = Date.now();
   const retries: string[] = [];
   try {
@@ -161,7 +171,7 @@ async function main(): Promise<void> {
     for (let r = 0; r < REPS; r++) {
       for (let k = 0; k < paths.length; k++) {
         const p = paths[(r + k) % paths.length]!;
-        const c0 = cpuMs(proc.pid!);
+        const c0 = cpuMs(relayPid(p.name));
         // A connection error before any answer (a keep-alive socket the server closed while idle)
         // is retried once and counted in the report, never hidden.
         const x = await p.run().catch((e: Error) => {
@@ -169,7 +179,7 @@ async function main(): Promise<void> {
           retries.push(`${p.name}: ${e.message}`);
           return p.run();
         });
-        cpu[p.name]!.ms += cpuMs(proc.pid!) - c0;
+        cpu[p.name]!.ms += cpuMs(relayPid(p.name)) - c0;
         cpu[p.name]!.tokens += x.tokens;
         results[p.name]!.push(x);
       }
@@ -177,6 +187,7 @@ async function main(): Promise<void> {
     }
   } finally {
     client.close();
+    bare.kill('SIGTERM');
     proc.kill('SIGTERM');
     await new Promise((r) => proc.once('exit', r));
   }
@@ -192,6 +203,9 @@ async function main(): Promise<void> {
   };
   const http = paired('http');
   const grpcP = paired('grpc');
+  const bareP = paired('bare');
+  const bareRatio = median(results.bare!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
+  const bareTtft = median(results.bare!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs));
   const tpsRatio = median(results.http!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
   const addedTtft = median(results.http!.map((x) => x.ttftMs)) - median(results.direct!.map((x) => x.ttftMs));
   const grpcRatio = median(results.grpc!.map((x) => x.tps)) / median(results.direct!.map((x) => x.tps));
@@ -216,8 +230,10 @@ async function main(): Promise<void> {
 ## aios-runtime overhead: OpenAI HTTP API and gRPC vs llama-server called directly
 
 Produced by \`npm run bench\` (\`src/bench/runtime.ts\`), which replaces this section. The same
-llama-server child (the one aios-runtime started for the model) is called three ways in one run: **direct** (its own OpenAI endpoint), **http** (aios-runtime's \`/v1/chat/completions\`:
-router, queue, slot, relay of the stream) and **grpc** (\`StreamInfer\`). Each repetition runs one
+llama-server child (the one aios-runtime started for the model) is called four ways in one run: **direct** (its own OpenAI endpoint), **http** (aios-runtime's \`/v1/chat/completions\`:
+router, queue, slot, relay of the stream), **grpc** (\`StreamInfer\`) and, as the floor under any
+relay written in Node.js, **bare** (\`src/bench/bare-relay.ts\`, its own process: the request passed
+on and every chunk of the answer written back as it arrives, nothing else). Each repetition runs one
 request per path, in an order that rotates every repetition, so drift and the other load on the
 machine hit the paths alike. Every request streams ${TOKENS} tokens (\`ignore_eos\`, temperature 0;
 gRPC has no \`ignore_eos\`, see its token count) after the same prompt (${PROMPT.length} characters,
@@ -238,6 +254,7 @@ ${NOTE ? `- note: ${NOTE}\n` : ''}
 ${row('direct', 'direct (llama-server)')}
 ${row('http', 'aios-runtime HTTP')}
 ${row('grpc', 'aios-runtime gRPC')}
+${row('bare', 'bare Node relay (floor)')}
 
 Runtime against direct:
 
@@ -245,11 +262,14 @@ Runtime against direct:
 | --- | --- | --- | --- | --- | --- |
 | HTTP | ${f(tpsRatio, 3)} | ${f(median(http.ratio), 3)} (${f(Math.min(...http.ratio), 3)}–${f(Math.max(...http.ratio), 3)}) | ${f(addedTtft, 1)} ms | ${f(median(http.addedTtft))} (${f(Math.min(...http.addedTtft))} – ${f(Math.max(...http.addedTtft))}) | ${f(perK('http'), 0)} ms |
 | gRPC | ${f(grpcRatio, 3)} | ${f(median(grpcP.ratio), 3)} (${f(Math.min(...grpcP.ratio), 3)}–${f(Math.max(...grpcP.ratio), 3)}) | ${f(grpcTtft, 1)} ms | ${f(median(grpcP.addedTtft))} (${f(Math.min(...grpcP.addedTtft))} – ${f(Math.max(...grpcP.addedTtft))}) | ${f(perK('grpc'), 0)} ms |
+| bare Node relay (floor) | ${f(bareRatio, 3)} | ${f(median(bareP.ratio), 3)} (${f(Math.min(...bareP.ratio), 3)}–${f(Math.max(...bareP.ratio), 3)}) | ${f(bareTtft, 1)} ms | ${f(median(bareP.addedTtft))} (${f(Math.min(...bareP.addedTtft))} – ${f(Math.max(...bareP.addedTtft))}) | ${f(perK('bare'), 0)} ms (its own process) |
 
 (The daemon's CPU while a direct request ran, its idle cost: ${f(perK('direct'), 0)} ms per 1,000 tokens.)
 
 Goal: HTTP and gRPC each ≥ 0.98 of direct tokens/s and ≤ 5 ms added first-token latency: **${pass ? 'met' : 'not met'}** in this run
-(HTTP ${f(tpsRatio, 3)}, ${f(addedTtft, 1)} ms; gRPC ${f(grpcRatio, 3)}, ${f(grpcTtft, 1)} ms).
+(HTTP ${f(tpsRatio, 3)}, ${f(addedTtft, 1)} ms; gRPC ${f(grpcRatio, 3)}, ${f(grpcTtft, 1)} ms). The bare relay, which does nothing
+but pass bytes, ${bareRatio >= 0.98 && bareTtft <= 5 ? 'meets it' : 'misses it too'} (${f(bareRatio, 3)}, ${f(bareTtft, 1)} ms) at ${f(perK('bare'), 0)} ms of CPU per 1,000 tokens; the daemon
+spends ${perK('bare') ? f(perK('http') / perK('bare'), 2) : '–'}× that on HTTP and ${perK('bare') ? f(perK('grpc') / perK('bare'), 2) : '–'}× on gRPC.
 ${END}
 `;
   mkdirSync(dirname(OUT), { recursive: true });
