@@ -8,6 +8,7 @@ import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
 import { baseWantsBtf } from '../kernel/build.js';
 import type { Purpose } from './types.js';
+import { TOOLS_TREE_HOST_TOOLS } from '../build/tools-tree.js';
 
 export interface Tool {
   /** A command on PATH, or an absolute path of a file that must exist (a header). */
@@ -94,15 +95,11 @@ export const TOOL_GROUPS: ToolGroup[] = [
     forBuild: (r) => r.llama.enabled,
     tools(r) {
       const l = r.llama;
-      return [
-        t('cmake', 'cmake'),
-        t('ninja', 'ninja-build'),
-        t('g++', 'g++'),
-        t('gcc', 'gcc'),
-        t('git', 'git'),
-        ...(l.source.type === 'npm' ? [t('npm', 'npm')] : []),
-        ...(l.gpu === 'cuda' ? [t('nvcc', 'nvidia-cuda-toolkit')] : []),
-      ];
+      const fetch = [t('git', 'git'), ...(l.source.type === 'npm' ? [t('npm', 'npm')] : [])];
+      // llama.toolchain = "tools-tree": the compilers are in the tree (src/build/tools-tree.ts), the host
+      // needs only what makes and enters it, as llamaHostProblems() says.
+      if (l.toolchain === 'tools-tree') return [...fetch, ...Object.entries(TOOLS_TREE_HOST_TOOLS).map(([cmd, pkg]) => t(cmd, pkg))];
+      return [t('cmake', 'cmake'), t('ninja', 'ninja-build'), t('g++', 'g++'), t('gcc', 'gcc'), ...fetch, ...(l.gpu === 'cuda' ? [t('nvcc', 'nvidia-cuda-toolkit')] : [])];
     },
   },
   {

@@ -103,6 +103,18 @@ describe('tools', () => {
     expect((await find({}, 'qemu')).detail).toMatch(/^qemu-system-x86_64 \d+\.\d+/);
   });
 
+  it('llama.toolchain = "tools-tree": the host needs no compilers for llama.cpp, but mmdebstrap and bubblewrap', async () => {
+    const probe = { path: nodeOnlyPath() };
+    const host = await find({ probe }, 'tools.llama');
+    expect(host.fix).toMatch(/\bg\+\+/);
+    const tree = await find({ probe, sets: ['llama.toolchain=tools-tree'] }, 'tools.llama');
+    expect(tree).toMatchObject({ status: 'problem', blocks: ['build'] });
+    expect(tree.fix).toMatch(/\bmmdebstrap\b/);
+    expect(tree.fix).toMatch(/\bbubblewrap\b/);
+    expect(tree.fix).not.toMatch(/\b(g\+\+|cmake|ninja-build)\b/);
+    expect((await find({ sets: ['llama.toolchain=tools-tree'] }, 'tools.llama')).status).toBe('ok');
+  });
+
   it('on an Arch host the fix is pacman with Arch\'s package names', async () => {
     const iso = await find({ probe: { path: nodeOnlyPath(), osIds: () => ['arch'] } }, 'tools.iso');
     expect(iso.fix).toMatch(/pacman -S --needed squashfs-tools libisoburn dosfstools mtools$/);
