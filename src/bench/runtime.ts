@@ -152,6 +152,10 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     bare.stdout!.once('data', () => resolve());
     bare.once('exit', (c) => reject(new Error(`bare-relay exited (${c})`)));
+  }).catch((e: Error) => {
+    client.close();
+    proc.kill('SIGTERM'); // no daemon left behind when the relay cannot start
+    throw e;
   });
   const paths: { name: string; run: () => Promise<Run> }[] = [
     { name: 'direct', run: () => openaiStream(child.socket ? `unix:${child.socket}` : `http://127.0.0.1:${child.port}`) },
