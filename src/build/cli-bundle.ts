@@ -10,7 +10,7 @@ import { PKG_ROOT } from '../util/paths.js';
 import { imageBundleOptions } from './runtime-bundle.js';
 
 /** Source trees the bundle is made from (the overlay stage's cache key hashes them). */
-export const CLI_SOURCES = ['src/cli', 'src/top', 'src/util', 'src/doctor', 'src/kernel'];
+export const CLI_SOURCES = ['src/cli', 'src/top', 'src/util', 'src/doctor', 'src/kernel', 'src/update'];
 
 /** Bundles the CLI into `outDir` (which must hold proto/, as bundleRuntime() leaves it); returns the entry file. */
 export async function bundleCli(outDir: string): Promise<string> {

@@ -2,7 +2,8 @@
  * The `aios` command the image ships (`/usr/bin/aios`, bundled by src/build/cli-bundle.ts like the
  * runtime): only the verbs that make sense on a running aios machine — `ps`, `top`, `doctor` (this
  * machine's checks, src/doctor/machine.ts), `runtime …`
- * (status, load, unload, infer, pull, keys; the daemon is its own bundle) and `bench` (the image's own entry point,
+ * (status, load, unload, infer, pull, keys; the daemon is its own bundle), `update` (appliance images:
+ * src/update/) and `bench` (the image's own entry point,
  * /usr/libexec/aios/bench). Build-host verbs (build, flash, qemu, kernel, models) are not in it. It imports nothing from the build side.
  */
 import { Command } from 'commander';
@@ -15,6 +16,7 @@ import { machineChecks, machineProbe, type MachineProbe } from '../doctor/machin
 import { UserError } from '../util/errors.js';
 import { registerRuntime } from './runtime.js';
 import { registerTop } from './top.js';
+import { registerUpdate } from './update.js';
 
 export const IMAGE_BENCH = '/usr/libexec/aios/bench';
 
@@ -42,6 +44,7 @@ export function machineProgram(bench = IMAGE_BENCH): Command {
   const serve = rt?.commands.findIndex((c) => c.name() === 'serve') ?? -1;
   if (rt && serve >= 0) (rt.commands as Command[]).splice(serve, 1);
   registerTop(p);
+  registerUpdate(p);
   p.command('doctor')
     .description('check this machine: aios-runtime up and answering, kernel wishes live, governor, THP, zram, clock, space, failed units, memory budget, model crashes (exit 0: no problem)')
     .option('-a, --address <addr>', 'runtime address', 'unix:/run/aios/runtime.sock')

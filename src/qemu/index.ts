@@ -92,6 +92,11 @@ export interface QemuOptions {
    * mass storage on an xHCI controller). Default: cdrom for an ISO 9660 file, else disk.
    */
   media?: Media;
+  /**
+   * More disks after the image, attached read-only as virtio disks in this order (in the guest
+   * /dev/vdb, /dev/vdc …): e.g. an ext4 image holding update artifacts (the appliance update test).
+   */
+  extraDisks?: string[];
 }
 
 export type Media = 'disk' | 'cdrom' | 'usb';
@@ -139,6 +144,10 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
     '-drive', `if=pflash,format=raw,unit=0,file=${ovmf.code},readonly=on`,
     '-drive', `if=pflash,format=raw,unit=1,file=${varsFile}`,
     ...mediaArgs(image, o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk'), o.snapshot !== false),
+    ...(o.extraDisks ?? []).flatMap((d) => {
+      if (d.includes(',')) throw new Error(`bad extra disk path (a comma): ${d}`);
+      return ['-drive', `if=virtio,format=raw,readonly=on,file=${resolve(d)}`];
+    }),
     '-netdev', `user,id=n0${fwd}`,
     '-device', 'virtio-net-pci,netdev=n0',
     '-device', 'virtio-rng-pci',

@@ -9,10 +9,10 @@ import { tmp } from '../helpers.js';
 const names = (c: Command, prefix = ''): string[] => c.commands.flatMap((s) => [`${prefix}${s.name()}`, ...names(s, `${prefix}${s.name()} `)]);
 
 describe("the image's aios command", () => {
-  it('has ps, top, doctor, runtime … and bench, and none of the build-host verbs', () => {
+  it('has ps, top, doctor, runtime …, update and bench, and none of the build-host verbs', () => {
     const p = machineProgram();
     const n = names(p);
-    expect(n).toEqual(expect.arrayContaining(['ps', 'top', 'doctor', 'bench', 'runtime status', 'runtime load', 'runtime unload', 'runtime infer', 'runtime keys list']));
+    expect(n).toEqual(expect.arrayContaining(['ps', 'top', 'doctor', 'bench', 'runtime status', 'runtime load', 'runtime unload', 'runtime infer', 'runtime keys list', 'update status', 'update check', 'update apply']));
     for (const hostOnly of ['build', 'flash', 'qemu', 'qemu-test', 'kernel', 'models', 'summary']) expect(n).not.toContain(hostOnly);
     // Its doctor is the machine's (no recipe options), with the output forms scripts and the boot check read.
     const doctor = p.commands.find((c) => c.name() === 'doctor')!;

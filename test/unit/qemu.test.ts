@@ -88,6 +88,12 @@ AIOS-CHECK-END\r
     expect(withPort).toContain('-device virtio-serial-pci,id=vser0 -chardev file,id=aiosdata,path=/d/port.log -device virtserialport,bus=vser0.0,chardev=aiosdata,name=org.aios.bench');
     await expect(qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', dataPort: { name: 'x', file: '/a,b' } }, '/vars.fd')).rejects.toThrow(/bad data port/);
   });
+
+  it('attaches extra disks read-only after the image, in order (the guest sees /dev/vdb, /dev/vdc)', async () => {
+    const s = (await qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', snapshot: false, extraDisks: ['/u/update.ext4', '/u/two.img'] }, '/vars.fd')).argv.join(' ');
+    expect(s).toContain('-drive if=virtio,format=raw,file=/img.raw -drive if=virtio,format=raw,readonly=on,file=/u/update.ext4 -drive if=virtio,format=raw,readonly=on,file=/u/two.img');
+    await expect(qemuArgs('/img.raw', { accel: 'tcg', serial: '/s.log', extraDisks: ['/a,b'] }, '/vars.fd')).rejects.toThrow(/bad extra disk/);
+  });
 });
 
 describe('qemu-test access warnings', () => {

@@ -1,0 +1,169 @@
+/**
+ * End to end, issue 18's updates in a running guest (docs/appliance.md): an appliance image updated
+ * by its own `aios update apply` (systemd-sysupdate with the image's transfers), rebooted into the
+ * new slot, blessed once aios-runtime is ready, and rolled back by systemd-boot's boot counting when a
+ * version's runtime never becomes ready.
+ *
+ * Three builds of one recipe into one output directory, signed with a throw-away key, so that
+ * out/update/ holds versions 1, 2 and 3 and one signed SHA256SUMS for all:
+ *   v1, v2: the default recipe with image.layout = "appliance";
+ *   v3: the same with its operational model renamed (aios-tiny-v3). An update brings the root, not
+ *       /var, and the models live on /var (seeded on the first boot only), so v3's runtime looks for a
+ *       model this machine does not have and never becomes ready: the kind of broken release that
+ *       boot counting is for.
+ * The artifacts reach the guest as a second, read-only virtual disk (an ext4 image of out/update/),
+ * mounted where update.source points (systemd.mount-extra= on the test's kernel command line). Boots
+ * (one QEMU run each, on the same disk file, no snapshot; QEMU runs with -no-reboot, so a reboot in
+ * the guest ends the run and the test starts the next):
+ *   1. v1: verity root, /var made by repart, runtime answers; an API key made on the machine (state on
+ *      /var); `aios update apply 2` → slot B written, entry aios_2+3-0.conf.
+ *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the key still there;
+ *      `aios update apply 3` → v3 replaces v1 (InstancesMax=2; the booted v2 is protected).
+ *   3–5. v3: the runtime fails, aios-ready reboots; systemd-boot counts aios_3+3-0 → +2-1 → +1-2 → +0-3.
+ *   6. v2 again, by itself; `aios update status` says v3 was tried 3 times and left.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { build } from '../../src/build/index.js';
+import { qemuTest, type BootCheck } from '../../src/qemu/index.js';
+import type { UpdateStatus } from '../../src/update/status.js';
+import { REPO, tmp } from '../helpers.js';
+
+const dir = tmp('aios-e2e-appliance-update-');
+const out = join(dir, 'out');
+const disk = join(dir, 'machine.raw');
+const updateDisk = join(dir, 'update.ext4');
+const pki = join(out, 'aios-appliance.pki');
+const gnupg = join(dir, 'gnupg');
+const keyFile = join(dir, 'signing-key.asc');
+const rootHash: Record<string, string> = {};
+const MOUNT = 'systemd.mount-extra=/dev/vdb:/var/lib/aios/update:ext4:ro';
+
+function statusOf(b: BootCheck): UpdateStatus {
+  const log = readFileSync(b.serialLog, 'utf8').replace(/\r/g, '');
+  const line = /AIOS-CHECK update_status=(\{.*\})\s*$/m.exec(log)?.[1];
+  expect(line, log.slice(-3000)).toBeTruthy();
+  return JSON.parse(line!) as UpdateStatus;
+}
+const applied = (b: BootCheck) => /AIOS-CHECK update_apply=(\S+) rc=(\d+)/.exec(readFileSync(b.serialLog, 'utf8'));
+const boot = (n: string, extra = '', during?: (a: string, t: string | undefined) => Promise<unknown>) =>
+  qemuTest(disk, { snapshot: false, extraDisks: [updateDisk], timeout: 900, serialLog: join(dir, `boot-${n}.serial.log`), tlsDir: pki, checkCmdline: `${MOUNT}${extra ? ` ${extra}` : ''}`, ...(during ? { during } : {}) });
+
+async function keys(address: string, tlsDir: string | undefined, create?: string): Promise<string[]> {
+  const { connect, unary } = await import('../../src/runtime/client.js');
+  const c = connect(address, { tlsDir });
+  try {
+    if (create) await unary(c, 'CreateKey', { scope: 'infer', name: create });
+    return (await unary(c, 'ListKeys', {})).keys.filter((k) => k.source === 'machine').map((k) => k.name);
+  } finally {
+    c.close();
+  }
+}
+
+describe('appliance updates in a running guest (aios update, systemd-sysupdate, boot counting)', () => {
+  beforeAll(async () => {
+    mkdirSync(gnupg, { mode: 0o700 });
+    const gpg = (args: string[]) => execa('gpg', ['--homedir', gnupg, '--batch', '--quiet', '--pinentry-mode', 'loopback', '--passphrase', '', ...args]);
+    await gpg(['--quick-gen-key', 'aios e2e <e2e@aios.invalid>', 'ed25519', 'sign', 'never']);
+    writeFileSync(keyFile, (await gpg(['--armor', '--export-secret-keys'])).stdout, { mode: 0o600 });
+    await execa('gpgconf', ['--homedir', gnupg, '--kill', 'gpg-agent'], { reject: false });
+  });
+  afterAll(async () => {
+    await execa('rm', ['-rf', dir]);
+  });
+
+  it('builds versions 1, 2 and 3 into one out/update/ with one signed SHA256SUMS; the update disk', { timeout: 40 * 60_000 }, async () => {
+    const v3 = join(dir, 'v3.toml');
+    // The default recipe with the operational model renamed: a model the machine's /var does not have.
+    writeFileSync(v3, readFileSync(join(REPO, 'images/default.toml'), 'utf8').replace(/^name = "aios-tiny"$/m, 'name = "aios-tiny-v3"'));
+    expect(readFileSync(v3, 'utf8')).toContain('name = "aios-tiny-v3"');
+    for (const [v, recipe] of [['1', 'default'], ['2', 'default'], ['3', v3]] as const) {
+      const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`] });
+      rootHash[v] = /roothash=([0-9a-f]{64})/.exec(readFileSync(join(out, 'update', `aios_${v}.conf`), 'utf8'))?.[1] ?? '';
+      expect(rootHash[v]).toMatch(/^[0-9a-f]{64}$/);
+      // The machine is version 1's disk (the image file of each build replaces the last).
+      if (v === '1') {
+        await execa('cp', ['--sparse=always', res.image, disk]);
+        copyFileSync(res.manifest, disk.replace(/\.raw$/, '.manifest.json'));
+      }
+    }
+    expect(new Set(Object.values(rootHash)).size).toBe(3);
+    const files = readdirSync(join(out, 'update'));
+    for (const v of ['1', '2', '3']) expect(files.filter((f) => f.startsWith(`aios_${v}`))).toHaveLength(5);
+    const sums = await execa('sha256sum', ['-c', '--strict', 'SHA256SUMS'], { cwd: join(out, 'update'), reject: false });
+    expect(sums.exitCode, sums.stdout + sums.stderr).toBe(0);
+    expect(files).toContain('SHA256SUMS.gpg');
+    await execa('truncate', ['-s', '2G', updateDisk]);
+    await execa('mkfs.ext4', ['-q', '-F', '-L', 'aios-update', '-d', join(out, 'update'), updateDisk]);
+  });
+
+  it('boot 1 (v1): verity root, /var from repart, the runtime answers; aios update apply 2 writes slot B and a counted entry', { timeout: 20 * 60_000 }, async () => {
+    const b = await boot('1-v1', 'aios.check.update=2', (a, t) => keys(a, t, 'made-on-v1'));
+    const log = readFileSync(b.serialLog, 'utf8');
+    expect(b.reason, log.slice(-3000)).toBeUndefined();
+    expect(b.guest.cmdline).toContain(`roothash=${rootHash['1']}`);
+    expect(b.guest.root).toMatch(/^erofs ro\b/);
+    expect(/AIOS-CHECK verity=(.*)/.exec(log)?.[1]).toMatch(/status=verified;/);
+    expect(/AIOS-CHECK var=(.*)/.exec(log)?.[1]).toMatch(/^\/dev\/vda6 ext4 rw\b.* label=aios-var /);
+    expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
+    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    // systemd-sysupdate checked the signed SHA256SUMS and wrote version 2, the entry last.
+    expect(log).toMatch(/Signature verification succeeded/);
+    expect(applied(b)?.slice(1)).toEqual(['2', '0']);
+    const s = statusOf(b);
+    expect(s.booted).toMatchObject({ version: '1', blessed: true });
+    expect(s.verify).toBe(true);
+    expect(s.versions.map((v) => [v.version, v.slot, v.entry?.file])).toEqual([
+      ['2', true, 'aios_2+3-0.conf'],
+      ['1', true, 'aios_1.conf'],
+    ]);
+    expect(s.emptySlots).toBe(0);
+  });
+
+  it('boot 2 (v2): booted from slot B on trial and blessed once the runtime was ready; v1 kept; the key made on v1 is there; aios update apply 3', { timeout: 20 * 60_000 }, async () => {
+    const b = await boot('2-v2', 'aios.check.update=3', (a, t) => keys(a, t));
+    const log = readFileSync(b.serialLog, 'utf8');
+    expect(b.reason, log.slice(-3000)).toBeUndefined();
+    expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);
+    expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
+    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    // aios-ready said so, and systemd-bless-boot renamed aios_2+2-1.conf to aios_2.conf (below).
+    expect(log).toMatch(/AIOS-CHECK-READY aios-runtime is ready: this boot may be marked good/);
+    expect(applied(b)?.slice(1)).toEqual(['3', '0']);
+    const s = statusOf(b);
+    expect(s.booted).toMatchObject({ version: '2', blessed: true });
+    // v3 took v1's slot (two versions kept; the booted one is never touched).
+    expect(s.versions.map((v) => [v.version, v.slot, v.entry?.file])).toEqual([
+      ['3', true, 'aios_3+3-0.conf'],
+      ['2', true, 'aios_2.conf'],
+    ]);
+  });
+
+  it('boots 3–5 (v3): its runtime never becomes ready, aios-ready reboots, each try counted; boot 6 is v2 again by itself', { timeout: 45 * 60_000 }, async () => {
+    for (const n of [1, 2, 3]) {
+      const b = await boot(`3-v3-try${n}`);
+      const log = readFileSync(b.serialLog, 'utf8');
+      expect(log, `try ${n}`).toContain(`roothash=${rootHash['3']}`);
+      expect(log).toMatch(/aios-runtime is not ready \(\w+(-\w+)?\): this boot is not marked good/);
+      expect(log).toMatch(/this boot is on trial \(boot counting\): rebooting/);
+      // QEMU runs with -no-reboot: the guest's reboot ended the run before the boot check reported.
+      expect(b.ok).toBe(false);
+      expect(b.reason).toMatch(/QEMU exited/);
+    }
+    const b = await boot('6-back-to-v2', '', (a, t) => keys(a, t));
+    const log = readFileSync(b.serialLog, 'utf8');
+    expect(b.reason, log.slice(-3000)).toBeUndefined();
+    expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);
+    expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
+    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    const s = statusOf(b);
+    expect(s.booted).toMatchObject({ version: '2', blessed: true });
+    expect(s.versions.map((v) => [v.version, v.entry?.file, v.entry?.state])).toEqual([
+      ['3', 'aios_3+0-3.conf', 'bad'],
+      ['2', 'aios_2.conf', 'good'],
+    ]);
+    expect(s.events).toContain('version 3 was tried 3 time(s) and never became ready (its boot was not marked good): systemd-boot went back to 2');
+  });
+});
