@@ -20,7 +20,7 @@ export function registerUpdate(p: Command): void {
     .action(async (o: { json?: boolean }) => {
       const c = await updateCheck();
       if (o.json) process.stdout.write(`${JSON.stringify(c)}\n`);
-      else process.stdout.write(c.available ? `version ${c.available} is available: aios update apply installs it into the free slot\n` : `no newer version (${c.detail})\n`);
+      else process.stdout.write(c.available ? `${c.detail}: aios update apply installs it into the free slot\n` : `no newer version: ${c.detail}\n`);
       process.exitCode = c.available ? 0 : 1;
     });
   u.command('apply')

@@ -246,6 +246,10 @@ const modelCommon = {
     })
     .describe('LoRA adapters, each {name, description = "", scale = 1.0, source = "synth" (rank = 8, seed = 1, zero_b = false: random weights for tests), "file" (path: a LoRA GGUF on the build host) or "url" (url, sha256, size: downloaded and checked like a model)}; a model with source = "catalog" also gets its catalog entry\'s adapters ([[model.adapters]] in models/catalog.toml; one listed here under the same name replaces it); installed as <name>.lora-<adapter>.gguf, checked against the model at build (a misfit fails it, with the reason), listed as [[models.<layer>.adapters]] in /etc/aios/config.toml and loaded unapplied by aios-runtime'),
   level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves: operational (loaded at start; the runtime is ready once it answers its probe) or tactical (loaded when a request asks for it)'),
+  store: z
+    .enum(['var', 'image'])
+    .default('var')
+    .describe('Where the file lives: "var" = /var/lib/aios/models (writable; with image.layout = "appliance" seeded on the first boot and kept across updates, which never replace it) or "image" = /usr/lib/aios/models in the root (read-only; on an appliance verified by dm-verity and replaced by each update), linked from /var/lib/aios/models by systemd-tmpfiles at every boot, so the runtime finds both in one place'),
 };
 export const ModelSpecSchema = z.discriminatedUnion('source', [
   z.strictObject({

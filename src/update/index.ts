@@ -122,9 +122,10 @@ export async function updateCheck(p: MachinePaths = MACHINE): Promise<{ availabl
   requireAppliance(p);
   const r = await execa(p.sysupdate, ['check-new'], { reject: false, all: true, env: { SYSTEMD_LOG_LEVEL: 'info', SYSTEMD_COLORS: '0' } });
   const version = r.stdout.trim().split('\n').pop()?.trim();
-  if (r.exitCode === 0 && version) return { available: version, detail: String(r.all ?? '').trim() };
   const said = String(r.stderr ?? '').trim();
-  if (r.exitCode === 1 && !/Failed|failed|error|Error/.test(said)) return { detail: said || 'no newer version at the source' };
+  const source = transferSource(p.root).source ?? 'the source';
+  if (r.exitCode === 0 && version) return { available: version, detail: `version ${version} at ${source}${/Signature verification succeeded/.test(said) ? ', signature verified' : ''}` };
+  if (r.exitCode === 1 && !/Failed|failed|error|Error|did not check out/.test(said)) return { detail: `nothing newer than installed at ${source}` };
   throw new UserError(`systemd-sysupdate check-new failed (exit ${r.exitCode}): ${said.split('\n').slice(-4).join(' / ') || 'no output'}`, 1);
 }
 

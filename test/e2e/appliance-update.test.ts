@@ -7,28 +7,30 @@
  * Three builds of one recipe into one output directory, signed with a throw-away key, so that
  * out/update/ holds versions 1, 2 and 3 and one signed SHA256SUMS for all:
  *   v1, v2: the default recipe with image.layout = "appliance";
- *   v3: the same with its operational model renamed (aios-tiny-v3). An update brings the root, not
- *       /var, and the models live on /var (seeded on the first boot only), so v3's runtime looks for a
- *       model this machine does not have and never becomes ready: the kind of broken release that
+ *   v3: the same with a broken operational model kept in the root (store = "image": an update brings
+ *       it, linked into /var/lib/aios/models by systemd-tmpfiles at boot): v1's synthesized model with
+ *       an architecture this llama.cpp does not know ("llamb"), a valid GGUF that the build accepts and
+ *       llama-server refuses to load. v3's runtime never becomes ready: the kind of broken release that
  *       boot counting is for.
  * The artifacts reach the guest as a second, read-only virtual disk (an ext4 image of out/update/),
  * mounted where update.source points (systemd.mount-extra= on the test's kernel command line). Boots
  * (one QEMU run each, on the same disk file, no snapshot; QEMU runs with -no-reboot, so a reboot in
  * the guest ends the run and the test starts the next):
- *   1. v1: verity root, /var made by repart, runtime answers; an API key made on the machine (state on
- *      /var); `aios update apply 2` → slot B written, entry aios_2+3-0.conf.
- *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the key still there;
+ *   1. v1: verity root, /var made by repart, runtime answers; a session saved by the runtime (state
+ *      on /var); `aios update apply 2` → slot B written, entry aios_2+3-0.conf.
+ *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the session still there;
  *      `aios update apply 3` → v3 replaces v1 (InstancesMax=2; the booted v2 is protected).
  *   3–5. v3: the runtime fails, aios-ready reboots; systemd-boot counts aios_3+3-0 → +2-1 → +1-2 → +0-3.
  *   6. v2 again, by itself; `aios update status` says v3 was tried 3 times and left.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from '../../src/build/index.js';
 import { qemuTest, type BootCheck } from '../../src/qemu/index.js';
 import type { UpdateStatus } from '../../src/update/status.js';
+import { defaultCacheDir } from '../../src/util/paths.js';
 import { REPO, tmp } from '../helpers.js';
 
 const dir = tmp('aios-e2e-appliance-update-');
@@ -51,12 +53,16 @@ const applied = (b: BootCheck) => /AIOS-CHECK update_apply=(\S+) rc=(\d+)/.exec(
 const boot = (n: string, extra = '', during?: (a: string, t: string | undefined) => Promise<unknown>) =>
   qemuTest(disk, { snapshot: false, extraDisks: [updateDisk], timeout: 900, serialLog: join(dir, `boot-${n}.serial.log`), tlsDir: pki, checkCmdline: `${MOUNT}${extra ? ` ${extra}` : ''}`, ...(during ? { during } : {}) });
 
-async function keys(address: string, tlsDir: string | undefined, create?: string): Promise<string[]> {
+/**
+ * State the runtime keeps on /var: a saved session (one turn with session_id = `create`, saved under
+ * /var/lib/aios-runtime), then the ids of the sessions it lists.
+ */
+async function sessions(address: string, tlsDir: string | undefined, create?: string): Promise<string[]> {
   const { connect, unary } = await import('../../src/runtime/client.js');
   const c = connect(address, { tlsDir });
   try {
-    if (create) await unary(c, 'CreateKey', { scope: 'infer', name: create });
-    return (await unary(c, 'ListKeys', {})).keys.filter((k) => k.source === 'machine').map((k) => k.name);
+    if (create) await unary(c, 'Infer', { prompt: 'Hello.', session_id: create, intelligence_level: 'operational', max_tokens: 4, temperature: 0 }, 300_000);
+    return (await unary(c, 'ListSessions', {})).sessions.map((x) => x.id).sort();
   } finally {
     c.close();
   }
@@ -76,11 +82,36 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
 
   it('builds versions 1, 2 and 3 into one out/update/ with one signed SHA256SUMS; the update disk', { timeout: 40 * 60_000 }, async () => {
     const v3 = join(dir, 'v3.toml');
-    // The default recipe with the operational model renamed: a model the machine's /var does not have.
-    writeFileSync(v3, readFileSync(join(REPO, 'images/default.toml'), 'utf8').replace(/^name = "aios-tiny"$/m, 'name = "aios-tiny-v3"'));
-    expect(readFileSync(v3, 'utf8')).toContain('name = "aios-tiny-v3"');
+    const broken = join(dir, 'broken.gguf');
     for (const [v, recipe] of [['1', 'default'], ['2', 'default'], ['3', v3]] as const) {
       const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`] });
+      if (v === '1') {
+        // v3's operational model: v1's (the models stage's output in the cache) with general.architecture
+        // "llama" changed to "llamb", an architecture this llama.cpp does not know (as a model made for a
+        // newer llama.cpp would be): a valid GGUF the build accepts, which llama-server refuses to load.
+        const key = res.stages.find((x) => x.name === 'models')!.key;
+        const gguf = readFileSync(join(defaultCacheDir(), 'stages', 'models', key, 'models', 'aios-tiny.gguf'));
+        const arch = Buffer.concat([Buffer.from('general.architecture'), Buffer.from([8, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('llama')]);
+        const at = gguf.indexOf(arch);
+        expect(at).toBeGreaterThan(0);
+        gguf.write('llamb', at + arch.length - 5, 'latin1');
+        writeFileSync(broken, gguf);
+        const recipeText = readFileSync(join(REPO, 'images/default.toml'), 'utf8').replace(
+          /^\[\[models\]\]\n[\s\S]*?quant = "f32"\n/m,
+          `[[models]]\nname = "aios-tiny-v3"\nlevel = "operational"\nsource = "file"\npath = "${broken}"\nstore = "image"\n`,
+        );
+        expect(recipeText).toContain('store = "image"');
+        writeFileSync(v3, recipeText);
+      }
+      if (v === '3') {
+        expect(JSON.parse(readFileSync(res.manifest, 'utf8')).models.map((m: { name: string; store?: string }) => [m.name, m.store])).toEqual([['aios-tiny-v3', 'image']]);
+        // In the root the update brings (the overlay stage's tree in the cache): the file, its link in
+        // /var (for a first boot) and the tmpfiles line that makes the link on any /var.
+        const root = join(defaultCacheDir(), 'stages', 'overlay', res.stages.find((x) => x.name === 'overlay')!.key, 'root');
+        expect(readFileSync(join(root, 'usr/lib/aios/models/aios-tiny-v3.gguf')).equals(readFileSync(broken))).toBe(true);
+        expect(readlinkSync(join(root, 'var/lib/aios/models/aios-tiny-v3.gguf'))).toBe('/usr/lib/aios/models/aios-tiny-v3.gguf');
+        expect(readFileSync(join(root, 'usr/lib/tmpfiles.d/aios-models.conf'), 'utf8')).toMatch(/^L \/var\/lib\/aios\/models\/aios-tiny-v3\.gguf - - - - \/usr\/lib\/aios\/models\/aios-tiny-v3\.gguf$/m);
+      }
       rootHash[v] = /roothash=([0-9a-f]{64})/.exec(readFileSync(join(out, 'update', `aios_${v}.conf`), 'utf8'))?.[1] ?? '';
       expect(rootHash[v]).toMatch(/^[0-9a-f]{64}$/);
       // The machine is version 1's disk (the image file of each build replaces the last).
@@ -100,7 +131,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
   });
 
   it('boot 1 (v1): verity root, /var from repart, the runtime answers; aios update apply 2 writes slot B and a counted entry', { timeout: 20 * 60_000 }, async () => {
-    const b = await boot('1-v1', 'aios.check.update=2', (a, t) => keys(a, t, 'made-on-v1'));
+    const b = await boot('1-v1', 'aios.check.update=2', (a, t) => sessions(a, t, 'made-on-v1'));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['1']}`);
@@ -109,6 +140,8 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     expect(/AIOS-CHECK var=(.*)/.exec(log)?.[1]).toMatch(/^\/dev\/vda6 ext4 rw\b.* label=aios-var /);
     expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
     expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    // aios update check: the newest at the source is 3 (signed).
+    expect(/AIOS-CHECK update_check=(.*)/.exec(log)?.[1]?.trim()).toBe('rc=0 {"available":"3","detail":"version 3 at file:///var/lib/aios/update, signature verified"}');
     // systemd-sysupdate checked the signed SHA256SUMS and wrote version 2, the entry last.
     expect(log).toMatch(/Signature verification succeeded/);
     expect(applied(b)?.slice(1)).toEqual(['2', '0']);
@@ -122,8 +155,8 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     expect(s.emptySlots).toBe(0);
   });
 
-  it('boot 2 (v2): booted from slot B on trial and blessed once the runtime was ready; v1 kept; the key made on v1 is there; aios update apply 3', { timeout: 20 * 60_000 }, async () => {
-    const b = await boot('2-v2', 'aios.check.update=3', (a, t) => keys(a, t));
+  it('boot 2 (v2): booted from slot B on trial and blessed once the runtime was ready; v1 kept; the session saved on v1 is there; aios update apply 3', { timeout: 20 * 60_000 }, async () => {
+    const b = await boot('2-v2', 'aios.check.update=3', (a, t) => sessions(a, t));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);
@@ -148,11 +181,13 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
       expect(log, `try ${n}`).toContain(`roothash=${rootHash['3']}`);
       expect(log).toMatch(/aios-runtime is not ready \(\w+(-\w+)?\): this boot is not marked good/);
       expect(log).toMatch(/this boot is on trial \(boot counting\): rebooting/);
+      // Why, in the runtime's words (aios-ready quotes its journal): the model the update brought in its root failed to load.
+      expect(log).toMatch(/ready\[\d+\]: aios-runtime: .*aios-tiny-v3/);
       // QEMU runs with -no-reboot: the guest's reboot ended the run before the boot check reported.
       expect(b.ok).toBe(false);
       expect(b.reason).toMatch(/QEMU exited/);
     }
-    const b = await boot('6-back-to-v2', '', (a, t) => keys(a, t));
+    const b = await boot('6-back-to-v2', '', (a, t) => sessions(a, t));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);

@@ -389,7 +389,9 @@ describe('sysupdate transfers, aios-ready.service, the boot-complete.target drop
     const dir = tmp('aios-ready-');
     writeFileSync(join(dir, 'ready'), files.find((f) => f.path === 'usr/libexec/aios/ready')!.content);
     writeFileSync(join(dir, 'systemctl'), '#!/bin/sh\necho "$*" >> "$CALLS"\ncase "$1" in is-active) echo "$STATE";; is-enabled) echo "$ENABLED";; esac\n[ "$1" != is-active ] || [ "$STATE" = active ]\n');
-    await execa('chmod', ['+x', join(dir, 'systemctl')]);
+    // The runtime's journal: its error lines are quoted when it is not ready.
+    writeFileSync(join(dir, 'journalctl'), '#!/bin/sh\nprintf "%s\\n" "listening on unix:/run/aios/runtime.sock" "model aios-tiny: llama-server failed to load /var/lib/aios/models/aios-tiny.gguf" "startup failed" "aios-runtime.service: Failed with result exit-code."\n');
+    await execa('chmod', ['+x', join(dir, 'systemctl'), join(dir, 'journalctl')]);
     expect(existsSync('/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f')).toBe(false);
     const runs = async (STATE: string, ENABLED: string) => {
       const CALLS = join(dir, `calls-${STATE}-${ENABLED}`);
@@ -403,6 +405,9 @@ describe('sysupdate transfers, aios-ready.service, the boot-complete.target drop
       const bad = await runs(state, 'enabled');
       expect(bad.code, state).toBe(1);
       expect(bad.out).toMatch(new RegExp(`not ready \\(${state}\\)`));
+      expect(bad.out).toContain('aios-runtime: model aios-tiny: llama-server failed to load /var/lib/aios/models/aios-tiny.gguf\naios-runtime: startup failed');
+      expect(bad.out).not.toContain('listening on');
+      expect(bad.out).not.toContain('Failed with result'); // systemd's own lines about the unit are not the runtime's words
       expect(bad.calls).not.toMatch(/reboot/);
     }
     const masked = await runs('inactive', 'masked-runtime');

@@ -16,6 +16,12 @@ async function problems(p: Promise<unknown>): Promise<RecipeError> {
 }
 
 describe('recipe loading', () => {
+  it('models: store defaults to "var"; "image" keeps the file in the root; anything else is refused naming the key', async () => {
+    const r = await loadRecipe('default');
+    expect(r.models.map((m) => m.store)).toEqual(['var']);
+    expect((await loadRecipe('default', { sets: ['models=[{name="m", level="operational", source="synth", store="image"}]'] })).models[0]!.store).toBe('image');
+    await expect(loadRecipe('default', { sets: ['models=[{name="m", level="operational", source="synth", store="usr"}]'] })).rejects.toThrow(/models\.0\.store/);
+  });
   it('resolves the default recipe with every default filled in', async () => {
     const r = await loadRecipe('default');
     expect(r.name).toBe('aios-default');

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compareVersions, formatStatus, parseEntryName, summarize } from '../../src/update/status.js';
-import { findEsp, osReleaseVersion, readFacts, readLoaderVar, requireAppliance, transferSource, updateApply } from '../../src/update/index.js';
+import { findEsp, osReleaseVersion, readFacts, readLoaderVar, requireAppliance, transferSource, updateApply, updateCheck } from '../../src/update/index.js';
 import { machineMain } from '../../src/cli/machine.js';
 import { tmp } from '../helpers.js';
 
@@ -103,6 +103,16 @@ describe('machine facts', () => {
     const p = fakeRoot({ transfers: false });
     expect(() => requireAppliance(p)).toThrow(/sysupdate\.d is missing.*image\.layout = "appliance"/);
     await expect(updateApply({}, p)).rejects.toMatchObject({ exitCode: 2 });
+  });
+  it('check: systemd-sysupdate check-new\'s exit 0 + version, exit 1 + nothing, and a failure said with its words', async () => {
+    const p = fakeRoot();
+    const fake = (code: number, out: string, err: string) => writeFileSync(p.sysupdate, `#!/bin/sh\n[ "$1" = check-new ] || exit 9\nprintf '%s' '${out}'\nprintf '%s\\n' '${err}' >&2\nexit ${code}\n`, { mode: 0o755 });
+    fake(0, '3\n', 'Signature verification succeeded.');
+    expect(await updateCheck(p)).toEqual({ available: '3', detail: 'version 3 at file:///var/lib/aios/update, signature verified' });
+    fake(1, '', 'Determining available update sets…');
+    expect(await updateCheck(p)).toEqual({ detail: 'nothing newer than installed at file:///var/lib/aios/update' });
+    fake(1, '', 'Failed to retrieve signature file');
+    await expect(updateCheck(p)).rejects.toThrow(/check-new failed \(exit 1\): Failed to retrieve signature file/);
   });
   it('refuses a version that is not a version', async () => {
     await expect(updateApply({ version: '2; reboot' }, fakeRoot())).rejects.toThrow(/bad version/);

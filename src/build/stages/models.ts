@@ -65,7 +65,8 @@ export const modelsStage = defineStage({
     const specs = [];
     for (const model of ctx.recipe.models) {
       // Adapters only in the key of recipes that have some (the key of every other recipe stays as it was).
-      const { adapters, ...m } = model;
+      // Where the overlay puts the file (store) is not this stage's business: not in its key.
+      const { adapters, store: _store, ...m } = model;
       if (adapters.length) {
         (m as Record<string, unknown>).adapters = adapters.map((a) => (a.source === 'file' ? { ...a, size: statSync(a.path).size, mtime: statSync(a.path).mtimeMs } : a));
       }

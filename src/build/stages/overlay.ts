@@ -12,7 +12,7 @@
  */
 import { chmod, chown, copyFile, cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { ResolvedRecipe } from '../../config/schema.js';
 import { sourceDateEpoch } from '../context.js';
@@ -73,6 +73,8 @@ export const overlayStage = defineStage({
       password: r.system.root_password_hash ?? null,
       timezone: r.system.timezone,
       sde: sourceDateEpoch() ?? null,
+      // Only when a model is kept in the root (other recipes keep their keys).
+      ...(r.models.some((m) => m.store === 'image') ? { imageModels: r.models.filter((m) => m.store === 'image').map((m) => m.name) } : {}),
       // The bench entry point's bandwidth probe (src/bench/triad.c compiled static on this host).
       triad: r.llama.enabled ? await triadStaticDigest() : null,
       // The certificates (public) and the hashed API keys: a new server key comes with a new
@@ -299,16 +301,37 @@ async function installBenchTools(ctx: BuildContext, llama: StageOutput, root: st
   await writeFile(join(root, 'usr/lib/aios/llama.json'), JSON.stringify(summary, null, 2) + '\n');
 }
 
-/** Models go to /var/lib/aios/models (hard links to the models stage's files where possible). */
+/** The tmpfiles.d file that links a model kept in the root (store = "image") into the models directory. */
+export const MODEL_LINKS = 'usr/lib/tmpfiles.d/aios-models.conf';
+
+/**
+ * Models go to /var/lib/aios/models, or with store = "image" to /usr/lib/aios/models in the root and
+ * a symlink to it in /var/lib/aios/models: made here (so a plain image and an appliance's first /var
+ * have it) and by systemd-tmpfiles at every boot (MODEL_LINKS), so that a model a later appliance
+ * version brings in its root appears in /var, which updates never replace. `L`, not `L+`: a file
+ * already there under that name (a model made or pulled on the machine) is never removed.
+ */
 async function installModels(ctx: BuildContext, models: StageOutput, root: string, dir: string): Promise<void> {
   const list = JSON.parse(await readFile(join(models.dir, 'models.json'), 'utf8')) as InstalledModel[];
+  const inImage = new Set(ctx.recipe.models.filter((m) => m.store === 'image').map((m) => m.name));
+  const links: string[] = [];
   for (const m of list) {
-    ctx.progress(`installing model ${m.name}`);
-    const dest = join(root, 'var/lib/aios/models', m.file);
-    await run(['cp', '--reflink=auto', join(models.dir, 'models', m.file), dest], { log: ctx.log });
-    for (const a of m.adapters ?? []) await run(['cp', '--reflink=auto', join(models.dir, 'models', a.file), join(root, 'var/lib/aios/models', a.file)], { log: ctx.log });
+    ctx.progress(`installing model ${m.name}${inImage.has(m.name) ? ' into the root (/usr/lib/aios/models)' : ''}`);
+    const to = inImage.has(m.name) ? 'usr/lib/aios/models' : 'var/lib/aios/models';
+    await mkdir(join(root, to), { recursive: true });
+    for (const f of [m.file, ...(m.adapters ?? []).map((a) => a.file)]) {
+      await run(['cp', '--reflink=auto', join(models.dir, 'models', f), join(root, to, f)], { log: ctx.log });
+      if (!inImage.has(m.name)) continue;
+      await symlink(`/usr/lib/aios/models/${f}`, join(root, 'var/lib/aios/models', f));
+      links.push(`L /var/lib/aios/models/${f} - - - - /usr/lib/aios/models/${f}`);
+    }
   }
-  await writeFile(join(dir, 'models.json'), JSON.stringify(list, null, 2));
+  if (links.length) {
+    await mkdir(join(root, dirname(MODEL_LINKS)), { recursive: true });
+    const head = '# aios: models kept in the root (store = "image" in the recipe), linked into the models\n# directory at every boot; an existing file of the same name is left alone (L, not L+).\n';
+    await writeFile(join(root, MODEL_LINKS), head + links.join('\n') + '\n');
+  }
+  await writeFile(join(dir, 'models.json'), JSON.stringify(list.map((m) => (inImage.has(m.name) ? { ...m, store: 'image' } : m)), null, 2));
 }
 
 /**
