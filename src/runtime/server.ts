@@ -8,7 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Code, RuntimeError } from './errors.js';
@@ -426,7 +426,9 @@ export async function serve(svc: RuntimeService, o: ServeOptions): Promise<Liste
       try {
         const gid = groupId(o.socketGroup);
         if (gid === undefined) throw new Error(`no group "${o.socketGroup}" in /etc/group`);
-        chownSync(o.socket, -1, gid);
+        // Under systemd with Group= it is the daemon's own group already, and the unit's seccomp
+        // filter (~@privileged) refuses chown with EPERM: change only what needs changing.
+        if (statSync(o.socket).gid !== gid) chownSync(o.socket, -1, gid);
       } catch (e) {
         o.log?.(`runtime.socket_group = "${o.socketGroup}": cannot give ${o.socket} to that group (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); only the daemon's own group can use the socket (under systemd: Group=${o.socketGroup} or SupplementaryGroups=${o.socketGroup})`, 'warn');
       }
