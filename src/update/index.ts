@@ -9,12 +9,11 @@ import { execa } from 'execa';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.js';
+import { GPT_TYPES } from '../util/gpt.js';
 import { summarize, type UpdateFacts, type UpdateStatus } from './status.js';
 
 export const SYSUPDATE = '/usr/lib/systemd/systemd-sysupdate';
 export const TRANSFERS = '/usr/lib/sysupdate.d';
-/** The GPT partition type of an x86-64 root (the Discoverable Partitions Specification). */
-const ROOT_X86_64 = '4f68bce3-e8cd-4db1-96e7-fbcaf984b709';
 const LOADER_GUID = '4a67b082-0a4c-41cf-b6c7-440b29bb8c4f';
 
 export interface MachinePaths {
@@ -83,7 +82,7 @@ async function rootSlotLabels(): Promise<string[]> {
   const out: string[] = [];
   const walk = (list: typeof devs) => {
     for (const d of list) {
-      if (d.parttype?.toLowerCase() === ROOT_X86_64 && d.partlabel) out.push(d.partlabel);
+      if (d.parttype?.toLowerCase() === GPT_TYPES.rootX86_64.toLowerCase() && d.partlabel) out.push(d.partlabel);
       if (d.children) walk(d.children as typeof devs);
     }
   };
