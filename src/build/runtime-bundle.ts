@@ -4,7 +4,7 @@
  * files and the model catalog beside them. Chunk names carry a content hash (reproducible).
  */
 import { build, type BuildOptions } from 'esbuild';
-import { cp, mkdir } from 'node:fs/promises';
+import { cp, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PKG_ROOT } from '../util/paths.js';
 
@@ -40,13 +40,15 @@ export function imageBundleOptions(prefix: string, outDir: string): BuildOptions
   };
 }
 
-export async function bundleRuntime(outDir: string): Promise<string> {
+/** `catalogText`: the catalog to ship instead of models/catalog.toml (the recipe's runtime.catalog merged in: mergedCatalog). */
+export async function bundleRuntime(outDir: string, catalogText?: string): Promise<string> {
   await mkdir(outDir, { recursive: true });
   const outfile = join(outDir, 'aios-runtime.mjs');
   await build({ ...imageBundleOptions('aios-runtime', outDir), entryPoints: { 'aios-runtime': join(PKG_ROOT, 'src/runtime/main.ts') } });
   await cp(join(PKG_ROOT, 'proto'), join(outDir, 'proto'), { recursive: true });
   await cp(join(PKG_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc'), join(outDir, 'proto/grpc'), { recursive: true });
   // The model catalog for auto-install and `aios runtime pull` (runtime.catalog = "" reads this one).
-  await cp(join(PKG_ROOT, 'models/catalog.toml'), join(outDir, 'catalog.toml'));
+  if (catalogText !== undefined) await writeFile(join(outDir, 'catalog.toml'), catalogText);
+  else await cp(join(PKG_ROOT, 'models/catalog.toml'), join(outDir, 'catalog.toml'));
   return outfile;
 }

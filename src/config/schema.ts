@@ -305,6 +305,14 @@ export const RuntimeSchema = z
       .regex(/^(\d+[KMGT]?|\d+%|infinity)$/, { message: 'must be a systemd MemoryHigh= value such as 28G or 90%' })
       .default('90%')
       .describe('MemoryHigh= of aios-runtime.service: above it the kernel throttles and reclaims the runtime before the rest of the system runs short (e.g. 28G on a 32 GB machine leaves 4 GB to the OS)'),
+    install_models: z
+      .boolean()
+      .default(false)
+      .describe('Let aios-runtime install catalog models at run time (`aios runtime pull <id>`, PullModel; and auto-install, if its config turns that on): /var/lib/aios/models becomes writable to the service (group aios, mode 2775, ReadWritePaths=). false: the model dir is read-only to the service, so a compromised runtime cannot replace a model, and models come only from the build (or root, by hand)'),
+    catalog: z
+      .string()
+      .default('')
+      .describe('A model catalog of your own on the build host (a TOML file of [[model]] tables as in models/catalog.toml: id, level, file, url, size, sha256, …), appended to the shipped catalog in the image, so that `aios runtime pull <id>` and runtime.auto_install can install those models (e.g. from a mirror on your network). Checked at build: an entry the catalog schema refuses or an id the shipped catalog already has fails it. "" = the shipped catalog only'),
   })
   .describe('aios-runtime service');
 

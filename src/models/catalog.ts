@@ -1,6 +1,6 @@
 /** The model catalog (models/catalog.toml): real public models with their URLs and checksums. */
 import { readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { parse } from 'smol-toml';
 import { z } from 'zod';
 import { PKG_ROOT } from '../util/paths.js';
@@ -64,6 +64,42 @@ export function catalog(file = catalogFile()): CatalogEntry[] {
   const data = z.strictObject({ model: z.array(CatalogEntrySchema) }).parse(parse(readFileSync(file, 'utf8')));
   cache.set(file, { mtimeMs: st.mtimeMs, size: st.size, entries: data.model });
   return data.model;
+}
+
+/**
+ * The shipped catalog with a recipe's own entries appended (runtime.catalog: a TOML file of
+ * [[model]] tables in this format, e.g. models on a LAN mirror): the text of both, so that comments
+ * stay, checked as one catalog. Problems (not TOML, an entry the schema refuses, an id the shipped
+ * catalog already has) are returned as sentences, nothing is thrown.
+ */
+export function mergedCatalog(extraFile: string, shipped = CATALOG_FILE): { text: string; ids: string[]; problems: string[] } {
+  const base = readFileSync(shipped, 'utf8');
+  let extra: string;
+  try {
+    extra = readFileSync(extraFile, 'utf8');
+  } catch (e) {
+    return { text: base, ids: [], problems: [`runtime.catalog: cannot read ${extraFile}: ${(e as Error).message}`] };
+  }
+  let data: unknown;
+  try {
+    data = parse(extra);
+  } catch (e) {
+    return { text: base, ids: [], problems: [`runtime.catalog: ${extraFile} is not valid TOML: ${(e as Error).message.split('\n')[0]}`] };
+  }
+  const r = z.strictObject({ model: z.array(CatalogEntrySchema).min(1) }).safeParse(data);
+  if (!r.success) {
+    const why = r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('; ');
+    return { text: base, ids: [], problems: [`runtime.catalog: ${extraFile} is not a model catalog ([[model]] tables as in models/catalog.toml): ${why}`] };
+  }
+  const problems: string[] = [];
+  const shippedIds = new Set(catalog(shipped).map((m) => m.id));
+  const seen = new Set<string>();
+  for (const m of r.data.model) {
+    if (shippedIds.has(m.id)) problems.push(`runtime.catalog: ${extraFile}: id ${m.id} is already in the shipped catalog (choose another id)`);
+    if (seen.has(m.id)) problems.push(`runtime.catalog: ${extraFile}: id ${m.id} is listed twice`);
+    seen.add(m.id);
+  }
+  return { text: `${base.replace(/\n*$/, '\n')}\n# From the recipe's runtime.catalog (${basename(extraFile)}):\n\n${extra.replace(/\n*$/, '\n')}`, ids: [...seen], problems };
 }
 
 export function catalogEntry(id: string, file = catalogFile()): CatalogEntry | undefined {

@@ -9,6 +9,7 @@ import { sha256File } from '../util/hash.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { readGguf } from './gguf.js';
+import { syncDir, syncFile } from '../util/fsync.js';
 
 export interface Progress {
   bytes: number;
@@ -136,6 +137,10 @@ export async function fetchModel(o: FetchOptions): Promise<FetchResult> {
     await rm(partial, { force: true });
     throw new UserError(`${o.url}: ${(e as Error).message.replace(partial, 'the download')}. The download was removed.`, 1);
   }
+  // Durable before it is reported: the data, then the name (a machine that loses power right after
+  // a pull, e.g. aios-runtime's PullModel on an ext4 /var with commit=60, keeps the model).
+  await syncFile(partial);
   await rename(partial, o.dest);
+  await syncDir(dirname(o.dest));
   return { path: o.dest, bytes: await sizeOf(o.dest), attempts, resumedFrom, alreadyPresent: false };
 }

@@ -33,6 +33,7 @@ import { Code, RuntimeError } from './errors.js';
 import { postChild, readAll } from './upstream.js';
 import type { Log } from './log.js';
 import { slotDirOf } from './defaults.js';
+import { syncDir, syncFile } from '../util/fsync.js';
 
 /** What a session id may be: no dots, no slashes, so never a path. */
 export const SESSION_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -187,21 +188,6 @@ async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
   for await (const c of createReadStream(path)) h.update(c as Buffer);
   return h.digest('hex');
-}
-
-/** fsync(2) of a file's data. */
-async function syncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** fsync(2) of a directory: the names in it (a rename) are on the disk. */
-async function syncDir(path: string): Promise<void> {
-  await syncFile(path);
 }
 
 /** What the model lists count of one session: its record's model directory and model, its saved state's bytes (0 = none). */

@@ -16,21 +16,32 @@
  * mounted where update.source points (systemd.mount-extra= on the test's kernel command line). Boots
  * (one QEMU run each, on the same disk file, no snapshot; QEMU runs with -no-reboot, so a reboot in
  * the guest ends the run and the test starts the next):
- *   1. v1: verity root, /var made by repart, runtime answers; a session saved by the runtime (state
- *      on /var); `aios update apply 2` → slot B written, entry aios_2+3-0.conf.
- *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the session still there;
+ *   1. v1: verity root, /var made by repart, runtime answers; a session saved by the runtime and a
+ *      model installed by it at run time (runtime.install_models; PullModel of a catalog entry the recipe added with
+ *      runtime.catalog, downloaded from an HTTP server of the test's on the host's loopback, which the
+ *      guest reaches as 10.0.2.2 through QEMU's user network): state on /var; `aios update apply 2` →
+ *      slot B written, entry aios_2+3-0.conf.
+ *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the session still there,
+ *      and the pulled model answers without being downloaded again;
  *      `aios update apply 3` → v3 replaces v1 (InstancesMax=2; the booted v2 is protected).
  *   3–5. v3: the runtime fails, aios-ready reboots; systemd-boot counts aios_3+3-0 → +2-1 → +1-2 → +0-3.
- *   6. v2 again, by itself; `aios update status` says v3 was tried 3 times and left.
+ *   6. v2 again, by itself; `aios update status` says v3 was tried 3 times and left. Before it, one
+ *      byte of a file's data is flipped in v2's slot on the disk: reading that file in the guest
+ *      fails with an I/O error and dm-verity names the block; the rest of the machine comes up.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from '../../src/build/index.js';
 import { qemuTest, type BootCheck } from '../../src/qemu/index.js';
 import type { UpdateStatus } from '../../src/update/status.js';
+import { synthModel } from '../../src/models/synth.js';
+import { freePort } from '../../src/util/net.js';
 import { defaultCacheDir } from '../../src/util/paths.js';
+import { runtimeFixture } from './runtime-fixture.js';
 import { REPO, tmp } from '../helpers.js';
 
 const dir = tmp('aios-e2e-appliance-update-');
@@ -41,6 +52,7 @@ const pki = join(out, 'aios-appliance.pki');
 const gnupg = join(dir, 'gnupg');
 const keyFile = join(dir, 'signing-key.asc');
 const rootHash: Record<string, string> = {};
+const catalogFile = join(dir, 'mirror-catalog.toml');
 const MOUNT = 'systemd.mount-extra=/dev/vdb:/var/lib/aios/update:ext4:ro';
 
 function statusOf(b: BootCheck): UpdateStatus {
@@ -53,16 +65,55 @@ const applied = (b: BootCheck) => /AIOS-CHECK update_apply=(\S+) rc=(\d+)/.exec(
 const boot = (n: string, extra = '', during?: (a: string, t: string | undefined) => Promise<unknown>) =>
   qemuTest(disk, { snapshot: false, extraDisks: [updateDisk], timeout: 900, serialLog: join(dir, `boot-${n}.serial.log`), tlsDir: pki, checkCmdline: `${MOUNT}${extra ? ` ${extra}` : ''}`, ...(during ? { during } : {}) });
 
+/** The file boot 6 finds tampered with (flipFileBytes) in v2's root. */
+const TAMPERED = '/usr/share/common-licenses/GPL-3';
+
+/**
+ * Flips one bit (100 bytes in) of every copy of `needle` inside a partition of `file` (the same text
+ * may be in the root more than once: every copy changes, so a read meets one whichever it is);
+ * returns how many.
+ */
+function flipFileBytes(file: string, part: { start: number; size: number }, needle: Buffer): number {
+  const fd = openSync(file, 'r+');
+  const hits: number[] = [];
+  try {
+    const CHUNK = 64 * 1024 * 1024;
+    const buf = Buffer.alloc(CHUNK + needle.length);
+    for (let off = 0; off < part.size * 512; off += CHUNK) {
+      const n = readSync(fd, buf, 0, buf.length, part.start * 512 + off);
+      for (let i = buf.subarray(0, n).indexOf(needle); i >= 0 && i < CHUNK; i = buf.subarray(0, n).indexOf(needle, i + 1)) hits.push(part.start * 512 + off + i);
+    }
+    for (const h of hits) {
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, h + 100);
+      writeSync(fd, Buffer.from([b[0]! ^ 0x01]), 0, 1, h + 100);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return hits.length;
+}
+
+/** The catalog entry the recipe adds (runtime.catalog), served by the test's HTTP server (`served`). */
+const PULLED = 'aios-pulled';
+const served: string[] = [];
+let server: Server | undefined;
+
 /**
  * State the runtime keeps on /var: a saved session (one turn with session_id = `create`, saved under
- * /var/lib/aios-runtime), then the ids of the sessions it lists.
+ * /var/lib/aios-runtime) and, with `pull`, a model installed at run time (PullModel); then the ids of
+ * the sessions it lists, and with `answer` what the pulled model says (Infer by its catalog id: a
+ * model that is not installed is refused, runtime.auto_install being off).
  */
-async function sessions(address: string, tlsDir: string | undefined, create?: string): Promise<string[]> {
-  const { connect, unary } = await import('../../src/runtime/client.js');
+async function state(address: string, tlsDir: string | undefined, o: { create?: string; pull?: boolean; answer?: boolean } = {}): Promise<{ sessions: string[]; pulled?: number; answered?: string }> {
+  const { connect, unary, pullModel } = await import('../../src/runtime/client.js');
   const c = connect(address, { tlsDir });
   try {
-    if (create) await unary(c, 'Infer', { prompt: 'Hello.', session_id: create, intelligence_level: 'operational', max_tokens: 4, temperature: 0 }, 300_000);
-    return (await unary(c, 'ListSessions', {})).sessions.map((x) => x.id).sort();
+    if (o.create) await unary(c, 'Infer', { prompt: 'Hello.', session_id: o.create, intelligence_level: 'operational', max_tokens: 4, temperature: 0 }, 300_000);
+    const pulled = o.pull ? Number((await pullModel(c, PULLED, () => {})).bytes) : undefined;
+    const answered = o.answer ? (await unary(c, 'Infer', { prompt: 'Hello.', model: PULLED, max_tokens: 2, temperature: 0 }, 300_000)).model_used : undefined;
+    const sessions = (await unary(c, 'ListSessions', {})).sessions.map((x) => x.id).sort();
+    return { sessions, ...(pulled !== undefined ? { pulled } : {}), ...(answered !== undefined ? { answered } : {}) };
   } finally {
     c.close();
   }
@@ -70,6 +121,23 @@ async function sessions(address: string, tlsDir: string | undefined, create?: st
 
 describe('appliance updates in a running guest (aios update, systemd-sysupdate, boot counting)', () => {
   beforeAll(async () => {
+    // The model the guest pulls at run time: a synthesized tiny model (real vocabulary, random
+    // weights), served over HTTP on the host's loopback; the recipe's catalog names it with the
+    // address the guest sees (10.0.2.2 = the host in QEMU's user network) and its checksum.
+    const { tools } = await runtimeFixture(dir);
+    await synthModel({ shape: 'tiny', quant: 'f32', seed: 7, out: join(dir, `${PULLED}.gguf`), tools });
+    const model = readFileSync(join(dir, `${PULLED}.gguf`));
+    server = createServer((req, res) => {
+      served.push(`${req.method} ${req.url}`);
+      if (req.url !== `/${PULLED}.gguf`) return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-length': model.length, 'content-type': 'application/octet-stream' }).end(req.method === 'HEAD' ? undefined : model);
+    });
+    const port = await freePort();
+    await new Promise<void>((ok) => server!.listen(port, '127.0.0.1', ok));
+    writeFileSync(
+      catalogFile,
+      `# aios e2e: a model on a "mirror" of the test's (the host, as the guest sees it)\n[[model]]\nid = "${PULLED}"\nlevel = "tactical"\nfile = "${PULLED}.gguf"\nurl = "http://10.0.2.2:${port}/${PULLED}.gguf"\nsize = ${model.length}\nsha256 = "${createHash('sha256').update(model).digest('hex')}"\nlicense = "apache-2.0"\nquantization = "F32"\ncontext_length = 2048\nverified = true\n`,
+    );
     mkdirSync(gnupg, { mode: 0o700 });
     const gpg = (args: string[]) => execa('gpg', ['--homedir', gnupg, '--batch', '--quiet', '--pinentry-mode', 'loopback', '--passphrase', '', ...args]);
     await gpg(['--quick-gen-key', 'aios e2e <e2e@aios.invalid>', 'ed25519', 'sign', 'never']);
@@ -77,6 +145,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     await execa('gpgconf', ['--homedir', gnupg, '--kill', 'gpg-agent'], { reject: false });
   });
   afterAll(async () => {
+    await new Promise((ok) => (server ? server.close(ok) : ok(undefined)));
     await execa('rm', ['-rf', dir]);
   });
 
@@ -84,7 +153,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     const v3 = join(dir, 'v3.toml');
     const broken = join(dir, 'broken.gguf');
     for (const [v, recipe] of [['1', 'default'], ['2', 'default'], ['3', v3]] as const) {
-      const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`] });
+      const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`, `runtime.catalog="${catalogFile}"`, 'runtime.install_models=true'] });
       if (v === '1') {
         // v3's operational model: v1's (the models stage's output in the cache) with general.architecture
         // "llama" changed to "llamb", an architecture this llama.cpp does not know (as a model made for a
@@ -131,7 +200,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
   });
 
   it('boot 1 (v1): verity root, /var from repart, the runtime answers; aios update apply 2 writes slot B and a counted entry', { timeout: 20 * 60_000 }, async () => {
-    const b = await boot('1-v1', 'aios.check.update=2', (a, t) => sessions(a, t, 'made-on-v1'));
+    const b = await boot('1-v1', 'aios.check.update=2', (a, t) => state(a, t, { create: 'made-on-v1', pull: true }));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['1']}`);
@@ -139,7 +208,9 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     expect(/AIOS-CHECK verity=(.*)/.exec(log)?.[1]).toMatch(/status=verified;/);
     expect(/AIOS-CHECK var=(.*)/.exec(log)?.[1]).toMatch(/^\/dev\/vda6 ext4 rw\b.* label=aios-var /);
     expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
-    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    // The runtime downloaded the model from the host (once) into /var/lib/aios/models.
+    expect(b.during).toEqual({ ok: true, value: { sessions: ['made-on-v1'], pulled: readFileSync(join(dir, `${PULLED}.gguf`)).length } });
+    expect(served).toEqual([`GET /${PULLED}.gguf`]);
     // aios update check: the newest at the source is 3 (signed).
     expect(/AIOS-CHECK update_check=(.*)/.exec(log)?.[1]?.trim()).toBe('rc=0 {"available":"3","detail":"version 3 at file:///var/lib/aios/update, signature verified"}');
     // systemd-sysupdate checked the signed SHA256SUMS and wrote version 2, the entry last.
@@ -156,12 +227,14 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
   });
 
   it('boot 2 (v2): booted from slot B on trial and blessed once the runtime was ready; v1 kept; the session saved on v1 is there; aios update apply 3', { timeout: 20 * 60_000 }, async () => {
-    const b = await boot('2-v2', 'aios.check.update=3', (a, t) => sessions(a, t));
+    const b = await boot('2-v2', 'aios.check.update=3', (a, t) => state(a, t, { answer: true }));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);
     expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
-    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    // The session saved on v1, and the model pulled on v1 answering on v2 (not downloaded again).
+    expect(b.during).toEqual({ ok: true, value: { sessions: ['made-on-v1'], answered: PULLED } });
+    expect(served).toHaveLength(1);
     // aios-ready said so, and systemd-bless-boot renamed aios_2+2-1.conf to aios_2.conf (below).
     expect(log).toMatch(/AIOS-CHECK-READY aios-runtime is ready: this boot may be marked good/);
     expect(applied(b)?.slice(1)).toEqual(['3', '0']);
@@ -174,7 +247,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     ]);
   });
 
-  it('boots 3–5 (v3): its runtime never becomes ready, aios-ready reboots, each try counted; boot 6 is v2 again by itself', { timeout: 45 * 60_000 }, async () => {
+  it('boots 3–5 (v3): its runtime never becomes ready, aios-ready reboots, each try counted; boot 6 is v2 again by itself, and a byte flipped in its root is caught by dm-verity', { timeout: 45 * 60_000 }, async () => {
     for (const n of [1, 2, 3]) {
       const b = await boot(`3-v3-try${n}`);
       const log = readFileSync(b.serialLog, 'utf8');
@@ -187,12 +260,21 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
       expect(b.ok).toBe(false);
       expect(b.reason).toMatch(/QEMU exited/);
     }
-    const b = await boot('6-back-to-v2', '', (a, t) => sessions(a, t));
+    // Tamper (dm-verity), on the way: one byte of a file's data flipped in v2's slot before v2 boots
+    // again. /usr/share/common-licenses/GPL-3 (base-files; nothing reads it at boot): its bytes from
+    // 8 KiB on sit in a whole data block (uncompressed erofs keeps full blocks apart; only a file's
+    // tail is inline with its inode), found by content: the same text as the build host's copy.
+    const parts = JSON.parse((await execa('sfdisk', ['-J', disk])).stdout).partitiontable.partitions as { start: number; size: number; name?: string }[];
+    const slot = parts.find((p) => p.name === 'aios_2');
+    expect(slot, JSON.stringify(parts)).toBeTruthy();
+    const flipped = flipFileBytes(disk, slot!, readFileSync(TAMPERED).subarray(8192, 8192 + 256));
+    expect(flipped).toBeGreaterThanOrEqual(1);
+    const b = await boot('6-back-to-v2', `aios.check.read=${TAMPERED}`, (a, t) => state(a, t));
     const log = readFileSync(b.serialLog, 'utf8');
     expect(b.reason, log.slice(-3000)).toBeUndefined();
     expect(b.guest.cmdline).toContain(`roothash=${rootHash['2']}`);
     expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
-    expect(b.during).toEqual({ ok: true, value: ['made-on-v1'] });
+    expect(b.during).toEqual({ ok: true, value: { sessions: ['made-on-v1'] } });
     const s = statusOf(b);
     expect(s.booted).toMatchObject({ version: '2', blessed: true });
     expect(s.versions.map((v) => [v.version, v.entry?.file, v.entry?.state])).toEqual([
@@ -200,5 +282,13 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
       ['2', 'aios_2.conf', 'good'],
     ]);
     expect(s.events).toContain('version 3 was tried 3 time(s) and never became ready (its boot was not marked good): systemd-boot went back to 2');
+    // The tampered file: reading it fails with EIO, dm-verity names the block (on the console and,
+    // AIOS-CHECK-KLOG, from the journal); the rest of the root is intact (the runtime answered above).
+    const read = /AIOS-CHECK read=(\S+) rc=(\d+) err=(.*)/.exec(log);
+    expect(read, log.slice(-3000)).not.toBeNull();
+    expect(read![1]).toBe(TAMPERED);
+    expect(read![2]).not.toBe('0');
+    expect(read![3]).toMatch(/Input\/output error/);
+    expect(log).toMatch(/device-mapper: verity: .*data block \d+ is corrupted/);
   });
 });

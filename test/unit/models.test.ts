@@ -5,7 +5,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fetchModel } from '../../src/models/fetch.js';
 import { inspectModel, readGguf } from '../../src/models/gguf.js';
-import { catalog } from '../../src/models/catalog.js';
+import { catalog, CATALOG_FILE, mergedCatalog } from '../../src/models/catalog.js';
 import { listModels, pullModel, resolvePull, verifyModels } from '../../src/models/store.js';
 import { parse as parseToml } from 'smol-toml';
 import { UserError } from '../../src/util/errors.js';
@@ -72,6 +72,34 @@ describe('catalog', () => {
       ['tactical', 'mistral-7b-instruct-v0.2-q4_k_m'],
     ]);
     expect(resolvePull('tinyllama-1.1b-chat-q4_k_m')).toMatchObject({ file: 'tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf', size: 668788096 });
+  });
+
+  it("a recipe's runtime.catalog: appended to the shipped one as text, checked as one catalog; what it refuses, in words", () => {
+    const d = tmp();
+    const entry = (id: string, extra = '') => `[[model]]\nid = "${id}"\nlevel = "tactical"\nfile = "${id}.gguf"\nurl = "http://10.0.2.2:8000/${id}.gguf"\nsize = 100\nsha256 = "${'a'.repeat(64)}"\nlicense = "apache-2.0"\nquantization = "F32"\ncontext_length = 256\nverified = true\n${extra}`;
+    const good = join(d, 'mine.toml');
+    writeFileSync(good, `# my mirror\n${entry('lan-tiny')}`);
+    const m = mergedCatalog(good);
+    expect(m.problems).toEqual([]);
+    expect(m.ids).toEqual(['lan-tiny']);
+    expect(m.text.startsWith(readFileSync(CATALOG_FILE, 'utf8').trimEnd())).toBe(true);
+    expect(m.text).toContain('# my mirror');
+    const merged = join(d, 'merged.toml');
+    writeFileSync(merged, m.text);
+    expect(catalog(merged).map((c) => c.id)).toEqual([...catalog().map((c) => c.id), 'lan-tiny']);
+    // Refusals: an id the shipped catalog has, one listed twice, a bad entry, not TOML, no file.
+    const dup = join(d, 'dup.toml');
+    writeFileSync(dup, `${entry('tinyllama-1.1b-chat-q4_k_m')}\n${entry('x')}\n${entry('x')}`);
+    expect(mergedCatalog(dup).problems).toEqual([
+      `runtime.catalog: ${dup}: id tinyllama-1.1b-chat-q4_k_m is already in the shipped catalog (choose another id)`,
+      `runtime.catalog: ${dup}: id x is listed twice`,
+    ]);
+    const bad = join(d, 'bad.toml');
+    writeFileSync(bad, entry('y').replace(/sha256 = ".*"/, 'sha256 = "nothex"'));
+    expect(mergedCatalog(bad).problems[0]).toMatch(/is not a model catalog .*model\.0\.sha256/);
+    writeFileSync(bad, 'model = [');
+    expect(mergedCatalog(bad).problems[0]).toMatch(/is not valid TOML/);
+    expect(mergedCatalog(join(d, 'none.toml')).problems[0]).toMatch(/^runtime\.catalog: cannot read .*none\.toml/);
   });
 
   it('never pulls a URL without a checksum', () => {

@@ -110,6 +110,22 @@ describe('templates (golden files)', () => {
     expect(parsed.models.operational!.always_loaded).toBe(true);
   });
 
+  it('runtime.install_models: the model dir writable to the service (group aios, 2775 by tmpfiles); read-only by default', async () => {
+    const r = await loadRecipe('default');
+    const render = async () => Object.fromEntries((await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)))).map((f) => [f.path, f.content]));
+    const unit = 'usr/lib/systemd/system/aios-runtime.service';
+    const tmpfiles = 'usr/lib/tmpfiles.d/aios-model-installs.conf';
+    const plain = await render();
+    expect(plain[unit]).toMatch(/^ReadOnlyPaths=\/var\/lib\/aios\/models$/m);
+    expect(plain[unit]).not.toMatch(/^ReadWritePaths=\/var\/lib\/aios\/models$/m);
+    expect(plain[tmpfiles]).toBeUndefined();
+    r.runtime.install_models = true;
+    const open = await render();
+    expect(open[unit]).toMatch(/^ReadWritePaths=\/var\/lib\/aios\/models$/m);
+    expect(open[unit]).not.toMatch(/^ReadOnlyPaths=/m);
+    expect(open[tmpfiles]).toMatch(/^d \/var\/lib\/aios\/models 2775 root aios -$/m);
+  });
+
   it('fails with the template name when a template refers to a missing value', async () => {
     const dir = join(GOLDEN, '..', 'fixtures', 'bad-templates');
     mkdirSync(dir, { recursive: true });

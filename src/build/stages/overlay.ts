@@ -2,7 +2,8 @@
  * overlay: the image's root tree. A copy of the rootfs stage's root (the cached rootfs is never
  * changed), then templates/root rendered with the recipe (boot-time kernel wishes folded into the
  * command line), the rootfs/ overlay, the time zone, the aios-runtime bundle, units enabled and
- * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models;
+ * masked, the root password, the llama.cpp binaries (checked to run inside the root) and the models
+ * (with runtime.install_models their directory group aios, 2775, so the runtime may pull more);
  * with the runtime also the image's `aios` command (/usr/bin/aios: ps, top, runtime …, bench).
  * With a custom kernel (kernel.build): the stock linux-image packages purged, the kernel stage's
  * kernel and modules copied in, depmod and a fresh initramfs inside the root.
@@ -21,11 +22,13 @@ import { bundleRuntime } from '../runtime-bundle.js';
 import { bundleCli, CLI_SOURCES, installCliLauncher } from '../cli-bundle.js';
 import { RuntimeConfigSchema } from '../../runtime/config.js';
 import { run } from '../../util/exec.js';
+import { UserError } from '../../util/errors.js';
 import { hashTree, sha256 } from '../../util/hash.js';
 import type { Pki } from '../../pki/index.js';
 import { paths, PKG_ROOT } from '../../util/paths.js';
 import { contextWithWishes, defineStage, filesDigest, kernelWishes, missingTools } from './common.js';
 import { versionLine, type InstalledModel } from './models.js';
+import { mergedCatalog } from '../../models/catalog.js';
 import { applianceVersion } from '../appliance.js';
 import { triadStaticBinary, triadStaticDigest } from '../../bench/triad.js';
 import { llamaBinaries } from '../llama.js';
@@ -50,7 +53,9 @@ export const overlayStage = defineStage({
   needs: ['rootfs', 'llama', 'models'],
   uses: ['kernel'],
   async check(ctx) {
-    return missingTools({ cp: 'coreutils', chroot: 'coreutils', ...(ctx.recipe.runtime.enabled && ctx.recipe.runtime.tls ? { openssl: 'openssl' } : {}), ...(ctx.recipe.llama.enabled ? { cc: 'gcc' } : {}) });
+    const problems = await missingTools({ cp: 'coreutils', chroot: 'coreutils', ...(ctx.recipe.runtime.enabled && ctx.recipe.runtime.tls ? { openssl: 'openssl' } : {}), ...(ctx.recipe.llama.enabled ? { cc: 'gcc' } : {}) });
+    if (ctx.recipe.runtime.enabled && ctx.recipe.runtime.catalog) problems.push(...mergedCatalog(ctx.recipe.runtime.catalog).problems);
+    return problems;
   },
   async inputs(ctx, io) {
     const r = ctx.recipe;
@@ -62,8 +67,11 @@ export const overlayStage = defineStage({
       models: io.need('models').key,
       // Only with a custom kernel, so that every other recipe keeps its cache key.
       ...(io.use('kernel') ? { kernel: io.use('kernel')!.key } : {}),
-      runtime: r.runtime.enabled ? (await hashTree(join(PKG_ROOT, 'src/runtime'))) + (await hashTree(join(PKG_ROOT, 'proto'))) + (await hashTree(join(PKG_ROOT, 'src/models'))) + (await hashTree(join(PKG_ROOT, 'models'))) : null, // the bundle includes the GGUF reader, fetch and the catalog
+      // The bundle includes the GGUF reader, fetch and the catalog (src/models, models/) and helpers of src/util.
+      runtime: r.runtime.enabled ? (await Promise.all(['src/runtime', 'proto', 'src/models', 'models', 'src/util'].map((d) => hashTree(join(PKG_ROOT, d))))).join('') : null,
       // The image's `aios` command (ps, top, runtime …, bench), bundled beside the runtime.
+      // The recipe's own catalog entries (runtime.catalog), only when it has some (other recipes keep their keys).
+      ...(r.runtime.enabled && r.runtime.catalog ? { catalog: sha256(await readFile(r.runtime.catalog)) } : {}),
       cli: r.runtime.enabled ? (await Promise.all(CLI_SOURCES.map((d) => hashTree(join(PKG_ROOT, d))))).join('') : null,
       files: filesDigest(files),
       wishSymbols: await wishSymbols(ctx),
@@ -125,7 +133,10 @@ export const overlayStage = defineStage({
     }
     if (r.runtime.enabled) {
       ctx.progress('bundling aios-runtime');
-      await bundleRuntime(join(root, 'usr/lib/aios-runtime'));
+      // The shipped catalog, with the recipe's runtime.catalog entries appended (checked in check()).
+      const merged = r.runtime.catalog ? mergedCatalog(r.runtime.catalog) : undefined;
+      if (merged?.problems.length) throw new UserError(merged.problems.join('\n'), 2);
+      await bundleRuntime(join(root, 'usr/lib/aios-runtime'), merged?.text);
       await installRuntimeAccess(ctx, root);
       await installCli(ctx, root);
     }
@@ -142,6 +153,8 @@ export const overlayStage = defineStage({
     if (r.llama.enabled) await installLlama(ctx, io.need('llama'), root, dir);
     if (r.llama.enabled) await installBenchTools(ctx, io.need('llama'), root);
     await installModels(ctx, io.need('models'), root, dir);
+    // runtime.install_models: the runtime (group aios) may add models (as the tmpfiles line does at boot).
+    if (r.runtime.enabled && r.runtime.install_models) await run(['chroot', root, 'sh', '-c', 'chgrp aios /var/lib/aios/models && chmod 2775 /var/lib/aios/models'], { log: ctx.log });
     await firstBootWorkAtBuild(ctx, root);
     if (r.image.layout === 'appliance') await readonlyRootSetup(ctx, root);
     const sde = sourceDateEpoch();
