@@ -6,7 +6,8 @@
  *
  * Three builds of one recipe into one output directory, signed with a throw-away key, so that
  * out/update/ holds versions 1, 2 and 3 and one signed SHA256SUMS for all:
- *   v1, v2: the default recipe with image.layout = "appliance";
+ *   v1, v2: the default recipe with image.layout = "appliance" (v1's update.source: the update disk
+ *       below; v2's: the same directory over HTTP, a server of the test's on the host's loopback);
  *   v3: the same with a broken operational model kept in the root (store = "image": an update brings
  *       it, linked into /var/lib/aios/models by systemd-tmpfiles at boot): v1's synthesized model with
  *       an architecture this llama.cpp does not know ("llamb"), a valid GGUF that the build accepts and
@@ -22,8 +23,9 @@
  *      guest reaches as 10.0.2.2 through QEMU's user network): state on /var; `aios update apply 2` →
  *      slot B written, entry aios_2+3-0.conf.
  *   2. v2 on trial → aios-ready → blessed (aios_2.conf); v1 still installed; the session still there,
- *      and the pulled model answers without being downloaded again;
- *      `aios update apply 3` → v3 replaces v1 (InstancesMax=2; the booted v2 is protected).
+ *      and the pulled model answers without being downloaded again; `aios update check` and
+ *      `aios update apply 3` over HTTP (signed SHA256SUMS checked) → v3 replaces v1 (InstancesMax=2;
+ *      the booted v2 is protected).
  *   3–5. v3: the runtime fails, aios-ready reboots; systemd-boot counts aios_3+3-0 → +2-1 → +1-2 → +0-3.
  *   6. v2 again, by itself; `aios update status` says v3 was tried 3 times and left. Before it, one
  *      byte of a file's data is flipped in v2's slot on the disk: reading that file in the guest
@@ -33,7 +35,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, createReadStream, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from '../../src/build/index.js';
 import { qemuTest, type BootCheck } from '../../src/qemu/index.js';
@@ -98,6 +100,9 @@ function flipFileBytes(file: string, part: { start: number; size: number }, need
 const PULLED = 'aios-pulled';
 const served: string[] = [];
 let server: Server | undefined;
+/** The server's port; v2's update.source is its /update/ (out/update/ over HTTP, as 10.0.2.2 in the guest). */
+let port = 0;
+const updateUrl = () => `http://10.0.2.2:${port}/update`;
 
 /**
  * State the runtime keeps on /var: a saved session (one turn with session_id = `create`, saved under
@@ -129,10 +134,17 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     const model = readFileSync(join(dir, `${PULLED}.gguf`));
     server = createServer((req, res) => {
       served.push(`${req.method} ${req.url}`);
+      // out/update/ (v2's update.source): the artifacts and the signed SHA256SUMS, as a web server has them.
+      const name = /^\/update\/([A-Za-z0-9._+-]+)$/.exec(req.url ?? '')?.[1];
+      const file = name && join(out, 'update', name);
+      if (file && existsSync(file)) {
+        res.writeHead(200, { 'content-length': statSync(file).size, 'content-type': 'application/octet-stream' });
+        return void (req.method === 'HEAD' ? res.end() : createReadStream(file).pipe(res));
+      }
       if (req.url !== `/${PULLED}.gguf`) return void res.writeHead(404).end();
       res.writeHead(200, { 'content-length': model.length, 'content-type': 'application/octet-stream' }).end(req.method === 'HEAD' ? undefined : model);
     });
-    const port = await freePort();
+    port = await freePort();
     await new Promise<void>((ok) => server!.listen(port, '127.0.0.1', ok));
     writeFileSync(
       catalogFile,
@@ -153,7 +165,7 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     const v3 = join(dir, 'v3.toml');
     const broken = join(dir, 'broken.gguf');
     for (const [v, recipe] of [['1', 'default'], ['2', 'default'], ['3', v3]] as const) {
-      const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`, `runtime.catalog="${catalogFile}"`, 'runtime.install_models=true'] });
+      const res = await build({ recipe, outDir: out, renderer: 'silent', signingKey: keyFile, sets: ['image.layout=appliance', 'image.name=aios-appliance', `image.version="${v}"`, `runtime.catalog="${catalogFile}"`, 'runtime.install_models=true', ...(v === '2' ? [`update.source="${updateUrl()}"`] : [])] });
       if (v === '1') {
         // v3's operational model: v1's (the models stage's output in the cache) with general.architecture
         // "llama" changed to "llamb", an architecture this llama.cpp does not know (as a model made for a
@@ -234,7 +246,10 @@ describe('appliance updates in a running guest (aios update, systemd-sysupdate, 
     expect(b.runtime).toMatchObject({ ok: true, text: 'OK' });
     // The session saved on v1, and the model pulled on v1 answering on v2 (not downloaded again).
     expect(b.during).toEqual({ ok: true, value: { sessions: ['made-on-v1'], answered: PULLED } });
-    expect(served).toHaveLength(1);
+    expect(served.filter((x) => x.includes(PULLED))).toHaveLength(1);
+    // v2 looks for updates over HTTP (its update.source): the signed SHA256SUMS and v3's artifacts came from the server.
+    expect(/AIOS-CHECK update_check=(.*)/.exec(log)?.[1]?.trim()).toBe(`rc=0 {"available":"3","detail":"version 3 at ${updateUrl()}, signature verified"}`);
+    expect(served).toEqual(expect.arrayContaining(['GET /update/SHA256SUMS', 'GET /update/SHA256SUMS.gpg', 'GET /update/aios_3.conf', expect.stringMatching(/^GET \/update\/aios_3_[0-9a-f-]+\.root\.erofs$/)]));
     // aios-ready said so, and systemd-bless-boot renamed aios_2+2-1.conf to aios_2.conf (below).
     expect(log).toMatch(/AIOS-CHECK-READY aios-runtime is ready: this boot may be marked good/);
     expect(applied(b)?.slice(1)).toEqual(['3', '0']);
