@@ -28,6 +28,7 @@ import { NetnsLab, waitForPort, type NsHost } from '../fleet/netns.js';
 import { physicalCores } from '../util/cpu.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 import { readChatStream, runBench, writeBenchSection } from './common.js';
+import { median } from './stats.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -43,10 +44,6 @@ const START = '<!-- fleet-bench:start -->';
 const END = '<!-- fleet-bench:end -->';
 const PROMPT = 'Write a long story about a robot who learns to paint.';
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const f = (x: number, d = 0) => x.toFixed(d);
 const MiB = 1024 * 1024;
 

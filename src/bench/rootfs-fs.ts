@@ -60,7 +60,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statfsSync, statSync, writeFileSync, type Stats } from 'node:fs';
-import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { loadavg, release, tmpdir } from 'node:os';
 import { basename, join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from '../build/index.js';
@@ -74,7 +74,7 @@ import { run, which } from '../util/exec.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 import { machineFacts } from './facts.js';
 import { fmt } from './report.js';
-import { mean, sd, welch, type Welch } from './stats.js';
+import { mean, median, sd, welch, type Welch } from './stats.js';
 
 export type Fs = 'erofs' | 'squashfs';
 export const FSES: readonly Fs[] = ['erofs', 'squashfs'];
@@ -420,13 +420,6 @@ export function verdictOf(ci: [number, number], lowerIsBetter: boolean): Verdict
   if (ci[0] > 0) return lowerIsBetter ? 'erofs faster' : 'squashfs faster';
   if (ci[1] < 0) return lowerIsBetter ? 'squashfs faster' : 'erofs faster';
   return 'no difference detectable at 95 %';
-}
-
-export function median(xs: readonly number[]): number {
-  if (!xs.length) throw new Error('median of no samples');
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 export interface FigureRow {

@@ -27,6 +27,7 @@ import { physicalCores } from '../util/cpu.js';
 import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 import { readChatStream } from './common.js';
+import { median } from './stats.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -98,11 +99,6 @@ function grpcStream(c: RuntimeClient): Promise<Run> {
   });
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
   const pos = (s.length - 1) * q;

@@ -22,6 +22,7 @@ import { connect, waitReady } from '../runtime/client.js';
 import { freePort } from '../util/net.js';
 import { defaultCacheDir, PKG_ROOT } from '../util/paths.js';
 import { runBench, writeBenchSection } from './common.js';
+import { median } from './stats.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -34,10 +35,6 @@ const DAEMON = join(PKG_ROOT, 'dist/runtime/main.js');
 const START = '<!-- sessions-bench:start -->';
 const END = '<!-- sessions-bench:end -->';
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const f = (x: number, d = 0) => x.toFixed(d);
 
 /** ~1,350 tokens of text (the llama SPM vocabulary: about 1.3 tokens per word here). */

@@ -11,6 +11,14 @@ export function mean(xs: readonly number[]): number {
 }
 
 /** Sample standard deviation (n − 1 in the denominator). */
+/** The middle sample (the mean of the two middle ones for an even count). */
+export function median(xs: readonly number[]): number {
+  if (!xs.length) throw new Error('median of no samples');
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
 export function sd(xs: readonly number[]): number {
   if (xs.length < 2) throw new Error(`standard deviation needs at least 2 samples, got ${xs.length}`);
   const m = mean(xs);

@@ -8,7 +8,8 @@ import { describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { mkdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { bootSet, elfOfFile, END, figureRow, formatSection, HEADING, median, parseElf, resolveInRoot, shebang, spliceSection, START, verdictOf, type ElfInfo, type Op, type RootFsResult } from '../../src/bench/rootfs-fs.js';
+import { bootSet, elfOfFile, END, figureRow, formatSection, HEADING, parseElf, resolveInRoot, shebang, spliceSection, START, verdictOf, type ElfInfo, type Op, type RootFsResult } from '../../src/bench/rootfs-fs.js';
+import { median } from '../../src/bench/stats.js';
 import { REPO, tmp } from '../helpers.js';
 
 /** A minimal ELF64 little-endian file: PT_LOAD over the whole file, PT_INTERP, PT_DYNAMIC with NEEDED, RUNPATH, STRTAB. */
