@@ -145,6 +145,8 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     // [fleet] role = "worker": ggml-rpc-server's address and arguments, its firewall (nftables text), IPAddressAllow=.
     fleetWorker: r.fleet ? workerFiles(r.fleet) : undefined,
     fleetFirewall: (r.fleet && workerFiles(r.fleet)?.nft) ?? '',
+    // A head: its workers as [[runtime.rpc_workers]] tables (memory only when it is set).
+    rpcWorkersToml: r.runtime.rpc_workers.length ? stringifyToml({ runtime: { rpc_workers: r.runtime.rpc_workers.map((w) => ({ address: w.address, ...(w.memory ? { memory: w.memory } : {}) })) } }) : '',
     // image.layout = "appliance": the sysupdate transfers' source; Verify=yes only when the build signs (contextWithWishes).
     updateSourceUrl: sysupdateSourceUrl(r.update.source),
     updateVerify: false,

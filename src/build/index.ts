@@ -354,6 +354,7 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
         }
       : null,
     models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],
+    ...(r.fleet.role === 'worker' ? { fleet: { role: 'worker' as const, listen: r.fleet.listen, heads: r.fleet.heads, ...(r.fleet.interface ? { interface: r.fleet.interface } : {}) } } : {}),
     packages,
   };
 }

@@ -59,6 +59,8 @@ export interface Manifest {
     probe?: { prompt: string; grammar?: string; expect: string };
   } | null;
   models: ManifestModel[];
+  /** [fleet] role = "worker" (docs/fleets.md): where its ggml-rpc-server listens and who may connect; absent otherwise. */
+  fleet?: { role: 'worker'; listen: string; heads: string[]; interface?: string };
   /** Installed packages and their versions. */
   packages: Record<string, string>;
 }

@@ -5,6 +5,7 @@ import { dirname, resolve } from 'node:path';
 import ora from 'ora';
 import { bench, compareResults, formatCompare, formatReport, loadSide, type BenchResult } from '../bench/index.js';
 import { benchFromLog, benchImage } from '../bench/image.js';
+import { payoff } from '../bench/payoff.js';
 import { UserError } from '../util/errors.js';
 
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : s + '\n');
@@ -145,6 +146,49 @@ Examples:
       else {
         out(formatReport(res));
         if (o.out) out(`result: ${o.out} (compare two with: aios bench compare a.json b.json)`);
+      }
+    });
+
+  b.command('payoff')
+    .description('the payoff figure: boot a baseline image and tuned ones in turn (aios bench --image, rounds in rotated order), then compare each against the baseline; needs KVM')
+    .argument('<images...>', 'the baseline image first (e.g. out/aios-stock.raw), then the tuned ones (out/aios-default.raw out/aios-custom-kernel.raw)')
+    .option('--rounds <n>', 'rounds of one run per image; the order rotates each round (A B C, B C A, …)', int('--rounds'), 3)
+    .option('--reps <n>', 'timed repetitions per test in each run', int('--reps'), 10)
+    .option('--model <name>', "the model to benchmark, by its name in the recipes (default: each image's operational model; it must be the same file in every image)")
+    .option('--threads <n>', "threads for llama-bench and the bandwidth probe (default: the guest's physical cores)", int('--threads'))
+    .option('--pp <n>', 'prompt tokens of the prompt-processing test (0: skip it)', int('--pp'), 512)
+    .option('--tg <n>', 'generated tokens of the generation test (0: skip it)', int('--tg'), 128)
+    .option('--cpus <n>', "guest vCPUs, the same for every image (default: this host's logical CPUs)", int('--cpus'))
+    .option('--memory <MiB>', "guest memory, the same for every image (default: half of this host's, 2048 to 16384)", int('--memory'))
+    .addOption(new Option('--accel <accel>', 'kvm (the default when it works); tcg runs on an emulated CPU: a functional check only, its figures are meaningless').choices(['kvm', 'tcg']))
+    .option('--cpu <model>', 'QEMU CPU model (default: host with KVM)')
+    .option('--timeout <seconds>', 'per run: boot and benchmark (default 1800)', int('--timeout'))
+    .option('--out-dir <dir>', 'where each run (<image>.r<N>.json, its serial log) and payoff.md go; runs of the same image and settings found there are reused', 'payoff')
+    .option('--cache-dir <dir>', 'cache, for the models\' copies on this host (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+    .option('--json', 'print the comparisons as JSON instead of Markdown')
+    .exitOverride(usageErrorsExit2)
+    .addHelpText(
+      'after',
+      `
+Build the images with the same model first (docs/benchmarks.md, "The payoff"), e.g.:
+  M='models=[{name="tinyllama",level="operational",source="synth",shape="tinyllama-1.1b",quant="Q4_K_M"}]'
+  aios build image -r stock --set "$M"; aios build image -r default --set "$M"; aios build image -r custom-kernel --set "$M"
+  aios bench payoff out/aios-stock.raw out/aios-default.raw out/aios-custom-kernel.raw --rounds 3
+Without KVM it refuses: compare the images' own runs on the machine instead (/usr/libexec/aios/bench,
+aios bench --from-log, aios bench compare with comma-pooled runs).`,
+    )
+    .action(async (images: string[], _o: unknown, cmd: Command) => {
+      // `bench` has options of the same names, and commander gives them to it wherever they stand: a
+      // value given on the command line wins, from either command, over either's default.
+      const parent = cmd.parent!;
+      const o = Object.fromEntries(
+        cmd.options.map((x) => x.attributeName()).map((k) => [k, cmd.getOptionValueSource(k) !== 'cli' && parent.getOptionValueSource(k) === 'cli' ? parent.getOptionValue(k) : cmd.getOptionValue(k)]),
+      ) as { rounds: number; reps: number; model?: string; threads?: number; pp: number; tg: number; cpus?: number; memory?: number; accel?: 'kvm' | 'tcg'; cpu?: string; timeout?: number; outDir: string; cacheDir?: string; json?: boolean };
+      const res = await payoff(images, { ...o, progress: (s) => process.stderr.write(`${s}\n`) });
+      if (o.json) out(JSON.stringify({ dir: res.dir, accel: res.accel, images: res.images, comparisons: res.comparisons }, null, 2));
+      else {
+        out(res.markdown);
+        out(`runs and payoff.md: ${res.dir}`);
       }
     });
 

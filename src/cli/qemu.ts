@@ -66,6 +66,13 @@ export function registerQemu(p: Command): void {
           for (const a of res.access) out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(12)} ${a.detail}`);
         }
         if (res.oom) out(`model sandbox: ${res.oom.ok ? 'ok  ' : 'FAIL'} ${res.oom.detail}`);
+        if (g.rpcWorker) {
+          const w = g.rpcWorker;
+          out(`rpc worker:  aios-rpc-worker.service ${w.state ?? '?'} on ${w.listen ?? '?'}, ${w.listening ? 'listening' : 'NOT listening'}${w.firewall ? `; aios-rpc-firewall.service ${w.firewall}` : ''}`);
+          for (const r of w.rules) out(`  firewall:  ${r}`);
+          if (w.fromSelf) out(`  from the guest's own address (not a head): ${w.fromSelf}`);
+          if (res.worker) out(`  ${res.worker.ok ? 'ok  ' : 'FAIL'} ${res.worker.detail}`);
+        }
         for (const w of res.warnings) out(`warning:     ${w}`);
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');

@@ -192,6 +192,22 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
   });
   // Fleets (docs/fleets.md): a worker's address, its heads, and what it needs of the image.
   out.push(...fleetProblems(r.fleet, { llamaEnabled: r.llama.enabled, llamaRpc: r.llama.rpc, runtimeListens: r.runtime.enabled ? [r.runtime.listen, r.runtime.http_listen] : [] }));
+  // A head (docs/fleets.md): split models need workers and llama.cpp's RPC backend; workers listed once.
+  r.models.forEach((m, i) => {
+    if (!m.rpc) return;
+    if (!r.runtime.rpc_workers.length) out.push({ path: `models.${i}.rpc`, message: `model "${m.name}" is split across RPC workers, but the recipe lists none: add them as runtime.rpc_workers = [{ address = "10.0.0.2:50052" }] (or set rpc = false)` });
+    if (!r.llama.rpc) out.push({ path: `models.${i}.rpc`, message: `model "${m.name}" is split across RPC workers: it needs llama.cpp's RPC backend (llama.rpc = true, the default)` });
+  });
+  if (r.runtime.rpc_workers.length) {
+    if (!r.runtime.enabled) out.push({ path: 'runtime.rpc_workers', message: 'the workers are aios-runtime\'s: set runtime.enabled = true (or remove runtime.rpc_workers)' });
+    if (!r.models.some((m) => m.rpc)) out.push({ path: 'runtime.rpc_workers', message: 'no model is split across these workers: set rpc = true on the [[models]] entry to split (or remove runtime.rpc_workers)' });
+    const seenW = new Set<string>();
+    r.runtime.rpc_workers.forEach((w, i) => {
+      if (seenW.has(w.address)) out.push({ path: `runtime.rpc_workers.${i}.address`, message: `worker ${w.address} is listed twice` });
+      seenW.add(w.address);
+    });
+    if (r.fleet.role === 'worker') out.push({ path: 'runtime.rpc_workers', message: 'a worker does not have workers of its own: a head lists its workers, a worker lists its heads (fleet.heads)' });
+  }
   for (const level of ['operational', 'tactical'] as const) {
     const n = r.models.filter((m) => m.level === level);
     if (n.length > 1) out.push({ path: 'models', message: `${n.length} models have level = "${level}"; at most one per level (${n.map((m) => m.name).join(', ')})` });

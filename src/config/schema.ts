@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { SIZE_RE } from '../util/size.js';
 import { QUANTS, SHAPES } from '../models/synth.js';
+import { RpcWorker } from '../runtime/config.js';
 import { applianceImageKeys } from './appliance.js';
 import { UpdateSchema } from './update.js';
 import { llamaToolchainKeys } from './toolchain.js';
@@ -245,6 +246,10 @@ const modelCommon = {
       });
     })
     .describe('LoRA adapters, each {name, description = "", scale = 1.0, source = "synth" (rank = 8, seed = 1, zero_b = false: random weights for tests), "file" (path: a LoRA GGUF on the build host) or "url" (url, sha256, size: downloaded and checked like a model)}; a model with source = "catalog" also gets its catalog entry\'s adapters ([[model.adapters]] in models/catalog.toml; one listed here under the same name replaces it); installed as <name>.lora-<adapter>.gguf, checked against the model at build (a misfit fails it, with the reason), listed as [[models.<layer>.adapters]] in /etc/aios/config.toml and loaded unapplied by aios-runtime'),
+  rpc: z
+    .boolean()
+    .default(false)
+    .describe('Split this model across runtime.rpc_workers with llama.cpp\'s RPC backend: its layers and their KV cache go to the workers in proportion to the free memory each reports (rpc = true on its layer in /etc/aios/config.toml; docs/fleets.md). Needs runtime.rpc_workers and llama.rpc'),
   level: z.enum(['operational', 'tactical']).default('tactical').describe('Intelligence layer this model serves: operational (loaded at start; the runtime is ready once it answers its probe) or tactical (loaded when a request asks for it)'),
   store: z
     .enum(['var', 'image'])
@@ -309,6 +314,10 @@ export const RuntimeSchema = z
       .boolean()
       .default(false)
       .describe('Let aios-runtime install catalog models at run time (`aios runtime pull <id>`, PullModel; and auto-install, if its config turns that on): /var/lib/aios/models becomes writable to the service (group aios, mode 2775, ReadWritePaths=). false: the model dir is read-only to the service, so a compromised runtime cannot replace a model, and models come only from the build (or root, by hand)'),
+    rpc_workers: z
+      .array(RpcWorker)
+      .default([])
+      .describe('This machine as a head of models split across machines: the ggml-rpc-server workers (images/rpc-worker.toml) its models with rpc = true use, each {address = "10.0.0.2:50052" (an IPv4 address and port: the worker\'s firewall admits heads by address), memory = "" (most this head may place there; "" = what the worker reports free)}; written to /etc/aios/config.toml as [[runtime.rpc_workers]] (docs/fleets.md)'),
     catalog: z
       .string()
       .default('')
@@ -322,7 +331,7 @@ export const FleetSchema = z
     role: z
       .enum(['standalone', 'worker'])
       .default('standalone')
-      .describe('standalone: an aios node on its own (a head lists its workers in the runtime config\'s [[runtime.rpc_workers]]). worker: an RPC worker of split models: the image runs aios-rpc-worker.service (llama.cpp\'s ggml-rpc-server from the llama stage, needs llama.rpc) on fleet.listen, and loads a firewall generated from fleet.heads at boot (aios-rpc-firewall.service)'),
+      .describe('standalone: an aios node on its own, or a head of split models (its workers are runtime.rpc_workers). worker: an RPC worker of split models: the image runs aios-rpc-worker.service (llama.cpp\'s ggml-rpc-server from the llama stage, needs llama.rpc) on fleet.listen, and loads a firewall generated from fleet.heads at boot (aios-rpc-firewall.service)'),
     listen: z
       .string()
       .regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, { message: 'must be an IPv4 address and port such as 10.0.0.2:50052 (an IP literal, never a name; the pinned ggml-rpc-server binds IPv4 only)' })

@@ -14,6 +14,7 @@ import type { Result as DoctorResult, Verdict as DoctorVerdict } from '../doctor
 import { freePort } from '../util/net.js';
 import { accessChecks, type AccessCheck } from './access.js';
 import { oomCheck, type OomCheck } from './oom-check.js';
+import { headsAdmit, workerCheck } from './worker-check.js';
 import { manifestPath, readManifest, type Manifest } from '../build/manifest.js';
 
 export const OVMF_CANDIDATES = [
@@ -236,7 +237,11 @@ export interface BootCheck {
     thp?: string;
     swap?: string;
     root?: string;
+    /** An RPC worker image (fleet.role = "worker"): its unit and firewall states, whether it listened, the firewall's rules for its port, and whether a connection from the guest's own address (not a head) was refused. */
+    rpcWorker?: { state?: string; listen?: string; listening?: boolean; firewall?: string; rules: string[]; fromSelf?: string };
   };
+  /** An RPC worker image: whether a connection from the host (QEMU's 10.0.2.2, which the test image names as its head) reached ggml-rpc-server through the port forwarding. */
+  worker?: { ok: boolean; address: string; detail: string };
   serialLog: string;
 }
 
@@ -257,6 +262,8 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     if (rtlog) guest.runtimeLog.push(rtlog[1]!.trimEnd());
     const sandbox = /AIOS-CHECK-SANDBOX (.*)$/.exec(line);
     if (sandbox) (guest.sandbox ??= []).push(sandbox[1]!.trimEnd());
+    const rule = /AIOS-CHECK-RPC-RULE (.*)$/.exec(line);
+    if (rule) (guest.rpcWorker ??= { rules: [] }).rules.push(rule[1]!.trimEnd());
     const doc = /AIOS-CHECK-DOCTOR (.*)$/.exec(line);
     if (doc) {
       const d = (guest.doctor ??= { findings: [], unparsed: 0 });
@@ -290,6 +297,14 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
     else if (k === 'runtime_exec_usec' && Number(val) > 0) guest.runtimeExecUsec = Number(val);
     else if (k === 'runtime_startup' && val) guest.runtimeStartup = val;
     else if (k === 'runtime_reload') guest.runtimeReload = val;
+    else if (k.startsWith('rpc_')) {
+      const w = (guest.rpcWorker ??= { rules: [] });
+      if (k === 'rpc_worker_state') w.state = val;
+      else if (k === 'rpc_worker_listen') w.listen = val;
+      else if (k === 'rpc_worker_listening') w.listening = val === 'yes';
+      else if (k === 'rpc_firewall_state') w.firewall = val;
+      else if (k === 'rpc_worker_from_self') w.fromSelf = val;
+    }
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
     else if (k.startsWith('k_')) {
@@ -381,9 +396,11 @@ export interface QemuTestOptions extends Omit<QemuOptions, 'serial' | 'cmdlineEx
   /**
    * More to do with the runtime in the guest once its probe answered (QEMU still running): called
    * with its address and client credentials; what it resolves with (or why it failed) is the
-   * result's `during`. With snapshot = false what it makes the guest write stays in the image.
+   * result's `during`. With snapshot = false what it makes the guest write stays in the image. An
+   * RPC worker image's ggml-rpc-server is forwarded too (`more.worker`, host:port on this host; the
+   * guest sees 10.0.2.2 connect); a worker image without the runtime gets address "".
    */
-  during?: (address: string, tlsDir: string | undefined) => Promise<unknown>;
+  during?: (address: string, tlsDir: string | undefined, more: { worker?: string }) => Promise<unknown>;
   /**
    * After the probe: load a second model with a cgroup memory.max far below its needs and require an
    * out-of-memory kill reported as such while the operational model keeps answering (oom-check.ts).
@@ -477,10 +494,15 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     if (tlsDir && !existsSync(join(tlsDir, 'client.crt'))) throw new UserError(`${image} serves mutual TLS, and ${tlsDir} has no client.crt: pass the image's pki dir with --tls-dir (or AIOS_TLS_DIR)`, 2);
     const hostPort = rt ? await freePort() : 0;
     const guestPort = rt ? Number(rt.listen.split(':').pop()) : 0;
+    // An RPC worker beyond loopback: its port forwarded too, so that the host can connect as 10.0.2.2.
+    const wk = manifest?.fleet?.role === 'worker' && !/^127\./.test(manifest.fleet.listen) ? manifest.fleet : undefined;
+    const workerHostPort = wk ? await freePort() : 0;
+    const forwards = [...(rt ? [{ host: hostPort, guest: guestPort }] : []), ...(wk ? [{ host: workerHostPort, guest: Number(wk.listen.split(':').pop()) }] : [])];
+    const hold = !!(rt || wk);
     const media = o.media ?? ((await isIso(image)) ? 'cdrom' : 'disk');
     const { argv } = await qemuArgs(
       image,
-      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${rt ? ' aios.hold=1' : ''}${o.checkCmdline ? ` ${o.checkCmdline}` : ''}`, snapshot: o.snapshot !== false, forwards: rt ? [{ host: hostPort, guest: guestPort }] : [] },
+      { ...o, media, accel, cpu, serial: serialLog, cmdlineExtra: `aios.check=1${hold ? ' aios.hold=1' : ''}${o.checkCmdline ? ` ${o.checkCmdline}` : ''}`, snapshot: o.snapshot !== false, forwards },
       vars,
     );
     const t0 = Date.now();
@@ -512,6 +534,22 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     let access: AccessCheck[] | undefined;
     let during: BootCheck['during'];
     let oom: OomCheck | undefined;
+    let worker: BootCheck['worker'];
+    if (wk && !exited && !panic) {
+      o.onProgress?.(`checking the RPC worker: a connection from the host (10.0.2.2) to ${wk.listen}`);
+      worker = await workerCheck(`127.0.0.1:${workerHostPort}`, wk, { holdMs: accel === 'tcg' ? 3000 : 1000 });
+    }
+    const more = wk ? { worker: `127.0.0.1:${workerHostPort}` } : {};
+    if (!rt && wk && !exited && !panic) {
+      if (worker?.ok && o.during) {
+        o.onProgress?.('talking to the worker in the guest (during)');
+        during = await o.during('', undefined, more).then(
+          (value) => ({ ok: true, value }),
+          (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
+        );
+      }
+      child.kill('SIGTERM');
+    }
     if (rt && !exited && !panic) {
       // The runtime's own check: a prompt over gRPC, through QEMU's user-net port forwarding.
       probe = await runtimeProbe(`127.0.0.1:${hostPort}`, rt.probe, tlsDir);
@@ -521,7 +559,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
       }
       if (probe.ok && o.during) {
         o.onProgress?.('talking to the runtime in the guest (during)');
-        during = await o.during(`127.0.0.1:${hostPort}`, tlsDir).then(
+        during = await o.during(`127.0.0.1:${hostPort}`, tlsDir, more).then(
           (value) => ({ ok: true, value }),
           (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
         );
@@ -551,9 +589,12 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (probe && !probe.ok) reason = `aios-runtime probe failed: ${probe.error ?? `answer "${probe.text}" does not match /${probe.expect}/`}`;
     else if (access?.some((a) => !a.ok)) reason = `access control: ${access.filter((a) => !a.ok).map((a) => `${a.name}: ${a.detail}`).join('; ')}`;
     else if (oom && !oom.ok) reason = `model sandbox: ${oom.detail}`;
+    else if (wk && guest.rpcWorker?.listening !== true) reason = `the RPC worker (aios-rpc-worker.service ${guest.rpcWorker?.state ?? 'unknown'}) did not listen on ${wk.listen} within 60 s`;
+    else if (wk && !headsAdmit(wk.heads, wk.listen.split(':')[0]!) && guest.rpcWorker?.fromSelf === 'connected') reason = `the RPC worker's firewall let the guest's own address (not a head) connect to ${wk.listen}`;
+    else if (worker && !worker.ok) reason = `RPC worker: ${worker.detail}`;
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
     const warnings = accessWarnings(manifest);
-    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(oom ? { oom } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };
+    return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(oom ? { oom } : {}), ...(worker ? { worker } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };
   } finally {
     unregister();
     await safeRemove(tmp);

@@ -45,8 +45,8 @@ export function rpcWorkerAddressProblem(a: string): string | undefined {
   return undefined;
 }
 
-/** One llama.cpp RPC worker of this head ([[runtime.rpc_workers]]). */
-const RpcWorker = z.strictObject({
+/** One llama.cpp RPC worker of this head ([[runtime.rpc_workers]]; also the recipe's runtime.rpc_workers). */
+export const RpcWorker = z.strictObject({
   address: z
     .string()
     .superRefine((a, ctx) => {

@@ -19,6 +19,8 @@ import { debian } from '../../src/distros/debian.js';
 import { arch } from '../../src/distros/arch.js';
 import { tmp } from '../helpers.js';
 import { workerFiles } from '../../src/fleet/worker.js';
+import { RuntimeConfigSchema } from '../../src/runtime/config.js';
+import { parse as parseToml } from 'smol-toml';
 
 const workerFilesOf = (r: { fleet: Parameters<typeof workerFiles>[0] }) => workerFiles(r.fleet);
 
@@ -180,5 +182,32 @@ describe('[fleet]: what the loader refuses (exit 2, naming the keys)', () => {
     const e = await loadRecipe('default', { sets: ['fleet.role=worker', 'fleet.listen="10.0.0.2:50052"'] }).catch((x) => x as Error);
     expect(e.message).toContain('fleet.heads');
     expect(e.message).toContain('fleet.listen');
+  });
+});
+
+describe('a head in the recipe: runtime.rpc_workers and rpc = true on a model', () => {
+  const HEAD = ['runtime.rpc_workers=[{ address = "10.0.0.2:50052" }, { address = "10.0.0.3:50052", memory = "6G" }]', 'models=[{ name = "aios-tiny", level = "operational", source = "synth", rpc = true }]'];
+
+  it("writes the workers and the split layer into /etc/aios/config.toml, which aios-runtime's schema accepts", async () => {
+    const files = await rendered(HEAD);
+    const text = files['etc/aios/config.toml']!;
+    const cfg = RuntimeConfigSchema.parse(parseToml(text));
+    expect(cfg.runtime.rpc_workers).toEqual([{ address: '10.0.0.2:50052', memory: '' }, { address: '10.0.0.3:50052', memory: '6G' }]);
+    expect(cfg.models.operational).toMatchObject({ name: 'aios-tiny.gguf', rpc: true });
+    // The default recipe (no head) has neither.
+    const plain = (await rendered([]))['etc/aios/config.toml']!;
+    expect(plain).not.toMatch(/rpc/);
+    expect(RuntimeConfigSchema.parse(parseToml(plain)).models.operational?.rpc).toBe(false);
+  });
+
+  it('refuses a split model without workers, workers without a split model, a worker with workers, IPv6 and repeated workers, and no RPC backend', async () => {
+    const model = HEAD[1]!;
+    expect(await problems([model])).toEqual([expect.objectContaining({ path: 'models.0.rpc', message: expect.stringMatching(/lists none: add them as runtime\.rpc_workers/) })]);
+    expect(await problems([HEAD[0]!])).toEqual([expect.objectContaining({ path: 'runtime.rpc_workers', message: expect.stringMatching(/no model is split/) })]);
+    expect(await problems([...HEAD, 'llama.rpc=false'])).toEqual([expect.objectContaining({ path: 'models.0.rpc', message: expect.stringMatching(/llama\.rpc = true/) })]);
+    expect((await problems(['runtime.rpc_workers=[{ address = "[fd00::2]:50052" }]', model])).map((p) => p.path)).toEqual(['runtime.rpc_workers.0.address']);
+    expect((await problems(['runtime.rpc_workers=[{ address = "worker1:50052" }]', model]))[0]!.message).toMatch(/IPv4 address and port/);
+    expect(await problems(['runtime.rpc_workers=[{ address = "10.0.0.2:50052" }, { address = "10.0.0.2:50052" }]', model])).toEqual([expect.objectContaining({ path: 'runtime.rpc_workers.1.address', message: 'worker 10.0.0.2:50052 is listed twice' })]);
+    expect((await problems([...HEAD, ...WORKER])).map((p) => p.path)).toContain('runtime.rpc_workers');
   });
 });
