@@ -60,11 +60,14 @@ export const debian: Distro = {
           ]),
       'zstd',
       'iproute2',
+      // nft: Debian's firewall tool, in every standard Debian install (Priority: important; its
+      // nftables.service stays disabled). The RPC worker's firewall loads with it
+      // (aios-rpc-firewall.service), so a worker and the default image share one root.
+      'nftables',
     ];
     if (r.zram.enabled) p.push('systemd-zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
     if (r.llama.enabled) p.push('libgomp1', 'libstdc++6'); // llama.cpp's OpenMP and C++ runtime
-    if (r.fleet?.role === 'worker' && r.fleet.heads.length) p.push('nftables'); // the RPC worker's firewall (aios-rpc-firewall.service)
     if (r.runtime.enabled) p.push('nodejs'); // aios-runtime (trixie: Node.js 20); the model sandbox uses util-linux's unshare and setpriv, and perl-base runs notify-exec (both essential)
     return [...new Set([...p, ...r.base.packages])];
   },

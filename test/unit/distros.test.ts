@@ -20,7 +20,7 @@ describe('debian module', () => {
       '--variant=minbase',
       '--arch=amd64',
       '--components=main',
-      '--include=systemd,systemd-sysv,udev,dbus,kmod,e2fsprogs,linux-image-amd64,systemd-boot-efi,initramfs-tools,live-boot,zstd,iproute2,systemd-zram-generator,libgomp1,libstdc++6,nodejs,htop',
+      '--include=systemd,systemd-sysv,udev,dbus,kmod,e2fsprogs,linux-image-amd64,systemd-boot-efi,initramfs-tools,live-boot,zstd,iproute2,nftables,systemd-zram-generator,libgomp1,libstdc++6,nodejs,htop',
       '--dpkgopt=force-unsafe-io',
       '--dpkgopt=path-exclude=/usr/share/man/*',
       '--dpkgopt=path-exclude=/usr/share/info/*',

@@ -82,7 +82,7 @@ describe('[fleet] role = "worker": the rendered files', () => {
     expect(f[UNIT]).not.toMatch(/aios-rpc-firewall/);
     expect(f[NFT]).toBeUndefined();
     expect(f[FW_UNIT]).toBeUndefined();
-    expect(debian.packages(await loadRecipe('default', { sets: ['fleet.role=worker'] }))).not.toContain('nftables');
+    // Debian images have nft anyway (Priority: important); the firewall unit is only a worker's with heads.
   });
 
   it('images/rpc-worker.toml: a worker without the runtime or models, for the heads it names', async () => {
@@ -102,7 +102,9 @@ describe('[fleet] role = "worker": the rendered files', () => {
   it('renders nothing of it for a standalone recipe (the default)', async () => {
     const f = await rendered([]);
     for (const p of [UNIT, FW_UNIT, NFT]) expect(f[p]).toBeUndefined();
-    expect(debian.packages(await loadRecipe('default'))).not.toContain('nftables');
+    expect(debian.packages(await loadRecipe('default'))).toContain('nftables'); // Debian's standard firewall tool, in every image
+    const r = await loadRecipe('default');
+    expect(arch.packages({ ...r, base: { ...r.base, distro: 'arch' } })).not.toContain('nftables');
   });
 
   it('the ruleset passes `nft -c -f` (checked, not loaded)', async (t) => {
