@@ -22,6 +22,7 @@ APT_PACKAGES=(
   openssl                   # per-image certificates (runtime.tls): CA, server and client certificates
   bubblewrap                # the model sandbox around each llama-server (aios-runtime; its tests run it for real)
   iproute2 nftables         # fleet tests: RPC workers in network namespaces (veth), the generated worker firewall applied in them
+  wireguard-go wireguard-tools   # fleet tests: fleet.tunnel = "wireguard" between namespaces (userspace WireGuard: the host kernel need not have the module)
   nginx-light               # fleet tests: the balancer `aios fleet lb-config` generates, in front of three runtimes (not started as a service)
   ca-certificates
 )

@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type { Recipe, ResolvedRecipe } from '../config/schema.js';
 import { derivedUuid } from '../util/hash.js';
 import { workerFiles } from '../fleet/worker.js';
+import { wgNetdev, wgNetwork } from '../fleet/wireguard.js';
 import { sysupdateSourceUrl } from '../config/update.js';
 
 export interface Identity {
@@ -145,6 +146,9 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     // [fleet] role = "worker": ggml-rpc-server's address and arguments, its firewall (nftables text), IPAddressAllow=.
     fleetWorker: r.fleet ? workerFiles(r.fleet) : undefined,
     fleetFirewall: (r.fleet && workerFiles(r.fleet)?.nft) ?? '',
+    // fleet.tunnel = "wireguard": networkd's netdev (no private key: a credential) and network for aioswg0.
+    wgNetdev: r.fleet.tunnel === 'wireguard' && r.fleet.wireguard ? wgNetdev(r.fleet.wireguard) : '',
+    wgNetwork: r.fleet.tunnel === 'wireguard' && r.fleet.wireguard ? wgNetwork(r.fleet.wireguard) : '',
     // A head: its workers as [[runtime.rpc_workers]] tables (memory only when it is set).
     rpcWorkersToml: r.runtime.rpc_workers.length ? stringifyToml({ runtime: { rpc_workers: r.runtime.rpc_workers.map((w) => ({ address: w.address, ...(w.memory ? { memory: w.memory } : {}) })) } }) : '',
     // image.layout = "appliance": the sysupdate transfers' source; Verify=yes only when the build signs (contextWithWishes).

@@ -13,6 +13,7 @@ import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/cata
 import { fragmentPath } from '../kernel/config.js';
 import { applianceProblems } from './appliance.js';
 import { fleetProblems } from '../fleet/worker.js';
+import { inCidr, wireguardProblems } from '../fleet/wireguard.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -191,6 +192,7 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
     }
   });
   // Fleets (docs/fleets.md): a worker's address, its heads, and what it needs of the image.
+  out.push(...wireguardProblems(r.fleet, { kernelBuild: r.kernel.build, kernelBase: r.kernel.base }));
   out.push(...fleetProblems(r.fleet, { llamaEnabled: r.llama.enabled, llamaRpc: r.llama.rpc, runtimeListens: r.runtime.enabled ? [r.runtime.listen, r.runtime.http_listen] : [] }));
   // A head (docs/fleets.md): split models need workers and llama.cpp's RPC backend; workers listed once.
   r.models.forEach((m, i) => {
@@ -206,6 +208,13 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       if (seenW.has(w.address)) out.push({ path: `runtime.rpc_workers.${i}.address`, message: `worker ${w.address} is listed twice` });
       seenW.add(w.address);
     });
+    const wg = r.fleet.tunnel === 'wireguard' ? r.fleet.wireguard : undefined;
+    if (wg) {
+      r.runtime.rpc_workers.forEach((w, i) => {
+        const host = w.address.split(':')[0]!;
+        if (!wg.peers.some((p) => p.allowed_ips.some((a) => inCidr(host, a)))) out.push({ path: `runtime.rpc_workers.${i}.address`, message: `${host} is not inside any fleet.wireguard peer's allowed_ips: with fleet.tunnel = "wireguard" give the worker's tunnel address` });
+      });
+    }
     if (r.fleet.role === 'worker') out.push({ path: 'runtime.rpc_workers', message: 'a worker does not have workers of its own: a head lists its workers, a worker lists its heads (fleet.heads)' });
   }
   for (const level of ['operational', 'tactical'] as const) {

@@ -346,6 +346,27 @@ export const FleetSchema = z
       .regex(/^[A-Za-z0-9_.-]{1,15}$/, { message: 'must be a network interface name such as eth0 or wg0' })
       .optional()
       .describe('Accept the heads only through this interface (e.g. a dedicated link). Unset: any interface'),
+    tunnel: z
+      .enum(['none', 'wireguard'])
+      .default('none')
+      .describe('wireguard: the RPC traffic goes through a WireGuard tunnel (fleet.wireguard; systemd-networkd\'s interface aioswg0): a worker then listens on its tunnel address and admits its heads only through the tunnel. The private key is never in the recipe: networkd reads the credential network.wireguard.private.50-aios-wg (/etc/credstore on the machine; docs/fleets.md)'),
+    wireguard: z
+      .strictObject({
+        address: z.string().describe('this machine\'s tunnel address with its prefix length, e.g. 10.77.0.2/24'),
+        listen_port: z.number().int().min(1).max(65535).default(51820).describe('UDP port of the tunnel'),
+        peers: z
+          .array(
+            z.strictObject({
+              public_key: z.string().describe('the peer\'s public key (`wg pubkey`)'),
+              allowed_ips: z.array(z.string()).default([]).describe('the peer\'s tunnel addresses, e.g. ["10.77.0.1/32"]'),
+              endpoint: z.string().optional().describe('where to reach it, host:port (a worker may leave it out: its heads connect first)'),
+              keepalive: z.number().int().min(0).max(65535).optional().describe('PersistentKeepalive= seconds (through NAT)'),
+            }),
+          )
+          .default([]),
+      })
+      .optional()
+      .describe('The WireGuard tunnel of fleet.tunnel = "wireguard": { address = "10.77.0.2/24", listen_port = 51820, peers = [{ public_key, allowed_ips, endpoint, keepalive }] } (a worker lists its heads, a head its workers)'),
     cache: z
       .boolean()
       .default(true)

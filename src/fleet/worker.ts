@@ -7,6 +7,7 @@
  */
 import { isIP } from 'node:net';
 import { firewallProblems, workerNftRules } from './firewall.js';
+import { WG_INTERFACE } from './wireguard.js';
 
 /** The [fleet] table as the recipe schema gives it. */
 export interface FleetRecipe {
@@ -15,6 +16,7 @@ export interface FleetRecipe {
   heads: string[];
   interface?: string;
   cache: boolean;
+  tunnel?: 'none' | 'wireguard';
 }
 
 /** What the templates render for a worker (templates/root: aios-rpc-worker.service, aios-rpc-firewall.service, etc/aios/rpc-worker.nft). */
@@ -84,7 +86,9 @@ export function workerFiles(f: FleetRecipe): WorkerFiles | undefined {
   if (f.role !== 'worker') return undefined;
   const l = parseListen(f.listen);
   if (!l) throw new Error(`fleet.listen "${f.listen}" is not an IPv4 address and port`);
-  const nft = f.heads.length ? workerNftRules({ port: l.port, heads: f.heads, iface: f.interface }) : '';
+  // Through the WireGuard tunnel (fleet.tunnel): the heads are admitted on its interface only.
+  const iface = f.tunnel === 'wireguard' ? WG_INTERFACE : f.interface;
+  const nft = f.heads.length ? workerNftRules({ port: l.port, heads: f.heads, iface }) : '';
   const allow = [...(isLoopback4(l.host) ? ['localhost'] : []), ...f.heads];
   return { host: l.host, port: l.port, args: ['-H', l.host, '-p', String(l.port), ...(f.cache ? ['-c'] : [])].join(' '), nft, ipAllow: [...new Set(allow)].join(' ') };
 }
