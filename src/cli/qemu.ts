@@ -5,6 +5,7 @@ import { qemuTest, qemuInteractive, type BootCheck, type Media } from '../qemu/i
 import { formatSize } from '../util/size.js';
 import { out } from './common.js';
 import { liveSummary } from '../kernel/live.js';
+import { UserError } from '../util/errors.js';
 
 export function registerQemu(p: Command): void {
   p.command('qemu-test')
@@ -19,8 +20,14 @@ export function registerQemu(p: Command): void {
     .option('--serial-log <file>', 'where to keep the serial log (default: <image>.serial.log)')
     .option('--tls-dir <dir>', 'client certificates for the runtime\'s mutual TLS (default: $AIOS_TLS_DIR, else the image\'s pki dir, out/<name>.pki)')
     .option('--oom-check', "also load a second model with a cgroup memory limit far below its needs: the kernel must kill it in its cgroup, the runtime report it out of memory, and the operational model answer meanwhile (docs/sandbox.md)")
+    .option('--credential <name=file>', 'a systemd credential for the guest, read from a file on this host and passed through QEMU\'s fw_cfg (repeatable), e.g. network.wireguard.aios=worker.key (docs/fleets.md)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print the result as JSON')
-    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; oomCheck?: boolean; json?: boolean }) => {
+    .action(async (image: string, o: { as?: Media; timeout: number; memory: string; cpus: number; accel?: 'kvm' | 'tcg'; cpu?: string; serialLog?: string; tlsDir?: string; oomCheck?: boolean; credential: string[]; json?: boolean }) => {
+      const credentials = o.credential.map((c) => {
+        const eq = c.indexOf('=');
+        if (eq <= 0 || eq === c.length - 1) throw new UserError(`--credential ${c}: expected NAME=FILE`, 2, 'e.g. --credential network.wireguard.aios=worker.key');
+        return { name: c.slice(0, eq), file: c.slice(eq + 1) };
+      });
       const spinner = o.json || !process.stderr.isTTY ? undefined : ora({ text: `booting ${image}`, stream: process.stderr }).start();
       const t0 = Date.now();
       const tick = spinner ? setInterval(() => (spinner.text = `booting ${image} (${((Date.now() - t0) / 1000).toFixed(0)} s)`), 1000) : undefined;
@@ -33,6 +40,7 @@ export function registerQemu(p: Command): void {
         cpu: o.cpu,
         serialLog: o.serialLog,
         tlsDir: o.tlsDir,
+        credentials,
         oomCheck: o.oomCheck,
         onProgress: (l) => {
           if (spinner) spinner.text = l;

@@ -349,7 +349,7 @@ export const FleetSchema = z
     tunnel: z
       .enum(['none', 'wireguard'])
       .default('none')
-      .describe('wireguard: the RPC traffic goes through a WireGuard tunnel (fleet.wireguard; systemd-networkd\'s interface aioswg0): a worker then listens on its tunnel address and admits its heads only through the tunnel. The private key is never in the recipe: networkd reads the credential network.wireguard.private.50-aios-wg (/etc/credstore on the machine; docs/fleets.md)'),
+      .describe('wireguard: the RPC traffic goes through a WireGuard tunnel (fleet.wireguard; systemd-networkd\'s interface aioswg0): a worker then listens on its tunnel address and admits its heads only through the tunnel. The private key is never in the recipe: networkd reads it from the credential network.wireguard.aios (PrivateKey=@network.wireguard.aios; /etc/credstore on the machine; docs/fleets.md)'),
     wireguard: z
       .strictObject({
         address: z.string().describe('this machine\'s tunnel address with its prefix length, e.g. 10.77.0.2/24'),

@@ -4,9 +4,10 @@
  * authentication and no encryption). The image gets a systemd-networkd WireGuard netdev
  * (`50-aios-wg.netdev`, interface `aioswg0`) and its address (`50-aios-wg.network`); its private key
  * is never in the recipe, the image or the manifest: networkd reads it from the systemd credential
- * `network.wireguard.private.50-aios-wg` (networkd imports `network.wireguard.*` credentials by
- * itself), which the machine's owner puts into /etc/credstore (or /etc/credstore.encrypted, with
- * `systemd-creds encrypt`). A worker then listens on its tunnel address and its firewall admits the
+ * `network.wireguard.aios` (`PrivateKey=@network.wireguard.aios`; networkd imports
+ * `network.wireguard.*` credentials by itself), which the machine's owner puts into /etc/credstore
+ * (or /etc/credstore.encrypted, with `systemd-creds encrypt`), or a VM gets from its host (QEMU's
+ * fw_cfg: `aios qemu-test --credential`). A worker then listens on its tunnel address and its firewall admits the
  * heads only through `aioswg0`.
  *
  * The same settings also give the `wg setconf` text for a peer that is not an aios image (and the
@@ -18,8 +19,12 @@ import { isIP } from 'node:net';
 export const WG_NETDEV = '50-aios-wg';
 /** The tunnel's interface in an image. */
 export const WG_INTERFACE = 'aioswg0';
-/** The systemd credential networkd reads the private key from (systemd.netdev(5): network.wireguard.private.<netdev>). */
-export const WG_KEY_CREDENTIAL = `network.wireguard.private.${WG_NETDEV}`;
+/**
+ * The systemd credential networkd reads the private key from (`PrivateKey=@<name>`, systemd.netdev(5);
+ * networkd imports `network.wireguard.*` credentials by itself). Short on purpose: QEMU's fw_cfg
+ * names (opt/io.systemd.credentials/<name>) may have at most 55 characters.
+ */
+export const WG_KEY_CREDENTIAL = 'network.wireguard.aios';
 
 export interface WireguardPeer {
   public_key: string;
@@ -103,7 +108,7 @@ export function wireguardProblems(f: { role: string; tunnel: 'none' | 'wireguard
 export function wgNetdev(w: WireguardRecipe): string {
   const lines = [
     '# aios: the fleet\'s WireGuard tunnel (recipe fleet.tunnel = "wireguard"; docs/fleets.md).',
-    `# The private key is not here: systemd-networkd reads the credential ${WG_KEY_CREDENTIAL}`,
+    `# The private key is not here: systemd-networkd reads it from the credential ${WG_KEY_CREDENTIAL}`,
     `# (/etc/credstore/${WG_KEY_CREDENTIAL}, or /etc/credstore.encrypted/ made with systemd-creds encrypt).`,
     '[NetDev]',
     `Name=${WG_INTERFACE}`,
@@ -111,6 +116,7 @@ export function wgNetdev(w: WireguardRecipe): string {
     'Description=aios fleet tunnel',
     '',
     '[WireGuard]',
+    `PrivateKey=@${WG_KEY_CREDENTIAL}`,
     `ListenPort=${w.listen_port}`,
   ];
   for (const p of w.peers) {

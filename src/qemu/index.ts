@@ -98,6 +98,13 @@ export interface QemuOptions {
    * /dev/vdb, /dev/vdc …): e.g. an ext4 image holding update artifacts (the appliance update test).
    */
   extraDisks?: string[];
+  /**
+   * systemd credentials for the guest, each read by QEMU from a file on this host and handed over
+   * through fw_cfg (opt/io.systemd.credentials/<name>, which the guest's systemd imports as a system
+   * credential at boot): secrets the image must not carry, e.g. network.wireguard.aios.
+   * The value is never on QEMU's command line, only the file's path.
+   */
+  credentials?: { name: string; file: string }[];
 }
 
 export type Media = 'disk' | 'cdrom' | 'usb';
@@ -156,6 +163,11 @@ export async function qemuArgs(image: string, o: QemuOptions, varsFile: string):
   if (o.dataPort) {
     if (!/^[A-Za-z0-9._-]+$/.test(o.dataPort.name) || o.dataPort.file.includes(',')) throw new Error(`bad data port ${o.dataPort.name} → ${o.dataPort.file}`);
     argv.push('-device', 'virtio-serial-pci,id=vser0', '-chardev', `file,id=aiosdata,path=${resolve(o.dataPort.file)}`, '-device', `virtserialport,bus=vser0.0,chardev=aiosdata,name=${o.dataPort.name}`);
+  }
+  for (const c of o.credentials ?? []) {
+    if (!/^[A-Za-z0-9._@-]+$/.test(c.name) || c.file.includes(',')) throw new UserError(`bad credential ${c.name}=${c.file}: a name of A-Z a-z 0-9 . _ @ - and a file path without commas`, 2);
+    if (!existsSync(c.file)) throw new UserError(`credential ${c.name}: no such file ${c.file}`, 2);
+    argv.push('-fw_cfg', `name=opt/io.systemd.credentials/${c.name},file=${resolve(c.file)}`);
   }
   if (o.cmdlineExtra) argv.push('-smbios', `type=11,value=io.systemd.boot.kernel-cmdline-extra=${o.cmdlineExtra}`);
   return { argv, accel };

@@ -289,14 +289,8 @@ describe('aios build image + qemu-test (default recipe)', () => {
     expect((await execa('debugfs', ['-R', 'cat /usr/lib/systemd/system/aios-runtime.service', img])).stdout).not.toMatch(/LoadCredential/);
   });
 
-  it('builds and boots an XFS root (filesystem.root = "xfs", populated from a prototype file)', { timeout: 15 * 60_000 }, async () => {
-    const dir = tmp('aios-e2e-xfs-');
-    const res = await build({ recipe: 'default', outDir: dir, renderer: 'silent', sets: ['filesystem.root=xfs', 'image.name=aios-xfs'] });
-    const boot = await qemuTest(res.image, { timeout: 420, serialLog: join(dir, 'boot.serial.log') });
-    expect(boot.reason).toBeUndefined();
-    expect(boot.guest.root).toMatch(/^xfs rw,noatime/);
-    expect(boot.runtime).toMatchObject({ ok: true, text: 'OK' });
-  });
+  // An XFS root (filesystem.root = "xfs") is built and booted in test/e2e/fleet-wireguard-boot.test.ts
+  // (the WireGuard worker image has one: one boot checks both).
 
   it('an interrupted build leaves no image and no temp dirs, and the rerun resumes from the cache', { timeout: 10 * 60_000 }, async () => {
     const dir = tmp('aios-e2e-int-');

@@ -52,8 +52,11 @@ describe('fleet.tunnel = "wireguard"', () => {
     expect(netdev).toMatch(/^\[NetDev\]\nName=aioswg0\nKind=wireguard$/m);
     expect(netdev).toMatch(/^ListenPort=51820$/m);
     expect(netdev).toMatch(new RegExp(`^\\[WireGuardPeer\\]\\nPublicKey=${HEAD_PUB.replace(/[+/]/g, '\\$&')}\\nAllowedIPs=10\\.77\\.0\\.1/32$`, 'm'));
-    expect(netdev).toContain(WG_KEY_CREDENTIAL);
-    expect(netdev).not.toMatch(/^PrivateKey/m);
+    // The key is a credential's name, never key material.
+    expect(netdev).toMatch(/^PrivateKey=@network\.wireguard\.aios$/m);
+    expect(WG_KEY_CREDENTIAL).toBe('network.wireguard.aios');
+    expect(`opt/io.systemd.credentials/${WG_KEY_CREDENTIAL}`.length).toBeLessThanOrEqual(55); // QEMU's fw_cfg name limit
+    expect(netdev.match(/[A-Za-z0-9+/]{43}=/g)).toEqual([HEAD_PUB]);
     expect(f['etc/systemd/network/50-aios-wg.network']).toMatch(/^\[Match\]\nName=aioswg0\n\n\[Network\]\nAddress=10\.77\.0\.2\/24$/m);
     expect(f['etc/aios/rpc-worker.nft']).toContain('iifname "aioswg0" tcp dport 50052 ip saddr { 10.77.0.1 } accept');
     expect(workerFiles((await loadRecipe('rpc-worker', { sets: WORKER })).fleet)).toMatchObject({ host: '10.77.0.2', ipAllow: '10.77.0.1' });
