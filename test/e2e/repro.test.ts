@@ -31,7 +31,12 @@ describe('reproducible builds (SOURCE_DATE_EPOCH)', () => {
     const pki = join(tmp('aios-repro-pki-'), 'pki');
     for (const n of [1, 2]) {
       const res = await build({ recipe: 'default', sets: [`runtime.pki="${pki}"`], outDir: tmp(`aios-repro-${n}-`), renderer: 'silent', formats: ['disk', 'iso'], rebuild: REBUILD });
-      expect(res.stages.filter((s) => !s.cached).map((s) => s.name)).toEqual(REBUILD);
+      const ran = res.stages.filter((s) => !s.cached).map((s) => s.name);
+      // The first build also makes whatever earlier stage the cache no longer has (it keeps two
+      // outputs per stage, and other tests' recipes may have pushed this one's rootfs out); the
+      // second re-runs exactly the forced stages on top of the same cached ones.
+      if (n === 1) expect(ran.filter((s) => !REBUILD.includes(s)).every((s) => ['rootfs', 'llama', 'models'].includes(s)) && REBUILD.every((s) => ran.includes(s))).toBe(true);
+      else expect(ran).toEqual(REBUILD);
       runs.push(res);
       if (n === 1) await new Promise((r) => setTimeout(r, 1100)); // a different wall-clock second for every file written
     }
