@@ -45,11 +45,20 @@ export interface ImageBenchOptions {
   progress?: (s: string) => void;
 }
 
-const int = (name: string, v: number | undefined, dflt: number, min: number, hint: string): number => {
+/** A whole-number option, or a usage error naming it (exit 2). */
+export const int = (name: string, v: number | undefined, dflt: number, min: number, hint: string): number => {
   const x = v ?? dflt;
   if (!Number.isInteger(x) || x < min) throw new UserError(`${name} must be an integer ≥ ${min}, got ${String(v)}`, 2, hint);
   return x;
 };
+
+/** The guest's vCPUs and memory (MiB): as given, else 2 and 2048 under TCG, this host's logical CPUs and half its memory (2048 to 16384) with KVM. */
+export function guestSize(accel: 'kvm' | 'tcg', o: { cpus?: number; memory?: number }): { vcpus: number; memory: number } {
+  return {
+    vcpus: int('--cpus', o.cpus, accel === 'kvm' ? cpus().length : 2, 1, 'e.g. --cpus 4'),
+    memory: int('--memory', o.memory, accel === 'kvm' ? Math.min(16384, Math.max(2048, Math.floor(totalmem() / 2 ** 21))) : 2048, 512, 'MiB, e.g. --memory 4096'),
+  };
+}
 
 /** The model to benchmark among the manifest's: by name or file, else the operational one, else the first. */
 export function pickModel(models: ManifestModel[], want?: string): ManifestModel {
@@ -128,8 +137,7 @@ export async function benchImage(imageArg: string, o: ImageBenchOptions = {}): P
   }
 
   const accel = o.accel ?? ((await kvmWorks()) ? 'kvm' : 'tcg');
-  const vcpus = int('--cpus', o.cpus, accel === 'kvm' ? cpus().length : 2, 1, 'e.g. --cpus 4');
-  const memory = int('--memory', o.memory, accel === 'kvm' ? Math.min(16384, Math.max(2048, Math.floor(totalmem() / 2 ** 21))) : 2048, 512, 'MiB, e.g. --memory 4096');
+  const { vcpus, memory } = guestSize(accel, o);
   if (model && model.bytes / 2 ** 20 + 768 > memory) throw new UserError(`--memory ${memory} MiB is too little for the ${Math.round(model.bytes / 2 ** 20)} MiB model ${model.file} and the system`, 2, `give at least --memory ${Math.ceil(model.bytes / 2 ** 20 + 1024)}`);
   if (accel === 'tcg') say('NO KVM: the image runs under QEMU\'s TCG emulation; its figures will be meaningless for performance (a functional check of the benchmark only)');
   const cmdlineExtra = benchCmdline({ reps, pp, tg, threads, model: modelInGuest });

@@ -14,12 +14,11 @@
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { cpus, totalmem } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { kvmWorks, manifestFor } from '../qemu/index.js';
 import { UserError } from '../util/errors.js';
 import { compareResults, formatCompare, poolResults, type Comparison } from './compare.js';
-import { benchImage, pickModel, type ImageBenchOptions } from './image.js';
+import { benchImage, guestSize, int, pickModel, type ImageBenchOptions } from './image.js';
 import type { BenchResult } from './index.js';
 
 export interface PayoffOptions extends Pick<ImageBenchOptions, 'model' | 'reps' | 'threads' | 'pp' | 'tg' | 'timeout' | 'cpus' | 'memory' | 'accel' | 'cpu' | 'cacheDir' | 'progress'> {
@@ -62,12 +61,6 @@ export function payoffPairs(n: number): [number, number][] {
   return pairs;
 }
 
-const whole = (name: string, v: number | undefined, dflt: number, min: number, hint: string): number => {
-  const x = v ?? dflt;
-  if (!Number.isInteger(x) || x < min) throw new UserError(`${name} must be an integer ≥ ${min}, got ${String(v)}`, 2, hint);
-  return x;
-};
-
 /** A kept run is reused when it is of the same image file (sha256) and the same settings. */
 async function reusable(file: string, sha: string | undefined, s: { reps: number; pp: number; tg: number; cpus: number; memory: number; accel: string }): Promise<BenchResult | undefined> {
   if (!existsSync(file)) return undefined;
@@ -88,10 +81,10 @@ export async function payoff(imageArgs: string[], o: PayoffOptions = {}): Promis
   for (const [i, f] of files.entries()) if (!existsSync(f)) throw new UserError(`no such image: ${imageArgs[i]}`, 2, 'build it first, e.g. aios build image -r stock (docs/benchmarks.md, "The payoff")');
   const dup = files.find((f, i) => files.indexOf(f) !== i);
   if (dup) throw new UserError(`${dup} is given twice`, 2, 'give each image once; the rounds repeat them');
-  const rounds = whole('--rounds', o.rounds, 3, 1, 'e.g. --rounds 3 (each round boots every image once)');
-  const reps = whole('--reps', o.reps, 10, 2, 'e.g. --reps 10');
-  const pp = whole('--pp', o.pp, 512, 0, 'e.g. --pp 512');
-  const tg = whole('--tg', o.tg, 128, 0, 'e.g. --tg 128');
+  const rounds = int('--rounds', o.rounds, 3, 1, 'e.g. --rounds 3 (each round boots every image once)');
+  const reps = int('--reps', o.reps, 10, 2, 'e.g. --reps 10');
+  const pp = int('--pp', o.pp, 512, 0, 'e.g. --pp 512');
+  const tg = int('--tg', o.tg, 128, 0, 'e.g. --tg 128');
   const say = (s: string) => o.progress?.(s);
 
   // The same model in every image, or the comparison would measure the models.
@@ -118,8 +111,7 @@ export async function payoff(imageArgs: string[], o: PayoffOptions = {}): Promis
     );
   }
   // One guest size for every image (benchImage's defaults, fixed here so that no image gets another).
-  const vcpus = whole('--cpus', o.cpus, accel === 'kvm' ? cpus().length : 2, 1, 'e.g. --cpus 4');
-  const memory = whole('--memory', o.memory, accel === 'kvm' ? Math.min(16384, Math.max(2048, Math.floor(totalmem() / 2 ** 21))) : 2048, 512, 'MiB, e.g. --memory 4096');
+  const { vcpus, memory } = guestSize(accel, o);
 
   const dir = resolve(o.outDir ?? 'payoff');
   await mkdir(dir, { recursive: true });

@@ -13,7 +13,8 @@ import { CATALOG_FILE, catalog, catalogEntry, catalogFile } from '../models/cata
 import { fragmentPath } from '../kernel/config.js';
 import { applianceProblems } from './appliance.js';
 import { fleetProblems } from '../fleet/worker.js';
-import { inCidr, wireguardProblems } from '../fleet/wireguard.js';
+import { wireguardProblems } from '../fleet/wireguard.js';
+import { inCidr } from '../util/net.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -203,11 +204,9 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
   if (r.runtime.rpc_workers.length) {
     if (!r.runtime.enabled) out.push({ path: 'runtime.rpc_workers', message: 'the workers are aios-runtime\'s: set runtime.enabled = true (or remove runtime.rpc_workers)' });
     if (!r.models.some((m) => m.rpc)) out.push({ path: 'runtime.rpc_workers', message: 'no model is split across these workers: set rpc = true on the [[models]] entry to split (or remove runtime.rpc_workers)' });
-    const seenW = new Set<string>();
-    r.runtime.rpc_workers.forEach((w, i) => {
-      if (seenW.has(w.address)) out.push({ path: `runtime.rpc_workers.${i}.address`, message: `worker ${w.address} is listed twice` });
-      seenW.add(w.address);
-    });
+    // The runtime's own checks of its [[runtime.rpc_workers]] (a worker listed twice…), as for [api].
+    const parsed = RuntimeConfigSchema.safeParse({ runtime: { rpc_workers: r.runtime.rpc_workers } });
+    if (!parsed.success) for (const p of zodProblems(parsed.error, RuntimeConfigSchema)) out.push(p);
     const wg = r.fleet.tunnel === 'wireguard' ? r.fleet.wireguard : undefined;
     if (wg) {
       r.runtime.rpc_workers.forEach((w, i) => {

@@ -13,7 +13,7 @@
  * The same settings also give the `wg setconf` text for a peer that is not an aios image (and the
  * tests' namespaces): `aios fleet wireguard`.
  */
-import { isIP } from 'node:net';
+import { inCidr, parseCidr4 } from '../util/net.js';
 
 /** The netdev file's name (without .netdev): also names the private key's credential. */
 export const WG_NETDEV = '50-aios-wg';
@@ -43,25 +43,6 @@ export interface WireguardRecipe {
 /** A WireGuard key as `wg genkey` / `wg pubkey` print it: 32 bytes in base64 (44 characters, one "="). */
 export function isWgKey(k: string): boolean {
   return /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/.test(k);
-}
-
-/** "10.77.0.0/24" → the parts, or undefined when it is not an IPv4 address with an optional prefix length. */
-export function parseCidr4(s: string): { addr: string; bits: number } | undefined {
-  const [addr, bits, more] = s.split('/');
-  if (more !== undefined || isIP(addr ?? '') !== 4) return undefined;
-  if (bits === undefined) return { addr: addr!, bits: 32 };
-  if (!/^\d{1,2}$/.test(bits) || Number(bits) > 32) return undefined;
-  return { addr: addr!, bits: Number(bits) };
-}
-
-const toInt = (a: string) => a.split('.').reduce((n, o) => n * 256 + Number(o), 0);
-/** Whether `addr` (or prefix) lies inside `cidr`. */
-export function inCidr(addr: string, cidr: string): boolean {
-  const a = parseCidr4(addr);
-  const c = parseCidr4(cidr);
-  if (!a || !c || a.bits < c.bits) return false;
-  const mask = c.bits === 0 ? 0 : (0xffffffff << (32 - c.bits)) >>> 0;
-  return ((toInt(a.addr) & mask) >>> 0) === ((toInt(c.addr) & mask) >>> 0);
 }
 
 /** Problems with fleet.tunnel and fleet.wireguard, with the keys they are about. */

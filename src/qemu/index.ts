@@ -552,13 +552,15 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
       worker = await workerCheck(`127.0.0.1:${workerHostPort}`, wk, { holdMs: accel === 'tcg' ? 3000 : 1000 });
     }
     const more = wk ? { worker: `127.0.0.1:${workerHostPort}` } : {};
+    const runDuring = (address: string) =>
+      o.during!(address, tlsDir, more).then(
+        (value) => ({ ok: true, value }),
+        (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
+      );
     if (!rt && wk && !exited && !panic) {
       if (worker?.ok && o.during) {
         o.onProgress?.('talking to the worker in the guest (during)');
-        during = await o.during('', undefined, more).then(
-          (value) => ({ ok: true, value }),
-          (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
-        );
+        during = await runDuring('');
       }
       child.kill('SIGTERM');
     }
@@ -571,10 +573,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
       }
       if (probe.ok && o.during) {
         o.onProgress?.('talking to the runtime in the guest (during)');
-        during = await o.during(`127.0.0.1:${hostPort}`, tlsDir, more).then(
-          (value) => ({ ok: true, value }),
-          (e: Error) => ({ ok: false, error: e?.message ?? String(e) }),
-        );
+        during = await runDuring(`127.0.0.1:${hostPort}`);
       }
       const op = manifest?.models?.find((m) => m.level === 'operational') ?? manifest?.models?.[0];
       if (probe.ok && o.oomCheck && op) {

@@ -11,20 +11,15 @@
  * HELLO (command 14, "must be always 14" in ggml-rpc.cpp) makes the server close it, which tells it
  * apart from something else that keeps connections open.
  */
-import { BlockList, connect } from 'node:net';
+import { connect } from 'node:net';
+import { inCidr } from '../util/net.js';
 
 /** The address the guest sees the host's connections come from (QEMU user-mode networking). */
 export const QEMU_HOST_ADDRESS = '10.0.2.2';
 
 /** Whether fleet.heads (IPv4 addresses and prefixes) admit `addr`. */
 export function headsAdmit(heads: string[], addr: string): boolean {
-  const bl = new BlockList();
-  for (const h of heads) {
-    const [a, bits] = h.split('/');
-    if (bits === undefined) bl.addAddress(a!, 'ipv4');
-    else bl.addSubnet(a!, Number(bits), 'ipv4');
-  }
-  return bl.check(addr, 'ipv4');
+  return heads.some((h) => inCidr(addr, h));
 }
 
 /** What happened to one connection through the forwarding: "served" (held open, then closed by the server on a byte that is not HELLO), "refused" (closed at once), or what else. */

@@ -9,18 +9,19 @@
  * 10.233.0.0/24; the route to the worker is checked to go into the tunnel before anything is sent.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from '../../src/build/index.js';
 import { qemuTest } from '../../src/qemu/index.js';
-import { WG_KEY_CREDENTIAL } from '../../src/fleet/wireguard.js';
+import { WG_KEY_CREDENTIAL, wgSetconf } from '../../src/fleet/wireguard.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon } from '../../src/runtime/daemon.js';
 import { runtimeFixture } from './runtime-fixture.js';
 import { waitForPort } from '../netns.js';
 import { tmp } from '../helpers.js';
+import { hostTunnel, sh, until, wgKey } from '../wireguard.js';
 
 const HEAD = '10.233.0.1';
 const WORKER = '10.233.0.2';
@@ -29,13 +30,6 @@ const dir = tmp('aios-e2e-wgboot-');
 const headIf = `aioswb${process.pid % 100000}`;
 let headWg: ChildProcess | undefined;
 
-const sh = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] }).trim();
-const key = (name: string) => {
-  const priv = sh('wg', ['genkey']);
-  const file = join(dir, `${name}.key`);
-  writeFileSync(file, priv + '\n', { mode: 0o600 });
-  return { file, pub: sh('wg', ['pubkey'], priv + '\n') };
-};
 /** A UDP port nobody uses on this host (the head's WireGuard port). */
 const freeUdpPort = () =>
   new Promise<number>((resolve, reject) => {
@@ -46,23 +40,13 @@ const freeUdpPort = () =>
       s.close(() => resolve(p));
     });
   });
-async function until<T>(f: () => T | undefined, what: string, ms: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
-
 afterAll(() => {
   headWg?.kill('SIGTERM');
 });
 
 describe('an RPC worker image with a WireGuard tunnel, booted (XFS root)', () => {
   it('builds, boots with its key as a credential, and a head here splits a model across it through the tunnel', { timeout: 30 * 60_000 }, async () => {
-    const [hk, wk] = [key('head'), key('worker')];
+    const [hk, wk] = [wgKey(dir, 'head'), wgKey(dir, 'worker')];
     const udp = await freeUdpPort();
     const res = await build({
       recipe: 'rpc-worker',
@@ -86,13 +70,7 @@ describe('an RPC worker image with a WireGuard tunnel, booted (XFS root)', () =>
     // This side: the head's tunnel (no endpoint: the guest's first handshake tells where it is).
     mkdirSync(join(dir, 'models'));
     const fx = await runtimeFixture(join(dir, 'models'));
-    headWg = spawn('wireguard-go', ['-f', headIf], { stdio: 'ignore' });
-    await until(() => { try { sh('ip', ['link', 'show', headIf]); return true; } catch { return undefined; } }, headIf, 15_000);
-    writeFileSync(join(dir, 'head.conf'), `[Interface]\nListenPort = ${udp}\n\n[Peer]\nPublicKey = ${wk.pub}\nAllowedIPs = ${WORKER}/32\n`);
-    sh('wg', ['setconf', headIf, join(dir, 'head.conf')]);
-    sh('wg', ['set', headIf, 'private-key', hk.file]);
-    sh('ip', ['addr', 'add', `${HEAD}/24`, 'dev', headIf]);
-    sh('ip', ['link', 'set', headIf, 'up']);
+    headWg = await hostTunnel({ name: headIf, dir, setconf: wgSetconf({ address: `${HEAD}/24`, listen_port: udp, peers: [{ public_key: wk.pub, allowed_ips: [`${WORKER}/32`] }] }), keyFile: hk.file, address: `${HEAD}/24` });
     expect(sh('ip', ['route', 'get', WORKER])).toContain(`dev ${headIf}`);
 
     const boot = await qemuTest(res.image, {
@@ -100,7 +78,7 @@ describe('an RPC worker image with a WireGuard tunnel, booted (XFS root)', () =>
       serialLog: join(dir, 'boot.serial.log'),
       credentials: [{ name: WG_KEY_CREDENTIAL, file: wk.file }],
       during: async () => {
-        const handshake = await until(() => Number(sh('wg', ['show', headIf, 'latest-handshakes']).split('\t')[1] ?? 0) || undefined, 'the guest\'s WireGuard handshake', 120_000);
+        const handshake = await until(() => Number(sh('wg', ['show', headIf, 'latest-handshakes']).split('\t')[1] ?? 0) || undefined, 'the guest\'s WireGuard handshake', 120_000, 500);
         await waitForPort(WORKER, PORT, 60_000);
         const config = RuntimeConfigSchema.parse({
           runtime: { llama_server: fx.llamaServer, socket: '', listen: '127.0.0.1:0', load_timeout: '300s', request_timeout: '300s', rpc_query_timeout: '60s', rpc_workers: [{ address: `${WORKER}:${PORT}` }] },

@@ -14,7 +14,7 @@
  *   firewall (its reject rule counts it), and the same connection through the tunnel is taken.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runtimeFixture } from './runtime-fixture.js';
@@ -25,6 +25,7 @@ import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon } from '../../src/runtime/daemon.js';
 import { NetnsLab, tryConnect, waitForPort, type NsHost } from '../netns.js';
 import { tmp } from '../helpers.js';
+import { hasLink, hostTunnel, sh, until, wgKey } from '../wireguard.js';
 
 const PORT = 50052;
 const HEAD = '10.232.0.1';
@@ -37,34 +38,11 @@ let llamaServer = '';
 let headWg: ChildProcess | undefined;
 let reject = () => '';
 
-const sh = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] }).trim();
-const key = (name: string) => {
-  const priv = sh('wg', ['genkey']);
-  const file = join(dir, `${name}.key`);
-  writeFileSync(file, priv + '\n', { mode: 0o600 });
-  return { file, pub: sh('wg', ['pubkey'], priv + '\n') };
-};
-async function until(f: () => boolean, what: string, ms = 15_000): Promise<void> {
-  const t0 = Date.now();
-  while (!f()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-const hasLink = (name: string, ns?: string) => {
-  try {
-    sh('ip', [...(ns ? ['-n', ns] : []), 'link', 'show', name]);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
 beforeAll(async () => {
   NetnsLab.sweep();
   llamaServer = (await runtimeFixture(dir)).llamaServer;
   w = lab.add(1);
-  const [hk, wk] = [key('head'), key('worker')];
+  const [hk, wk] = [wgKey(dir, 'head'), wgKey(dir, 'worker')];
 
   // The worker, as its recipe makes it: the tunnel, the firewall on aioswg0, ggml-rpc-server on the tunnel address.
   const wr = await loadRecipe('rpc-worker', {
@@ -93,13 +71,7 @@ beforeAll(async () => {
       'models=[{ name = "tiny", level = "operational", source = "synth", rpc = true }]',
     ],
   });
-  headWg = spawn('wireguard-go', ['-f', headIf], { stdio: 'ignore' });
-  await until(() => hasLink(headIf), `${headIf} on this side`);
-  writeFileSync(join(dir, 'head.conf'), wgSetconf({ ...hr.fleet.wireguard!, listen_port: 51821 }));
-  sh('wg', ['setconf', headIf, join(dir, 'head.conf')]);
-  sh('wg', ['set', headIf, 'private-key', hk.file]);
-  sh('ip', ['addr', 'add', `${HEAD}/24`, 'dev', headIf]);
-  sh('ip', ['link', 'set', headIf, 'up']);
+  headWg = await hostTunnel({ name: headIf, dir, setconf: wgSetconf({ ...hr.fleet.wireguard!, listen_port: 51821 }), keyFile: hk.file, address: `${HEAD}/24` });
   // Never send anything anywhere else: the worker's tunnel address must route into the tunnel just made.
   expect(sh('ip', ['route', 'get', WORKER])).toContain(`dev ${headIf}`);
   await waitForPort(WORKER, PORT, 30_000);

@@ -11,7 +11,8 @@ import { identity, templateContext } from '../../src/build/context.js';
 import { renderTree } from '../../src/build/render.js';
 import { paths } from '../../src/util/paths.js';
 import { workerFiles } from '../../src/fleet/worker.js';
-import { WG_KEY_CREDENTIAL, inCidr, isWgKey, parseCidr4, wgSetconf } from '../../src/fleet/wireguard.js';
+import { WG_KEY_CREDENTIAL, isWgKey, wgSetconf } from '../../src/fleet/wireguard.js';
+import { inCidr, parseCidr4 } from '../../src/util/net.js';
 
 const HEAD_PUB = 'K7EwWgeaOKPd9LNqWxuLOUWYKCXJx3PXIjBMsBWTtUk=';
 const WORKER_PUB = 'iYcLGUlksGuPO7fvtT3uMsbaCbdoFD8HRX4xHRimDlw=';
