@@ -151,6 +151,8 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     wgNetwork: r.fleet.tunnel === 'wireguard' && r.fleet.wireguard ? wgNetwork(r.fleet.wireguard) : '',
     // A head: its workers as [[runtime.rpc_workers]] tables (memory only when it is set).
     rpcWorkersToml: r.runtime.rpc_workers.length ? stringifyToml({ runtime: { rpc_workers: r.runtime.rpc_workers.map((w) => ({ address: w.address, ...(w.memory ? { memory: w.memory } : {}) })) } }) : '',
+    // gpu.driver (docs/gpu.md): aios-gpu.service, and the runtime unit's access to /dev/nvidia*.
+    nvidiaDriver: r.gpu.driver !== 'none',
     // image.layout = "appliance": the sysupdate transfers' source; Verify=yes only when the build signs (contextWithWishes).
     updateSourceUrl: sysupdateSourceUrl(r.update.source),
     updateVerify: false,

@@ -322,6 +322,9 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
   const root = join(ctx.outputs.overlay!.dir, 'root');
   const kernel = await ctx.distro.kernelFiles(root);
   const packages = JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'packages.json'), 'utf8')) as Record<string, string>;
+  // The rootfs stage's list of packages from outside Debian's free archive, less any the overlay removed.
+  const nf = JSON.parse(await readFile(join(ctx.outputs.rootfs!.dir, 'nonfree.json'), 'utf8').catch(() => '{}')) as Record<string, string>;
+  const nonfree = Object.fromEntries(Object.entries(nf).filter(([n]) => n in packages));
   const layout = format === 'disk' ? JSON.parse(await readFile(join(ctx.outputs.image!.dir, 'layout.json'), 'utf8')) : undefined;
   const iso = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.iso!.dir, 'iso.json'), 'utf8')) : undefined;
   const squashfs = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.squashfs!.dir, 'squashfs.json'), 'utf8')) : undefined;
@@ -356,6 +359,7 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
     models: existsSync(join(ctx.outputs.overlay!.dir, 'models.json')) ? JSON.parse(await readFile(join(ctx.outputs.overlay!.dir, 'models.json'), 'utf8')) : [],
     ...(r.fleet.role === 'worker' ? { fleet: { role: 'worker' as const, listen: r.fleet.listen, heads: r.fleet.heads, ...(r.fleet.interface ? { interface: r.fleet.interface } : {}) } } : {}),
     packages,
+    ...(Object.keys(nonfree).length ? { nonfree } : {}),
   };
 }
 

@@ -19,6 +19,7 @@ import { run, which } from '../util/exec.js';
 import { UserError } from '../util/errors.js';
 import { hashTree, sha256File } from '../util/hash.js';
 import type { StageCache } from './cache.js';
+import { cudaArchitectures, GPU_DEFAULTS, type GpuRecipe } from '../config/gpu.js';
 import { INSIDE, TOOLS_TREE_HOST_TOOLS, toolsTreeProblems, toolsTreeRunArgv, type Bind } from './tools-tree.js';
 
 export type LlamaRecipe = Recipe['llama'];
@@ -59,8 +60,13 @@ export async function isaFor(cpu: LlamaRecipe['cpu']): Promise<Isa> {
   return { cpu, march, flags, description: `native = this build host's ${march} (${flags.join(', ')}); other CPUs without these get SIGILL` };
 }
 
-/** The CMake configure arguments for a recipe (pure: unit-tested). */
-export function cmakeArgs(l: LlamaRecipe, src: string, build: string): string[] {
+/**
+ * The CMake configure arguments for a recipe (pure: unit-tested). With llama.gpu = "cuda": ggml's
+ * CUDA backend for gpu.cuda_arch (CMAKE_CUDA_ARCHITECTURES), FlashAttention kernels per
+ * gpu.flash_attention, no NCCL (not in Debian; one GPU per llama-server here), the shared CUDA
+ * runtime and cuBLAS (libcudart12 and libcublas12 go into the image).
+ */
+export function cmakeArgs(l: LlamaRecipe, src: string, build: string, gpu: GpuRecipe = GPU_DEFAULTS): string[] {
   const args = [
     '-S', src,
     '-B', build,
@@ -92,14 +98,21 @@ export function cmakeArgs(l: LlamaRecipe, src: string, build: string): string[] 
       `-DGGML_AVX512=${on(ge('x86-64-v4'))}`,
     );
   }
-  if (l.gpu === 'cuda') args.push('-DGGML_CUDA=ON');
+  if (l.gpu === 'cuda') {
+    args.push(
+      '-DGGML_CUDA=ON',
+      `-DCMAKE_CUDA_ARCHITECTURES=${cudaArchitectures(gpu.cuda_arch)}`,
+      `-DGGML_CUDA_FA=${gpu.flash_attention ? 'ON' : 'OFF'}`,
+      '-DGGML_CUDA_NCCL=OFF',
+    );
+  }
   args.push(...l.cmake_args);
   return args;
 }
 
 /**
  * What stops this host from building llama.cpp for the recipe. Host toolchain: cmake, ninja, gcc,
- * g++, git (npm for the npm source; nvcc for CUDA). Tools tree: no host compilers, but mmdebstrap
+ * g++, git (npm for the npm source; CUDA is never built on the host). Tools tree: no host compilers, but mmdebstrap
  * and bubblewrap, git (and npm) for fetching the source, and, with `where` (the recipe's base and
  * the stage cache), a Debian base and the space for the tree when it is not cached yet.
  */
@@ -110,11 +123,11 @@ export async function llamaHostProblems(l: LlamaRecipe, where?: { base: Resolved
   if (l.source.type === 'npm') tools.npm = 'npm';
   for (const [cmd, pkg] of Object.entries(tools)) if (!(await which(cmd))) out.push(`${cmd} not found (install the Debian package ${pkg})`);
   if (tree) {
-    if (where) out.push(...(await toolsTreeProblems({ base: where.base }, { cache: where.cache })));
+    if (where) out.push(...(await toolsTreeProblems({ base: where.base, llama: l }, { cache: where.cache })));
     else for (const [cmd, pkg] of Object.entries(TOOLS_TREE_HOST_TOOLS)) if (!(await which(cmd))) out.push(`${cmd} not found (install the Debian package ${pkg}): llama.toolchain = "tools-tree" needs it`);
-    if (l.gpu === 'cuda') out.push('llama.gpu = "cuda" cannot be built in the tools tree yet (no CUDA toolkit in it; issue 17, docs/gpu.md): use llama.toolchain = "host" with nvcc on the build host');
-  } else if (l.gpu === 'cuda' && !(await which('nvcc'))) {
-    out.push('llama.gpu = "cuda" needs nvcc (the CUDA toolkit) on the build host, and it is not on PATH: install nvidia-cuda-toolkit or set llama.gpu = "none"');
+  } else if (l.gpu === 'cuda') {
+    // The recipe check refuses this too (gpuProblems); kept for callers that build without loading one.
+    out.push('llama.gpu = "cuda" is compiled in the tools tree (whose CUDA toolkit matches the image\'s CUDA libraries), not with a host nvcc: set llama.toolchain = "tools-tree"');
   }
   if (l.source.type === 'dir' && !existsSync(join(l.source.path, 'CMakeLists.txt'))) out.push(`llama.source.path ${l.source.path} is not a llama.cpp tree (no CMakeLists.txt)`);
   return out;
@@ -187,8 +200,8 @@ export async function fetchSource(l: LlamaRecipe, dest: string, work: string, lo
 }
 
 /**
- * The toolchain identity that goes into the build's cache key. Host: the host's gcc and cmake
- * (nvcc for CUDA). Tools tree: the tree's own key (suite, mirror, package list, version), so the
+ * The toolchain identity that goes into the build's cache key. Host: the host's gcc and cmake.
+ * Tools tree: the tree's own key (suite, mirror, package list, version), so the
  * key never depends on the host's compilers.
  */
 export async function toolchainId(l: LlamaRecipe, tree?: { key: string; suite: string }): Promise<Record<string, string>> {
@@ -197,9 +210,7 @@ export async function toolchainId(l: LlamaRecipe, tree?: { key: string; suite: s
     return { toolchain: 'tools-tree', suite: tree.suite, tree: tree.key };
   }
   const first = async (argv: string[]) => (await run(argv, { reject: false })).stdout.split('\n')[0] ?? '';
-  const id: Record<string, string> = { gcc: await first(['gcc', '--version']), cmake: await first(['cmake', '--version']) };
-  if (l.gpu === 'cuda') id.nvcc = (await run(['nvcc', '--version'], { reject: false })).stdout.trim().split('\n').pop() ?? '';
-  return id;
+  return { gcc: await first(['gcc', '--version']), cmake: await first(['cmake', '--version']) };
 }
 
 /** Where the build's commands run: the paths they see, and how a command line is wrapped. */
@@ -245,7 +256,7 @@ export const llamaBinaries = (l: LlamaRecipe): string[] => [...l.targets, ...(l.
  */
 export async function buildLlama(
   l: LlamaRecipe,
-  o: { src: string; build: string; binDir: string; ccacheDir: string; tree?: string; log?: string; progress?: (s: string) => void },
+  o: { src: string; build: string; binDir: string; ccacheDir: string; tree?: string; gpu?: GpuRecipe; log?: string; progress?: (s: string) => void },
 ): Promise<{ version: string }> {
   await mkdir(o.ccacheDir, { recursive: true });
   await mkdir(o.build, { recursive: true });
@@ -256,7 +267,7 @@ export async function buildLlama(
     return run(w.argv, { env: w.env, extendEnv: false, log: o.log, ...opts });
   };
   o.progress?.(`cmake configure${o.tree ? ' (tools tree)' : ''}`);
-  await exec(['cmake', ...cmakeArgs(l, x.src, x.build)]);
+  await exec(['cmake', ...cmakeArgs(l, x.src, x.build, o.gpu)]);
   const jobs = String(Math.max(1, cpus().length));
   let done = 0;
   await exec(['cmake', '--build', x.build, '--target', ...llamaBinaries(l), '-j', jobs], {

@@ -63,6 +63,8 @@ export interface Manifest {
   fleet?: { role: 'worker'; listen: string; heads: string[]; interface?: string };
   /** Installed packages and their versions. */
   packages: Record<string, string>;
+  /** Of those, the ones from Debian's contrib, non-free and non-free-firmware (gpu.driver: the NVIDIA driver and CUDA libraries; licensing); absent when none. */
+  nonfree?: Record<string, string>;
 }
 
 /** The manifest next to an output: out/<name>.manifest.json for the disk, out/<name>.iso.manifest.json for the ISO. */

@@ -24,6 +24,6 @@ export async function summarize(r: ResolvedRecipe): Promise<RecipeSummary> {
     kernel_cmdline: kernelCmdline(r, identity(r)),
     warnings: tuningArgs(r).warnings,
     output: `out/${r.name}.raw`,
-    llama: r.llama.enabled ? { isa: await isaFor(r.llama.cpu), cmake: cmakeArgs(r.llama, '<src>', '<build>') } : null,
+    llama: r.llama.enabled ? { isa: await isaFor(r.llama.cpu), cmake: cmakeArgs(r.llama, '<src>', '<build>', r.gpu) } : null,
   };
 }

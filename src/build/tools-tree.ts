@@ -54,10 +54,36 @@ export interface ToolsTreeSpec {
   packages: string[];
 }
 
+/**
+ * llama.gpu = "cuda": the suite's CUDA toolkit (trixie: nvidia-cuda-toolkit 12.4, non-free; its nvcc
+ * brings the older g++ it supports as host compiler, g++-13 in trixie), so the CUDA code is compiled
+ * against the same CUDA libraries the image gets (libcudart12, libcublas12).
+ */
+export const CUDA_TOOLS_PACKAGES = ['nvidia-cuda-toolkit'] as const;
+
+/** Components a CUDA tree needs: the toolkit is in non-free, some of its dependencies in contrib. */
+export const CUDA_COMPONENTS = ['main', 'contrib', 'non-free'] as const;
+
+/**
+ * Disk space a new CUDA tools tree takes (trixie, measured: docs/gpu.md): about 2 GB of .debs in its
+ * package cache and the unpacked toolkit, with a margin.
+ */
+export const CUDA_TOOLS_TREE_BYTES = 10 * 1024 ** 3;
+
 /** The tree a recipe's llama stage builds in (pure). */
-export function llamaToolsTreeSpec(r: Pick<ResolvedRecipe, 'base'>): ToolsTreeSpec {
-  return { distro: 'debian', suite: r.base.suite, mirror: r.base.mirror, components: ['main'], packages: [...LLAMA_TOOLS_PACKAGES] };
+export function llamaToolsTreeSpec(r: Pick<ResolvedRecipe, 'base'> & { llama: Pick<ResolvedRecipe['llama'], 'gpu'> }): ToolsTreeSpec {
+  const cuda = r.llama.gpu === 'cuda';
+  return {
+    distro: 'debian',
+    suite: r.base.suite,
+    mirror: r.base.mirror,
+    components: cuda ? [...CUDA_COMPONENTS] : ['main'],
+    packages: [...LLAMA_TOOLS_PACKAGES, ...(cuda ? CUDA_TOOLS_PACKAGES : [])],
+  };
 }
+
+/** How much room making the tree takes (pure). */
+export const toolsTreeBytes = (s: ToolsTreeSpec): number => (s.packages.some((p) => (CUDA_TOOLS_PACKAGES as readonly string[]).includes(p)) ? CUDA_TOOLS_TREE_BYTES : TOOLS_TREE_BYTES);
 
 /** What identifies a tree: its cache key is the hash of these (pure). */
 export function toolsTreeInputs(s: ToolsTreeSpec): Record<string, unknown> {
@@ -66,8 +92,13 @@ export function toolsTreeInputs(s: ToolsTreeSpec): Record<string, unknown> {
 
 export const toolsTreeKey = (s: ToolsTreeSpec): string => hashOf(TOOLS_TREE_STAGE, toolsTreeInputs(s));
 
-/** Where the package cache the rootfs stage uses lives for this suite. */
-export const packageCacheDir = (cacheDir: string, s: Pick<ToolsTreeSpec, 'distro' | 'suite'>) => join(cacheDir, 'packages', `${s.distro}-${s.suite}`);
+/**
+ * Where the tree's .debs are cached: for a main-only tree, the package cache the rootfs stage uses
+ * for this suite; a tree with more components (CUDA: 2 GB of toolkit) has one of its own, so the
+ * rootfs stage, which copies its whole package cache into every bootstrap, does not carry those.
+ */
+export const packageCacheDir = (cacheDir: string, s: Pick<ToolsTreeSpec, 'distro' | 'suite'> & { components?: string[] }) =>
+  join(cacheDir, 'packages', `${s.distro}-${s.suite}${s.components && s.components.join(',') !== 'main' ? `-tools-${[...s.components].sort().join('+')}` : ''}`);
 
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
@@ -146,7 +177,7 @@ async function cachedTree(cache: StageCache, key: string): Promise<string | unde
  * when the tree is not cached yet, the space for it (on top of a build's own SPACE_NEEDED.cache,
  * counting old stage outputs that can be removed).
  */
-export async function toolsTreeProblems(r: Pick<ResolvedRecipe, 'base'>, o: { cache: StageCache }): Promise<string[]> {
+export async function toolsTreeProblems(r: Parameters<typeof llamaToolsTreeSpec>[0], o: { cache: StageCache }): Promise<string[]> {
   const out: string[] = [];
   if (r.base.distro !== 'debian') return [`llama.toolchain = "tools-tree" needs base.distro = "debian" (the tree is made with mmdebstrap; base.distro is "${r.base.distro}"): use llama.toolchain = "host"`];
   for (const [cmd, pkg] of Object.entries(TOOLS_TREE_HOST_TOOLS)) if (!(await which(cmd))) out.push(`${cmd} not found (install the Debian package ${pkg}): llama.toolchain = "tools-tree" needs it`);
@@ -154,12 +185,12 @@ export async function toolsTreeProblems(r: Pick<ResolvedRecipe, 'base'>, o: { ca
   if (!(await cachedTree(o.cache, toolsTreeKey(s)))) {
     await mkdir(o.cache.dir, { recursive: true });
     const free = await o.cache.free(o.cache.dir);
-    const need = TOOLS_TREE_BYTES + SPACE_NEEDED.cache;
+    const need = toolsTreeBytes(s) + SPACE_NEEDED.cache;
     const old = free >= need ? 0 : await o.cache.reclaimable();
     if (free + old < need) {
       out.push(
         `cache dir ${o.cache.dir}: only ${formatSize(free)} free${old ? ` (and ${formatSize(old)} in old stage outputs that can be removed)` : ''}; ` +
-          `the tools tree for ${s.suite} needs about ${formatSize(TOOLS_TREE_BYTES)} on top of a build's ${formatSize(SPACE_NEEDED.cache)}`,
+          `the tools tree for ${s.suite}${s.packages.includes('nvidia-cuda-toolkit') ? ' with the CUDA toolkit' : ''} needs about ${formatSize(toolsTreeBytes(s))} on top of a build's ${formatSize(SPACE_NEEDED.cache)}`,
       );
     }
   }
@@ -186,7 +217,7 @@ export async function ensureToolsTree(
   const key = toolsTreeKey(s);
   const have = await o.cache.get(TOOLS_TREE_STAGE, key);
   if (have) return { root: join(have, 'root'), key, cached: true, seconds: (Date.now() - t0) / 1000 };
-  await o.cache.makeRoom(TOOLS_TREE_BYTES + SPACE_NEEDED.cache, o.inUse);
+  await o.cache.makeRoom(toolsTreeBytes(s) + SPACE_NEEDED.cache, o.inUse);
   const pkgCache = packageCacheDir(o.cacheDir, s);
   await mkdir(pkgCache, { recursive: true });
   const dir = await o.cache.put(TOOLS_TREE_STAGE, key, toolsTreeInputs(s), async (d) => {
@@ -207,5 +238,7 @@ export async function ensureToolsTree(
 /** The compilers' versions inside a tree (first lines of --version), for the build record. */
 export async function toolsTreeVersions(root: string): Promise<Record<string, string>> {
   const first = async (argv: string[]) => (await run(toolsTreeRunArgv(root, argv), { reject: false })).stdout.split('\n')[0] ?? '';
-  return { gcc: await first(['gcc', '--version']), cmake: await first(['cmake', '--version']), glibc: await first(['ldd', '--version']) };
+  const v: Record<string, string> = { gcc: await first(['gcc', '--version']), cmake: await first(['cmake', '--version']), glibc: await first(['ldd', '--version']) };
+  if (existsSync(join(root, 'usr/bin/nvcc'))) v.nvcc = (await run(toolsTreeRunArgv(root, ['nvcc', '--version']), { reject: false })).stdout.trim().split('\n').pop() ?? '';
+  return v;
 }

@@ -15,6 +15,7 @@ import { applianceProblems } from './appliance.js';
 import { fleetProblems } from '../fleet/worker.js';
 import { wireguardProblems } from '../fleet/wireguard.js';
 import { inCidr } from '../util/net.js';
+import { gpuProblems } from './gpu.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
@@ -192,6 +193,8 @@ function crossChecks(r: z.output<typeof RecipeSchema>): { path: string; message:
       out.push({ path: `kernel.fragments.${i}`, message: (e as Error).message });
     }
   });
+  // GPU images (docs/gpu.md): llama.gpu, the tools tree and the driver.
+  out.push(...gpuProblems(r));
   // Fleets (docs/fleets.md): a worker's address, its heads, and what it needs of the image.
   out.push(...wireguardProblems(r.fleet, { kernelBuild: r.kernel.build, kernelBase: r.kernel.base }));
   out.push(...fleetProblems(r.fleet, { llamaEnabled: r.llama.enabled, llamaRpc: r.llama.rpc, runtimeListens: r.runtime.enabled ? [r.runtime.listen, r.runtime.http_listen] : [] }));

@@ -9,6 +9,7 @@ import { RpcWorker } from '../runtime/config.js';
 import { applianceImageKeys } from './appliance.js';
 import { UpdateSchema } from './update.js';
 import { llamaToolchainKeys } from './toolchain.js';
+import { GpuSchema } from './gpu.js';
 
 const size = (what: string) =>
   z.string().regex(SIZE_RE, { message: `${what} must be a size such as 512M or 4G` });
@@ -193,7 +194,10 @@ export const LlamaSchema = z
       .enum(LLAMA_CPU_LEVELS)
       .default('native')
       .describe('Instruction set the binaries target: native (-march=native of the build host: they may SIGILL elsewhere) or an x86-64 level (x86-64-v3 = AVX2/FMA/F16C)'),
-    gpu: z.enum(['none', 'cuda']).default('none').describe('GPU backend: cuda adds -DGGML_CUDA=ON (needs nvcc on the build host)'),
+    gpu: z
+      .enum(['none', 'cuda'])
+      .default('none')
+      .describe('GPU backend: cuda compiles ggml\'s CUDA backend (-DGGML_CUDA=ON, for gpu.cuda_arch) with the CUDA toolkit of a tools tree (llama.toolchain = "tools-tree", Debian\'s nvidia-cuda-toolkit), puts the CUDA runtime libraries into the image and needs gpu.driver; the CPU backend stays, for machines without a GPU (docs/gpu.md)'),
     targets: z
       .array(z.string().regex(/^llama-[a-z0-9-]+$/))
       .default(['llama-server', 'llama-bench', 'llama-quantize'])
@@ -414,6 +418,7 @@ export const RecipeSchema = z.strictObject({
   filesystem: FilesystemSchema.prefault({}),
   image: ImageSchema.prefault({}),
   llama: LlamaSchema.prefault({}),
+  gpu: GpuSchema.prefault({}),
   models: z
     .array(ModelSpecSchema)
     .default([])

@@ -12,6 +12,35 @@ const EXCLUDES = [
   'path-exclude=/usr/share/lintian/*',
 ];
 
+/**
+ * The archive components the root is bootstrapped from: main, and with the NVIDIA driver (gpu.driver,
+ * docs/gpu.md) also contrib, non-free and non-free-firmware, which hold the driver, its firmware and
+ * the CUDA libraries; every other package is still from main (the manifest's nonfree lists the rest).
+ */
+export function debianComponents(r: { gpu: { driver: string } }): string[] {
+  return r.gpu.driver === 'none' ? ['main'] : ['main', 'contrib', 'non-free', 'non-free-firmware'];
+}
+
+/**
+ * gpu.driver: the kernel module (open or proprietary) built by DKMS in the image root against the
+ * image's own kernel headers (linux-headers-amd64 matches linux-image-amd64), the GSP firmware the
+ * open modules load, libcuda1 (the driver's user-space half), nvidia-smi and nvidia-persistenced.
+ * llama.gpu = "cuda": the CUDA runtime and cuBLAS that llama.cpp links (the tools tree's toolkit is
+ * the same CUDA release).
+ */
+export function nvidiaPackages(r: { gpu: { driver: string }; llama: { enabled: boolean; gpu: string } }): string[] {
+  if (r.gpu.driver === 'none') return [];
+  return [
+    r.gpu.driver === 'open' ? 'nvidia-open-kernel-dkms' : 'nvidia-kernel-dkms',
+    'linux-headers-amd64',
+    'firmware-nvidia-gsp',
+    'libcuda1',
+    'nvidia-smi',
+    'nvidia-persistenced',
+    ...(r.llama.enabled && r.llama.gpu === 'cuda' ? ['libcudart12', 'libcublas12'] : []),
+  ];
+}
+
 /** image.layout = "appliance": the initrd is dracut's (systemd in the initrd), not initramfs-tools'. */
 const appliance = (r: { image: { layout: string } }) => r.image.layout === 'appliance';
 
@@ -68,6 +97,7 @@ export const debian: Distro = {
     if (r.zram.enabled) p.push('systemd-zram-generator');
     if (r.filesystem.root === 'xfs') p.push('xfsprogs');
     if (r.llama.enabled) p.push('libgomp1', 'libstdc++6'); // llama.cpp's OpenMP and C++ runtime
+    p.push(...nvidiaPackages(r));
     if (r.runtime.enabled) p.push('nodejs'); // aios-runtime (trixie: Node.js 20); the model sandbox uses util-linux's unshare and setpriv, and perl-base runs notify-exec (both essential)
     return [...new Set([...p, ...r.base.packages])];
   },
@@ -79,7 +109,7 @@ export const debian: Distro = {
       `--mode=${ctx.asRoot ? 'root' : 'unshare'}`,
       '--variant=minbase',
       '--arch=amd64',
-      '--components=main',
+      `--components=${debianComponents(r).join(',')}`,
       `--include=${debian.packages(r).join(',')}`,
       '--dpkgopt=force-unsafe-io',
       ...EXCLUDES.map((e) => `--dpkgopt=${e}`),
@@ -116,6 +146,16 @@ export const debian: Distro = {
     cmdline: () => ['boot=live'],
   },
 
+  components: debianComponents,
+  nonfreeCommand: (root) => ({ title: 'list non-free packages', argv: ['dpkg-query', `--root=${root}`, '-W', '-f=${Package}\\t${Version}\\t${Section}\\n'] }),
+  parseNonfree(stdout) {
+    const out: Record<string, string> = {};
+    for (const line of stdout.split('\n')) {
+      const [n, v, section] = line.split('\t');
+      if (n && v && /^(non-free|non-free-firmware|contrib)\//.test(section ?? '')) out[n] = v;
+    }
+    return out;
+  },
   packageListCommand: (root) => ({ title: 'list packages', argv: ['dpkg-query', `--root=${root}`, '-W', '-f=${Package}\\t${Version}\\n'] }),
   parsePackageList(stdout) {
     const out: Record<string, string> = {};

@@ -63,6 +63,12 @@ export interface Distro {
     initrd(k: KernelFiles): string;
     cmdline(label: string): string[];
   };
+  /** Archive components the root comes from (Debian: main, and non-free for gpu.driver); absent: one set only. */
+  components?(r: ResolvedRecipe): string[];
+  /** The command that lists installed packages with their archive section, for the manifest's nonfree. */
+  nonfreeCommand?(root: string): Command;
+  /** Parse that command's output into name → version of the packages outside the free archive. */
+  parseNonfree?(stdout: string): Record<string, string>;
   /** The command that lists installed packages with versions (run against the root). */
   packageListCommand(root: string): Command;
   /** Parse that command's output into name → version. */

@@ -37,7 +37,6 @@ const ARCH: Record<string, string> = {
   gcc: 'gcc',
   git: 'git',
   npm: 'npm',
-  'nvidia-cuda-toolkit': 'cuda',
   coreutils: 'coreutils',
   openssl: 'openssl',
   fdisk: 'util-linux',
@@ -99,7 +98,8 @@ export const TOOL_GROUPS: ToolGroup[] = [
       // llama.toolchain = "tools-tree": the compilers are in the tree (src/build/tools-tree.ts), the host
       // needs only what makes and enters it, as llamaHostProblems() says.
       if (l.toolchain === 'tools-tree') return [...fetch, ...Object.entries(TOOLS_TREE_HOST_TOOLS).map(([cmd, pkg]) => t(cmd, pkg))];
-      return [t('cmake', 'cmake'), t('ninja', 'ninja-build'), t('g++', 'g++'), t('gcc', 'gcc'), ...fetch, ...(l.gpu === 'cuda' ? [t('nvcc', 'nvidia-cuda-toolkit')] : [])];
+      // (llama.gpu = "cuda" is always built in the tools tree: the recipe check refuses it here.)
+      return [t('cmake', 'cmake'), t('ninja', 'ninja-build'), t('g++', 'g++'), t('gcc', 'gcc'), ...fetch];
     },
   },
   {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LaunchProfile } from './child.js';
 import { ModelCgroups, cgroupName, oomMessage, parseCpuList, physicalCoreSets, spreadCpus, type CgroupLimits } from './cgroup.js';
-import { childSocket, probeSandbox, sandboxLaunch, type SandboxMode, type SeccompFiles } from './sandbox.js';
+import { childSocket, gpuDevices, probeSandbox, sandboxLaunch, type SandboxMode, type SeccompFiles } from './sandbox.js';
 import { childSeccompFilter } from './seccomp.js';
 import { rssOf } from './memory.js';
 
@@ -231,7 +231,9 @@ export class Isolation {
         if (h >= 0) inner[h + 1] = socket;
         else inner.push('--host', socket);
         // A split model's llama-server must reach its RPC workers: it keeps the host's network (docs/fleets.md).
-        const l = sandboxLaunch(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p) });
+        // A model offloaded to a GPU (gpu_layers ≠ 0) opens the NVIDIA device nodes, where there are any.
+        const devices = p.gpuLayers !== 0 ? gpuDevices() : [];
+        const l = sandboxLaunch(this.sandbox, { model: p.path, dir, readOnly: ro, readWrite: rw, shareNet: !!p.rpc?.length, env: childEnv(p), devices });
         out = { argv: [...l.argv, binary, ...inner], socket, env: l.env, fds: l.fds, stopSignal: l.stopSignal };
       } catch (e) {
         this.warnings.push(`${p.name}: not sandboxed (${(e as Error).message})`);

@@ -21,7 +21,8 @@
  *   ends in `.sock`). A model split over RPC workers (shareNet) keeps the host's network and may
  *   connect;
  * - read access to /usr, the loader cache, the model and its adapters, the CPU topology in /sys and
- *   /dev/null, /dev/zero, /dev/urandom, /dev/random — and nothing else (no /etc, /home, /run, /var,
+ *   /dev/null, /dev/zero, /dev/urandom, /dev/random (and, for a model with gpu_layers ≠ 0 on a
+ *   machine with the NVIDIA driver, read-write and ioctl access to /dev/nvidia*) — and nothing else (no /etc, /home, /run, /var,
  *   /tmp, /proc: with bwrap they do not exist, with Landlock they cannot be opened);
  * - write access to its own directory (the socket; also HOME and TMPDIR) and its own slot directory
  *   for saved sessions only;
@@ -34,7 +35,7 @@
  * warning, and children run without it.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 export interface SandboxSpec {
@@ -50,7 +51,27 @@ export interface SandboxSpec {
   shareNet?: boolean;
   /** Further environment variables inside. */
   env?: Record<string, string>;
+  /**
+   * GPU device nodes the child may open, read, write and ioctl (/dev/nvidia*: a model with
+   * gpu_layers ≠ 0 on a machine with the NVIDIA driver; gpuDevices()), with the driver's read-only
+   * /proc/driver/nvidia. None: the child sees only the four devices above.
+   */
+  devices?: string[];
 }
+
+/** The NVIDIA driver's device nodes present on this machine (/dev/nvidiactl, /dev/nvidia0…, /dev/nvidia-uvm…), none without it. */
+export function gpuDevices(dev = '/dev', list: (d: string) => string[] = (d) => readdirSync(d)): string[] {
+  let names: string[];
+  try {
+    names = list(dev);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => /^nvidia(ctl|\d+|-uvm|-uvm-tools|-modeset)$/.test(n)).sort().map((n) => join(dev, n));
+}
+
+/** What the CUDA driver library reads besides the device nodes (read-only). */
+const GPU_READ_ONLY = ['/proc/driver/nvidia'];
 
 export type SandboxMode =
   | { kind: 'landlock'; unshare: string; setpriv: string; seccomp?: SeccompFiles }
@@ -112,6 +133,9 @@ export function landlockArgs(mode: Extract<SandboxMode, { kind: 'landlock' }>, s
   for (const p of READ_ONLY_SYSTEM) if (exists(p)) a.push(...rule('read-file,read-dir', p));
   for (const p of DEVICES_RW) if (exists(p)) a.push(...rule('read-file,write-file', p));
   for (const p of DEVICES_RO) if (exists(p)) a.push(...rule('read-file', p));
+  // GPU device nodes: opened read-write and driven by ioctl (Landlock's ioctl-dev right).
+  for (const p of s.devices ?? []) if (exists(p)) a.push(...rule('read-file,write-file,ioctl-dev', p));
+  if (s.devices?.length) for (const p of GPU_READ_ONLY) if (exists(p)) a.push(...rule('read-file,read-dir', p));
   a.push(...rule('read-file', s.model));
   // A binary outside /usr (a llama.cpp build in the aios cache, a test's stand-in script) must be executable too.
   for (const p of s.readOnly ?? []) a.push(...rule('read-file,execute', p));
@@ -144,6 +168,9 @@ export function bwrapArgs(mode: Extract<SandboxMode, { kind: 'bwrap' }>, s: Sand
   ];
   if (mode.freshProc) a.push('--proc', '/proc');
   else a.push('--ro-bind', '/proc', '/proc');
+  // GPU device nodes into the child's own /dev (and, with a fresh /proc, the driver's /proc entries).
+  for (const p of s.devices ?? []) a.push('--dev-bind-try', p, p);
+  if (s.devices?.length && mode.freshProc) for (const p of GPU_READ_ONLY) a.push('--ro-bind-try', p, p);
   a.push('--bind', s.dir, s.dir);
   for (const p of s.readWrite ?? []) a.push('--bind', p, p);
   for (const p of [s.model, ...(s.readOnly ?? [])]) a.push('--ro-bind', p, p);

@@ -49,22 +49,13 @@ describe('llama.cpp CMake invocation', () => {
     expect(llamaBinaries(off.llama)).not.toContain('ggml-rpc-server');
   });
 
-  it('cuda adds -DGGML_CUDA=ON, and extra -D options come last', async () => {
-    const r = await loadRecipe('default', { sets: ['llama.gpu=cuda', 'llama.cmake_args=["-DCMAKE_CUDA_ARCHITECTURES=90"]'] });
-    const args = cmakeArgs(r.llama, 'src', 'build');
-    expect(args.slice(-2)).toEqual(['-DGGML_CUDA=ON', '-DCMAKE_CUDA_ARCHITECTURES=90']);
-  });
-
-  it('refuses cuda without nvcc, with the fix', async () => {
-    const r = await loadRecipe('default', { sets: ['llama.gpu=cuda'] });
-    const old = process.env.PATH;
-    process.env.PATH = '/usr/bin:/bin';
-    try {
-      const problems = await llamaHostProblems(r.llama);
-      expect(problems.join('\n')).toMatch(/needs nvcc .* install nvidia-cuda-toolkit or set llama.gpu = "none"/);
-    } finally {
-      process.env.PATH = old;
-    }
+  it('cuda: the CUDA backend for gpu.cuda_arch (machine code for each, PTX for the newest), FA per gpu.flash_attention, no NCCL; extra -D options come last', async () => {
+    const r = await loadRecipe('cuda', { sets: ['llama.cmake_args=["-DGGML_CUDA_GRAPHS=OFF"]'] });
+    const args = cmakeArgs(r.llama, 'src', 'build', r.gpu);
+    expect(args.slice(-5)).toEqual(['-DGGML_CUDA=ON', '-DCMAKE_CUDA_ARCHITECTURES=75-real;80-real;86-real;89-real;90', '-DGGML_CUDA_FA=ON', '-DGGML_CUDA_NCCL=OFF', '-DGGML_CUDA_GRAPHS=OFF']);
+    const one = await loadRecipe('cuda', { sets: ['gpu.cuda_arch=[89]', 'gpu.flash_attention=false'] });
+    expect(cmakeArgs(one.llama, 's', 'b', one.gpu)).toEqual(expect.arrayContaining(['-DCMAKE_CUDA_ARCHITECTURES=89', '-DGGML_CUDA_FA=OFF']));
+    expect(cmakeArgs((await loadRecipe('default')).llama, 's', 'b').join(' ')).not.toMatch(/CUDA/);
   });
 
   it('validates the source table', async () => {

@@ -31,7 +31,7 @@ export const llamaStage = defineStage({
     return {
       v: VERSION,
       source: await sourceIdentity(l),
-      cmake: cmakeArgs(l, 'SRC', 'BUILD'),
+      cmake: cmakeArgs(l, 'SRC', 'BUILD', ctx.recipe.gpu),
       targets: llamaBinaries(l),
       isa: await isaFor(l.cpu),
       toolchain: await toolchainId(l, { key: toolsTreeKey(llamaToolsTreeSpec(ctx.recipe)), suite: ctx.recipe.base.suite }),
@@ -55,8 +55,8 @@ export const llamaStage = defineStage({
       if (!t.cached) ctx.progress(`tools tree made in ${t.seconds.toFixed(0)} s`);
     }
     const ccacheDir = tree ? join(ctx.cacheDir, 'ccache-tools', ctx.recipe.base.suite) : join(ctx.cacheDir, 'ccache');
-    const built = await buildLlama(l, { src, build: join(dir, 'build'), binDir: join(dir, 'bin'), ccacheDir, tree, log: ctx.log, progress: ctx.progress });
-    await writeFile(join(dir, 'llama.json'), JSON.stringify({ source: info, isa, cmake: cmakeArgs(l, src, 'build'), version: versionLine(built.version), toolchain }, null, 2));
+    const built = await buildLlama(l, { src, build: join(dir, 'build'), binDir: join(dir, 'bin'), ccacheDir, tree, gpu: ctx.recipe.gpu, log: ctx.log, progress: ctx.progress });
+    await writeFile(join(dir, 'llama.json'), JSON.stringify({ source: info, isa, cmake: cmakeArgs(l, src, 'build', ctx.recipe.gpu), version: versionLine(built.version), toolchain }, null, 2));
     // What `aios models synth` needs from the tree: gguf-py and a tokenizer vocabulary.
     await mkdir(join(dir, 'share'), { recursive: true });
     await cp(join(src, 'gguf-py'), join(dir, 'share/gguf-py'), { recursive: true });

@@ -43,6 +43,8 @@ function unitsToEnable(r: ResolvedRecipe): string[] {
   if (r.runtime.enabled) u.push('aios-runtime.service');
   // [fleet] role = "worker" (docs/fleets.md): ggml-rpc-server, and the firewall it requires.
   if (r.fleet.role === 'worker') u.push('aios-rpc-worker.service', ...(r.fleet.heads.length ? ['aios-rpc-firewall.service'] : []));
+  // gpu.driver (docs/gpu.md): the driver's modules and device nodes before the runtime, where there is a GPU.
+  if (r.gpu.driver !== 'none') u.push('aios-gpu.service');
   if (r.system.network === 'dhcp') u.push('systemd-networkd.service');
   return u;
 }

@@ -1,8 +1,9 @@
 /**
  * rootfs: bootstraps the distribution's root filesystem (Debian: mmdebstrap; Arch: pacstrap) with
  * the recipe's packages, the stock kernel and one initramfs generation. Needs no earlier stage.
- * Output: root/ (the tree) and packages.json (name → version). Key: distro, suite, mirror, package
- * list and the early files (templates/bootstrap: initramfs config, apt/pacman settings).
+ * Output: root/ (the tree), packages.json (name → version) and, for Debian, nonfree.json (the
+ * packages from contrib, non-free and non-free-firmware: gpu.driver). Key: distro, suite, mirror,
+ * package list, components beyond main, and the early files (templates/bootstrap: initramfs config, apt/pacman settings).
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -11,9 +12,16 @@ import { renderTree, writeRendered } from '../render.js';
 import { run } from '../../util/exec.js';
 import { paths } from '../../util/paths.js';
 import { defineStage, filesDigest, missingTools } from './common.js';
+import type { ResolvedRecipe } from '../../config/schema.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
 const VERSION = 1;
+
+/** The archive components, where the distro has more than one set and the recipe asks for more than main. */
+function components(ctx: { distro: { components?(r: ResolvedRecipe): string[] }; recipe: ResolvedRecipe }): string[] | undefined {
+  const c = ctx.distro.components?.(ctx.recipe);
+  return c && c.join(',') !== 'main' ? c : undefined;
+}
 
 export const rootfsStage = defineStage({
   name: 'rootfs',
@@ -34,13 +42,17 @@ export const rootfsStage = defineStage({
       mirror: r.base.mirror,
       packages: ctx.distro.packages(r),
       early: filesDigest(early),
+      // Only where more than main (gpu.driver), so the keys of existing roots stay as they were.
+      ...(components(ctx) ? { components: components(ctx) } : {}),
     };
   },
   async run(ctx, dir) {
     const r = ctx.recipe;
     const early = join(dir, 'early');
     await writeRendered(await renderTree(join(paths.templates, 'bootstrap'), templateContext(r, ctx.id)), early);
-    const pkgCache = join(ctx.cacheDir, 'packages', `${r.base.distro}-${r.base.suite}`);
+    // A root with non-free components keeps its .debs apart: every bootstrap copies its whole package cache in.
+    const comps = components(ctx);
+    const pkgCache = join(ctx.cacheDir, 'packages', `${r.base.distro}-${r.base.suite}${comps ? `-${comps.join('+')}` : ''}`);
     await mkdir(pkgCache, { recursive: true });
     const root = join(dir, 'root');
     const work = join(dir, 'work');
@@ -66,6 +78,10 @@ export const rootfsStage = defineStage({
     const list = ctx.distro.packageListCommand(root);
     const { stdout } = await run(list.argv, { log: ctx.log });
     await writeFile(join(dir, 'packages.json'), JSON.stringify(ctx.distro.parsePackageList(stdout), null, 1));
+    if (ctx.distro.nonfreeCommand && ctx.distro.parseNonfree) {
+      const nf = ctx.distro.nonfreeCommand(root);
+      await writeFile(join(dir, 'nonfree.json'), JSON.stringify(ctx.distro.parseNonfree((await run(nf.argv, { log: ctx.log })).stdout), null, 1));
+    }
     await rm(work, { recursive: true, force: true });
   },
 });
