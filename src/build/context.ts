@@ -153,6 +153,8 @@ export function templateContext(r: ResolvedRecipe, id: Identity, extra: Record<s
     rpcWorkersToml: r.runtime.rpc_workers.length ? stringifyToml({ runtime: { rpc_workers: r.runtime.rpc_workers.map((w) => ({ address: w.address, ...(w.memory ? { memory: w.memory } : {}) })) } }) : '',
     // gpu.driver (docs/gpu.md): aios-gpu.service, and the runtime unit's access to /dev/nvidia*.
     nvidiaDriver: r.gpu.driver !== 'none',
+    // llama.gpu = "cuda": the models' gpu_layers = -1 in config.toml (all layers on the GPU where there is one).
+    cudaLlama: r.llama.enabled && r.llama.gpu === 'cuda',
     // image.layout = "appliance": the sysupdate transfers' source; Verify=yes only when the build signs (contextWithWishes).
     updateSourceUrl: sysupdateSourceUrl(r.update.source),
     updateVerify: false,

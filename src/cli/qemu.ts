@@ -81,6 +81,11 @@ export function registerQemu(p: Command): void {
           if (w.fromSelf) out(`  from the guest's own address (not a head): ${w.fromSelf}`);
           if (res.worker) out(`  ${res.worker.ok ? 'ok  ' : 'FAIL'} ${res.worker.detail}`);
         }
+        if (g.gpu) {
+          const gp = g.gpu;
+          const unit = gp.condition === 'no' ? 'skipped (no NVIDIA GPU: models run on the CPU)' : (gp.unit ?? '?');
+          out(`gpu:         nvidia module ${gp.module ?? 'MISSING for this kernel'}, ${gp.loaded ? 'loaded' : 'not loaded'}; aios-gpu.service ${unit}${gp.devices.length ? `; ${gp.devices.join('; ')}` : ''}${gp.cuda ? `; CUDA ${gp.cuda}` : ''}`);
+        }
         for (const w of res.warnings) out(`warning:     ${w}`);
         if (res.kernelWishes.length) {
           out('kernel wishes, live in the guest:');

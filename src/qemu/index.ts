@@ -251,6 +251,8 @@ export interface BootCheck {
     root?: string;
     /** An RPC worker image (fleet.role = "worker"): its unit and firewall states, whether it listened, the firewall's rules for its port, and whether a connection from the guest's own address (not a head) was refused. */
     rpcWorker?: { state?: string; listen?: string; listening?: boolean; firewall?: string; rules: string[]; fromSelf?: string };
+    /** A GPU image (gpu.driver): aios-gpu.service's state and condition, the nvidia module's version for the running kernel, whether it is loaded, the GPUs (nvidia-smi -L), the CUDA version. */
+    gpu?: { unit?: string; condition?: string; module?: string; loaded?: boolean; devices: string[]; cuda?: string };
   };
   /** An RPC worker image: whether a connection from the host (QEMU's 10.0.2.2, which the test image names as its head) reached ggml-rpc-server through the port forwarding. */
   worker?: { ok: boolean; address: string; detail: string };
@@ -316,6 +318,14 @@ export function parseCheckLog(log: string): { complete: boolean; guest: BootChec
       else if (k === 'rpc_worker_listening') w.listening = val === 'yes';
       else if (k === 'rpc_firewall_state') w.firewall = val;
       else if (k === 'rpc_worker_from_self') w.fromSelf = val;
+    }
+    else if (k.startsWith('gpu_')) {
+      const g = (guest.gpu ??= { devices: [] });
+      if (k === 'gpu_unit') [g.unit, g.condition] = val.split(/\s+/);
+      else if (k === 'gpu_module') g.module = val || undefined;
+      else if (k === 'gpu_loaded') g.loaded = val === 'yes';
+      else if (k === 'gpu_devices') g.devices = val.split(';').map((d) => d.trim()).filter(Boolean);
+      else if (k === 'gpu_cuda') g.cuda = val || undefined;
     }
     else if (k === 'cpuflags') guest.cpuFlags = val.split(/\s+/).filter(Boolean);
     else if (k === 'llama_version') guest.llamaVersion = /version: .*/.exec(val)?.[0]?.trim() ?? val;
@@ -603,6 +613,7 @@ export async function qemuTest(image: string, o: QemuTestOptions = {}): Promise<
     else if (wk && guest.rpcWorker?.listening !== true) reason = `the RPC worker (aios-rpc-worker.service ${guest.rpcWorker?.state ?? 'unknown'}) did not listen on ${wk.listen} within 60 s`;
     else if (wk && !headsAdmit(wk.heads, wk.listen.split(':')[0]!) && guest.rpcWorker?.fromSelf === 'connected') reason = `the RPC worker's firewall let the guest's own address (not a head) connect to ${wk.listen}`;
     else if (worker && !worker.ok) reason = `RPC worker: ${worker.detail}`;
+    else if (guest.gpu && !guest.gpu.module) reason = 'GPU image: no nvidia kernel module for the running kernel (DKMS did not build one for it: see the rootfs stage\'s log)';
     const kernelWishes = complete && manifest?.kernel?.wishes ? liveWishes(manifest.kernel.wishes, guest.kernelFacts) : [];
     const warnings = accessWarnings(manifest);
     return { ok: !reason, image, media, accel, reason, hostSeconds, guest, serialLog, kernelWishes, runtime: probe, ...(access ? { access } : {}), ...(oom ? { oom } : {}), ...(worker ? { worker } : {}), ...(tlsDir ? { tlsDir } : {}), ...(during ? { during } : {}), warnings };

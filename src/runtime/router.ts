@@ -41,7 +41,20 @@ export class Router {
     private catalog: () => CatalogEntry[],
     /** The launch profile of a model loaded by name (LoadModel), if it is loaded. */
     private loaded: (name: string) => LaunchProfile | undefined,
+    /**
+     * Whether gpu_layers ≠ 0 can be honoured here. false (a GPU image on a machine without an NVIDIA
+     * GPU: RuntimeService found none): every local layer stays on the CPU (gpu_layers 0), so the
+     * memory budget counts it in RAM; a split model's layers still go to its RPC workers.
+     */
+    private gpuPresent: () => boolean = () => true,
   ) {}
+
+  /** gpu_layers as launched: the configured value, or 0 where there is no GPU for it. */
+  private gpuLayers(configured: number, rpc: boolean): number {
+    // Split across RPC workers: every layer goes to them unless gpu_layers says how many.
+    if (rpc) return configured === 0 ? -1 : configured;
+    return this.gpuPresent() ? configured : 0;
+  }
 
   /** Launch profile of a configured layer. */
   profile(level: LocalLevel): LaunchProfile | undefined {
@@ -56,8 +69,7 @@ export class Router {
       level,
       ctxSize: l.ctx_size,
       threads: l.threads,
-      // Split across RPC workers: every layer goes to them unless gpu_layers says how many.
-      gpuLayers: l.rpc && l.gpu_layers === 0 ? -1 : l.gpu_layers,
+      gpuLayers: this.gpuLayers(l.gpu_layers, l.rpc),
       parallel: l.parallel,
       mmap: l.mmap,
       pinned,
@@ -106,7 +118,7 @@ export class Router {
       level: '',
       ctxSize: Math.min(e.context_length, layer?.ctx_size ?? 2048),
       threads: layer?.threads ?? 0,
-      gpuLayers: layer?.gpu_layers ?? 0,
+      gpuLayers: this.gpuLayers(layer?.gpu_layers ?? 0, false),
       parallel: layer?.parallel ?? 2,
       mmap: layer?.mmap ?? true,
       idleUnloadMs: ms(this.config.runtime.unload_after_idle),

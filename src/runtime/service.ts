@@ -145,6 +145,17 @@ export interface ServiceOptions {
   cloud?: Pick<GatewayOptions, 'now' | 'env'>;
   /** The config file the runtime was started from (Reload / SIGHUP read it again). */
   configFile?: string;
+  /** nvidia-smi's memory.total in MiB, one line per GPU, undefined without one (tests pass a fake). */
+  gpuQuery?: () => string | undefined;
+}
+
+/** nvidia-smi's answer, undefined where it is missing or finds no GPU. */
+function nvidiaSmiMemory(): string | undefined {
+  try {
+    return execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 5000 });
+  } catch {
+    return undefined;
+  }
 }
 
 /** The dotted keys whose values differ between two configs (tables compared key by key, anything else as a whole). */
@@ -161,6 +172,8 @@ export class RuntimeService {
   readonly startedAt = Date.now();
   readonly budget: Budget;
   readonly router: Router;
+  /** false when gpu_layers ≠ 0 is configured, vram_budget is "auto" and nvidia-smi finds no GPU. */
+  private gpuPresent = true;
   ready = false;
   /** When start() loaded and probed the operational model (ms since the process started). */
   readonly startup = { loadFrom: 0, loadedAt: 0, probedAt: 0 };
@@ -187,14 +200,13 @@ export class RuntimeService {
     const gpuConfigured = [config.models.operational, config.models.tactical].some((l) => l && l.gpu_layers !== 0);
     if (r.vram_budget !== 'auto') this.budget.vramBytes = parseSize(r.vram_budget);
     else if (gpuConfigured) {
-      const total = gpuMemory(() => {
-        try {
-          return execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 5000 });
-        } catch {
-          return undefined;
-        }
-      });
+      const total = gpuMemory(o.gpuQuery ?? nvidiaSmiMemory);
       if (total) this.budget.vramBytes = Math.floor(total * 0.95);
+      else {
+        // A GPU image on a machine without a GPU (docs/gpu.md): serve on the CPU, and say so once.
+        this.gpuPresent = false;
+        log('no NVIDIA GPU found (nvidia-smi): models configured with gpu_layers ≠ 0 run on the CPU, their memory counted in RAM', 'warn');
+      }
     }
     this.scheduler = new Scheduler({
       maxQueuePerModel: r.max_queue_per_model,
@@ -234,7 +246,7 @@ export class RuntimeService {
       onFailed: (m, err) => this.scheduler.failAll(m, new RuntimeError(Code.FAILED_PRECONDITION, `model ${m} failed: ${err}`)),
       ...o.supervisor,
     });
-    this.router = new Router(config, () => this.catalog(), (name) => (this.supervisor.has(name) ? this.supervisor.profileOf(name) : undefined));
+    this.router = new Router(config, () => this.catalog(), (name) => (this.supervisor.has(name) ? this.supervisor.profileOf(name) : undefined), () => this.gpuPresent);
     this.installer = new Installer(config.models.model_dir, this.events, log);
     this.cloud = new CloudGateway(config, { log, events: this.events, ...o.cloud });
     this.configFile = o.configFile;

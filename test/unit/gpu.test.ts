@@ -17,6 +17,10 @@ import { renderTree } from '../../src/build/render.js';
 import { paths } from '../../src/util/paths.js';
 import { bwrapArgs, gpuDevices, landlockArgs } from '../../src/runtime/sandbox.js';
 import { tmp } from '../helpers.js';
+import { parse as parseToml } from 'smol-toml';
+import { RuntimeConfigSchema } from '../../src/runtime/config.js';
+import { Router } from '../../src/runtime/router.js';
+import { parseCheckLog } from '../../src/qemu/index.js';
 
 const problems = (p: Promise<unknown>) => p.then(() => [], (e: { exitCode?: number; problems?: { path: string; message: string }[] }) => (expect(e.exitCode).toBe(2), e.problems ?? []));
 
@@ -155,5 +159,42 @@ describe('the model sandbox and the GPU', () => {
     const bw = bwrapArgs({ kind: 'bwrap', bwrap: 'bwrap', freshProc: true }, { ...spec, devices });
     expect(bw.join(' ')).toContain('--dev /dev --proc /proc --dev-bind-try /dev/nvidiactl /dev/nvidiactl --dev-bind-try /dev/nvidia0 /dev/nvidia0 --ro-bind-try /proc/driver/nvidia /proc/driver/nvidia');
     expect(bwrapArgs({ kind: 'bwrap', bwrap: 'bwrap', freshProc: true }, spec).join(' ')).not.toMatch(/nvidia/);
+  });
+});
+
+describe('the runtime in a GPU image', () => {
+  it('config.toml: every layer on the GPU (gpu_layers = -1) with a CUDA llama.cpp, none without', async () => {
+    const cfg = async (name: string) => {
+      const r = await loadRecipe(name);
+      const f = (await renderTree(join(paths.templates, 'root'), templateContext(r, identity(r)))).find((x) => x.path === 'etc/aios/config.toml')!;
+      return RuntimeConfigSchema.parse(parseToml(f.content));
+    };
+    expect((await cfg('cuda')).models.operational!.gpu_layers).toBe(-1);
+    expect((await cfg('default')).models.operational!.gpu_layers).toBe(0);
+  });
+
+  it('no GPU on the machine: local layers stay on the CPU; a split model still goes to its workers', () => {
+    const config = RuntimeConfigSchema.parse({
+      runtime: { rpc_workers: [{ address: '10.0.0.2:50052' }] },
+      models: { operational: { name: 'a.gguf', gpu_layers: -1 }, tactical: { name: 'b.gguf', rpc: true } },
+    });
+    const on = new Router(config, () => [], () => undefined, () => true);
+    const off = new Router(config, () => [], () => undefined, () => false);
+    expect(on.profile('operational')!.gpuLayers).toBe(-1);
+    expect(off.profile('operational')!.gpuLayers).toBe(0);
+    expect(off.profile('tactical')!.gpuLayers).toBe(-1);
+  });
+});
+
+describe('the boot check of a GPU image', () => {
+  it('reads the unit, the module for the running kernel, the GPUs and the CUDA version', () => {
+    const at = (lines: string[]) => parseCheckLog(['AIOS-CHECK-BEGIN', ...lines.map((l) => `[  40.1] boot-check[500]: ${l}`), 'AIOS-CHECK-END'].join('\r\n')).guest.gpu;
+    // QEMU: no GPU, the unit skipped by its condition, the module there but not loaded.
+    expect(at(['AIOS-CHECK gpu_unit=inactive no', 'AIOS-CHECK gpu_module=550.163.01', 'AIOS-CHECK gpu_loaded=no', 'AIOS-CHECK gpu_devices=', 'AIOS-CHECK gpu_cuda='])).toEqual({ unit: 'inactive', condition: 'no', module: '550.163.01', loaded: false, devices: [] });
+    // A machine with two GPUs.
+    expect(at(['AIOS-CHECK gpu_unit=active yes', 'AIOS-CHECK gpu_module=550.163.01', 'AIOS-CHECK gpu_loaded=yes', 'AIOS-CHECK gpu_devices=GPU 0: NVIDIA H200 (UUID: GPU-1);GPU 1: NVIDIA H200 (UUID: GPU-2);', 'AIOS-CHECK gpu_cuda=12.4'])).toMatchObject({ loaded: true, devices: ['GPU 0: NVIDIA H200 (UUID: GPU-1)', 'GPU 1: NVIDIA H200 (UUID: GPU-2)'], cuda: '12.4' });
+    // DKMS built nothing for this kernel: no version (qemu-test fails the boot with that reason).
+    expect(at(['AIOS-CHECK gpu_unit=inactive no', 'AIOS-CHECK gpu_module='])!.module).toBeUndefined();
+    expect(at(['AIOS-CHECK state=running'])).toBeUndefined();
   });
 });
