@@ -235,6 +235,28 @@ export function machineChecks(p: MachineProbe): Check[] {
       },
     },
     {
+      id: 'gpu.driver',
+      title: 'NVIDIA GPU',
+      async run() {
+        // A GPU image (gpu.driver, docs/gpu.md) has aios-gpu.service's script; others have no driver.
+        if ((await p.read('/usr/libexec/aios/gpu-init')) === undefined) return ok('not a GPU image (no NVIDIA driver in it)');
+        const pci = '/sys/bus/pci/devices';
+        let gpus = 0;
+        for (const d of await p.list(pci)) {
+          if ((await p.read(`${pci}/${d}/vendor`))?.trim() === '0x10de' && (await p.read(`${pci}/${d}/class`))?.trim().startsWith('0x03')) gpus++;
+        }
+        if (!gpus) return ok('no NVIDIA GPU on this machine: models run on the CPU', { gpus: 0 });
+        if (!(await p.list('/sys/module/nvidia')).length) {
+          return problem(`${gpus} NVIDIA GPU(s), but the nvidia module is not loaded: models run on the CPU`, 'journalctl -b -u aios-gpu.service and journalctl -k -b | grep -i nvidia say why; then systemctl restart aios-gpu.service aios-runtime.service', { gpus });
+        }
+        const q = await p.run(['nvidia-smi', '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader']);
+        const list = q.code === 0 ? q.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : [];
+        if (!list.length) return problem(`${gpus} NVIDIA GPU(s) and the module loaded, but nvidia-smi lists none`, 'nvidia-smi says why; journalctl -k -b | grep -i nvidia', { gpus });
+        const cuda = /CUDA Version:\s*([\d.]+)/.exec((await p.run(['nvidia-smi'])).stdout)?.[1];
+        return ok(`${list.join('; ')}${cuda ? `; CUDA ${cuda}` : ''}`, { gpus: list.length, ...(cuda ? { cuda } : {}) });
+      },
+    },
+    {
       id: 'units.failed',
       title: 'failed units',
       async run() {

@@ -64,8 +64,8 @@ const byId = async (p: MachineProbe) => {
 describe('aios doctor on a running machine', () => {
   it('a healthy machine: every check ok but the wish the stock kernel cannot honour', async () => {
     const { r, f } = await byId(fake());
-    expect(r.findings.map((x) => x.id)).toEqual(['runtime.service', 'runtime.answers', 'models.failed', 'models.crashes', 'memory.budget', 'kernel.wishes', 'cpu.governor', 'memory.thp', 'memory.zram', 'time.sync', 'space.state', 'units.failed']);
-    for (const id of ['runtime.service', 'runtime.answers', 'models.failed', 'models.crashes', 'memory.budget', 'cpu.governor', 'memory.thp', 'memory.zram', 'time.sync', 'space.state', 'units.failed']) expect(f[id]!.status, id).toBe('ok');
+    expect(r.findings.map((x) => x.id)).toEqual(['runtime.service', 'runtime.answers', 'models.failed', 'models.crashes', 'memory.budget', 'kernel.wishes', 'cpu.governor', 'memory.thp', 'memory.zram', 'time.sync', 'space.state', 'gpu.driver', 'units.failed']);
+    for (const id of ['runtime.service', 'runtime.answers', 'models.failed', 'models.crashes', 'memory.budget', 'cpu.governor', 'memory.thp', 'memory.zram', 'time.sync', 'space.state', 'gpu.driver', 'units.failed']) expect(f[id]!.status, id).toBe('ok');
     expect(f['runtime.answers']!.detail).toBe('ready, version 0.1.0; models ready: aios-tiny');
     expect(f['memory.budget']!.detail).toBe('1.0 GiB of 4.0 GiB (aios-tiny 1.0 GiB)');
     expect(f['memory.zram']!.detail).toBe('/dev/zram0 2.0 GiB');
@@ -157,11 +157,11 @@ describe('aios doctor on a running machine', () => {
     const lines: string[] = [];
     await machineDoctor(fake(), { jsonLines: true }, (s) => void lines.push(s));
     const out = lines.join('').trimEnd().split('\n');
-    expect(out).toHaveLength(13);
+    expect(out).toHaveLength(14);
     // As the console shows them: journald's prefix, \r\n, and one line a kernel message broke.
     const log = ['AIOS-CHECK-BEGIN', 'AIOS-CHECK state=running', ...out.map((l) => `[  81.2] boot-check[500]: AIOS-CHECK-DOCTOR ${l}`), '[  81.3] boot-check[500]: AIOS-CHECK-DOCTOR {"finding":{"id":"x",[  81.3] random: crng', 'AIOS-CHECK-END'].join('\r\n');
     const { guest } = parseCheckLog(log);
-    expect(guest.doctor!.findings).toHaveLength(12);
+    expect(guest.doctor!.findings).toHaveLength(13);
     expect(guest.doctor!.unparsed).toBe(1);
     expect(guest.doctor!.verdict).toMatchObject({ ok: true, warnings: 1 });
     expect(doctorLines(guest.doctor!)).toEqual([

@@ -21,6 +21,7 @@ import { parse as parseToml } from 'smol-toml';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { Router } from '../../src/runtime/router.js';
 import { parseCheckLog } from '../../src/qemu/index.js';
+import { machineChecks, type MachineProbe } from '../../src/doctor/machine.js';
 
 const problems = (p: Promise<unknown>) => p.then(() => [], (e: { exitCode?: number; problems?: { path: string; message: string }[] }) => (expect(e.exitCode).toBe(2), e.problems ?? []));
 
@@ -196,5 +197,29 @@ describe('the boot check of a GPU image', () => {
     // DKMS built nothing for this kernel: no version (qemu-test fails the boot with that reason).
     expect(at(['AIOS-CHECK gpu_unit=inactive no', 'AIOS-CHECK gpu_module='])!.module).toBeUndefined();
     expect(at(['AIOS-CHECK state=running'])).toBeUndefined();
+  });
+});
+
+describe('aios doctor on a GPU image', () => {
+  const gpuCheck = (files: Record<string, string>, lists: Record<string, string[]>, runs: Record<string, string> = {}) => {
+    const p: MachineProbe = {
+      read: async (f) => files[f],
+      readGz: async () => undefined,
+      list: async (d) => lists[d] ?? [],
+      run: async (argv) => (argv.join(' ') in runs ? { code: 0, stdout: runs[argv.join(' ')]! } : { code: 127, stdout: '' }),
+      space: async () => undefined,
+      runtime: async () => ({ error: 'none' }),
+    };
+    return machineChecks(p).find((c) => c.id === 'gpu.driver')!.run();
+  };
+  const pci = { '/sys/bus/pci/devices': ['0000:00:01.0', '0000:17:00.0'] };
+  const gpuFiles = { '/usr/libexec/aios/gpu-init': '#!/bin/sh', '/sys/bus/pci/devices/0000:00:01.0/vendor': '0x8086\n', '/sys/bus/pci/devices/0000:00:01.0/class': '0x060000\n', '/sys/bus/pci/devices/0000:17:00.0/vendor': '0x10de\n', '/sys/bus/pci/devices/0000:17:00.0/class': '0x030200\n' };
+
+  it('not a GPU image; a GPU image without a GPU (CPU); the module not loaded (a problem with the fix); the GPUs and CUDA version', async () => {
+    expect(await gpuCheck({}, {})).toMatchObject({ status: 'ok', detail: 'not a GPU image (no NVIDIA driver in it)' });
+    expect(await gpuCheck({ '/usr/libexec/aios/gpu-init': '#!/bin/sh' }, pci)).toMatchObject({ status: 'ok', detail: 'no NVIDIA GPU on this machine: models run on the CPU' });
+    expect(await gpuCheck(gpuFiles, pci)).toMatchObject({ status: 'problem', detail: expect.stringMatching(/^1 NVIDIA GPU\(s\), but the nvidia module is not loaded/), fix: expect.stringMatching(/aios-gpu\.service/) });
+    const smi = { 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader': 'NVIDIA H200, 143771 MiB, 550.163.01\n', 'nvidia-smi': '| NVIDIA-SMI 550.163.01   Driver Version: 550.163.01   CUDA Version: 12.4 |\n' };
+    expect(await gpuCheck(gpuFiles, { ...pci, '/sys/module/nvidia': ['version'] }, smi)).toMatchObject({ status: 'ok', detail: 'NVIDIA H200, 143771 MiB, 550.163.01; CUDA 12.4', facts: { gpus: 1, cuda: '12.4' } });
   });
 });
