@@ -65,7 +65,9 @@ export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memor
   // LoRA adapters (one not loaded marked "!": refused, the reason below, or added after the model started)
   // and saved sessions (count, KV bytes), where any model has some.
   const lora = models.some((m) => m.adapters?.length || m.sessions);
-  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL', ...(cg ? ['CGROUP', 'PEAK', 'LIMIT', 'OOM'] : []), ...(lora ? ['ADAPTERS', 'SESSIONS'] : [])]];
+  // Models offloaded to a GPU (docs/gpu.md): their GPU memory, estimated and as llama-server reported it.
+  const gpu = models.some((m) => Number(m.vram_estimate_bytes) > 0 || Number(m.vram_bytes) > 0);
+  const rows = [['NAME', 'STATE', 'ESTIMATE', 'ACTUAL', 'RSS', 'ERROR', 'SLOTS', 'QUEUE', 'IDLE UNTIL', ...(gpu ? ['VRAM EST', 'VRAM'] : []), ...(cg ? ['CGROUP', 'PEAK', 'LIMIT', 'OOM'] : []), ...(lora ? ['ADAPTERS', 'SESSIONS'] : [])]];
   const problems: string[] = [];
   for (const m of models) {
     if (m.error) problems.push(`${m.name}: ${m.error}`);
@@ -84,6 +86,7 @@ export function psTable(models: ModelStatus[], health: Pick<HealthStatus, 'memor
       `${m.inflight}/${m.parallel}`,
       q || '0',
       m.pinned ? 'pinned' : until(Number(m.idle_until_unix_ms), now),
+      ...(gpu ? [Number(m.vram_estimate_bytes) ? formatSize(Number(m.vram_estimate_bytes)) : '-', Number(m.vram_bytes) ? formatSize(Number(m.vram_bytes)) : '-'] : []),
       ...(cg
         ? [
             Number(m.cgroup_memory_bytes) ? formatSize(Number(m.cgroup_memory_bytes)) : '-',

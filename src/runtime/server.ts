@@ -77,6 +77,8 @@ const toStatus = (m: ModelView, sessions?: SessionCounts): ModelStatus => ({
   queued: m.queued,
   queued_by_priority: m.queuedByPriority,
   reported_bytes: m.reportedBytes,
+  vram_estimate_bytes: m.vramEstimateBytes,
+  vram_bytes: m.vramActualBytes,
   parallel: m.parallel,
   cgroup_memory_bytes: m.cgroupMemoryBytes,
   cgroup_peak_bytes: m.cgroupPeakBytes,

@@ -223,3 +223,16 @@ describe('aios doctor on a GPU image', () => {
     expect(await gpuCheck(gpuFiles, { ...pci, '/sys/module/nvidia': ['version'] }, smi)).toMatchObject({ status: 'ok', detail: 'NVIDIA H200, 143771 MiB, 550.163.01; CUDA 12.4', facts: { gpus: 1, cuda: '12.4' } });
   });
 });
+
+describe('aios ps on a GPU machine', () => {
+  it('VRAM EST and VRAM columns only where a model is offloaded', async () => {
+    const { psTable } = await import('../../src/cli/runtime.js');
+    const m = { level: 'operational', state: 'ready', pid: 1, port: 0, memory_bytes: 0, last_used_unix_ms: 0, uptime_ms: 1, path: '/m', restarts: 0, error: '', estimate_bytes: 1 << 20, actual_bytes: 0, estimate_error_pct: 0, pinned: true, idle_until_unix_ms: 0, inflight: 0, queued: 0, queued_by_priority: {}, parallel: 1, adapters: [], sessions: 0, session_states: 0, session_bytes: 0, vram_estimate_bytes: 0, vram_bytes: 0 };
+    const health = { memory_budget_bytes: 0, memory_used_bytes: 0, queued: 0 } as never;
+    const out = psTable([{ ...m, name: 'big', vram_estimate_bytes: 700 << 20, vram_bytes: 650 << 20 }, { ...m, name: 'cpu' }] as never, health).split('\n');
+    expect(out[0]).toMatch(/\s+IDLE UNTIL\s+VRAM EST\s+VRAM$/);
+    expect(out.find((l) => l.startsWith('big '))).toMatch(/pinned\s+700\.0 MiB\s+650\.0 MiB$/);
+    expect(out.find((l) => l.startsWith('cpu '))).toMatch(/pinned\s+-\s+-$/);
+    expect(psTable([{ ...m, name: 'cpu' }] as never, health)).not.toMatch(/VRAM/);
+  });
+});
