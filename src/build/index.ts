@@ -317,6 +317,13 @@ async function publish(ctx: BuildContext, reports: StageReport[], a: { format: '
   return { format: a.format, file: a.dest, manifest: manifestFile };
 }
 
+/** gpu.driver (docs/gpu.md): the driver, the module DKMS built and for which kernel, the CUDA architectures of a CUDA llama.cpp. */
+async function gpuManifest(ctx: BuildContext): Promise<NonNullable<Manifest['gpu']>> {
+  const r = ctx.recipe;
+  const built = JSON.parse(await readFile(join(ctx.outputs.rootfs!.dir, 'nvidia.json'), 'utf8').catch(() => '{}')) as { kernel?: string; module?: string };
+  return { driver: r.gpu.driver, module: built.module ?? '', kernel: built.kernel ?? '', ...(r.llama.enabled && r.llama.gpu === 'cuda' ? { cudaArch: r.gpu.cuda_arch, flashAttention: r.gpu.flash_attention } : {}) };
+}
+
 async function buildManifest(ctx: BuildContext, file: string, stages: StageReport[], format: 'disk' | 'iso', name: string): Promise<Manifest> {
   const r = ctx.recipe;
   const root = join(ctx.outputs.overlay!.dir, 'root');
@@ -360,6 +367,7 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
     ...(r.fleet.role === 'worker' ? { fleet: { role: 'worker' as const, listen: r.fleet.listen, heads: r.fleet.heads, ...(r.fleet.interface ? { interface: r.fleet.interface } : {}) } } : {}),
     packages,
     ...(Object.keys(nonfree).length ? { nonfree } : {}),
+    ...(r.gpu.driver !== 'none' ? { gpu: await gpuManifest(ctx) } : {}),
   };
 }
 

@@ -65,6 +65,8 @@ export interface Manifest {
   packages: Record<string, string>;
   /** Of those, the ones from Debian's contrib, non-free and non-free-firmware (gpu.driver: the NVIDIA driver and CUDA libraries; licensing); absent when none. */
   nonfree?: Record<string, string>;
+  /** gpu.driver (docs/gpu.md): the NVIDIA driver, the module version DKMS built for `kernel`, and a CUDA llama.cpp's architectures. */
+  gpu?: { driver: string; module: string; kernel: string; cudaArch?: number[]; flashAttention?: boolean };
 }
 
 /** The manifest next to an output: out/<name>.manifest.json for the disk, out/<name>.iso.manifest.json for the ISO. */

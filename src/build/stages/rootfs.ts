@@ -74,7 +74,16 @@ export const rootfsStage = defineStage({
         },
       });
     }
-    await ctx.distro.kernelFiles(root); // fails clearly if the kernel or initrd is missing
+    const kernel = await ctx.distro.kernelFiles(root); // fails clearly if the kernel or initrd is missing
+    if (r.gpu.driver !== 'none') {
+      // gpu.driver (docs/gpu.md): DKMS must have built the module for the image's own kernel.
+      const m = await run(['chroot', root, 'modinfo', '-k', kernel.version, '-F', 'version', 'nvidia'], { log: ctx.log, reject: false });
+      if (m.exitCode !== 0 || !m.stdout.trim()) {
+        throw new Error(`gpu.driver = "${r.gpu.driver}": DKMS built no nvidia module for the image's kernel ${kernel.version} (modinfo: ${m.all.trim().slice(0, 200)}); the DKMS build log is in the root under /var/lib/dkms, the bootstrap's output in ${ctx.log ?? 'the build log'}`);
+      }
+      await writeFile(join(dir, 'nvidia.json'), JSON.stringify({ kernel: kernel.version, module: m.stdout.trim() }, null, 1));
+      ctx.progress(`nvidia ${m.stdout.trim()} built for ${kernel.version}`);
+    }
     const list = ctx.distro.packageListCommand(root);
     const { stdout } = await run(list.argv, { log: ctx.log });
     await writeFile(join(dir, 'packages.json'), JSON.stringify(ctx.distro.parsePackageList(stdout), null, 1));
