@@ -41,6 +41,13 @@ export function nvidiaPackages(r: { gpu: { driver: string }; llama: { enabled: b
   ];
 }
 
+/**
+ * The file name Debian's DKMS package gives the nvidia module (its dkms.conf's DEST_MODULE_NAME;
+ * modprobe's `install nvidia` rule in the package's modprobe.d maps the upstream name onto it, and
+ * the loaded module is still called nvidia).
+ */
+export const nvidiaModuleFile = (driver: string): string => (driver === 'open' ? 'nvidia-current-open' : 'nvidia-current');
+
 /** image.layout = "appliance": the initrd is dracut's (systemd in the initrd), not initramfs-tools'. */
 const appliance = (r: { image: { layout: string } }) => r.image.layout === 'appliance';
 

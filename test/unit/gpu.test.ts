@@ -103,7 +103,9 @@ describe('the image with the NVIDIA driver', () => {
     const rt = gpu['usr/lib/systemd/system/aios-runtime.service']!.content;
     expect(rt).toMatch(/^PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-uvm rw$/m);
     expect(rt).toMatch(/^After=aios-gpu\.service$/m);
+    expect(gpu['etc/systemd/system/nvidia-persistenced.service.d/50-aios.conf']!.content).toMatch(/^After=aios-gpu\.service\nConditionPathExists=\/dev\/nvidiactl$/m);
     const plain = await render('default');
+    expect(plain['etc/systemd/system/nvidia-persistenced.service.d/50-aios.conf']).toBeUndefined();
     expect(plain['usr/lib/systemd/system/aios-gpu.service']).toBeUndefined();
     expect(plain['usr/libexec/aios/gpu-init']).toBeUndefined();
     expect(plain['usr/lib/systemd/system/aios-runtime.service']!.content).toMatch(/^PrivateDevices=yes$/m);

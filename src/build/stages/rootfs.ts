@@ -13,6 +13,7 @@ import { run } from '../../util/exec.js';
 import { paths } from '../../util/paths.js';
 import { defineStage, filesDigest, missingTools } from './common.js';
 import type { ResolvedRecipe } from '../../config/schema.js';
+import { nvidiaModuleFile } from '../../distros/debian.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
 const VERSION = 1;
@@ -77,7 +78,7 @@ export const rootfsStage = defineStage({
     const kernel = await ctx.distro.kernelFiles(root); // fails clearly if the kernel or initrd is missing
     if (r.gpu.driver !== 'none') {
       // gpu.driver (docs/gpu.md): DKMS must have built the module for the image's own kernel.
-      const m = await run(['chroot', root, 'modinfo', '-k', kernel.version, '-F', 'version', 'nvidia'], { log: ctx.log, reject: false });
+      const m = await run(['chroot', root, 'modinfo', '-k', kernel.version, '-F', 'version', nvidiaModuleFile(r.gpu.driver)], { log: ctx.log, reject: false });
       if (m.exitCode !== 0 || !m.stdout.trim()) {
         throw new Error(`gpu.driver = "${r.gpu.driver}": DKMS built no nvidia module for the image's kernel ${kernel.version} (modinfo: ${m.all.trim().slice(0, 200)}); the DKMS build log is in the root under /var/lib/dkms, the bootstrap's output in ${ctx.log ?? 'the build log'}`);
       }
