@@ -285,6 +285,12 @@ async function wishSymbols(ctx: BuildContext): Promise<string[]> {
 async function installLlama(ctx: BuildContext, llama: StageOutput, root: string, dir: string): Promise<void> {
   ctx.progress('installing llama.cpp binaries');
   for (const t of llamaBinaries(ctx.recipe.llama)) await run(['install', '-m', '0755', join(llama.dir, 'bin', t), join(root, 'usr/bin', t)], { log: ctx.log });
+  // Every binary's shared libraries resolve in the root (a CUDA build: libcudart, libcublas, libcuda).
+  for (const t of llamaBinaries(ctx.recipe.llama)) {
+    const l = await run(['chroot', root, 'ldd', `/usr/bin/${t}`], { log: ctx.log, reject: false });
+    const missing = l.stdout.split('\n').filter((x) => /not found/.test(x)).map((x) => x.trim().split(/\s+/)[0]);
+    if (missing.length) throw new Error(`${t} needs ${missing.join(', ')}, which the image does not have (ldd in the target root)${ctx.recipe.llama.gpu === 'cuda' ? '; a CUDA build needs the driver and CUDA libraries: gpu.driver' : ''}`);
+  }
   const check = await run(['chroot', root, '/usr/bin/llama-server', '--version'], { log: ctx.log, reject: false });
   if (check.exitCode !== 0) {
     throw new Error(`llama-server does not run inside the target root (exit ${check.exitCode}): ${check.all.slice(-400)}. The build host's toolchain must not be newer than the image's (glibc, libstdc++).`);
