@@ -1,5 +1,7 @@
 /** Debian base: mmdebstrap, one initramfs generation, package cache reuse. */
+import { join } from 'node:path';
 import type { Distro } from './types.js';
+import { PKG_ROOT } from '../util/paths.js';
 import { kernelVersion, requireFiles } from './common.js';
 
 const EXCLUDES = [
@@ -30,9 +32,9 @@ export function debianComponents(r: { gpu: { driver: string } }): string[] {
  */
 export function nvidiaPackages(r: { gpu: { driver: string }; llama: { enabled: boolean; gpu: string } }): string[] {
   if (r.gpu.driver === 'none') return [];
+  // (linux-headers-amd64 comes after them, from scripts/nvidia-dkms.sh: see there and NVIDIA_DKMS_HOOK.)
   return [
     r.gpu.driver === 'open' ? 'nvidia-open-kernel-dkms' : 'nvidia-kernel-dkms',
-    'linux-headers-amd64',
     'firmware-nvidia-gsp',
     'libcuda1',
     'nvidia-smi',
@@ -47,6 +49,12 @@ export function nvidiaPackages(r: { gpu: { driver: string }; llama: { enabled: b
  * the loaded module is still called nvidia).
  */
 export const nvidiaModuleFile = (driver: string): string => (driver === 'open' ? 'nvidia-current-open' : 'nvidia-current');
+
+/**
+ * gpu.driver: the customize hook that installs the kernel headers and has DKMS build the module for
+ * the image's kernel (adapting the one call trixie's 550 driver gets wrong for trixie's current kernel).
+ */
+export const NVIDIA_DKMS_HOOK = join(PKG_ROOT, 'scripts', 'nvidia-dkms.sh');
 
 /** image.layout = "appliance": the initrd is dracut's (systemd in the initrd), not initramfs-tools'. */
 const appliance = (r: { image: { layout: string } }) => r.image.layout === 'appliance';
@@ -126,6 +134,9 @@ export const debian: Distro = {
       '--skip=essential/unlink',
       `--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
       `--setup-hook=sync-in ${q(ctx.pkgCache)} /var/cache/apt/archives/`,
+      // gpu.driver: the headers, then DKMS's build of the NVIDIA module for the image's kernel (before
+      // the package cache is synced out, so the headers' .debs are kept too).
+      ...(r.gpu.driver !== 'none' ? [`--customize-hook=sh ${q(NVIDIA_DKMS_HOOK)} "$1"`] : []),
       `--customize-hook=sync-out /var/cache/apt/archives ${q(ctx.pkgCache)}`,
       `--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/archives/partial/*.deb`,
       // initramfs config first, then the one and only initramfs generation.

@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import { loadRecipe } from '../../src/config/load.js';
 import { cudaArchitectures, DEFAULT_CUDA_ARCHS } from '../../src/config/gpu.js';
 import { llamaToolsTreeSpec, packageCacheDir, toolsTreeBootstrapArgv, toolsTreeKey } from '../../src/build/tools-tree.js';
-import { debian } from '../../src/distros/debian.js';
+import { debian, NVIDIA_DKMS_HOOK } from '../../src/distros/debian.js';
 import { identity, templateContext } from '../../src/build/context.js';
 import { renderTree } from '../../src/build/render.js';
 import { paths } from '../../src/util/paths.js';
@@ -70,10 +70,14 @@ describe('the image with the NVIDIA driver', () => {
   it('non-free components and the driver, built by DKMS against the image kernel\'s headers; CUDA libraries with a CUDA llama.cpp', async () => {
     const r = await loadRecipe('cuda');
     const pk = debian.packages(r);
-    for (const p of ['nvidia-open-kernel-dkms', 'linux-headers-amd64', 'linux-image-amd64', 'firmware-nvidia-gsp', 'libcuda1', 'nvidia-smi', 'nvidia-persistenced', 'libcudart12', 'libcublas12']) expect(pk).toContain(p);
+    for (const p of ['nvidia-open-kernel-dkms', 'linux-image-amd64', 'firmware-nvidia-gsp', 'libcuda1', 'nvidia-smi', 'nvidia-persistenced', 'libcudart12', 'libcublas12']) expect(pk).toContain(p);
     expect(debian.components!(r)).toEqual(['main', 'contrib', 'non-free', 'non-free-firmware']);
     const plan = debian.bootstrap(r, { root: '/r', pkgCache: '/p', earlyFiles: '/e', work: '/w', asRoot: true });
     expect(plan.steps[0]!.argv).toContain('--components=main,contrib,non-free,non-free-firmware');
+    // The headers come after the driver, from the hook that has DKMS build the module (scripts/nvidia-dkms.sh).
+    expect(pk).not.toContain('linux-headers-amd64');
+    expect(plan.steps[0]!.argv).toContain(`--customize-hook=sh '${NVIDIA_DKMS_HOOK}' "$1"`);
+    expect(plan.steps[0]!.argv.indexOf(`--customize-hook=sh '${NVIDIA_DKMS_HOOK}' "$1"`)).toBeLessThan(plan.steps[0]!.argv.findIndex((a) => a.includes('update-initramfs')));
     const prop = debian.packages(await loadRecipe('cuda', { sets: ['gpu.driver=proprietary'] }));
     expect(prop).toContain('nvidia-kernel-dkms');
     expect(prop).not.toContain('nvidia-open-kernel-dkms');
@@ -81,7 +85,9 @@ describe('the image with the NVIDIA driver', () => {
     expect(debian.packages(await loadRecipe('default', { sets: ['gpu.driver=open'] }))).not.toContain('libcudart12');
     const plain = await loadRecipe('default');
     expect(debian.packages(plain).filter((p) => /nvidia|cuda|headers/.test(p))).toEqual([]);
-    expect(debian.bootstrap(plain, { root: '/r', pkgCache: '/p', earlyFiles: '/e', work: '/w', asRoot: true }).steps[0]!.argv).toContain('--components=main');
+    const plainArgv = debian.bootstrap(plain, { root: '/r', pkgCache: '/p', earlyFiles: '/e', work: '/w', asRoot: true }).steps[0]!.argv;
+    expect(plainArgv).toContain('--components=main');
+    expect(plainArgv.join(' ')).not.toMatch(/nvidia/);
   });
 
   it('lists the packages from outside the free archive by their section', () => {

@@ -13,7 +13,8 @@ import { run } from '../../util/exec.js';
 import { paths } from '../../util/paths.js';
 import { defineStage, filesDigest, missingTools } from './common.js';
 import type { ResolvedRecipe } from '../../config/schema.js';
-import { nvidiaModuleFile } from '../../distros/debian.js';
+import { NVIDIA_DKMS_HOOK, nvidiaModuleFile } from '../../distros/debian.js';
+import { sha256File as hashFile } from '../../util/hash.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
 const VERSION = 1;
@@ -45,6 +46,7 @@ export const rootfsStage = defineStage({
       early: filesDigest(early),
       // Only where more than main (gpu.driver), so the keys of existing roots stay as they were.
       ...(components(ctx) ? { components: components(ctx) } : {}),
+      ...(r.gpu.driver !== 'none' ? { nvidiaDkmsHook: (await hashFile(NVIDIA_DKMS_HOOK)).slice(0, 16) } : {}),
     };
   },
   async run(ctx, dir) {
