@@ -1,6 +1,6 @@
 /** Renders a templates/ subtree with handlebars into a target directory. */
 import Handlebars from 'handlebars';
-import { mkdir, readdir, readFile, writeFile, stat, chmod } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile, stat, chmod, lstat, unlink } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 
 const hb = Handlebars.create();
@@ -51,6 +51,8 @@ export async function writeRendered(files: RenderedFile[], root: string): Promis
   for (const f of files) {
     const p = join(root, f.path);
     await mkdir(dirname(p), { recursive: true });
+    // A template replaces what is at its path; it never writes through a symlink (an alternatives link).
+    if ((await lstat(p).catch(() => undefined))?.isSymbolicLink()) await unlink(p);
     await writeFile(p, f.content);
     await chmod(p, f.mode);
   }

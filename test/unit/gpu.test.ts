@@ -110,8 +110,10 @@ describe('the image with the NVIDIA driver', () => {
     expect(rt).toMatch(/^PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-uvm rw$/m);
     expect(rt).toMatch(/^After=aios-gpu\.service$/m);
     expect(gpu['etc/systemd/system/nvidia-persistenced.service.d/50-aios.conf']!.content).toMatch(/^After=aios-gpu\.service\nConditionPathExists=\/dev\/nvidiactl$/m);
+    expect(gpu['etc/modules-load.d/nvidia.conf']!.content).not.toMatch(/^[^#\n]/m);
     const plain = await render('default');
     expect(plain['etc/systemd/system/nvidia-persistenced.service.d/50-aios.conf']).toBeUndefined();
+    expect(plain['etc/modules-load.d/nvidia.conf']).toBeUndefined();
     expect(plain['usr/lib/systemd/system/aios-gpu.service']).toBeUndefined();
     expect(plain['usr/libexec/aios/gpu-init']).toBeUndefined();
     expect(plain['usr/lib/systemd/system/aios-runtime.service']!.content).toMatch(/^PrivateDevices=yes$/m);
@@ -242,5 +244,21 @@ describe('aios ps on a GPU machine', () => {
     expect(out.find((l) => l.startsWith('big '))).toMatch(/pinned\s+700\.0 MiB\s+650\.0 MiB$/);
     expect(out.find((l) => l.startsWith('cpu '))).toMatch(/pinned\s+-\s+-$/);
     expect(psTable([{ ...m, name: 'cpu' }] as never, health)).not.toMatch(/VRAM/);
+  });
+});
+
+describe('templates over the root', () => {
+  it('replace a symlink at their path instead of writing through it', async () => {
+    const { writeRendered } = await import('../../src/build/render.js');
+    const { symlinkSync, readFileSync: rf, lstatSync } = await import('node:fs');
+    const root = tmp('aios-render-');
+    mkdirSync(join(root, 'etc/modules-load.d'), { recursive: true });
+    writeFileSync(join(root, 'target.conf'), 'nvidia-drm\n');
+    symlinkSync('/target.conf', join(root, 'etc/modules-load.d/nvidia.conf'));
+    symlinkSync(join(root, 'target.conf'), join(root, 'etc/modules-load.d/abs.conf'));
+    await writeRendered([{ path: 'etc/modules-load.d/abs.conf', content: '# none\n', mode: 0o644 }], root);
+    expect(lstatSync(join(root, 'etc/modules-load.d/abs.conf')).isSymbolicLink()).toBe(false);
+    expect(rf(join(root, 'etc/modules-load.d/abs.conf'), 'utf8')).toBe('# none\n');
+    expect(rf(join(root, 'target.conf'), 'utf8')).toBe('nvidia-drm\n');
   });
 });

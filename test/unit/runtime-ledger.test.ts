@@ -143,8 +143,11 @@ http.createServer((req, res) => {
     };
     const workers = Array.from({ length: 12 }, worker);
     const until = Date.now() + 45_000;
-    while (lines() < 60) {
-      if (Date.now() > until) throw new Error(`the ledger did not reach 60 lines in 45 s (${lines()} lines, ${answered} answered, failures: ${failures.slice(0, 3).join('; ')}); daemon log: ${a.log().slice(-500)}`);
+    // Killed with calls out at the provider (a slow, busy machine can have every worker between calls
+    // for a moment): those are the ones the ledger must count as lost.
+    const out = () => mock.calls.filter((x) => !x.completed).length;
+    while (lines() < 60 || out() < 2) {
+      if (Date.now() > until) throw new Error(`the ledger did not reach 60 lines with calls out in 45 s (${lines()} lines, ${answered} answered, failures: ${failures.slice(0, 3).join('; ')}); daemon log: ${a.log().slice(-500)}`);
       await new Promise((r) => setTimeout(r, 20));
     }
     a.p.kill('SIGKILL');
@@ -182,7 +185,7 @@ http.createServer((req, res) => {
     expect(ok.reduce((n, r) => n + r.cost_usd, 0)).toBeLessThanOrEqual(billed + 1e-12);
     expect(spend.spent_usd).toBeLessThanOrEqual(5);
     expect(b.log()).toMatch(/line \d+ is not a complete record \(a write cut short by a crash\?\); skipped/);
-    expect(lost.length).toBeGreaterThan(0); // 12 calls are kept out: the kill always catches some
+    expect(lost.length).toBeGreaterThan(0); // the kill came with calls out (see above)
     expect(b.log()).toMatch(new RegExp(`ledger: ${lost.length} call\\(s\\) were out when the runtime last stopped`));
     expect(a.log() + b.log()).not.toContain(KEY);
     // `aios runtime spend` and `aios ps` say the same (and nothing of the key).
