@@ -68,7 +68,8 @@ describe('crash: the daemon killed mid-burst', () => {
 
   it('month totals rebuilt from the ledger after SIGKILL equal what was spent (never less than the provider billed); a torn last write is skipped', async () => {
     await mock.start();
-    mock.reset({ tokenDelayMs: 10, outputTokens: 20 });
+    // Each call stays out at the provider for 100 ms, so the kill below finds some out.
+    mock.reset({ tokenDelayMs: 10, outputTokens: 20, delayMs: 100 });
     writeTestGguf(join(dir, 'op.gguf'));
     mkdirSync(join(dir, 'creds'));
     writeFileSync(join(dir, 'creds', 'claude'), KEY, { mode: 0o600 });
