@@ -3,6 +3,7 @@
  * what a llama-server child reports and really uses after, and the budget itself (config, else the
  * machine's memory or the service's cgroup limit, minus a reserve). Imports nothing from the build side.
  */
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { readGguf, tensorBytes } from '../models/gguf.js';
@@ -45,6 +46,27 @@ export interface EstimateProfile {
  */
 export const PROCESS_OVERHEAD = 17 * MiB;
 
+/**
+ * A llama-server linked with CUDA (a GPU image, docs/gpu.md) maps libcudart, libcublas and
+ * libcublasLt (half a gigabyte of libraries) and its own CUDA kernels: measured in QEMU without a
+ * GPU, the tiny model's child peaked at about 120 MiB where the CPU build stays under 60 MiB, and
+ * its cgroup's memory.max (the estimate plus child_memory_margin) killed it. Added to its estimate.
+ */
+export const CUDA_PROCESS_OVERHEAD = 192 * MiB;
+
+/** The per-process overhead of the llama-server at `binary`: more when it links the CUDA runtime (ldd). */
+export function processOverhead(binary: string, ldd: (bin: string) => string | undefined = lddOf): number {
+  return /\blibcudart\.so/.test(ldd(binary) ?? '') ? PROCESS_OVERHEAD + CUDA_PROCESS_OVERHEAD : PROCESS_OVERHEAD;
+}
+
+function lddOf(bin: string): string | undefined {
+  try {
+    return execFileSync('ldd', [bin], { encoding: 'utf8', timeout: 10_000 });
+  } catch {
+    return undefined;
+  }
+}
+
 let avx2: boolean | undefined;
 /** Whether ggml's CPU backend repacks quantized weights here (it does on AVX2 machines). */
 export function cpuRepacks(): boolean {
@@ -69,7 +91,7 @@ const num = (v: unknown): number | undefined => (typeof v === 'number' ? v : typ
  * reports (12.1 floats per embedding dimension plus 130 per micro-batch token, plus 512 bytes
  * per context token for the attention mask); everything else is exact arithmetic on the metadata.
  */
-export async function estimateFootprint(path: string, p: EstimateProfile, o: { repack?: boolean } = {}): Promise<Footprint> {
+export async function estimateFootprint(path: string, p: EstimateProfile, o: { repack?: boolean; overhead?: number } = {}): Promise<Footprint> {
   const g = await readGguf(path);
   const m = g.metadata;
   const arch = String(m['general.architecture'] ?? 'llama');
@@ -92,7 +114,7 @@ export async function estimateFootprint(path: string, p: EstimateProfile, o: { r
   const ubatch = 512;
   const compute = Math.round(ubatch * 4 * (12.1 * embd + 130)) + 512 * ctxTotal;
   const output = vocab * 4 * p.parallel;
-  const overhead = PROCESS_OVERHEAD;
+  const overhead = o.overhead ?? PROCESS_OVERHEAD;
 
   // Offload: llama.cpp puts the last n layers (and the output layer when all are offloaded) on the GPU.
   const ngl = p.gpuLayers < 0 ? layers + 1 : Math.min(p.gpuLayers, layers + 1);

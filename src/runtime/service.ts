@@ -16,7 +16,7 @@ import { readRuntimeConfig, type RuntimeConfig } from './config.js';
 import { ms } from './defaults.js';
 import { RuntimeEvents, type PriorityName, type RequestStatus } from './events.js';
 import { Scheduler, type Ticket } from './scheduler.js';
-import { estimateFootprint, gpuMemory, mib, ramBudget, type Budget } from './memory.js';
+import { estimateFootprint, gpuMemory, mib, PROCESS_OVERHEAD, processOverhead, ramBudget, type Budget } from './memory.js';
 import { Router, type LocalLevel, type Target } from './router.js';
 import { Installer, type LoadProgress } from './install.js';
 import { resolveParams } from './params.js';
@@ -174,6 +174,8 @@ export class RuntimeService {
   readonly router: Router;
   /** false when gpu_layers ≠ 0 is configured, vram_budget is "auto" and nvidia-smi finds no GPU. */
   private gpuPresent = true;
+  /** Per-process overhead of llama-server in the estimates (more for a CUDA build). */
+  private readonly processOverhead: number;
   ready = false;
   /** When start() loaded and probed the operational model (ms since the process started). */
   readonly startup = { loadFrom: 0, loadedAt: 0, probedAt: 0 };
@@ -231,7 +233,10 @@ export class RuntimeService {
           log,
         })
       : undefined;
+    // A CUDA build of llama-server maps half a gigabyte of CUDA libraries: its estimate says so (docs/gpu.md).
+    this.processOverhead = launcher instanceof LlamaServerLauncher ? processOverhead(r.llama_server) : PROCESS_OVERHEAD;
     this.supervisor = new Supervisor({
+      processOverhead: this.processOverhead,
       launcher,
       rpc,
       loadTimeoutMs: ms(r.load_timeout),
@@ -340,7 +345,7 @@ export class RuntimeService {
       await this.installer.installAdapters(t.entry).catch((e) => this.log(`${t.name}: ${(e as Error).message}; the model is loaded without it`, 'warn'));
     }
     if (onProgress) {
-      const est = await estimateFootprint(p.path, p).catch(() => undefined);
+      const est = await estimateFootprint(p.path, p, { overhead: this.processOverhead }).catch(() => undefined);
       onProgress({ model: t.name, phase: 'load', bytes: 0, total: est?.ramBytes ?? 0 });
     }
     const loaded = await this.supervisor.load(await this.adapters.vet(p));

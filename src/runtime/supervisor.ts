@@ -92,6 +92,8 @@ export interface SupervisorOptions {
   healthIntervalMs: number;
   maxRestarts: number;
   log?: (line: string) => void;
+  /** Per-process overhead in a model's estimate (memory.ts processOverhead: more for a CUDA build). */
+  processOverhead?: number;
   /** Memory budget; loads that do not fit evict idle models or are refused. Unlimited when absent. */
   budget?: Budget;
   events?: RuntimeEvents;
@@ -186,7 +188,7 @@ export class Supervisor {
     if (!(await isGgufFile(p.path))) throw new RuntimeError(Code.FAILED_PRECONDITION, `${p.path} is not a GGUF file`);
     let estimate: Footprint | undefined;
     try {
-      estimate = await estimateFootprint(p.path, p);
+      estimate = await estimateFootprint(p.path, p, { overhead: this.o.processOverhead });
     } catch (err) {
       // An unreadable header: llama-server will say why when it refuses the file.
       this.log(`${p.name}: no footprint estimate (${(err as Error).message}); llama-server decides`);

@@ -262,3 +262,13 @@ describe('templates over the root', () => {
     expect(rf(join(root, 'target.conf'), 'utf8')).toBe('nvidia-drm\n');
   });
 });
+
+describe('the memory estimate of a CUDA llama-server', () => {
+  it('adds the CUDA libraries\' overhead where the binary links libcudart, nothing otherwise', async () => {
+    const { processOverhead, PROCESS_OVERHEAD, CUDA_PROCESS_OVERHEAD } = await import('../../src/runtime/memory.js');
+    const cuda = '\tlibcudart.so.12 => /lib/x86_64-linux-gnu/libcudart.so.12 (0x1)\n\tlibcublas.so.12 => /lib/x86_64-linux-gnu/libcublas.so.12 (0x2)\n';
+    expect(processOverhead('/usr/bin/llama-server', () => cuda)).toBe(PROCESS_OVERHEAD + CUDA_PROCESS_OVERHEAD);
+    expect(processOverhead('/usr/bin/llama-server', () => '\tlibgomp.so.1 => /lib/x86_64-linux-gnu/libgomp.so.1 (0x1)\n')).toBe(PROCESS_OVERHEAD);
+    expect(processOverhead('/nonexistent/llama-server')).toBe(PROCESS_OVERHEAD);
+  });
+});
