@@ -48,11 +48,11 @@ export const PROCESS_OVERHEAD = 17 * MiB;
 
 /**
  * A llama-server linked with CUDA (a GPU image, docs/gpu.md) maps libcudart, libcublas and
- * libcublasLt (half a gigabyte of libraries) and its own CUDA kernels: measured in QEMU without a
- * GPU, the tiny model's child peaked at about 120 MiB where the CPU build stays under 60 MiB, and
- * its cgroup's memory.max (the estimate plus child_memory_margin) killed it. Added to its estimate.
+ * libcublasLt (half a gigabyte of libraries) and its own CUDA kernels: in QEMU without a GPU the
+ * tiny model's child was OOM-killed in its cgroup at 66 MiB (the CPU build's estimate); with 192 MiB
+ * more it ran, its cgroup at 266 of 277 MiB (the libraries' page cache included). Added to its estimate.
  */
-export const CUDA_PROCESS_OVERHEAD = 192 * MiB;
+export const CUDA_PROCESS_OVERHEAD = 320 * MiB;
 
 /** The per-process overhead of the llama-server at `binary`: more when it links the CUDA runtime (ldd). */
 export function processOverhead(binary: string, ldd: (bin: string) => string | undefined = lddOf): number {
