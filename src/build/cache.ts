@@ -45,6 +45,15 @@ export async function diskUsage(dir: string): Promise<number> {
   return Number.parseInt(r.stdout.split('\t')[0] ?? '', 10) || 0;
 }
 
+/**
+ * How many outputs each stage keeps: $AIOS_CACHE_KEEP (a whole number ≥ 1; CI sets more, so that the
+ * recipes its tests build in turn do not push each other's roots out), else 2.
+ */
+export function cacheKeep(env: NodeJS.ProcessEnv = process.env): number {
+  const n = Number(env.AIOS_CACHE_KEEP);
+  return Number.isInteger(n) && n >= 1 ? n : 2;
+}
+
 export class StageCache {
   constructor(
     readonly dir: string,

@@ -8,7 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import { certSans, createPki, type Pki } from '../pki/index.js';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { distroFor } from '../distros/index.js';
-import { SPACE_NEEDED, StageCache } from './cache.js';
+import { cacheKeep, SPACE_NEEDED, StageCache } from './cache.js';
 import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.js';
 import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages/index.js';
 import { isaFor } from './llama.js';
@@ -109,7 +109,7 @@ async function prepare(opts: BuildOptions): Promise<{ ctx: BuildContext; outDir:
     recipe,
     distro: distroFor(recipe.base.distro),
     id: identity(recipe),
-    cache: new StageCache(cacheDir),
+    cache: new StageCache(cacheDir, cacheKeep()),
     cacheDir,
     log,
     asRoot: process.getuid?.() === 0,

@@ -114,3 +114,12 @@ describe('StageCache', () => {
     expect(existsSync(o1)).toBe(true);
   });
 });
+
+describe('cacheKeep', () => {
+  it('AIOS_CACHE_KEEP when it is a whole number of at least 1, else 2', async () => {
+    const { cacheKeep } = await import('../../src/build/cache.js');
+    expect(cacheKeep({})).toBe(2);
+    expect(cacheKeep({ AIOS_CACHE_KEEP: '6' })).toBe(6);
+    for (const bad of ['0', '-1', '2.5', 'many', '']) expect(cacheKeep({ AIOS_CACHE_KEEP: bad }), bad).toBe(2);
+  });
+});
