@@ -145,8 +145,6 @@ export interface ServiceOptions {
   cloud?: Pick<GatewayOptions, 'now' | 'env'>;
   /** The config file the runtime was started from (Reload / SIGHUP read it again). */
   configFile?: string;
-  /** nvidia-smi's memory.total in MiB, one line per GPU, undefined without one (tests pass a fake). */
-  gpuQuery?: () => string | undefined;
 }
 
 /** nvidia-smi's answer, undefined where it is missing or finds no GPU. */
@@ -202,7 +200,7 @@ export class RuntimeService {
     const gpuConfigured = [config.models.operational, config.models.tactical].some((l) => l && l.gpu_layers !== 0);
     if (r.vram_budget !== 'auto') this.budget.vramBytes = parseSize(r.vram_budget);
     else if (gpuConfigured) {
-      const total = gpuMemory(o.gpuQuery ?? nvidiaSmiMemory);
+      const total = gpuMemory(nvidiaSmiMemory);
       if (total) this.budget.vramBytes = Math.floor(total * 0.95);
       else {
         // A GPU image on a machine without a GPU (docs/gpu.md): serve on the CPU, and say so once.
