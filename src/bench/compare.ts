@@ -121,6 +121,8 @@ const factList = (r: BenchResult): [string, string][] => [
   ['CPU', `${r.facts.cpu.model}, ${r.facts.cpu.logical} CPUs`],
   ['where', r.facts.virtualization.summary],
   ['threads', String(r.settings.threads)],
+  ['GPU layers', String(r.settings.gpuLayers ?? 0)],
+  ['GPU', r.facts.gpus ? r.facts.gpus.join('; ') || 'none (no nvidia-smi, or it found none)' : 'not recorded'],
   ['llama.cpp', `${r.facts.llama.version ?? '?'} ${r.facts.llama.buildCommit ?? ''}`.trim()],
   ['ISA of the binaries', r.facts.llama.isa ?? 'unknown'],
   ['model', `${r.model.synthesized ?? r.model.file} (${r.model.fileType ?? '?'}, ${r.model.bytesPerToken} bytes per token)`],

@@ -13,7 +13,7 @@ import { describe, readGguf } from '../models/gguf.js';
 import { UserError } from '../util/errors.js';
 import { factsFromRaw, type RawFacts } from './facts.js';
 import { assembleFigures, bytesPerToken, BENCH_SCHEMA, type BenchResult, type ImageRun } from './index.js';
-import { parseLlamaBench } from './llamabench.js';
+import { offloadedLayers, parseLlamaBench } from './llamabench.js';
 import { triadElements, type TriadResult } from './triad.js';
 
 /** The schema the entry point announces in its AIOS-BENCH-BEGIN line. */
@@ -48,11 +48,13 @@ export interface GuestFacts {
   mem_available_kb: number | null;
   loadavg: string;
   runtime: string;
+  /** nvidia-smi --query-gpu=name,driver_version,memory.total, one line per GPU; absent from older entry points. */
+  gpus?: string;
 }
 
 export interface GuestBenchLog {
   begin?: { schema: string; entry?: string; date?: string };
-  settings?: { reps: number; threads: number; pp: number; tg: number; physical_cores?: number | null };
+  settings?: { reps: number; threads: number; pp: number; tg: number; ngl?: number | null; physical_cores?: number | null };
   model?: { file: string; bytes: number | null };
   /** /usr/lib/aios/llama.json of the image (version, ISA level), when it has one. */
   llama?: { version?: string; isa?: { cpu?: string; march?: string; description?: string; flags?: string[] }; source?: { describe?: string; commit?: string }; targets?: string[] };
@@ -289,7 +291,11 @@ export async function guestResult(g: GuestBenchLog, o: GuestResultOptions): Prom
   const runtime = g.facts!.runtime.trim();
   if (runtime === 'active') warnings.push('aios-runtime was running during the benchmark (its llama-server holds memory and answers health checks): stop it first (systemctl stop aios-runtime) for figures to report');
 
-  const { figures, roofline } = assembleFigures({ lb: lbRun, triad, reps: s.reps, pp: s.pp, tg: s.tg, bytesPerToken: bpt, warnings });
+  // Offloaded to a GPU: the triad measured the CPU's memory, not the GPU's, so a roofline would compare the wrong things.
+  const gpuLayers = offloadedLayers(lbRun);
+  if (gpuLayers > 0 && bpt) warnings.push(`${gpuLayers} layers offloaded to the GPU (${lbRun.backends}): the triad measures the CPU's memory bandwidth, so no roofline`);
+  const { figures, roofline } = assembleFigures({ lb: lbRun, triad, reps: s.reps, pp: s.pp, tg: s.tg, bytesPerToken: gpuLayers > 0 ? undefined : bpt, warnings });
+  const gpus = g.facts!.gpus === undefined ? undefined : lines(g.facts!.gpus);
   const ll = g.llama;
   return {
     schema: BENCH_SCHEMA,
@@ -299,13 +305,14 @@ export async function guestResult(g: GuestBenchLog, o: GuestResultOptions): Prom
       ...facts,
       llama: { binDir: '/usr/bin (in the image)', version: ll?.version, isa: ll?.isa?.description, march: ll?.isa?.march, buildCommit: lbRun.buildCommit, backends: lbRun.backends },
       threads: s.threads,
+      ...(gpus ? { gpus } : {}),
     },
     model,
-    settings: { reps: s.reps, threads: s.threads, pp: s.pp, tg: s.tg, warmup: "llama-bench's own warm-up run before each test, and one untimed triad repetition, discarded" },
+    settings: { reps: s.reps, threads: s.threads, pp: s.pp, tg: s.tg, ...(gpuLayers > 0 ? { gpuLayers } : {}), warmup: "llama-bench's own warm-up run before each test, and one untimed triad repetition, discarded" },
     figures,
     roofline,
     llamaBench: {
-      argv: ['/usr/bin/llama-bench', '-m', g.model!.file, '-p', String(s.pp), '-n', String(s.tg), '-r', String(s.reps), '-t', String(s.threads), '-o', 'jsonl'],
+      argv: ['/usr/bin/llama-bench', '-m', g.model!.file, '-p', String(s.pp), '-n', String(s.tg), '-r', String(s.reps), '-t', String(s.threads), ...(typeof s.ngl === 'number' ? ['-ngl', String(s.ngl)] : []), '-o', 'jsonl'],
       cpuInfo: lbRun.cpuInfo,
       modelType: lbRun.modelType,
       modelSize: lbRun.modelSize,

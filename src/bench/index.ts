@@ -54,6 +54,8 @@ export interface BenchResult {
   facts: MachineFacts & {
     llama: { binDir: string; version?: string; isa?: string; march?: string; buildCommit?: string; backends?: string };
     threads: number;
+    /** nvidia-smi's GPUs (name, driver, memory), one each; [] where it found none or is missing; absent where not read (the host's `aios bench`, older entry points). */
+    gpus?: string[];
   };
   model: {
     file: string;
@@ -69,7 +71,8 @@ export interface BenchResult {
     bytesPerToken: number;
     bytesPerTokenNote: string;
   };
-  settings: { reps: number; threads: number; pp: number; tg: number; warmup: string };
+  /** gpuLayers: layers llama-bench offloaded to a GPU backend (absent or 0: the CPU ran the model). */
+  settings: { reps: number; threads: number; pp: number; tg: number; gpuLayers?: number; warmup: string };
   figures: { pp?: Figure; tg?: Figure; bandwidth: Figure & { best: number; arrayBytes: number; sizing: string } };
   roofline?: { bytesPerToken: number; tgMean: number; bandwidthBest: number; fraction: number; fractionCi: [number, number]; note: string };
   llamaBench: { argv: string[]; cpuInfo?: string; modelType?: string; modelSize?: number; ownMeans: Record<string, { avg: number; stddev: number }> };

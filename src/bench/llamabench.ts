@@ -21,6 +21,8 @@ export interface LlamaBenchRun {
   buildNumber?: number;
   cpuInfo?: string;
   backends?: string;
+  /** llama-bench's n_gpu_layers (its default is all of them; without a GPU backend nothing is offloaded). */
+  nGpuLayers?: number;
   modelType?: string;
   /** Bytes of the model's tensors, as llama.cpp counts them. */
   modelSize?: number;
@@ -64,6 +66,7 @@ export function parseLlamaBench(text: string): Omit<LlamaBenchRun, 'argv'> {
     buildNumber: num(r0.build_number),
     cpuInfo: str(r0.cpu_info),
     backends: str(r0.backends),
+    nGpuLayers: num(r0.n_gpu_layers),
     modelType: str(r0.model_type),
     modelSize: num(r0.model_size),
     modelParams: num(r0.model_n_params),
@@ -80,3 +83,6 @@ export async function runLlamaBench(o: { bin: string; model: string; reps: numbe
   }
   return { ...parseLlamaBench(res.stdout), argv };
 }
+
+/** Layers llama-bench offloaded to a GPU backend (CUDA, Vulkan, Metal, SYCL, HIP); 0 for a CPU-only build or -ngl 0. */
+export const offloadedLayers = (r: Pick<LlamaBenchRun, 'backends' | 'nGpuLayers'>): number => (/CUDA|Vulkan|Metal|SYCL|HIP|ROCm/i.test(r.backends ?? '') ? Math.max(0, r.nGpuLayers ?? 0) : 0);

@@ -42,7 +42,8 @@ export function formatReport(r: BenchResult): string {
   }
   const m = r.model;
   lines.push(`- model: \`${m.file}\`${m.synthesized ? ` (synthesized ${m.synthesized}, random weights)` : ''}: ${m.architecture}${m.name ? ` "${m.name}"` : ''}, ${(m.parameters / 1e6).toFixed(1)} M parameters, ${m.fileType ?? '?'}, weights ${formatSize(m.weightsBytes)}; read per token ${formatSize(m.bytesPerToken)} (${m.bytesPerTokenNote})`);
-  lines.push(`- runs: ${r.settings.reps} timed repetitions per test, ${r.settings.threads} threads; ${r.settings.warmup}; ${r.seconds.toFixed(0)} s in all`);
+  lines.push(`- runs: ${r.settings.reps} timed repetitions per test, ${r.settings.threads} threads${r.settings.gpuLayers ? `, ${r.settings.gpuLayers} layers on the GPU` : ''}; ${r.settings.warmup}; ${r.seconds.toFixed(0)} s in all`);
+  if (f.gpus?.length) lines.push(`- GPU: ${f.gpus.join('; ')} (nvidia-smi: name, driver, memory)`);
   lines.push(`- CPU: ${f.cpu.model} (${f.cpu.vendor}), ${f.cpu.logical} logical CPUs, ${f.cpu.physicalCores} physical cores, ${f.cpu.sockets} socket(s), ${f.numaNodes} NUMA node(s); ${formatSize(f.memoryBytes)} RAM${f.llcBytes ? `; last-level cache ${formatSize(f.llcBytes)} (as reported)` : ''}`);
   lines.push(`- where: ${f.virtualization.summary}`);
   if (r.image) lines.push(`- image: ${imageLine(r)}`);

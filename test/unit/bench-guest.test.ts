@@ -85,6 +85,33 @@ describe('the entry point\'s lines, parsed', () => {
     expect(text).toMatch(/booted by aios bench --image in QEMU with TCG: EMULATED/);
   });
 
+  it('a run offloaded to a GPU: its layers and GPUs in the result, the report and compare; no roofline against the CPU\'s bandwidth', async () => {
+    const d = tmp();
+    const f = join(d, 'm.gguf');
+    writeFileSync(f, gguf({ 'general.architecture': { t: 'str', v: 'llama' } }, [{ name: 'token_embd.weight', dims: [16, 100] }, { name: 'blk.0.attn_q.weight', dims: [16, 16] }]));
+    const cpu = parseGuestBench(LOG);
+    cpu.model = { ...cpu.model!, bytes: readFileSync(f).length };
+    cpu.facts = { ...cpu.facts!, gpus: 'NVIDIA H200, 580.159.04, 143771 MiB' };
+    const gpu: GuestBenchLog = { ...cpu, settings: { ...cpu.settings!, ngl: 99 }, llamaBench: cpu.llamaBench.map((l) => JSON.stringify({ ...JSON.parse(l), backends: 'CUDA', n_gpu_layers: 99 })) };
+    const kvm = { ...qemuRun, accel: 'kvm' as const };
+    const a = await guestResult(cpu, { image: kvm, hostModel: f });
+    const b = await guestResult(gpu, { image: kvm, hostModel: f });
+    // The CPU run (the fixture's llama-bench: CPU backend) keeps its roofline and has no GPU layers.
+    expect(a.settings.gpuLayers).toBeUndefined();
+    expect(a.roofline).toBeDefined();
+    expect(b.settings.gpuLayers).toBe(99);
+    expect(b.facts.gpus).toEqual(['NVIDIA H200, 580.159.04, 143771 MiB']);
+    expect(b.llamaBench.argv).toEqual(expect.arrayContaining(['-ngl', '99']));
+    expect(b.roofline).toBeUndefined();
+    expect(b.warnings.join('\n')).toMatch(/99 layers offloaded to the GPU \(CUDA\): the triad measures the CPU's memory bandwidth, so no roofline/);
+    expect(formatReport(b)).toMatch(/threads, 99 layers on the GPU;/);
+    expect(formatReport(b)).toMatch(/- GPU: NVIDIA H200, 580\.159\.04, 143771 MiB/);
+    expect(formatCompare(compareResults(a, b), ['cpu.json', 'gpu.json'])).toMatch(/GPU layers \| 0 \| 99/);
+    // An older entry point read no GPUs: "not recorded", not "none".
+    const old = await guestResult({ ...cpu, facts: { ...cpu.facts!, gpus: undefined } }, { image: kvm });
+    expect(old.facts.gpus).toBeUndefined();
+  });
+
   it('TCG is flagged even when the guest could not tell (aios knows it booted it without KVM)', async () => {
     const g = parseGuestBench(LOG);
     g.facts = { ...g.facts!, vm: '', cpuinfo: g.facts!.cpuinfo.replace(/QEMU TCG CPU[^\n]*/g, 'Some CPU') };
@@ -228,6 +255,32 @@ describe('the entry point (rootfs/usr/libexec/aios/bench) under dash', () => {
     const plain = await sh(['--model', join(bin, 'm.gguf'), '--reps', '2'], { AIOS_LLAMA_BENCH: join(bin, 'llama-bench'), AIOS_TRIAD: join(bin, 'triad') });
     expect(plain.exitCode).toBe(0);
     expect(readFileSync(port, 'utf8')).toBe('');
+  });
+
+  it('passes --ngl on to llama-bench, records it and the GPUs nvidia-smi lists, and refuses a bad value', async () => {
+    const g = parseGuestBench(LOG);
+    const bin = tmp();
+    writeFileSync(join(bin, 'lb.jsonl'), `${g.llamaBench.join('\n')}\n`);
+    // The stand-in llama-bench writes down its arguments; the stand-in nvidia-smi answers as on a GPU machine.
+    writeFileSync(join(bin, 'llama-bench'), `#!/bin/sh\n[ "$1" = --help ] && exit 0\necho "$@" > ${join(bin, 'args')}\ncat ${join(bin, 'lb.jsonl')}\n`, { mode: 0o755 });
+    writeFileSync(join(bin, 'triad.json'), JSON.stringify(g.triad!.result));
+    writeFileSync(join(bin, 'triad'), `#!/bin/sh\ncat ${join(bin, 'triad.json')}\n`, { mode: 0o755 });
+    writeFileSync(join(bin, 'nvidia-smi'), '#!/bin/sh\necho "NVIDIA H200, 580.159.04, 143771 MiB"\n', { mode: 0o755 });
+    writeFileSync(join(bin, 'm.gguf'), 'GGUF and not much else');
+    const env = { AIOS_LLAMA_BENCH: join(bin, 'llama-bench'), AIOS_TRIAD: join(bin, 'triad'), PATH: `${bin}:${process.env.PATH}` };
+    const r = await sh(['--model', join(bin, 'm.gguf'), '--reps', '2', '--ngl', '0'], env);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(readFileSync(join(bin, 'args'), 'utf8')).toMatch(/ -ngl 0 -o jsonl/);
+    const p = parseGuestBench(r.stdout);
+    expect(p.settings?.ngl).toBe(0);
+    expect(p.facts?.gpus).toBe('NVIDIA H200, 580.159.04, 143771 MiB');
+    // Without --ngl: llama-bench's own default, recorded as null.
+    const d = await sh(['--model', join(bin, 'm.gguf'), '--reps', '2'], env);
+    expect(readFileSync(join(bin, 'args'), 'utf8')).not.toMatch(/-ngl/);
+    expect(parseGuestBench(d.stdout).settings?.ngl).toBeNull();
+    const bad = await sh(['--ngl', 'all']);
+    expect(bad.exitCode).toBe(1);
+    expect(errorOf(bad.stdout)).toMatch(/--ngl must be a whole number/);
   });
 
   it('is clean under shellcheck', async () => {
