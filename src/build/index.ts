@@ -317,11 +317,14 @@ async function publish(ctx: BuildContext, reports: StageReport[], a: { format: '
   return { format: a.format, file: a.dest, manifest: manifestFile };
 }
 
+type NvidiaBuilt = { kernel?: string; module?: string; source?: { package: string; version: string; section: string } };
+const nvidiaBuilt = async (ctx: BuildContext): Promise<NvidiaBuilt> => JSON.parse(await readFile(join(ctx.outputs.rootfs!.dir, 'nvidia.json'), 'utf8').catch(() => '{}')) as NvidiaBuilt;
+
 /** gpu.driver (docs/gpu.md): the driver, the module DKMS built and for which kernel, the CUDA architectures of a CUDA llama.cpp. */
 async function gpuManifest(ctx: BuildContext): Promise<NonNullable<Manifest['gpu']>> {
   const r = ctx.recipe;
-  const built = JSON.parse(await readFile(join(ctx.outputs.rootfs!.dir, 'nvidia.json'), 'utf8').catch(() => '{}')) as { kernel?: string; module?: string };
-  return { driver: r.gpu.driver, module: built.module ?? '', kernel: built.kernel ?? '', ...(r.llama.enabled && r.llama.gpu === 'cuda' ? { cudaArch: r.gpu.cuda_arch, flashAttention: r.gpu.flash_attention } : {}) };
+  const built = await nvidiaBuilt(ctx);
+  return { driver: r.gpu.driver, module: built.module ?? '', kernel: built.kernel ?? '', ...(built.source ? { source: `${built.source.package} ${built.source.version}` } : {}), ...(r.llama.enabled && r.llama.gpu === 'cuda' ? { cudaArch: r.gpu.cuda_arch, flashAttention: r.gpu.flash_attention } : {}) };
 }
 
 async function buildManifest(ctx: BuildContext, file: string, stages: StageReport[], format: 'disk' | 'iso', name: string): Promise<Manifest> {
@@ -332,6 +335,9 @@ async function buildManifest(ctx: BuildContext, file: string, stages: StageRepor
   // The rootfs stage's list of packages from outside Debian's free archive, less any the overlay removed.
   const nf = JSON.parse(await readFile(join(ctx.outputs.rootfs!.dir, 'nonfree.json'), 'utf8').catch(() => '{}')) as Record<string, string>;
   const nonfree = Object.fromEntries(Object.entries(nf).filter(([n]) => n in packages));
+  // gpu.driver: the DKMS package is gone from the image, the module compiled from it is not.
+  const src = (await nvidiaBuilt(ctx)).source;
+  if (src && /^(non-free|non-free-firmware|contrib)\//.test(src.section)) nonfree[src.package] = src.version;
   const layout = format === 'disk' ? JSON.parse(await readFile(join(ctx.outputs.image!.dir, 'layout.json'), 'utf8')) : undefined;
   const iso = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.iso!.dir, 'iso.json'), 'utf8')) : undefined;
   const squashfs = format === 'iso' ? JSON.parse(await readFile(join(ctx.outputs.squashfs!.dir, 'squashfs.json'), 'utf8')) : undefined;

@@ -63,10 +63,10 @@ export interface Manifest {
   fleet?: { role: 'worker'; listen: string; heads: string[]; interface?: string };
   /** Installed packages and their versions. */
   packages: Record<string, string>;
-  /** Of those, the ones from Debian's contrib, non-free and non-free-firmware (gpu.driver: the NVIDIA driver and CUDA libraries; licensing); absent when none. */
+  /** Of those, the ones from Debian's contrib, non-free and non-free-firmware (gpu.driver: the NVIDIA driver and CUDA libraries, and the DKMS package the module was compiled from; licensing); absent when none. */
   nonfree?: Record<string, string>;
-  /** gpu.driver (docs/gpu.md): the NVIDIA driver, the module version DKMS built for `kernel`, and a CUDA llama.cpp's architectures. */
-  gpu?: { driver: string; module: string; kernel: string; cudaArch?: number[]; flashAttention?: boolean };
+  /** gpu.driver (docs/gpu.md): the NVIDIA driver, the module version DKMS built for `kernel`, the DKMS package it was built from (removed from the image after the build), and a CUDA llama.cpp's architectures. */
+  gpu?: { driver: string; module: string; kernel: string; source?: string; cudaArch?: number[]; flashAttention?: boolean };
 }
 
 /** The manifest next to an output: out/<name>.manifest.json for the disk, out/<name>.iso.manifest.json for the ISO. */

@@ -51,10 +51,14 @@ export function nvidiaPackages(r: { gpu: { driver: string }; llama: { enabled: b
 export const nvidiaModuleFile = (driver: string): string => (driver === 'open' ? 'nvidia-current-open' : 'nvidia-current');
 
 /**
- * gpu.driver: the customize hook that installs the kernel headers and has DKMS build the module for
- * the image's kernel (adapting the one call trixie's 550 driver gets wrong for trixie's current kernel).
+ * gpu.driver: the customize hook that installs the kernel headers, has DKMS build the module for
+ * the image's kernel (adapting the one call trixie's 550 driver gets wrong for trixie's current kernel),
+ * then removes the build side (DKMS, the driver source, the headers, the compiler) and keeps the modules.
  */
 export const NVIDIA_DKMS_HOOK = join(PKG_ROOT, 'scripts', 'nvidia-dkms.sh');
+
+/** Where that hook records the DKMS package it built the module from (package, version, section; tab-separated) before removing it. */
+export const NVIDIA_MODULE_SOURCE = 'usr/share/doc/aios/nvidia-module';
 
 /** image.layout = "appliance": the initrd is dracut's (systemd in the initrd), not initramfs-tools'. */
 const appliance = (r: { image: { layout: string } }) => r.image.layout === 'appliance';

@@ -5,7 +5,7 @@
  * packages from contrib, non-free and non-free-firmware: gpu.driver). Key: distro, suite, mirror,
  * package list, components beyond main, and the early files (templates/bootstrap: initramfs config, apt/pacman settings).
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { templateContext } from '../context.js';
 import { renderTree, writeRendered } from '../render.js';
@@ -13,7 +13,7 @@ import { run } from '../../util/exec.js';
 import { paths } from '../../util/paths.js';
 import { defineStage, filesDigest, missingTools } from './common.js';
 import type { ResolvedRecipe } from '../../config/schema.js';
-import { NVIDIA_DKMS_HOOK, nvidiaModuleFile } from '../../distros/debian.js';
+import { NVIDIA_DKMS_HOOK, NVIDIA_MODULE_SOURCE, nvidiaModuleFile } from '../../distros/debian.js';
 import { sha256File as hashFile } from '../../util/hash.js';
 
 /** Bump when this stage's code changes what it produces, to invalidate old cache entries. */
@@ -84,7 +84,10 @@ export const rootfsStage = defineStage({
       if (m.exitCode !== 0 || !m.stdout.trim()) {
         throw new Error(`gpu.driver = "${r.gpu.driver}": DKMS built no nvidia module for the image's kernel ${kernel.version} (modinfo: ${m.all.trim().slice(0, 200)}); the DKMS build log is in the root under /var/lib/dkms, the bootstrap's output in ${ctx.log ?? 'the build log'}`);
       }
-      await writeFile(join(dir, 'nvidia.json'), JSON.stringify({ kernel: kernel.version, module: m.stdout.trim() }, null, 1));
+      // scripts/nvidia-dkms.sh removed the DKMS package after the build and wrote down what it was.
+      const [pkg, version, section] = (await readFile(join(root, NVIDIA_MODULE_SOURCE), 'utf8').catch(() => '')).trim().split('\t');
+      const source = pkg && version ? { package: pkg, version, section: section ?? '' } : undefined;
+      await writeFile(join(dir, 'nvidia.json'), JSON.stringify({ kernel: kernel.version, module: m.stdout.trim(), ...(source ? { source } : {}) }, null, 1));
       ctx.progress(`nvidia ${m.stdout.trim()} built for ${kernel.version}`);
     }
     const list = ctx.distro.packageListCommand(root);
