@@ -32,20 +32,26 @@ if (args.includes('--help') || args.includes('-h')) {
 }
 for (const a of args) if (a.startsWith('--') && !['--recipe', '--arch', '--out'].includes(a)) fail(`unknown option ${a} (--help)`);
 const recipeRef = opt('--recipe', 'cuda');
-const arch = Number(opt('--arch', '90'));
+const arch = opt('--arch', '90');
+if (!/^[0-9]+$/.test(arch)) fail(`--arch must be a CUDA architecture number such as 90, got "${arch}"`);
 const out = resolve(opt('--out', '.gpu-check'));
 if (!existsSync(join(root, 'dist/build/llama.js'))) fail('dist/ is missing: run npm run build first');
 
 const { loadRecipe } = await import(join(root, 'dist/config/load.js'));
-const { CUDA_ARCHS } = await import(join(root, 'dist/config/gpu.js'));
+const { SHAPES, shapeArgs } = await import(join(root, 'dist/models/synth.js'));
 const { cmakeArgs, fetchSource } = await import(join(root, 'dist/build/llama.js'));
 const { bundleRuntime } = await import(join(root, 'dist/build/runtime-bundle.js'));
 const { bundleCli } = await import(join(root, 'dist/build/cli-bundle.js'));
 const { triadStaticBinary } = await import(join(root, 'dist/bench/triad.js'));
 const { defaultCacheDir } = await import(join(root, 'dist/util/paths.js'));
 
-if (!CUDA_ARCHS.includes(arch)) fail(`--arch ${arch} is not one of ${CUDA_ARCHS.join(', ')}`);
-const r = await loadRecipe(recipeRef);
+// The recipe's own check refuses an architecture that does not exist (exit 2, naming gpu.cuda_arch).
+let r;
+try {
+  r = await loadRecipe(recipeRef, { sets: [`gpu.cuda_arch=[${arch}]`] });
+} catch (e) {
+  fail(e.message);
+}
 if (r.llama.gpu !== 'cuda') fail(`recipe ${recipeRef} has llama.gpu = "${r.llama.gpu}": pack a CUDA recipe (images/cuda.toml)`);
 const say = (s) => process.stderr.write(`gpu-check-pack: ${s}\n`);
 
@@ -63,8 +69,9 @@ for (const f of readdirSync(join(src, 'models'))) if (f.endsWith('.gguf') && f !
 execFileSync('tar', ['-C', work, '--sort=name', '--owner=0', '--group=0', '--numeric-owner', '-cJf', join(out, 'llama.cpp.tar.xz'), 'src'], { env: { ...process.env, XZ_OPT: '-6 -T2' } });
 
 // The llama stage's CMake flags for this recipe, for the one architecture of the GPU there.
-const gpu = { ...r.gpu, cuda_arch: [arch] };
-writeFileSync(join(out, 'cmake-args'), cmakeArgs(r.llama, '@SRC@', '@BUILD@', gpu).join('\n') + '\n');
+writeFileSync(join(out, 'cmake-args'), cmakeArgs(r.llama, '@SRC@', '@BUILD@', r.gpu).join('\n') + '\n');
+// The synthesized models' dimensions, as `aios models synth` writes them (name, then synth-gguf.py's arguments).
+writeFileSync(join(out, 'shapes'), Object.entries(SHAPES).map(([name, s]) => `${name} ${shapeArgs(s).join(' ')}`).join('\n') + '\n');
 
 say('aios-runtime and aios (esbuild bundles, as in the image)');
 await bundleRuntime(join(out, 'runtime'));
@@ -81,7 +88,7 @@ const bytes = (p) => (statSync(p).isDirectory() ? readdirSync(p).reduce((s, f) =
 const total = bytes(out);
 writeFileSync(
   join(out, 'pack.json'),
-  JSON.stringify({ recipe: r.name, llama: info, cudaArch: [arch], flashAttention: r.gpu.flash_attention, node: process.version, made: new Date().toISOString(), bytes: total }, null, 1) + '\n',
+  JSON.stringify({ recipe: r.name, llama: info, cudaArch: r.gpu.cuda_arch, flashAttention: r.gpu.flash_attention, node: process.version, made: new Date().toISOString(), bytes: total }, null, 1) + '\n',
 );
 say(`${out}: ${(total / 2 ** 20).toFixed(1)} MiB (llama.cpp ${info.commit ?? info.origin}, sm_${arch})`);
 if (total > 58 * 2 ** 20) fail(`${(total / 2 ** 20).toFixed(1)} MiB: with the working tree that is over the device tool's 64 MiB`);

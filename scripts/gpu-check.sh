@@ -55,12 +55,10 @@ while [ $# -gt 0 ]; do
 done
 case "$deadline" in '' | *[!0-9]*) die "--deadline must be whole seconds, got \"$deadline\"" ;; esac
 case "$reps" in '' | *[!0-9]* | 0 | 1) die "--reps must be a whole number of at least 2, got \"$reps\"" ;; esac
-case "$shape" in
-  tinyllama-1.1b) dims='--n-embd 2048 --n-layer 22 --n-head 32 --n-head-kv 4 --n-ff 5632' ;;
-  tiny) dims='--n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 4 --n-ff 384' ;;
-  *) die "--shape must be tinyllama-1.1b or tiny, got \"$shape\"" ;;
-esac
 [ -f "$pack/pack.json" ] || die "$pack/pack.json not found: run node scripts/gpu-check-pack.mjs on the development machine and carry $pack"
+# The shapes' dimensions as `aios models synth` has them (written by the pack from src/models/synth.ts).
+dims=$(awk -v s="$shape" '$1 == s { $1 = ""; print; found = 1 } END { exit !found }' "$pack/shapes") \
+  || die "--shape must be one of: $(cut -d' ' -f1 "$pack/shapes" | tr '\n' ' ')got \"$shape\""
 [ -z "$bin" ] || [ -x "$bin/llama-server" ] || die "--llama-bin $bin has no llama-server"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 pack=$(cd "$pack" && pwd)
@@ -158,7 +156,7 @@ if [ ! -e "$model" ]; then
   log "synthesizing $shape (f16), then Q4_K_M"
   # shellcheck disable=SC2086 # $dims is a list of options
   python3 "$repo/scripts/synth-gguf.py" --gguf-py "$state/src/gguf-py" --vocab "$state/src/models/ggml-vocab-llama-spm.gguf" \
-    --out "$state/models/f16.gguf" --name "aios-synth-$shape" $dims --ctx 2048 --dtype f16 --seed 0 > "$state/synth.log" 2>&1 \
+    --out "$state/models/f16.gguf" --name "aios-synth-$shape" $dims --dtype f16 --seed 0 > "$state/synth.log" 2>&1 \
     || { tail -n 20 "$state/synth.log" >> "$facts"; die "synthesizing the model failed (facts.txt)"; }
   "$bindir/llama-quantize" "$state/models/f16.gguf" "$model.tmp" Q4_K_M > "$state/quantize.log" 2>&1 \
     || { tail -n 20 "$state/quantize.log" >> "$facts"; die "llama-quantize failed (facts.txt)"; }

@@ -25,6 +25,11 @@ export const SHAPES: Record<string, Shape> = {
   'mistral-7b': { embd: 4096, layers: 32, heads: 32, kvHeads: 8, ff: 14336, ctx: 32768, description: "Mistral 7B's shape (Q4_K_M ~4.1 GB)" },
 };
 
+/** synth-gguf.py's arguments for a shape's dimensions (the GPU check's pack writes them for its script, too). */
+export function shapeArgs(s: Shape): string[] {
+  return ['--n-embd', String(s.embd), '--n-layer', String(s.layers), '--n-head', String(s.heads), '--n-head-kv', String(s.kvHeads), '--n-ff', String(s.ff), '--ctx', String(s.ctx)];
+}
+
 export const QUANTS = ['f32', 'f16', 'Q8_0', 'Q6_K', 'Q5_K_M', 'Q4_K_M', 'Q4_0'] as const;
 export type Quant = (typeof QUANTS)[number];
 
@@ -55,12 +60,7 @@ export async function synthModel(o: { shape: string; quant: Quant; out: string; 
         '--vocab', o.tools.vocab,
         '--out', float ? tmp : f16,
         '--name', o.name ?? `aios-synth-${o.shape}`,
-        '--n-embd', String(s.embd),
-        '--n-layer', String(s.layers),
-        '--n-head', String(s.heads),
-        '--n-head-kv', String(s.kvHeads),
-        '--n-ff', String(s.ff),
-        '--ctx', String(s.ctx),
+        ...shapeArgs(s),
         '--dtype', o.quant === 'f32' ? 'f32' : 'f16',
         '--seed', String(o.seed ?? 0),
       ],

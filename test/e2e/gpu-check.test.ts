@@ -22,7 +22,6 @@ describe('scripts/gpu-check.sh, rehearsed without a GPU', () => {
   it('refuses bad options and a missing pack (exit 2), and is clean under shellcheck', async () => {
     const d = tmp();
     for (const [args, msg] of [
-      [['--shape', 'huge'], /--shape must be tinyllama-1\.1b or tiny/],
       [['--reps', '1'], /--reps must be a whole number of at least 2/],
       [['--deadline', 'soon'], /--deadline must be whole seconds/],
       [['--bogus'], /unknown argument: --bogus/],
@@ -42,6 +41,10 @@ describe('scripts/gpu-check.sh, rehearsed without a GPU', () => {
     const pack = join(d, 'pack');
     const p = await execa('node', [join(REPO, 'scripts/gpu-check-pack.mjs'), '--out', pack, '--arch', '89'], { reject: false, cwd: REPO });
     expect(p.exitCode, p.stderr).toBe(0);
+    // An architecture that does not exist is refused by the recipe's own check, naming the key.
+    const bad = await execa('node', [join(REPO, 'scripts/gpu-check-pack.mjs'), '--out', join(d, 'bad'), '--arch', '91'], { reject: false, cwd: REPO });
+    expect(bad.exitCode, bad.stderr).toBe(2);
+    expect(bad.stderr).toMatch(/gpu\.cuda_arch/);
     const meta = JSON.parse(readFileSync(join(pack, 'pack.json'), 'utf8')) as { bytes: number; cudaArch: number[]; llama: { commit?: string } };
     // With the working tree (a few MiB) the carried folder must stay under the tool's 64 MiB.
     expect(meta.bytes).toBeLessThan(58 * 2 ** 20);
@@ -53,6 +56,10 @@ describe('scripts/gpu-check.sh, rehearsed without a GPU', () => {
     for (const f of ['llama.cpp.tar.xz', 'node.xz', 'triad', 'runtime/aios-runtime.mjs', 'runtime/aios-cli.mjs', 'runtime/proto/runtime.proto']) expect(statSync(join(pack, f)).size, f).toBeGreaterThan(0);
 
     const out = join(d, 'out');
+    // The shapes come from the pack (src/models/synth.ts's SHAPES): an unknown one is refused with the list.
+    const huge = await execa('bash', [SCRIPT, '--pack', pack, '--out', out, '--state', join(d, 'state'), '--shape', 'huge'], { reject: false });
+    expect(huge.exitCode, huge.stderr).toBe(2);
+    expect(huge.stderr).toMatch(/--shape must be one of: tiny small tinyllama-1\.1b mistral-7b got "huge"/);
     const r = await execa('bash', [SCRIPT, '--pack', pack, '--out', out, '--state', join(d, 'state'), '--cpu-only', '--llama-bin', llama.binDir, '--shape', 'tiny', '--reps', '2'], { reject: false, cwd: d });
     expect(r.exitCode, r.stderr).toBe(0);
     // What the device tool brings back: at most 8 plain files, no folders.
