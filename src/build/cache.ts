@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { registerTemp, safeRemove } from '../util/cleanup.js';
+import { pidAlive, withDirLock } from '../util/lock.js';
 
 export interface StageRecord {
   stage: string;
@@ -77,6 +78,28 @@ export class StageCache {
     return p;
   }
 
+  /**
+   * The output under this key, made by `produce` when there is none, holding a lock on the key
+   * (`<cache>/locks/<stage>-<key>.lock`): two builds that need the same output (two `aios` runs, a
+   * test run and a prefetch) make it once: the second waits, then reuses it. `reuse: false`
+   * (--no-cache, --rebuild) makes it anew either way.
+   */
+  async getOrPut(stage: string, key: string, inputs: unknown, produce: (dir: string) => Promise<void>, o: { reuse?: boolean; progress?: (s: string) => void; pollMs?: number } = {}): Promise<{ dir: string; cached: boolean }> {
+    const reuse = o.reuse ?? true;
+    const have = reuse ? await this.get(stage, key) : undefined;
+    if (have) return { dir: have, cached: true };
+    return withDirLock(
+      join(this.dir, 'locks', `${stage}-${key.slice(0, 16)}`),
+      o.progress ?? (() => {}),
+      async () => {
+        const now = reuse ? await this.get(stage, key) : undefined;
+        if (now) return { dir: now, cached: true };
+        return { dir: await this.put(stage, key, inputs, produce), cached: false };
+      },
+      { what: `the ${stage} stage's output ${key.slice(0, 16)}`, pollMs: o.pollMs },
+    );
+  }
+
   /** Runs `produce` into a fresh temp dir and publishes it under the key when it succeeds. */
   async put(stage: string, key: string, inputs: unknown, produce: (dir: string) => Promise<void>): Promise<string> {
     const final = this.path(stage, key);
@@ -112,7 +135,7 @@ export class StageCache {
       const p = join(dir, e);
       const m = /\.tmp-(\d+)$/.exec(e);
       if (m) {
-        if (!pidAlive(Number(m[1]))) await safeRemove(p);
+        if (Number(m[1]) === process.pid || !pidAlive(Number(m[1]))) await safeRemove(p);
         continue;
       }
       done.push({ p, t: (await stat(p)).mtimeMs });
@@ -162,11 +185,3 @@ export class StageCache {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return pid !== process.pid;
-  } catch {
-    return false;
-  }
-}

@@ -13,7 +13,7 @@ import { identity, kernelCmdline, sourceDateEpoch, tuningArgs } from './context.
 import { STAGES, kernelWishes, stagesFor, type BuildContext, type Stage } from './stages/index.js';
 import { isaFor } from './llama.js';
 import { baseKind, DISK_BYTES, kernelPlan } from '../kernel/build.js';
-import { kernelBuildManifest } from './stages/kernel.js';
+import { kernelBuildManifest, type KernelBuildInfo } from './stages/kernel.js';
 import { hashOf, sha256File } from '../util/hash.js';
 import { defaultCacheDir } from '../util/paths.js';
 import { registerTemp, safeRemove } from '../util/cleanup.js';
@@ -81,10 +81,9 @@ export async function preflight(ctx: BuildContext, outDir: string, stages: Stage
     const unshare = await run(['unshare', '--user', '--map-root-user', 'true'], { reject: false });
     if (unshare.exitCode !== 0) problems.push('not running as root and user namespaces are unavailable: run as root (sudo) so mmdebstrap can use --mode=root');
   }
-  for (const [what, dir, need] of [
-    ['cache', ctx.cacheDir, SPACE_NEEDED.cache],
-    ['output', outDir, SPACE_NEEDED.output],
-  ] as const) {
+  // The output dir only for stages that write there (not for `aios build llama|kernel`).
+  const dirs = [['cache', ctx.cacheDir, SPACE_NEEDED.cache] as const, ...(stages.some((s) => s.output) ? [['output', outDir, SPACE_NEEDED.output] as const] : [])];
+  for (const [what, dir, need] of dirs) {
     await mkdir(dir, { recursive: true });
     const fs = await statfs(dir);
     const free = fs.bavail * fs.bsize;
@@ -145,12 +144,17 @@ async function runStages(ctx: BuildContext, stages: Stage[], opts: BuildOptions,
         };
         const inputs = await stage.inputs(c);
         const key = hashOf(stage.name, inputs);
-        let dir = opts.noCache || opts.rebuild?.includes(stage.name) ? undefined : await c.cache.get(stage.name, key);
-        const cached = !!dir;
-        if (!dir) {
-          await makeRoom(c, stage);
-          dir = await c.cache.put(stage.name, key, inputs, (d) => stage.run(c, d));
-        }
+        const reuse = !(opts.noCache || opts.rebuild?.includes(stage.name));
+        const { dir, cached } = await c.cache.getOrPut(
+          stage.name,
+          key,
+          inputs,
+          async (d) => {
+            await makeRoom(c, stage);
+            await stage.run(c, d);
+          },
+          { reuse, progress: (l) => c.progress(l) },
+        );
         const seconds = (Date.now() - s0) / 1000;
         c.outputs[stage.name] = { dir, key, cached, seconds };
         reports.push({ name: stage.name, key: key.slice(0, 16), cached, seconds });
@@ -225,6 +229,24 @@ export async function buildLlamaStage(opts: BuildOptions = {}): Promise<LlamaBui
   const [stage] = await runStages(ctx, STAGES.filter((s) => s.name === 'llama'), opts, renderer, outDir);
   const dir = ctx.outputs.llama!.dir;
   return { recipe: ctx.recipe, binDir: join(dir, 'bin'), shareDir: join(dir, 'share'), info: JSON.parse(await readFile(join(dir, 'llama.json'), 'utf8')), stage: stage! };
+}
+
+/** What `aios build kernel` made: the custom kernel's stage output. */
+export interface KernelStageResult {
+  recipe: ResolvedRecipe;
+  /** root/boot/vmlinuz-<release> and root/usr/lib/modules/<release>/, as the overlay stage installs them. */
+  dir: string;
+  info: Omit<KernelBuildInfo, 'check'>;
+  stage: StageReport;
+}
+
+/** `aios build kernel`: only the custom kernel stage (cached like in an image build, so a later `build image` reuses it). */
+export async function buildKernelStage(opts: BuildOptions = {}): Promise<KernelStageResult> {
+  const { ctx, outDir, renderer } = await prepare(opts);
+  if (!ctx.recipe.kernel.build) throw new UserError(`recipe ${opts.recipe ?? 'default'} has kernel.build = false: no custom kernel to build (images/custom-kernel.toml has one; or --set kernel.build=true)`, 2);
+  const [stage] = await runStages(ctx, STAGES.filter((s) => s.name === 'kernel'), opts, renderer, outDir);
+  const dir = ctx.outputs.kernel!.dir;
+  return { recipe: ctx.recipe, dir, info: await kernelBuildManifest(dir), stage: stage! };
 }
 
 export async function build(opts: BuildOptions = {}): Promise<BuildResult> {

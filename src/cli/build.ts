@@ -1,6 +1,6 @@
-/** `aios build image|iso|llama`: run the build stages for a recipe and print where the outputs went. */
+/** `aios build image|iso|llama|kernel`: run the build stages for a recipe and print where the outputs went. */
 import type { Command } from 'commander';
-import { build, buildLlamaStage } from '../build/index.js';
+import { build, buildKernelStage, buildLlamaStage } from '../build/index.js';
 import { collect, out, recipeOptions } from './common.js';
 
 type BuildCliOptions = { recipe: string; set: string[]; out: string; cacheDir?: string; cache: boolean; rebuild: string[]; rotateCredentials?: boolean; signingKey?: string; json?: boolean };
@@ -62,6 +62,23 @@ export function registerBuild(p: Command): void {
       const tc = (res.info as { toolchain?: { toolchain?: string; suite?: string; gcc?: string; glibc?: string } }).toolchain;
       if (tc?.toolchain === 'tools-tree') out(`toolchain: tools tree of ${tc.suite} (${tc.gcc}; ${tc.glibc}): the binaries need that suite's glibc and libstdc++`);
       out(`stage:     ${res.stage.cached ? 'cached' : 'built'} in ${res.stage.seconds.toFixed(1)} s`);
+    }
+  });
+
+  recipeOptions(
+    b
+      .command('kernel')
+      .description("build only the recipe's custom kernel (kernel.build = true; cached: the same stage `build image` runs, which then reuses it)")
+      .option('--cache-dir <dir>', 'stage cache (default: $AIOS_CACHE_DIR or ~/.cache/aios)')
+      .option('--no-cache', 'rebuild even if cached')
+      .option('--json', 'print the result as JSON'),
+  ).action(async (o: { recipe: string; set: string[]; cacheDir?: string; cache: boolean; json?: boolean }) => {
+    const res = await buildKernelStage({ recipe: o.recipe, sets: o.set, cacheDir: o.cacheDir, noCache: !o.cache, renderer: o.json ? 'silent' : undefined });
+    if (o.json) out(JSON.stringify(res, null, 2));
+    else {
+      out(`kernel:    ${res.info.release} (${res.info.source.package} ${res.info.source.version}, base ${res.info.base})`);
+      out(`files:     ${res.dir}/root (boot/vmlinuz-${res.info.release}, usr/lib/modules/${res.info.release})`);
+      out(`stage:     ${res.stage.cached ? 'cached' : 'built'} in ${res.stage.seconds.toFixed(1)} s; \`aios build image\` with the same recipe reuses it`);
     }
   });
 }

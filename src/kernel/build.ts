@@ -11,12 +11,11 @@
  * update-initramfs inside the root, so the package database stays truthful.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { copyFile, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { ResolvedRecipe } from '../config/schema.js';
 import { run, which } from '../util/exec.js';
-import { registerTemp } from '../util/cleanup.js';
 import { paths } from '../util/paths.js';
 import { classifyAgainstTree, MET, mergeConfig, type CheckResult } from './check.js';
 import { fragmentPath, loadFragments, parseFragment, readConfigText, type Wish } from './config.js';
@@ -268,49 +267,3 @@ export async function compilerId(): Promise<{ gcc: string; ld: string }> {
   return { gcc: await first(['gcc', '--version']), ld: await first(['ld', '--version']) };
 }
 
-/** Locks this process holds (another build in the same process waits too). */
-const held = new Set<string>();
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Runs `fn` holding `<dir>.lock` (the pid inside; a lock of a dead process is taken over): two
- * builds never share the kept build directory at the same time; the second one waits.
- */
-export async function withDirLock<T>(dir: string, progress: (s: string) => void, fn: () => Promise<T>): Promise<T> {
-  const lock = `${dir}.lock`;
-  await mkdir(join(dir, '..'), { recursive: true });
-  for (;;) {
-    try {
-      const h = await open(lock, 'wx');
-      await h.writeFile(String(process.pid));
-      await h.close();
-      break;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-      if (!pid || (pid === process.pid ? !held.has(lock) : !pidAlive(pid))) {
-        await rm(lock, { force: true });
-        continue;
-      }
-      progress(`waiting for another build (pid ${pid}) that uses ${dir}`);
-      await new Promise((r) => setTimeout(r, 5000));
-    }
-  }
-  held.add(lock);
-  const unregister = registerTemp(lock);
-  try {
-    return await fn();
-  } finally {
-    held.delete(lock);
-    unregister();
-    await rm(lock, { force: true });
-  }
-}

@@ -23,12 +23,12 @@ import { tmp } from '../helpers.js';
 import { runtimeFixture } from './runtime-fixture.js';
 import { RuntimeConfigSchema } from '../../src/runtime/config.js';
 import { startDaemon } from '../../src/runtime/daemon.js';
+import { FRAGMENTS, KERNEL_RECIPE, KERNEL_SETS } from './custom-kernel.sets.js';
 
 const out = tmp('aios-e2e-kernel-');
-const FRAGMENTS = ['inference', 'single-socket'];
 // An RPC worker for the head QEMU's user networking shows the guest: the host, 10.0.2.2.
 const WORKER = ['fleet.role=worker', 'fleet.listen="10.0.2.15:50052"', 'fleet.heads=["10.0.2.2"]'];
-const SETS = ['kernel.base=tiny', `kernel.fragments=${JSON.stringify(FRAGMENTS)}`, 'image.name=aios-custom-kernel-vm', ...WORKER];
+const SETS = [...KERNEL_SETS, 'image.name=aios-custom-kernel-vm', ...WORKER];
 
 /** A head aios-runtime on this host with the guest's worker: the tiny model split across it answers; what llama-server placed there. */
 async function headWith(worker: string): Promise<{ text: string; placed: number; address: string }> {
@@ -51,7 +51,7 @@ let first: BuildResult;
 
 describe('custom kernel (kernel.build = true)', () => {
   it('compiles the kernel with every wish and installs it in place of the stock kernel', { timeout: 150 * 60_000 }, async () => {
-    first = await build({ recipe: 'custom-kernel', sets: SETS, outDir: out, renderer: 'silent' });
+    first = await build({ recipe: KERNEL_RECIPE, sets: SETS, outDir: out, renderer: 'silent' });
     expect(first.stages.map((s) => s.name)).toEqual(['rootfs', 'llama', 'models', 'kernel', 'overlay', 'image']);
     const k = first.stages.find((s) => s.name === 'kernel')!;
     console.log(`kernel stage: ${k.cached ? 'cached' : 'built'} in ${k.seconds.toFixed(0)} s; build ${first.seconds.toFixed(0)} s`);
@@ -110,7 +110,7 @@ describe('custom kernel (kernel.build = true)', () => {
     const host = `aios-t${Date.now()}`;
     const extra = join(tmp('aios-e2e-frag-'), 'hostname.config');
     writeFileSync(extra, `# A test-only wish: the kernel's default host name.\nCONFIG_DEFAULT_HOSTNAME="${host}"\n`);
-    const again = await build({ recipe: 'custom-kernel', outDir: out, renderer: 'silent', sets: ['kernel.base=tiny', `kernel.fragments=${JSON.stringify([...FRAGMENTS, extra])}`, 'image.name=aios-custom-kernel-vm', ...WORKER] });
+    const again = await build({ recipe: KERNEL_RECIPE, outDir: out, renderer: 'silent', sets: ['kernel.base=tiny', `kernel.fragments=${JSON.stringify([...FRAGMENTS, extra])}`, 'image.name=aios-custom-kernel-vm', ...WORKER] });
     expect(again.stages.map((s) => [s.name, s.cached])).toEqual([
       ['rootfs', true],
       ['llama', true],

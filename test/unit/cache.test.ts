@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { StageCache } from '../../src/build/cache.js';
 import { hashOf, derivedUuid } from '../../src/util/hash.js';
@@ -121,5 +122,49 @@ describe('cacheKeep', () => {
     expect(cacheKeep({})).toBe(2);
     expect(cacheKeep({ AIOS_CACHE_KEEP: '6' })).toBe(6);
     for (const bad of ['0', '-1', '2.5', 'many', '']) expect(cacheKeep({ AIOS_CACHE_KEEP: bad }), bad).toBe(2);
+  });
+});
+
+describe('StageCache.getOrPut: one output per key, whoever asks', () => {
+  it('makes an output once when two builds in this process need it at the same time', async () => {
+    const cache = new StageCache(tmp());
+    let made = 0;
+    const produce = async (d: string) => {
+      made++;
+      await new Promise((r) => setTimeout(r, 100));
+      writeFileSync(join(d, 'x'), 'x');
+    };
+    const [a, b] = await Promise.all([cache.getOrPut('llama', 'k'.repeat(64), {}, produce, { pollMs: 20 }), cache.getOrPut('llama', 'k'.repeat(64), {}, produce, { pollMs: 20 })]);
+    expect(made).toBe(1);
+    expect([a.cached, b.cached].sort()).toEqual([false, true]);
+    expect(a.dir).toBe(b.dir);
+    expect(readdirSync(join(cache.dir, 'locks'))).toEqual([]);
+    // --no-cache / --rebuild: made anew although it exists.
+    expect((await cache.getOrPut('llama', 'k'.repeat(64), {}, produce, { reuse: false })).cached).toBe(false);
+    expect(made).toBe(2);
+  });
+
+  it("waits for another process that holds the key's lock, then reuses what it published", async () => {
+    const cache = new StageCache(tmp());
+    const key = 'a'.repeat(64);
+    const other = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      mkdirSync(join(cache.dir, 'locks'), { recursive: true });
+      writeFileSync(join(cache.dir, 'locks', `kernel-${key.slice(0, 16)}.lock`), String(other.pid));
+      const lines: string[] = [];
+      let made = 0;
+      const waiting = cache.getOrPut('kernel', key, {}, async () => void made++, { pollMs: 20, progress: (l) => lines.push(l) });
+      await new Promise((r) => setTimeout(r, 200));
+      // The other build publishes its output and ends.
+      await cache.put('kernel', key, {}, async (d) => writeFileSync(join(d, 'vmlinuz'), 'k'));
+      other.kill();
+      const r = await waiting;
+      expect(made).toBe(0);
+      expect(r.cached).toBe(true);
+      expect(readFileSync(join(r.dir, 'vmlinuz'), 'utf8')).toBe('k');
+      expect(lines).toEqual([`waiting for another build (pid ${other.pid}) that is making the kernel stage's output ${key.slice(0, 16)}`]);
+    } finally {
+      other.kill();
+    }
   });
 });

@@ -34,6 +34,7 @@ describe('the CLI', () => {
       'build image',
       'build iso',
       'build llama',
+      'build kernel',
       'models',
       'models list',
       'models pull',

@@ -1,0 +1,73 @@
+/**
+ * The whole test run's background work (started by test/global-setup.ts, only when vitest runs
+ * every file: no file or name filter; AIOS_TEST_PREFETCH=0 turns it off): the custom kernel that
+ * test/e2e/custom-kernel.test.ts boots is compiled by `aios build kernel` with the same settings, at
+ * nice 19 and idle I/O priority, on the CPU time the other files leave unused (dpkg in mmdebstrap,
+ * TCG guests waiting, unit tests on one core). On a new machine its cold compile (≈ 18 min on 2
+ * cores) would otherwise come on top of everything else. The test (run last, vitest.config.ts) then
+ * finds the kernel stage cached, or waits for the prefetch through the stage cache's lock on the key
+ * (src/build/cache.ts getOrPut); when the kernel is cached already, the prefetch ends within a
+ * second. Its output: <tmp>/aios-prefetch-kernel.log; one line at the end of the run says how it went.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseCLI } from 'vitest/node';
+import { KERNEL_RECIPE, KERNEL_SETS } from './e2e/custom-kernel.sets.js';
+
+const REPO = join(import.meta.dirname, '..');
+
+export interface Prefetch {
+  log: string;
+  /** Stops it if it still runs; says how it went (one line). */
+  stop(): Promise<string>;
+}
+
+/** The command line: niced, idle I/O class, the kernel test's recipe and kernel settings, JSON out. */
+export function prefetchArgv(): string[] {
+  const aios = ['node', join(REPO, 'bin/aios.js'), 'build', 'kernel', '-r', KERNEL_RECIPE, ...KERNEL_SETS.flatMap((s) => ['--set', s]), '--json'];
+  return ['nice', '-n', '19', ...(existsSync('/usr/bin/ionice') ? ['ionice', '-c', '3'] : []), ...aios];
+}
+
+/** Whether this vitest run is the whole suite: no file filter, no test name pattern (read from vitest's own command line with its parser). */
+export function wholeRun(argv = process.argv, env = process.env): boolean {
+  if (env.AIOS_TEST_PREFETCH === '0') return false;
+  try {
+    const { filter, options } = parseCLI(['vitest', ...argv.slice(2)], { allowUnknownOptions: true });
+    return !filter.length && !options.testNamePattern;
+  } catch {
+    return false;
+  }
+}
+
+export function startPrefetch(log = join(tmpdir(), 'aios-prefetch-kernel.log')): Prefetch | undefined {
+  if (!existsSync(join(REPO, 'dist/cli/index.js'))) return undefined; // `npm test` builds dist first; a bare `vitest run` may not have
+  const argv = prefetchArgv();
+  const fd = openSync(log, 'w');
+  const t0 = Date.now();
+  // stdout: the JSON result; stderr (progress, errors): the log.
+  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', fd], detached: true });
+  let json = '';
+  child.stdout!.on('data', (b: Buffer) => (json += b.toString()));
+  let exit: number | undefined;
+  const ended = new Promise<void>((r) => {
+    child.on('close', (code, signal) => ((exit = code ?? (signal ? 128 : 1)), r()));
+    child.on('error', () => ((exit = 127), r()));
+  });
+  return {
+    log,
+    async stop() {
+      if (exit === undefined) {
+        try {
+          process.kill(-child.pid!, 'SIGTERM');
+        } catch {}
+        await Promise.race([ended, new Promise((r) => setTimeout(r, 10_000))]);
+        return `test prefetch: the custom kernel was still compiling after ${((Date.now() - t0) / 1000).toFixed(0)} s and was stopped (log: ${log})`;
+      }
+      if (exit !== 0) return `test prefetch: \`aios build kernel\` failed (exit ${exit}); custom-kernel.test.ts built the kernel itself. Log: ${log}`;
+      const r = JSON.parse(json) as { stage: { cached: boolean; seconds: number }; info: { release: string } };
+      return `test prefetch: custom kernel ${r.info.release} ${r.stage.cached ? 'was cached' : `compiled in the background in ${r.stage.seconds.toFixed(0)} s`}`;
+    },
+  };
+}
