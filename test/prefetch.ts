@@ -51,9 +51,10 @@ export function startPrefetch(log = join(tmpdir(), 'aios-prefetch-kernel.log')):
   let json = '';
   child.stdout!.on('data', (b: Buffer) => (json += b.toString()));
   let exit: number | undefined;
+  let endedAt = 0;
   const ended = new Promise<void>((r) => {
-    child.on('close', (code, signal) => ((exit = code ?? (signal ? 128 : 1)), r()));
-    child.on('error', () => ((exit = 127), r()));
+    child.on('close', (code, signal) => ((exit = code ?? (signal ? 128 : 1)), (endedAt = Date.now()), r()));
+    child.on('error', () => ((exit = 127), (endedAt = Date.now()), r()));
   });
   return {
     log,
@@ -66,8 +67,14 @@ export function startPrefetch(log = join(tmpdir(), 'aios-prefetch-kernel.log')):
         return `test prefetch: the custom kernel was still compiling after ${((Date.now() - t0) / 1000).toFixed(0)} s and was stopped (log: ${log})`;
       }
       if (exit !== 0) return `test prefetch: \`aios build kernel\` failed (exit ${exit}); custom-kernel.test.ts built the kernel itself. Log: ${log}`;
-      const r = JSON.parse(json) as { stage: { cached: boolean; seconds: number }; info: { release: string } };
-      return `test prefetch: custom kernel ${r.info.release} ${r.stage.cached ? 'was cached' : `compiled in the background in ${r.stage.seconds.toFixed(0)} s`}`;
+      let r: { stage: { cached: boolean; seconds: number }; info: { release: string } };
+      try {
+        r = JSON.parse(json) as typeof r;
+      } catch {
+        return `test prefetch: \`aios build kernel\` printed no result. Log: ${log}`;
+      }
+      const at = ((endedAt - t0) / 1000).toFixed(0);
+      return `test prefetch: custom kernel ${r.info.release} ${r.stage.cached ? 'was cached' : `compiled in the background in ${r.stage.seconds.toFixed(0)} s (done ${at} s into the run)`}`;
     },
   };
 }

@@ -10,6 +10,8 @@ import { tmp } from '../helpers.js';
 import { parseFragment } from '../../src/kernel/config.js';
 import { stagesFor } from '../../src/build/stages/index.js';
 import { paths } from '../../src/util/paths.js';
+import { buildKernelStage } from '../../src/build/index.js';
+import { UserError } from '../../src/util/errors.js';
 
 describe('kernel.build recipe keys', () => {
   it('defaults: no custom kernel; with build = true the compact base, strict, series 6.12', async () => {
@@ -29,6 +31,15 @@ describe('kernel.build recipe keys', () => {
     expect(baseKind('compact')).toBe('compact');
     expect((await loadRecipe('default', { sets: ['kernel.base=/tmp/my.config'] })).kernel.base).toBe('/tmp/my.config');
     expect(baseKind('/tmp/my.config')).toBe('file');
+  });
+
+  it('`aios build kernel` refuses a recipe without kernel.build before anything runs (exit 2, saying how)', async () => {
+    const cacheDir = tmp();
+    const err = await buildKernelStage({ recipe: 'default', cacheDir, renderer: 'silent' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).exitCode).toBe(2);
+    expect((err as Error).message).toMatch(/recipe default has kernel\.build = false.*images\/custom-kernel\.toml.*--set kernel\.build=true/);
+    expect(existsSync(join(cacheDir, 'stages'))).toBe(false);
   });
 
   it('adds the kernel stage between models and overlay only when the recipe builds a kernel', async () => {
