@@ -7,7 +7,7 @@
 #   2. builds the recipe's pinned llama.cpp with the recipe's CMake flags (images/cuda.toml: CUDA,
 #      FlashAttention kernels, the GPU's architecture) with that machine's CUDA toolkit;
 #   3. synthesizes a TinyLlama-1.1B-shaped model (random weights, real vocabulary; speed does not
-#      depend on the weights) and quantizes it to Q4_K_M;
+#      depend on the weights) in f16 while the build runs, then quantizes it to Q4_K_M;
 #   4. runs the image's bench entry point (rootfs/usr/libexec/aios/bench: llama-bench pp512/tg128 and
 #      the bandwidth probe) with every layer on the GPU and with none, interleaved: gpu, cpu, gpu, cpu;
 #   5. starts aios-runtime (the image's bundle, on the packed Node.js) with that llama-server and the
@@ -95,6 +95,21 @@ resume() {
 } > "$facts" 2>&1
 log "facts written"
 
+# 3a. The model's f16 weights are synthesized beside the build (Python, one core; nvcc takes the rest).
+model=$state/models/$shape-Q4_K_M.gguf
+f16=$state/models/$shape-f16.gguf
+synth_pid=''
+if [ ! -e "$model" ] && [ ! -e "$f16" ]; then
+  mkdir -p "$state/models"
+  [ -e "$state/src/.unpacked" ] || { log "unpacking llama.cpp"; rm -rf "$state/src"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; touch "$state/src/.unpacked"; }
+  log "synthesizing $shape (f16) in the background"
+  # shellcheck disable=SC2086 # $dims is a list of options
+  python3 "$repo/scripts/synth-gguf.py" --gguf-py "$state/src/gguf-py" --vocab "$state/src/models/ggml-vocab-llama-spm.gguf" \
+    --out "$f16.part" --name "aios-synth-$shape" $dims --dtype f16 --seed 0 > "$state/synth.log" 2>&1 \
+    && mv "$f16.part" "$f16" &
+  synth_pid=$!
+fi
+
 # 2. llama.cpp with the recipe's flags.
 if [ -n "$bin" ]; then
   bindir=$(cd "$bin" && pwd)
@@ -102,7 +117,7 @@ if [ -n "$bin" ]; then
 else
   bindir=$state/build/bin
   if [ ! -e "$state/build.done" ]; then
-    [ -d "$state/src" ] || { log "unpacking llama.cpp"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; }
+    [ -e "$state/src/.unpacked" ] || { log "unpacking llama.cpp"; rm -rf "$state/src"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; touch "$state/src/.unpacked"; }
     mapfile -t cm < <(sed -e "s|@SRC@|$state/src|" -e "s|@BUILD@|$state/build|" "$pack/cmake-args")
     if [ "$cpu_only" = yes ]; then
       mapfile -t cm < <(printf '%s\n' "${cm[@]}" | grep -v -E '^-D(GGML_CUDA|CMAKE_CUDA_ARCHITECTURES|GGML_CUDA_FA|GGML_CUDA_NCCL)=')
@@ -147,21 +162,19 @@ if [ -n "$missing" ]; then
 fi
 note "# ldd llama-server (empty environment)"; env -i "$(command -v ldd)" "$bindir/llama-server" >> "$facts" 2>&1 || true
 
-# 3. The model.
-model=$state/models/$shape-Q4_K_M.gguf
+# 3. The model: Q4_K_M of the f16 weights.
 if [ ! -e "$model" ]; then
-  [ "$(left)" -gt 60 ] || resume "no time left to synthesize the model"
-  mkdir -p "$state/models"
-  [ -d "$state/src" ] || tar -C "$state" -xJf "$pack/llama.cpp.tar.xz" src/gguf-py src/models/ggml-vocab-llama-spm.gguf
-  log "synthesizing $shape (f16), then Q4_K_M"
-  # shellcheck disable=SC2086 # $dims is a list of options
-  python3 "$repo/scripts/synth-gguf.py" --gguf-py "$state/src/gguf-py" --vocab "$state/src/models/ggml-vocab-llama-spm.gguf" \
-    --out "$state/models/f16.gguf" --name "aios-synth-$shape" $dims --dtype f16 --seed 0 > "$state/synth.log" 2>&1 \
-    || { tail -n 20 "$state/synth.log" >> "$facts"; die "synthesizing the model failed (facts.txt)"; }
-  "$bindir/llama-quantize" "$state/models/f16.gguf" "$model.tmp" Q4_K_M > "$state/quantize.log" 2>&1 \
+  [ "$(left)" -gt 60 ] || resume "no time left to quantize the model"
+  if [ -n "$synth_pid" ]; then
+    log "waiting for the f16 weights"
+    wait "$synth_pid" || { tail -n 20 "$state/synth.log" >> "$facts"; die "synthesizing the model failed (facts.txt)"; }
+  fi
+  [ -e "$f16" ] || die "the f16 weights are missing ($f16): run the same command again"
+  log "quantizing to Q4_K_M"
+  "$bindir/llama-quantize" "$f16" "$model.tmp" Q4_K_M > "$state/quantize.log" 2>&1 \
     || { tail -n 20 "$state/quantize.log" >> "$facts"; die "llama-quantize failed (facts.txt)"; }
   mv "$model.tmp" "$model"
-  rm -f "$state/models/f16.gguf"
+  rm -f "$f16"
 fi
 note "# model $(basename "$model") $(stat -c %s "$model") bytes"
 
