@@ -86,7 +86,7 @@ resume() {
   echo "# nvcc"; nvcc --version 2>&1 || echo "(no nvcc on PATH)"
   echo "# gcc, cmake, ninja, python3, numpy"; gcc --version 2>&1 | head -n1 || true; cmake --version 2>&1 | head -n1 || true; ninja --version 2>&1 || true
   python3 -c 'import sys, numpy; print(sys.version.split()[0], "numpy", numpy.__version__)' 2>&1 || true
-  echo "# the driver's character devices (/proc/devices; the image's unit admits char-nvidia-frontend and char-nvidia-uvm)"; grep -i nvidia /proc/devices || echo "(none)"
+  echo "# the driver's character devices (/proc/devices; the image's unit admits char-nvidia-frontend, char-nvidia, char-nvidiactl and char-nvidia-uvm)"; grep -i nvidia /proc/devices || echo "(none)"
   echo "# /dev/nvidia*"; ls -l /dev/nvidia* 2>&1 || true
   echo "# /proc/driver/nvidia"; ls /proc/driver/nvidia 2>&1 || true
   echo "# sandbox tools"; command -v bwrap unshare setpriv 2>&1 || true; setpriv --version 2>&1 || true

@@ -107,7 +107,7 @@ describe('the image with the NVIDIA driver', () => {
     expect(unit).toMatch(/^Before=aios-runtime\.service/m);
     expect(gpu['usr/libexec/aios/gpu-init']!.mode).toBe(0o755);
     const rt = gpu['usr/lib/systemd/system/aios-runtime.service']!.content;
-    expect(rt).toMatch(/^PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-uvm rw$/m);
+    expect(rt).toMatch(/^PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia rw\nDeviceAllow=char-nvidiactl rw\nDeviceAllow=char-nvidia-uvm rw$/m);
     expect(rt).toMatch(/^After=aios-gpu\.service$/m);
     expect(gpu['etc/systemd/system/nvidia-persistenced.service.d/50-aios.conf']!.content).toMatch(/^After=aios-gpu\.service\nConditionPathExists=\/dev\/nvidiactl$/m);
     expect(gpu['etc/modules-load.d/nvidia.conf']!.content).not.toMatch(/^[^#\n]/m);
