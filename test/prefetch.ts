@@ -8,9 +8,15 @@
  * finds the kernel stage cached, or waits for the prefetch through the stage cache's lock on the key
  * (src/build/cache.ts getOrPut); when the kernel is cached already, the prefetch ends within a
  * second. Its output: <tmp>/aios-prefetch-kernel.log; one line at the end of the run says how it went.
+ *
+ * Being detached (its own session, so that stop() can end its whole process group), it is also in
+ * an autogroup of its own where the kernel has CONFIG_SCHED_AUTOGROUP on: the scheduler then shares
+ * the CPU between autogroups first and applies a process's nice only inside its group, so `nice 19`
+ * alone left the compile half of the two cores (a cold run's first llama.cpp compile took twice as
+ * long beside it). The group's own nice is therefore set to 19 too (/proc/<pid>/autogroup).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync } from 'node:fs';
+import { existsSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCLI } from 'vitest/node';
@@ -41,6 +47,16 @@ export function wholeRun(argv = process.argv, env = process.env): boolean {
   }
 }
 
+/** Gives the autogroup of `pid` (its session, where the kernel groups by session) the nice `nice`; false where there is no such file or it cannot be written. */
+export function niceAutogroup(pid: number, nice = 19): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function startPrefetch(log = join(tmpdir(), 'aios-prefetch-kernel.log')): Prefetch | undefined {
   if (!existsSync(join(REPO, 'dist/cli/index.js'))) return undefined; // `npm test` builds dist first; a bare `vitest run` may not have
   const argv = prefetchArgv();
@@ -48,6 +64,8 @@ export function startPrefetch(log = join(tmpdir(), 'aios-prefetch-kernel.log')):
   const t0 = Date.now();
   // stdout: the JSON result; stderr (progress, errors): the log.
   const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', fd], detached: true });
+  // spawn() returns once the child has called setsid() and exec'd: its new autogroup exists, and what it starts inherits it.
+  if (child.pid) niceAutogroup(child.pid);
   let json = '';
   child.stdout!.on('data', (b: Buffer) => (json += b.toString()));
   let exit: number | undefined;

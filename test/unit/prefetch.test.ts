@@ -1,5 +1,7 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { prefetchArgv, wholeRun } from '../prefetch.js';
+import { niceAutogroup, prefetchArgv, wholeRun } from '../prefetch.js';
 import { KERNEL_SETS } from '../e2e/custom-kernel.sets.js';
 
 describe('the test run\'s background kernel compile (test/prefetch.ts)', () => {
@@ -20,5 +22,21 @@ describe('the test run\'s background kernel compile (test/prefetch.ts)', () => {
     expect(a.slice(i, i + 4)).toEqual(['build', 'kernel', '-r', 'custom-kernel']);
     expect(a.filter((_, j) => a[j - 1] === '--set')).toEqual(KERNEL_SETS);
     expect(a.at(-1)).toBe('--json');
+  });
+
+  it('puts the detached compile\'s autogroup at nice 19, so that the scheduler does not give it half the CPU', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore', detached: true });
+    try {
+      const file = `/proc/${child.pid}/autogroup`;
+      const ok = niceAutogroup(child.pid!);
+      if (existsSync(file)) {
+        expect(ok).toBe(true);
+        expect(readFileSync(file, 'utf8')).toMatch(/^\/autogroup-\d+ nice 19$/m);
+        // A new session: not the test process's own group.
+        expect(readFileSync(file, 'utf8').split(' ')[0]).not.toBe(readFileSync('/proc/self/autogroup', 'utf8').split(' ')[0]);
+      } else expect(ok).toBe(false);
+    } finally {
+      child.kill();
+    }
   });
 });
