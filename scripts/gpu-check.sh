@@ -95,13 +95,18 @@ resume() {
 } > "$facts" 2>&1
 log "facts written"
 
+# The llama.cpp source, once (the mark survives a call cut short mid-way through the unpacking).
+unpack_src() {
+  [ -e "$state/src/.unpacked" ] || { log "unpacking llama.cpp"; rm -rf "$state/src"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; touch "$state/src/.unpacked"; }
+}
+
 # 3a. The model's f16 weights are synthesized beside the build (Python, one core; nvcc takes the rest).
 model=$state/models/$shape-Q4_K_M.gguf
 f16=$state/models/$shape-f16.gguf
 synth_pid=''
 if [ ! -e "$model" ] && [ ! -e "$f16" ]; then
   mkdir -p "$state/models"
-  [ -e "$state/src/.unpacked" ] || { log "unpacking llama.cpp"; rm -rf "$state/src"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; touch "$state/src/.unpacked"; }
+  unpack_src
   log "synthesizing $shape (f16) in the background"
   # shellcheck disable=SC2086 # $dims is a list of options
   python3 "$repo/scripts/synth-gguf.py" --gguf-py "$state/src/gguf-py" --vocab "$state/src/models/ggml-vocab-llama-spm.gguf" \
@@ -117,7 +122,7 @@ if [ -n "$bin" ]; then
 else
   bindir=$state/build/bin
   if [ ! -e "$state/build.done" ]; then
-    [ -e "$state/src/.unpacked" ] || { log "unpacking llama.cpp"; rm -rf "$state/src"; tar -C "$state" -xJf "$pack/llama.cpp.tar.xz"; touch "$state/src/.unpacked"; }
+    unpack_src
     mapfile -t cm < <(sed -e "s|@SRC@|$state/src|" -e "s|@BUILD@|$state/build|" "$pack/cmake-args")
     if [ "$cpu_only" = yes ]; then
       mapfile -t cm < <(printf '%s\n' "${cm[@]}" | grep -v -E '^-D(GGML_CUDA|CMAKE_CUDA_ARCHITECTURES|GGML_CUDA_FA|GGML_CUDA_NCCL)=')

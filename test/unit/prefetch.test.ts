@@ -24,7 +24,7 @@ describe('the test run\'s background kernel compile (test/prefetch.ts)', () => {
     expect(a.at(-1)).toBe('--json');
   });
 
-  it('puts the detached compile\'s autogroup at nice 19, so that the scheduler does not give it half the CPU', async () => {
+  it('puts the detached compile\'s autogroup at nice 19, so that the scheduler does not give it half the CPU', () => {
     const child = spawn('sleep', ['30'], { stdio: 'ignore', detached: true });
     try {
       const file = `/proc/${child.pid}/autogroup`;
